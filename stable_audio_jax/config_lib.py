@@ -1,0 +1,111 @@
+"""Building blocks of the `configs/*.py` files (ml_collections, `get_config()` each).
+
+Every launch script takes `--config=configs/x.py` plus `--config.some.key=value`
+overrides; the config is locked, so a misspelt key fails at start-up instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from stable_audio_jax import parallel
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields shared by every task: seed, mesh, data, trainer loop."""
+    c = ml_collections.ConfigDict()
+    c.task = ""
+    c.seed = 0
+    c.dtype = "float32"  # compute dtype
+    c.param_dtype = "float32"
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+    c.mesh.axis_names = parallel.MESH_AXES
+    c.mesh.rules = parallel.DEFAULT_RULES
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_shards = ""  # ArrayRecord files: a folder, a glob or a comma-free single path
+    c.data.eval_shards = ""  # defaults to train_shards
+    c.data.sample_rate = 44100
+    c.data.sample_size = 65536  # window in samples
+    c.data.batch_size = 8  # global batch, split over processes and data-parallel devices
+    c.data.worker_count = 2  # Grain decode worker processes
+    c.data.seed = 0
+
+    c.trainer = ml_collections.ConfigDict()
+    c.trainer.num_steps = 1000
+    c.trainer.log_every = 10
+    c.trainer.eval_every = 250  # 0 disables evaluation
+    c.trainer.checkpoint_every = 500
+    c.trainer.max_checkpoints = 3
+    c.trainer.async_checkpointing = True
+    return c
+
+
+def adamw_config(lr: float, *, b1: float = 0.8, b2: float = 0.99, weight_decay: float = 1e-3,
+                 inv_gamma: float = 2e5, power: float = 0.5, warmup: float = 0.999) -> ml_collections.ConfigDict:
+    """AdamW with the reference's InverseLR schedule (SPEC.md 1.5 defaults)."""
+    return ml_collections.ConfigDict(dict(lr=lr, b1=b1, b2=b2, weight_decay=weight_decay,
+                                          inv_gamma=inv_gamma, power=power, warmup=warmup, grad_clip=0.0))
+
+
+def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.ConfigDict:
+    """A VAE training config around the autoencoder architecture `model`.
+
+    Loss weights, discriminator scales and optimizers follow the SA2/SAO recipe
+    (SPEC.md 1.5); tiny configs override sizes and learning rates.
+    """
+    c = base_config()
+    c.task = "vae"
+    c.model = ml_collections.ConfigDict(model)
+
+    c.discriminator = ml_collections.ConfigDict(dict(
+        filters=discriminator_filters,
+        n_ffts=(2048, 1024, 512, 256, 128),
+        hop_lengths=(512, 256, 128, 64, 32),
+        win_lengths=(2048, 1024, 512, 256, 128),
+        freq_stride=2,
+    ))
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.stft = ml_collections.ConfigDict(dict(
+        fft_sizes=(2048, 1024, 512, 256, 128, 64, 32),
+        hop_sizes=(512, 256, 128, 64, 32, 16, 8),
+        perceptual_weighting=True,
+        sample_rate=44100,
+        sum_diff_weight=1.0,
+        left_right_weight=0.5,
+    ))
+    c.loss.kl_weight = 1e-4
+    c.loss.adversarial_weight = 0.1
+    c.loss.feature_matching_weight = 5.0
+    c.loss.warmup_steps = 0  # adversarial + feature-matching terms start here
+    c.loss.warmup_mode = "full"  # "adv": the discriminator trains during warm-up too
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.generator = adamw_config(1.5e-4)
+    c.optimizer.discriminator = adamw_config(3e-4)
+
+    c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))
+    c.eval_use_ema = True
+    c.eval_num_audio = 2
+    return c
+
+
+# The two reference autoencoder shapes (SPEC.md 1.2 and 1.4).
+SAO_AUTOENCODER = dict(
+    io_channels=2, latent_dim=64, strides=(2, 4, 4, 8, 8),
+    encoder_channels=128, encoder_multipliers=(1, 1, 2, 4, 8, 16),
+    decoder_channels=128, decoder_multipliers=(1, 1, 2, 4, 8, 16),
+    encoder_out_channels=None, encoder_projection=False, snake_beta=True,
+    decoder_final_bias=False, final_tanh=False,
+)
+SA1_AUTOENCODER = dict(
+    io_channels=2, latent_dim=64, strides=(4, 4, 8, 8),
+    encoder_channels=128, encoder_multipliers=(1, 2, 4, 8, 16),
+    decoder_channels=96, decoder_multipliers=(1, 2, 4, 8, 16),
+    encoder_out_channels=2048, encoder_projection=True, snake_beta=False,
+    decoder_final_bias=True, final_tanh=True,
+)

@@ -1,0 +1,1 @@
+"""Offline demo datasets: a soundfont-rendered music corpus and a numpy synthetic fallback."""

@@ -1,0 +1,1 @@
+"""Audio I/O, ArrayRecord shards and Grain pipelines."""

@@ -1,0 +1,1 @@
+"""Training losses: multi-resolution STFT, adversarial/feature matching, KL."""

@@ -1,0 +1,1 @@
+"""Train state, tasks, generic trainer loop, checkpointing."""

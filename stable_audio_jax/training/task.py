@@ -1,0 +1,75 @@
+"""What a model family brings to the generic trainer.
+
+A task is a loss function plus how to build its inputs and state; the trainer knows
+nothing about models, and models know nothing about training. Every method that runs
+on devices is pure (no Python side effects), so the trainer can `jax.jit` it with
+shardings and donation.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterator, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from stable_audio_jax.training.train_state import TrainState
+
+Batch = Mapping[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class Task(abc.ABC):
+    """Base class of the per-model training logic (VAE, CLAP, diffusion)."""
+
+    name: str = "task"
+    progress_keys: tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @abc.abstractmethod
+    def init_state(self, rng: jax.Array) -> TrainState:
+        """A fresh state from a raw uint32 key; params may carry logical-axis boxes."""
+
+    @abc.abstractmethod
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        """One optimizer step on a global batch. Metrics are scalars; NaN means "not
+        computed this step" (the logger averages with nanmean)."""
+
+    def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        """Device outputs for the fixed evaluation batch (scalars and arrays)."""
+        return {}
+
+    def write_eval(self, outputs: dict[str, np.ndarray], batch: Batch, step: int, out_dir: str) -> dict[str, float]:
+        """Host side of evaluation (process 0): write files, return scalar metrics."""
+        return {k: float(v) for k, v in outputs.items() if np.ndim(v) == 0}
+
+    def model_inputs(self, batch: Batch) -> dict[str, np.ndarray]:
+        """The numeric arrays of a host batch that go to the devices (captions stay behind)."""
+        return {k: np.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
+
+    def make_dataset(self, split: str, *, batch_size: int, shard_index: int, shard_count: int) -> Iterator:
+        """A checkpointable iterator over host batches of `batch_size` for this process."""
+        from stable_audio_jax.input_pipeline.grain_pipeline import make_audio_dataset
+
+        data = self.config.data
+        is_train = split == "train"
+        source = data.train_shards if is_train else (data.get("eval_shards") or data.train_shards)
+        dataset = make_audio_dataset(
+            source,
+            sample_rate=data.sample_rate,
+            sample_size=data.sample_size,
+            batch_size=batch_size,
+            seed=data.seed,
+            shuffle=is_train,
+            num_epochs=None,  # eval repeats too, so a small split still fills one batch
+            random_crop=is_train,
+            worker_count=data.worker_count if is_train else 0,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            drop_remainder=True,
+        )
+        return iter(dataset)

@@ -1,0 +1,179 @@
+"""Training the autoencoder: spectral + KL + adversarial + feature-matching losses.
+
+As in the reference trainer, generator and discriminator have separate AdamW optimizers
+and alternate on the step parity: odd steps update the discriminator, even steps the
+autoencoder. Before `loss.warmup_steps` the adversarial and feature-matching terms are
+off and every step is a generator step (with `warmup_mode='adv'` the discriminator still
+trains on odd steps). The branch is chosen with `lax.cond`, so one compiled step serves
+both and only the chosen branch runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from stable_audio_jax.losses.adversarial import (feature_matching_loss, hinge_discriminator_loss,
+                                                 hinge_generator_loss)
+from stable_audio_jax.losses.stft import STFTLossConfig, stereo_stft_losses
+from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
+from stable_audio_jax.models.discriminator import MultiScaleSTFTDiscriminator
+from stable_audio_jax.training import schedules
+from stable_audio_jax.training.task import Batch, Metrics, Task
+from stable_audio_jax.training.train_state import TrainState
+
+GENERATOR_METRICS = ("loss", "spectral", "mrstft_sum_diff", "mrstft_left", "mrstft_right",
+                     "kl", "adversarial", "feature_matching")
+DISCRIMINATOR_METRICS = ("discriminator_loss",)
+
+
+def build_autoencoder(config: ml_collections.ConfigDict) -> AudioAutoencoder:
+    """The autoencoder module described by `config.model` (and `config.dtype`)."""
+    return AudioAutoencoder(AutoencoderConfig.from_dict(config.model.to_dict()),
+                            dtype=jnp.dtype(config.get("dtype", "float32")),
+                            param_dtype=jnp.dtype(config.get("param_dtype", "float32")))
+
+
+def _split_batch(tree: Any) -> tuple[Any, Any]:
+    """Split every array of a tree in half along the batch axis: (first half, second half)."""
+    half = lambda x: x.shape[0] // 2
+    return jax.tree.map(lambda x: x[:half(x)], tree), jax.tree.map(lambda x: x[half(x):], tree)
+
+
+class VAETask(Task):
+    name = "vae"
+    progress_keys = ("spectral", "kl", "discriminator_loss")
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.autoencoder = build_autoencoder(config)
+        self.discriminator = MultiScaleSTFTDiscriminator(**config.discriminator.to_dict())
+        self.stft_config = STFTLossConfig(**config.loss.stft.to_dict())
+        self.generator_tx = schedules.adamw(config.optimizer.generator)
+        self.discriminator_tx = schedules.adamw(config.optimizer.discriminator)
+        ratio = self.autoencoder.config.downsampling_ratio
+        if config.data.sample_size % ratio:
+            raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the "
+                             f"autoencoder's downsampling ratio {ratio}")
+        if config.data.sample_size < max(self.discriminator.n_ffts):
+            raise ValueError(f"data.sample_size={config.data.sample_size} is shorter than the largest "
+                             f"discriminator FFT {max(self.discriminator.n_ffts)}")
+
+    # ----------------------------------------------------------------- state
+    def init_state(self, rng: jax.Array) -> TrainState:
+        ae_rng, disc_rng, state_rng = jax.random.split(rng, 3)
+        ratio = self.autoencoder.config.downsampling_ratio
+        length = ratio * -(-max(self.discriminator.n_ffts) // ratio)  # params do not depend on it
+        audio = jnp.zeros((1, length, self.autoencoder.config.io_channels), jnp.float32)
+        ae_params = self.autoencoder.init(ae_rng, audio)["params"]
+        disc_params = self.discriminator.init(disc_rng, audio)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params={"autoencoder": ae_params, "discriminator": disc_params},
+            opt_state={"generator": self.generator_tx.init(ae_params),
+                       "discriminator": self.discriminator_tx.init(disc_params)},
+            ema_params={"autoencoder": ae_params},
+            rng=state_rng,
+        )
+
+    # ------------------------------------------------------------------ step
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        audio = batch["audio"].astype(jnp.float32)  # [batch, time, 2]
+        loss_cfg = self.config.loss
+        warmed_up = state.step >= loss_cfg.warmup_steps
+        disc_allowed = warmed_up if loss_cfg.warmup_mode != "adv" else jnp.bool_(True)
+        disc_turn = (state.step % 2 == 1) & disc_allowed
+        return jax.lax.cond(disc_turn, self._discriminator_update, self._generator_update,
+                            state, audio, warmed_up)
+
+    def _discriminate(self, disc_params, reals: jax.Array, fakes: jax.Array):
+        """One discriminator pass over reals and fakes stacked on the batch axis."""
+        logits, features = self.discriminator.apply({"params": disc_params},
+                                                    jnp.concatenate([reals, fakes], axis=0))
+        return _split_batch(logits), _split_batch(features)
+
+    def _generator_update(self, state: TrainState, audio: jax.Array, warmed_up: jax.Array):
+        cfg = self.config.loss
+        disc_params = state.params["discriminator"]
+
+        def loss_fn(ae_params):
+            recon, _, kl = self.autoencoder.apply({"params": ae_params}, audio, state.step_rng())
+            terms = stereo_stft_losses(recon, audio, self.stft_config)
+
+            def adversarial_terms(recon):
+                (logits_real, logits_fake), (feats_real, feats_fake) = self._discriminate(
+                    disc_params, audio, recon)
+                return hinge_generator_loss(logits_fake), feature_matching_loss(feats_real, feats_fake)
+
+            adv, fm = jax.lax.cond(warmed_up, adversarial_terms,
+                                   lambda _: (jnp.float32(0), jnp.float32(0)), recon)
+            total = (terms["spectral"] + cfg.kl_weight * kl + cfg.adversarial_weight * adv
+                     + cfg.feature_matching_weight * fm)
+            return total, dict(terms, kl=kl, adversarial=adv, feature_matching=fm, loss=total)
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params["autoencoder"])
+        updates, opt_state = self.generator_tx.update(grads, state.opt_state["generator"],
+                                                      state.params["autoencoder"])
+        ae_params = jax.tree.map(lambda p, u: p + u, state.params["autoencoder"], updates)
+        decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                           state.ema_params["autoencoder"], ae_params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=dict(state.params, autoencoder=ae_params),
+            opt_state=dict(state.opt_state, generator=opt_state),
+            ema_params={"autoencoder": ema},
+        )
+        return new_state, self._all_metrics(metrics)
+
+    def _discriminator_update(self, state: TrainState, audio: jax.Array, warmed_up: jax.Array):
+        recon, _, _ = self.autoencoder.apply({"params": state.params["autoencoder"]}, audio,
+                                             state.step_rng())
+        recon = jax.lax.stop_gradient(recon)
+
+        def loss_fn(disc_params):
+            (logits_real, logits_fake), _ = self._discriminate(disc_params, audio, recon)
+            return hinge_discriminator_loss(logits_real, logits_fake)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params["discriminator"])
+        updates, opt_state = self.discriminator_tx.update(grads, state.opt_state["discriminator"],
+                                                          state.params["discriminator"])
+        disc_params = jax.tree.map(lambda p, u: p + u, state.params["discriminator"], updates)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=dict(state.params, discriminator=disc_params),
+            opt_state=dict(state.opt_state, discriminator=opt_state),
+        )
+        return new_state, self._all_metrics({"discriminator_loss": loss})
+
+    @staticmethod
+    def _all_metrics(computed: dict[str, jax.Array]) -> Metrics:
+        """Both branches report every key (lax.cond needs one structure); NaN = not this step."""
+        return {k: jnp.asarray(computed.get(k, jnp.nan), jnp.float32)
+                for k in GENERATOR_METRICS + DISCRIMINATOR_METRICS}
+
+    # ------------------------------------------------------------------ eval
+    def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        """Deterministic reconstruction (latent mean) of the eval batch with the EMA weights."""
+        audio = batch["audio"].astype(jnp.float32)
+        params = state.ema_params if self.config.get("eval_use_ema", True) else state.params
+        recon, _, kl = self.autoencoder.apply({"params": params["autoencoder"]}, audio, None)
+        terms = stereo_stft_losses(recon, audio, self.stft_config)
+        return dict(terms, kl=kl, reconstruction=recon)
+
+    def write_eval(self, outputs: dict[str, np.ndarray], batch: Batch, step: int, out_dir: str) -> dict[str, float]:
+        from stable_audio_jax.input_pipeline.audio_io import write_wav
+
+        folder = os.path.join(out_dir, f"step_{step:07d}")
+        os.makedirs(folder, exist_ok=True)
+        sample_rate = self.config.data.sample_rate
+        for i in range(min(self.config.get("eval_num_audio", 2), len(outputs["reconstruction"]))):
+            write_wav(os.path.join(folder, f"clip{i}_original.wav"), np.asarray(batch["audio"][i]), sample_rate)
+            write_wav(os.path.join(folder, f"clip{i}_reconstruction.wav"), outputs["reconstruction"][i],
+                      sample_rate)
+        return {k: float(v) for k, v in outputs.items() if np.ndim(v) == 0}
