@@ -13,3 +13,21 @@ if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Identical programs (the same tiny config traced by several tests) compile once per
+# session: the persistent compilation cache turns later compiles into cache hits.
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+
+CACHE_DIR = os.path.join(tempfile.gettempdir(), "sajax_test_xla_cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)  # for subprocesses too
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Grain's multiprocessing reads absl flags; pytest never parses them.
+from absl import flags  # noqa: E402
+
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()

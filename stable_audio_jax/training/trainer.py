@@ -127,6 +127,7 @@ class Trainer:
                                          async_save=tc.get("async_checkpointing", True))
         self.logger = MetricLogger(self.workdir, enabled=self.is_main)
         self._jit_train_step: Callable | None = None
+        self._jit_eval_step: Callable | None = None
 
     # ----------------------------------------------------------------- state
     def _with_rules(self, fn: Callable) -> Callable:
@@ -163,8 +164,10 @@ class Trainer:
     def evaluate(self, state, eval_batch, step: int) -> dict[str, float]:
         if eval_batch is None:
             return {}
+        if self._jit_eval_step is None:
+            self._jit_eval_step = jax.jit(self._with_rules(self.task.eval_step))
         with jax.set_mesh(self.mesh):
-            outputs = jax.jit(self._with_rules(self.task.eval_step))(state, self._global(eval_batch))
+            outputs = self._jit_eval_step(state, self._global(eval_batch))
         outputs = multihost_utils.process_allgather(outputs, tiled=True)
         if not self.is_main:
             return {}
@@ -188,6 +191,7 @@ class Trainer:
         state, state_shardings = self.initial_state(train_it)
         start_step = int(jax.device_get(state.step))
         summary: dict[str, Any] = {"start_step": start_step, "history": []}
+        self.state = state
         if start_step >= tc.num_steps:
             logging.info("run already at step %d >= num_steps %d: nothing to do", start_step, tc.num_steps)
             self.close()
@@ -221,7 +225,7 @@ class Trainer:
                 if step % tc.log_every == 0 or step == tc.num_steps:
                     self._record(pending, summary, progress)
                     pending = None
-                    summary["history"].append(self.logger.flush(step))
+                    summary["history"].append({"step": step, **self.logger.flush(step)})
                 if tc.eval_every and step % tc.eval_every == 0:
                     summary["eval"] = self.evaluate(state, eval_batch, step)
                 stopping = stop.requested or self.checkpointer.reached_preemption(step)

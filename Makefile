@@ -1,0 +1,28 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Each creates the virtual environment (.venv) and installs the project on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
+
+.PHONY: demo test install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	# tinysoundfont declares pyaudio (playback only, needs PortAudio headers): skip its deps.
+	$(PY) -m pip install --quiet --no-deps tinysoundfont==0.3.7
+	touch $@
+
+demo: install
+	$(PY) launch/demo.py --output_dir=outputs/demo
+
+test: install
+	XLA_FLAGS=$(TEST_XLA_FLAGS) JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) outputs *.egg-info

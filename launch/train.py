@@ -1,0 +1,47 @@
+"""Train a model: `python launch/train.py --config=configs/vae_tiny.py --workdir=runs/vae`.
+
+Overrides: `--config.data.train_shards=shards/ --config.trainer.num_steps=1000`.
+A run directory that already has checkpoints resumes from the newest one (model state
+and data iterator). SIGTERM or Ctrl-C saves a checkpoint before exiting.
+
+Multi-host: on TPU pods and SLURM/Open MPI jobs JAX detects the cluster by itself;
+elsewhere pass `--coordinator_address=host:port --num_processes=N --process_id=i`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, eval audio.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from stable_audio_jax import parallel
+    from stable_audio_jax.training.registry import build_task
+    from stable_audio_jax.training.trainer import Trainer
+
+    parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    config = _CONFIG.value
+    if not config.data.train_shards:
+        raise app.UsageError("no training data: set --config.data.train_shards=<folder or glob of "
+                             ".array_record shards> (make them with data/make_shards.py)")
+    summary = Trainer(config, _WORKDIR.value, build_task(config)).train()
+    logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "history"}))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,16 @@
+"""Task name (`config.task`) -> Task class."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from stable_audio_jax.training.task import Task
+from stable_audio_jax.training.vae_task import VAETask
+
+TASKS: dict[str, type[Task]] = {"vae": VAETask}
+
+
+def build_task(config: ml_collections.ConfigDict) -> Task:
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r} in config.task; known: {sorted(TASKS)}")
+    return TASKS[config.task](config)
