@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stable_audio_jax.datasets import demo_music, synthetic
+from stable_audio_jax.datasets import demo_music, generated_music, soundfont, synthetic
+from stable_audio_jax.datasets.captions import format_caption
 
 SR = 44100
 MIN_SECONDS, MAX_SECONDS = 2.0, 4.0
@@ -23,7 +24,7 @@ def _has_soundfont_stack() -> bool:
         import music21  # noqa: F401
         import tinysoundfont  # noqa: F401
 
-        demo_music.soundfont_path()
+        soundfont.soundfont_path()
     except (ImportError, FileNotFoundError):
         return False
     return True
@@ -116,7 +117,7 @@ def test_same_seed_is_identical_and_other_seed_differs(demo_runs):
 def test_caption_forms_and_fields():
     metadata = {"genre": "Baroque chorale", "composer": "J.S. Bach", "instruments": ["violin", "cello"],
                 "key": "F# minor", "bpm": 72, "time_signature": "3/4", "num_parts": 4, "title": "ignored"}
-    captions = [demo_music.format_caption(np.random.default_rng(i), metadata) for i in range(60)]
+    captions = [format_caption(np.random.default_rng(i), metadata) for i in range(60)]
     named = [c for c in captions if ": " in c]
     sentences = [c for c in captions if c.endswith(".")]
     plain = [c for c in captions if c not in named and c not in sentences]
@@ -124,18 +125,18 @@ def test_caption_forms_and_fields():
     assert all("ignored" not in c for c in captions)
     assert any(" | " in c for c in named)
     assert len(set(captions)) > 30
-    assert demo_music.format_caption(np.random.default_rng(3), metadata) == captions[3]
+    assert format_caption(np.random.default_rng(3), metadata) == captions[3]
 
 
 def test_roman_numerals_and_keys():
-    assert demo_music.parse_numeral("V7", "major") == (7, (0, 4, 7, 10))
-    assert demo_music.parse_numeral("VII", "minor") == (10, (0, 4, 7))
-    assert demo_music.parse_numeral("ii°", "minor") == (2, (0, 3, 6))
-    assert demo_music.parse_numeral("bVII", "major") == (10, (0, 4, 7))
-    assert demo_music.key_name(6, "minor") == "F# minor"
-    assert demo_music.key_name(10, "major") == "Bb major"
-    for kind in demo_music.GENERATED_KINDS:
-        arrangement = demo_music.generate_arrangement(np.random.default_rng(0), 5.0, kind=kind, fit=False)
+    assert generated_music.parse_numeral("V7", "major") == (7, (0, 4, 7, 10))
+    assert generated_music.parse_numeral("VII", "minor") == (10, (0, 4, 7))
+    assert generated_music.parse_numeral("ii°", "minor") == (2, (0, 3, 6))
+    assert generated_music.parse_numeral("bVII", "major") == (10, (0, 4, 7))
+    assert generated_music.key_name(6, "minor") == "F# minor"
+    assert generated_music.key_name(10, "major") == "Bb major"
+    for kind in generated_music.GENERATED_KINDS:
+        arrangement = generated_music.generate_arrangement(np.random.default_rng(0), 5.0, kind=kind, fit=False)
         assert arrangement.notes and arrangement.seconds >= 5.0  # covers the target, to be cut
         assert all(0 <= n.pitch <= 127 for n in arrangement.notes)
 

@@ -1,11 +1,13 @@
 """Numpy-only synthetic captioned music: a fast, deterministic fallback dataset for unit tests.
 
-It renders the same generated material as :mod:`stable_audio_jax.datasets.demo_music` (scales,
-arpeggios, chord progressions, drum grooves, small bands) with simple synthesisers instead of the
-soundfont: additive sine / saw / square oscillators with ADSR envelopes, a pitch-drop kick,
-noise snare and high-passed-noise hats, constant-power pan and an optional short reverb. It needs
-neither music21 nor tinysoundfont. Captions come from the generator parameters, and the on-disk
-layout (``audio/*.flac`` + ``train.jsonl`` / ``valid.jsonl``) matches the demo dataset.
+It renders the same generated material as the demo dataset
+(:mod:`stable_audio_jax.datasets.generated_music`: scales, arpeggios, chord progressions, drum
+grooves, small bands) with simple synthesisers instead of the soundfont: additive sine / saw /
+square oscillators with ADSR envelopes, a pitch-drop kick, noise snare and high-passed-noise hats,
+constant-power pan and an optional short reverb. It needs neither music21 nor tinysoundfont.
+Captions come from the generator parameters, and the on-disk layout (``audio/*.flac`` +
+``train.jsonl`` / ``valid.jsonl``, :mod:`stable_audio_jax.datasets.manifest`) matches the demo
+dataset.
 
 Audio arrays are float32 ``[num_samples, 2]`` (channels last).
 """
@@ -18,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from stable_audio_jax.datasets import demo_music
+from stable_audio_jax.datasets.audio_effects import add_reverb, finish_clip
+from stable_audio_jax.datasets.captions import format_caption
+from stable_audio_jax.datasets.generated_music import (
+    CLAP, CRASH, KICK, OPEN_HAT, RIDE, SIDE_STICK, SNARE, Arrangement, generate_arrangement)
+from stable_audio_jax.datasets.manifest import write_dataset
 
 WAVEFORMS = ("sine", "saw", "square")
 _ROLE_NAMES = {"lead": "lead", "harmony": "pad", "arp": "pluck", "bass": "bass"}
@@ -86,22 +92,22 @@ def _highpassed_noise(rng: np.random.Generator, num_samples: int) -> np.ndarray:
 
 def drum_hit(key: int, rng: np.random.Generator, sample_rate: int) -> tuple[np.ndarray, float]:
     """A synthesised GM percussion sound: returns (mono float32 ``[n]``, pan in [-1, 1])."""
-    if key in (demo_music.KICK, 35):  # exponential pitch drop from ~150 Hz to ~50 Hz
+    if key in (KICK, 35):  # exponential pitch drop from ~150 Hz to ~50 Hz
         n = int(0.35 * sample_rate)
         freq = 50.0 + 100.0 * _exp_decay(n, sample_rate, 0.03)
         return np.sin(2 * np.pi * np.cumsum(freq) / sample_rate) * _exp_decay(n, sample_rate, 0.15), 0.0
-    if key in (demo_music.SNARE, demo_music.CLAP, 40):  # noise burst plus a body tone
+    if key in (SNARE, CLAP, 40):  # noise burst plus a body tone
         n = int(0.25 * sample_rate)
         tone = np.sin(2 * np.pi * 185.0 * np.arange(n) / sample_rate) * _exp_decay(n, sample_rate, 0.05)
         return 0.7 * _highpassed_noise(rng, n) * _exp_decay(n, sample_rate, 0.08) + 0.5 * tone, 0.05
-    if key == demo_music.SIDE_STICK:
+    if key == SIDE_STICK:
         n = int(0.06 * sample_rate)
         click = np.sin(2 * np.pi * 900.0 * np.arange(n) / sample_rate) * _exp_decay(n, sample_rate, 0.01)
         return click + 0.3 * _highpassed_noise(rng, n) * _exp_decay(n, sample_rate, 0.004), -0.1
-    if key in (demo_music.CRASH, demo_music.RIDE, 53, 57, 59):  # long cymbal wash
+    if key in (CRASH, RIDE, 53, 57, 59):  # long cymbal wash
         n = int(1.2 * sample_rate)
         return 0.5 * _highpassed_noise(rng, n) * _exp_decay(n, sample_rate, 0.4), -0.35
-    open_hat = key == demo_music.OPEN_HAT
+    open_hat = key == OPEN_HAT
     n = int((0.4 if open_hat else 0.08) * sample_rate)
     return 0.6 * _highpassed_noise(rng, n) * _exp_decay(n, sample_rate, 0.12 if open_hat else 0.02), 0.35
 
@@ -112,7 +118,7 @@ def _pan_gains(pan: float) -> np.ndarray:
     return np.array([np.cos(theta), np.sin(theta)], np.float32)
 
 
-def render_arrangement(arrangement: demo_music.Arrangement, rng: np.random.Generator, num_samples: int,
+def render_arrangement(arrangement: Arrangement, rng: np.random.Generator, num_samples: int,
                        sample_rate: int) -> tuple[np.ndarray, list[str]]:
     """Renders an arrangement with numpy synths into ``[num_samples, 2]``; also returns instrument names."""
     out = np.zeros((num_samples, 2), np.float32)
@@ -146,17 +152,17 @@ def synth_clip(rng: np.random.Generator, seconds: float, sample_rate: int = 4410
     """
     num_samples = max(1, int(round(seconds * sample_rate)))
     fit = bool(rng.random() < 0.4)
-    arrangement = demo_music.generate_arrangement(rng, max(0.25, seconds - 0.5) if fit else seconds, fit=fit)
+    arrangement = generate_arrangement(rng, max(0.25, seconds - 0.5) if fit else seconds, fit=fit)
     audio, names = render_arrangement(arrangement, rng, num_samples, sample_rate)
     ambience = "dry"
     if rng.random() < 0.5:  # optional short room reverb
         rt60, wet = float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.1, 0.3))
-        audio = demo_music.add_reverb(audio, sample_rate, rng, rt60, wet)
+        audio = add_reverb(audio, sample_rate, rng, rt60, wet)
         ambience = "roomy"
-    audio = demo_music.finish_clip(audio, sample_rate, num_samples, num_samples)
+    audio = finish_clip(audio, sample_rate, num_samples, num_samples)
     metadata: dict[str, Any] = {k: v for k, v in arrangement.info.items() if k != "kit"}  # no GM kits here
     metadata.update(source="synthetic", instruments=names, ambience=ambience)
-    metadata["caption"] = demo_music.format_caption(rng, metadata)
+    metadata["caption"] = format_caption(rng, metadata)
     return audio, metadata
 
 
@@ -168,7 +174,7 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, num_clips: int = 8, *
     One clip in eight (rounded down) goes to ``valid.jsonl``, which may therefore be empty.
     Returns the same kind of summary dict as ``render_demo_dataset``.
     """
-    return demo_music.write_dataset(
+    return write_dataset(
         output_dir, num_clips, lambda rng, index, target: synth_clip(rng, target, sample_rate),
         seed=seed, min_seconds=min_seconds, max_seconds=max_seconds, sample_rate=sample_rate,
         num_valid=num_clips // 8, desc="synthetic clips")
