@@ -1,6 +1,9 @@
-"""Tiny VAE for the CPU demo and tests: the Oobleck shape at a fraction of the width.
+"""Tiny VAE for the CPU demo: the Oobleck shape at a fraction of the width and depth.
 
-256x downsampling (strides 2, 4, 4, 8) into 32 latent channels; SnakeBeta as in SAO.
+64x downsampling (strides 2, 4, 8) into 32 latent channels, 16 base channels, SnakeBeta
+as in SAO. Of the shapes tried on the demo data for 240 steps (held-out MR-STFT loss,
+silent output scoring 9.2), this one learned most within a few CPU minutes: 3.5, against
+4.3 for 256x downsampling with 8 channels.
 """
 
 from stable_audio_jax import config_lib
@@ -8,20 +11,22 @@ from stable_audio_jax import config_lib
 
 def get_config():
     model = dict(config_lib.SAO_AUTOENCODER,
-                 latent_dim=32, strides=(2, 4, 4, 8),
-                 encoder_channels=8, encoder_multipliers=(1, 2, 4, 8, 16),
-                 decoder_channels=8, decoder_multipliers=(1, 2, 4, 8, 16))
+                 latent_dim=32, strides=(2, 4, 8),
+                 encoder_channels=16, encoder_multipliers=(1, 2, 4, 8),
+                 decoder_channels=16, decoder_multipliers=(1, 2, 4, 8))
     c = config_lib.vae_config(model, discriminator_filters=8)
-    c.data.sample_size = 16384  # 0.37 s crops keep a CPU step around a second
+    c.data.sample_size = 16384  # 0.37 s crops: ~0.85 s per warm-up step on 2 CPU cores
     c.data.batch_size = 4
     c.data.worker_count = 1
     # Faster schedule than the paper's for a few-minute run.
     c.optimizer.generator = config_lib.adamw_config(1e-3, warmup=0.95)
     c.optimizer.discriminator = config_lib.adamw_config(1e-3, warmup=0.95)
-    c.loss.warmup_steps = 200
+    # Reconstruction first, then a short adversarial phase (~2 s per step on CPU, as the
+    # discriminator's 2-D convolutions over five spectrograms dominate).
+    c.loss.warmup_steps = 300
     c.ema.beta = 0.99
-    c.trainer.num_steps = 400
+    c.trainer.num_steps = 360
     c.trainer.log_every = 10
-    c.trainer.eval_every = 200
-    c.trainer.checkpoint_every = 200
+    c.trainer.eval_every = 120
+    c.trainer.checkpoint_every = 120
     return c

@@ -72,6 +72,7 @@ def train_vae(out: str, config):
 def reconstruct(out: str, config, task, state) -> list[dict]:
     """Encode/decode the start of held-out clips with the EMA weights; write WAV pairs."""
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
@@ -85,7 +86,9 @@ def reconstruct(out: str, config, task, state) -> list[dict]:
     @jax.jit
     def roundtrip(audio):
         recon, _, _ = task.autoencoder.apply({"params": params}, audio, None)
-        return recon, stereo_stft_losses(recon, audio, task.stft_config)["spectral"]
+        loss = lambda pred: stereo_stft_losses(pred, audio, task.stft_config)["spectral"]
+        # A silent output is the trivial baseline a reconstruction has to beat.
+        return recon, loss(recon), loss(jnp.zeros_like(audio))
 
     folder = os.path.join(out, "reconstructions")
     os.makedirs(folder, exist_ok=True)
@@ -96,11 +99,12 @@ def reconstruct(out: str, config, task, state) -> list[dict]:
         audio, sr = decode_audio(os.path.join(out, "data", entry["path"]))
         audio = to_stereo(resample(audio, sr, sample_rate))[:length]
         audio = np.pad(audio, ((0, length - len(audio)), (0, 0)))
-        recon, loss = roundtrip(audio[None])
+        recon, loss, silent_loss = roundtrip(audio[None])
         name = os.path.splitext(os.path.basename(entry["path"]))[0]
         write_wav(os.path.join(folder, f"{name}_original.wav"), audio, sample_rate)
         write_wav(os.path.join(folder, f"{name}_reconstruction.wav"), np.asarray(recon[0]), sample_rate)
-        results.append({"clip": name, "caption": entry["caption"], "spectral_loss": float(loss)})
+        results.append({"clip": name, "caption": entry["caption"], "spectral_loss": float(loss),
+                        "silent_output_spectral_loss": float(silent_loss)})
     return results
 
 
@@ -146,7 +150,8 @@ def main(argv):
     if spectral:
         print(f"  multi-resolution STFT loss (train, per log window): {spectral[0]:.3f} -> {spectral[-1]:.3f}")
     for r in recon:
-        print(f"  {r['clip']}: held-out spectral loss {r['spectral_loss']:.3f}  ({r['caption'][:60]})")
+        print(f"  {r['clip']}: held-out spectral loss {r['spectral_loss']:.3f} (silent output: "
+              f"{r['silent_output_spectral_loss']:.3f})  {r['caption'][:50]}")
     print(f"  reconstructions: {os.path.join(out, 'reconstructions')}   summary: {os.path.join(out, 'summary.json')}")
 
 

@@ -77,6 +77,7 @@ def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.Con
         sample_rate=44100,
         sum_diff_weight=1.0,
         left_right_weight=0.5,
+        convergence_over="batch",  # "signal": per-crop ratio as in stable-audio-tools >= 0.0.17
     ))
     c.loss.kl_weight = 1e-4
     c.loss.adversarial_weight = 0.1

@@ -121,20 +121,41 @@ def test_mrstft_zero_for_identical_and_grows_with_noise(perceptual):
     assert values[0] > 0
 
 
-def test_mrstft_matches_numpy_definition():
-    """Spectral convergence per signal (normalised by the target) + log-magnitude L1."""
+@pytest.mark.parametrize("convergence_over", ["signal", "batch"])
+def test_mrstft_matches_numpy_definition(convergence_over):
+    """Spectral convergence (normalised by the target) per signal or over the batch + log-magnitude L1."""
     target = _signal((2, 2048), seed=3)
     pred = _signal((2, 2048), seed=4)
     got = multi_resolution_stft_loss(jnp.asarray(pred), jnp.asarray(target), fft_sizes=SMALL_FFTS,
                                      hop_sizes=SMALL_HOPS, perceptual_weighting=False,
-                                     sample_rate=SAMPLE_RATE)
+                                     sample_rate=SAMPLE_RATE, convergence_over=convergence_over)
     per_resolution = []
     for n_fft, hop in zip(SMALL_FFTS, SMALL_HOPS):
         x = np.sqrt(np.maximum(np.abs(_numpy_stft(pred, n_fft, hop, n_fft, True, False)) ** 2, 1e-8))
         y = np.sqrt(np.maximum(np.abs(_numpy_stft(target, n_fft, hop, n_fft, True, False)) ** 2, 1e-8))
-        convergence = np.mean([np.linalg.norm(y[b] - x[b]) / np.linalg.norm(y[b]) for b in range(2)])
+        if convergence_over == "signal":
+            convergence = np.mean([np.linalg.norm(y[b] - x[b]) / np.linalg.norm(y[b]) for b in range(2)])
+        else:
+            convergence = np.linalg.norm(y - x) / np.linalg.norm(y)
         per_resolution.append(convergence + np.mean(np.abs(np.log(x) - np.log(y))))
     np.testing.assert_allclose(float(got), np.mean(per_resolution), rtol=1e-5)
+
+
+def test_batch_convergence_is_robust_to_a_silent_target():
+    """One digitally silent crop in a batch: the per-signal ratio explodes, the batch one does not."""
+    target = _signal((4, 2048), seed=5)
+    target[1] = 0.0
+    pred = target + 0.05 * _signal((4, 2048), seed=6)
+    loss = lambda mode: float(multi_resolution_stft_loss(
+        jnp.asarray(pred), jnp.asarray(target), fft_sizes=SMALL_FFTS, hop_sizes=SMALL_HOPS,
+        perceptual_weighting=False, sample_rate=SAMPLE_RATE, convergence_over=mode))
+    clean = float(multi_resolution_stft_loss(
+        jnp.asarray(pred[[0, 2, 3]]), jnp.asarray(target[[0, 2, 3]]), fft_sizes=SMALL_FFTS,
+        hop_sizes=SMALL_HOPS, perceptual_weighting=False, sample_rate=SAMPLE_RATE))
+    # Per signal, the silent crop's ratio is ~1e3: the loss jumps by orders of magnitude
+    # (247 vs 0.09 here). Over the batch only its bounded log-magnitude term remains.
+    assert loss("signal") > 100 * clean
+    assert loss("batch") < 0.05 * loss("signal")
 
 
 def test_mrstft_gradients_finite_including_silence():

@@ -21,7 +21,7 @@ from stable_audio_jax import config_lib, parallel
 from stable_audio_jax.datasets.synthetic import synth_clip, write_synthetic_dataset
 from stable_audio_jax.input_pipeline.shard_writer import write_shards
 from stable_audio_jax.losses.stft import stereo_stft_losses
-from stable_audio_jax.training.trainer import Trainer
+from stable_audio_jax.training.trainer import Trainer, jit_train_step
 from stable_audio_jax.training.vae_task import VAETask
 
 SAMPLE_SIZE = 2048
@@ -63,12 +63,18 @@ def _init(task, mesh):
     return state, shardings
 
 
-def _step_fn(task, shardings, mesh, batch):
-    def step(state, batch):
-        with nn.logical_axis_rules(parallel.DEFAULT_RULES):
-            return task.train_step(state, batch)
-    batch_sh = {k: parallel.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-    return jax.jit(step, in_shardings=(shardings, batch_sh), out_shardings=(shardings, None))
+def run_steps(task, state, shardings, mesh, batch, num_steps):
+    """`num_steps` training steps, each phase compiled once, as the trainer does."""
+    compiled, metrics = {}, []
+    with jax.set_mesh(mesh):
+        for _ in range(num_steps):
+            phase = task.train_phase(int(state.step))
+            if phase not in compiled:
+                compiled[phase] = jit_train_step(task.train_phases()[phase], mesh=mesh, rules=parallel.DEFAULT_RULES,
+                                                 state_shardings=shardings, example_batch=batch)
+            state, m = compiled[phase](state, batch)
+            metrics.append((phase, jax.device_get(m)))
+    return state, metrics
 
 
 def test_tiny_vae_learns_a_fixed_batch():
@@ -80,12 +86,9 @@ def test_tiny_vae_learns_a_fixed_batch():
     mesh = parallel.create_mesh((1, 1, 1), devices=jax.devices()[:1])
     batch = fixed_batch()
     state, shardings = _init(task, mesh)
-    step = _step_fn(task, shardings, mesh, batch)
-    losses = []
-    with jax.set_mesh(mesh):
-        for _ in range(60):
-            state, metrics = step(state, batch)
-            losses.append(float(metrics["spectral"]))
+    _, metrics = run_steps(task, state, shardings, mesh, batch, 60)
+    assert {phase for phase, _ in metrics} == {"generator_warmup"}
+    losses = [float(m["spectral"]) for _, m in metrics]
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
     print(f"spectral loss {first:.3f} -> {last:.3f} ({last / first:.1%} of the start)")
     assert np.all(np.isfinite(losses))
@@ -107,7 +110,6 @@ def test_sharded_step_matches_single_device():
         task = VAETask(config)
         mesh = parallel.create_mesh(shape, devices=devices)
         state, shardings = _init(task, mesh)
-        step = _step_fn(task, shardings, mesh, batch)
 
         def spectral_loss(ae_params, audio):
             with nn.logical_axis_rules(parallel.DEFAULT_RULES):
@@ -117,10 +119,9 @@ def test_sharded_step_matches_single_device():
         with jax.set_mesh(mesh):
             audio = jax.device_put(batch["audio"], parallel.batch_sharding(mesh, 3))
             grads = jax.device_get(jax.jit(jax.grad(spectral_loss))(state.params["autoencoder"], audio))
-            metrics = []
-            for _ in range(4):
-                state, m = step(state, batch)
-                metrics.append(jax.device_get(m))
+        state, metrics = run_steps(task, state, shardings, mesh, batch, 4)
+        assert [phase for phase, _ in metrics] == ["generator_warmup", "generator_warmup", "generator",
+                                                   "discriminator"]
         results[name] = (metrics, grads, state)
 
     mesh_state = results["mesh"][2]
@@ -132,7 +133,7 @@ def test_sharded_step_matches_single_device():
     disc_kernel = mesh_state.params["discriminator"]["discriminators_0"]["convs_1"]["weight_v"]
     assert "fsdp" in disc_kernel.sharding.spec
 
-    for single, sharded in zip(results["single"][0], results["mesh"][0]):
+    for (_, single), (_, sharded) in zip(results["single"][0], results["mesh"][0]):
         for key in single:
             np.testing.assert_allclose(sharded[key], single[key], rtol=2e-4, atol=1e-6, err_msg=key)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=0, atol=1e-3 * np.abs(a).max() + 1e-12),

@@ -165,29 +165,43 @@ def _magnitude(spec: jax.Array, eps: float) -> jax.Array:
     return jnp.sqrt(jnp.maximum(jnp.square(spec.real) + jnp.square(spec.imag), eps))
 
 
-def _per_signal_mrstft(
+CONVERGENCE_MODES = ("batch", "signal")
+
+
+def _grouped_mrstft(
     pred: jax.Array,
     target: jax.Array,
+    num_groups: int,
     fft_sizes: Sequence[int],
     hop_sizes: Sequence[int],
     win_lengths: Sequence[int],
     mag_eps: float,
+    convergence_over: str,
 ) -> jax.Array:
-    """MR-STFT loss of each signal, `[batch]`, for `[batch, time]` inputs.
+    """MR-STFT loss per group of signals, `[num_groups]`, for `[num_groups * batch, time]` inputs.
 
-    The mean of this over the batch is the batch loss: spectral convergence is a
-    per-signal ratio averaged over signals, and the log-magnitude L1 is a mean over
-    equally sized per-signal blocks.
+    Spectral convergence `||Y - X||_F / ||Y||_F` is taken over each group's whole batch
+    (`convergence_over='batch'`, auraloss's original form) or per signal and then
+    averaged (`'signal'`, stable-audio-tools >= 0.0.17). The per-signal ratio explodes
+    when a target crop is (nearly) silent: one such crop turned a loss of 5 into 800 in
+    the demo, which the batch form avoids. The log-magnitude L1 is a mean either way.
     """
     if not len(fft_sizes) == len(hop_sizes) == len(win_lengths):
         raise ValueError("fft_sizes, hop_sizes and win_lengths must have the same length")
-    total = jnp.zeros(pred.shape[:1], jnp.float32)
+    if convergence_over not in CONVERGENCE_MODES:
+        raise ValueError(f"convergence_over must be one of {CONVERGENCE_MODES}, got {convergence_over!r}")
+    total = jnp.zeros((num_groups,), jnp.float32)
     for n_fft, hop, win in zip(fft_sizes, hop_sizes, win_lengths):
         pred_mag = _magnitude(stft(pred, n_fft, hop, win, center=True), mag_eps)
         target_mag = _magnitude(stft(target, n_fft, hop, win, center=True), mag_eps)
-        convergence = (jnp.sqrt(jnp.sum(jnp.square(target_mag - pred_mag), axis=(1, 2)))
-                       / jnp.sqrt(jnp.sum(jnp.square(target_mag), axis=(1, 2))))
-        log_mag = jnp.mean(jnp.abs(jnp.log(pred_mag) - jnp.log(target_mag)), axis=(1, 2))
+        pred_mag = pred_mag.reshape(num_groups, -1, *pred_mag.shape[1:])  # [groups, batch, frames, bins]
+        target_mag = target_mag.reshape(pred_mag.shape)
+        norm_axes = (1, 2, 3) if convergence_over == "batch" else (2, 3)
+        convergence = (jnp.sqrt(jnp.sum(jnp.square(target_mag - pred_mag), axis=norm_axes))
+                       / jnp.sqrt(jnp.sum(jnp.square(target_mag), axis=norm_axes)))
+        if convergence_over == "signal":
+            convergence = jnp.mean(convergence, axis=1)
+        log_mag = jnp.mean(jnp.abs(jnp.log(pred_mag) - jnp.log(target_mag)), axis=(1, 2, 3))
         total = total + convergence + log_mag
     return total / len(fft_sizes)
 
@@ -203,6 +217,7 @@ def multi_resolution_stft_loss(
     sample_rate: int = 44100,
     fir_taps: int = 101,
     mag_eps: float = 1e-8,
+    convergence_over: str = "batch",
 ) -> jax.Array:
     """Multi-resolution STFT loss between mono signals `pred` and `target` `[batch, time]`.
 
@@ -214,10 +229,9 @@ def multi_resolution_stft_loss(
         taps = a_weighting_fir(sample_rate, fir_taps)
         pred = apply_fir(pred[..., None], taps)[..., 0]
         target = apply_fir(target[..., None], taps)[..., 0]
-    per_signal = _per_signal_mrstft(
-        pred.astype(jnp.float32), target.astype(jnp.float32),
-        fft_sizes, hop_sizes, fft_sizes if win_lengths is None else win_lengths, mag_eps)
-    return jnp.mean(per_signal)
+    return _grouped_mrstft(
+        pred.astype(jnp.float32), target.astype(jnp.float32), 1,
+        fft_sizes, hop_sizes, fft_sizes if win_lengths is None else win_lengths, mag_eps, convergence_over)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +250,8 @@ class STFTLossConfig:
       sum_diff_weight: weight of `(L(l+r) + L(l-r)) / 2` (`spectral.weights.mrstft`).
       left_right_weight: weight of each of the left and right channel losses
         (`mrstft / 2` in the reference).
+      convergence_over: 'batch' (robust to silent crops, the default) or 'signal'
+        (stable-audio-tools >= 0.0.17); see `_grouped_mrstft`.
     """
 
     fft_sizes: tuple[int, ...] = REFERENCE_FFT_SIZES
@@ -247,6 +263,7 @@ class STFTLossConfig:
     mag_eps: float = 1e-8
     sum_diff_weight: float = 1.0
     left_right_weight: float = 0.5
+    convergence_over: str = "batch"
 
     def __post_init__(self) -> None:
         # Lists from JSON/CLI configs would make the dataclass unhashable.
@@ -263,7 +280,8 @@ class STFTLossConfig:
         """Keyword arguments of `multi_resolution_stft_loss` for this config."""
         return dict(fft_sizes=self.fft_sizes, hop_sizes=self.hop_sizes,
                     win_lengths=self.win_lengths, perceptual_weighting=self.perceptual_weighting,
-                    sample_rate=self.sample_rate, fir_taps=self.fir_taps, mag_eps=self.mag_eps)
+                    sample_rate=self.sample_rate, fir_taps=self.fir_taps, mag_eps=self.mag_eps,
+                    convergence_over=self.convergence_over)
 
 
 def stereo_stft_losses(
@@ -280,7 +298,6 @@ def stereo_stft_losses(
     """
     if pred.shape != target.shape or pred.ndim != 3 or pred.shape[-1] != 2:
         raise ValueError(f"expected two [batch, time, 2] arrays, got {pred.shape} and {target.shape}")
-    batch = pred.shape[0]
 
     def signals(audio: jax.Array) -> jax.Array:
         # The A-weighting filter is linear, so filtering l and r once also filters l+r, l-r.
@@ -291,10 +308,9 @@ def stereo_stft_losses(
         # All four signals in one batch: one STFT per resolution instead of four.
         return jnp.concatenate([left + right, left - right, left, right], axis=0)
 
-    per_signal = _per_signal_mrstft(
-        signals(pred), signals(target),
-        config.fft_sizes, config.hop_sizes, config.win_lengths, config.mag_eps)
-    sum_loss, diff_loss, left, right = jnp.mean(per_signal.reshape(4, batch), axis=1)
+    sum_loss, diff_loss, left, right = _grouped_mrstft(
+        signals(pred), signals(target), 4,
+        config.fft_sizes, config.hop_sizes, config.win_lengths, config.mag_eps, config.convergence_over)
     sum_diff = (sum_loss + diff_loss) / 2
     spectral = config.sum_diff_weight * sum_diff + config.left_right_weight * (left + right)
     return {

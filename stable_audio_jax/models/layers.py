@@ -114,12 +114,13 @@ class WNConv(nn.Module):
             kernel = _weight_norm(v, g, reduce_axes)
         else:
             kernel = v
+        x = x.astype(self.dtype)
         if isinstance(self.padding, str):
             padding = self.padding
         else:
-            padding = [(p, p) for p in self.padding]
+            x, padding = _pad_explicitly(x, [(p, p) for p in self.padding]), "VALID"
         y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype),
+            x, kernel.astype(self.dtype),
             window_strides=tuple(self.strides or (1,) * ndim),
             padding=padding,
             rhs_dilation=tuple(self.kernel_dilation or (1,) * ndim),
@@ -141,8 +142,7 @@ class WNConvTranspose1d(nn.Module):
     is exactly `L * stride`.
 
     Parameters: `weight_v` `[kernel, in, out]` holding PyTorch's `(in, out, kernel)`
-    weight transposed (no flip: the flip that turns a transposed convolution into a
-    dilated one happens here in `__call__`), `weight_g` `[in]`, `bias` `[out]`.
+    weight transposed, `weight_g` `[in]`, `bias` `[out]`.
     Input `[batch, time, in]` -> output `[batch, time', out]`.
     """
 
@@ -167,21 +167,52 @@ class WNConvTranspose1d(nn.Module):
             "weight_g",
             _logical(lambda *_: jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes)), ("conv_in",)),
             (in_features,), self.param_dtype)
-        kernel = _weight_norm(v, g, norm_axes)[::-1]  # flip time: transposed conv == dilated conv
-        edge = self.kernel_size - 1 - self.padding
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype),
-            window_strides=(1,),
-            padding=[(edge, edge)],
-            lhs_dilation=(self.stride,),
-            dimension_numbers=_dimension_numbers(1),
-        )
+        kernel = _weight_norm(v, g, norm_axes)
+        y = _polyphase_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
         if self.use_bias:
             fan_in = self.kernel_size * self.features
             bias = self.param("bias", _logical(torch_bias_init(fan_in), ("conv_out",)),
                               (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
+
+
+def _pad_explicitly(x: jax.Array, spatial_padding: list[tuple[int, int]]) -> jax.Array:
+    """Zero-pad the spatial dims of a channels-last array.
+
+    Padding with `jnp.pad` and convolving 'VALID' computes the same values as the conv's
+    own padding, but when that padding makes the output longer than the input, XLA:CPU
+    computes the kernel gradient 100x slower (measured: 22 s vs 0.14 s for k=7, pad 9).
+    """
+    return jnp.pad(x, [(0, 0), *spatial_padding, (0, 0)])
+
+
+def _polyphase_conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """PyTorch's ConvTranspose1d as one dense convolution plus an interleave.
+
+    The direct form (convolving an input with `stride - 1` zeros inserted between samples)
+    spends most multiply-adds on those zeros, and XLA:CPU computes its kernel gradient
+    slowly. Split the kernel into `Q = ceil(k / stride)` taps per output phase instead:
+    output sample `u * stride + r` is `sum_q x[u - q] . W[q * stride + r]`, a plain
+    length-Q convolution that emits all `stride` phases as channels.
+
+    x `[batch, L, in]`, kernel `[k, in, out]` (PyTorch tap order) ->
+    `[batch, (L - 1) * stride + k - 2 * padding, out]`.
+    """
+    k, cin, cout = kernel.shape
+    taps = -(-k // stride)
+    kernel = jnp.pad(kernel, ((0, taps * stride - k), (0, 0), (0, 0)))
+    # [taps*stride, in, out] -> [taps, stride, in, out]; tap m of the conv multiplies
+    # x[u - (taps - 1 - m)], i.e. kernel block taps - 1 - m.
+    blocks = kernel.reshape(taps, stride, cin, cout)[::-1]
+    dense = jnp.transpose(blocks, (0, 2, 1, 3)).reshape(taps, cin, stride * cout)
+    length = (x.shape[1] - 1) * stride + k - 2 * padding
+    x = _pad_explicitly(x, [(taps - 1, taps - 1)])
+    y = jax.lax.conv_general_dilated(x, dense, window_strides=(1,), padding="VALID",
+                                     dimension_numbers=_dimension_numbers(1))
+    batch, num_blocks, _ = y.shape
+    y = y.reshape(batch, num_blocks * stride, cout)  # interleave the phases
+    return y[:, padding:padding + length]
 
 
 def _dimension_numbers(ndim: int) -> tuple[str, str, str]:

@@ -31,8 +31,30 @@ from stable_audio_jax.training.checkpointing import Checkpointer
 from stable_audio_jax.training.task import Task
 
 
+def with_rules(fn: Callable, rules: parallel.Rules) -> Callable:
+    """`fn` traced under the logical axis rules (so activation constraints resolve)."""
+    def wrapped(*args):
+        with nn.logical_axis_rules(rules):
+            return fn(*args)
+    return wrapped
+
+
+def jit_train_step(step_fn: Callable, *, mesh, rules: parallel.Rules, state_shardings: Any,
+                   example_batch: dict[str, Any]) -> Callable:
+    """`jax.jit` of a pure `(state, batch) -> (state, metrics)` with the state's shardings,
+    the batch split over the data axes, and the old state donated."""
+    batch_shardings = {k: parallel.batch_sharding(mesh, np.ndim(v), rules) for k, v in example_batch.items()}
+    return jax.jit(with_rules(step_fn, rules),
+                   in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, None),
+                   donate_argnums=0)
+
+
 class MetricLogger:
-    """Averages step metrics over a window (NaN = not computed) and writes them out.
+    """Averages step metrics over a window and writes them out.
+
+    Steps of different phases report different metrics; each key is averaged over the
+    steps that reported it.
 
     Writes `<workdir>/metrics.jsonl` and TensorBoard events under `<workdir>/tensorboard`
     (process 0 only).
@@ -57,11 +79,8 @@ class MetricLogger:
 
     def flush(self, step: int, extra: dict[str, float] | None = None, prefix: str = "train") -> dict[str, float]:
         keys = sorted({k for m in self._window for k in m})
-        summary = {}
-        for k in keys:
-            values = np.array([m.get(k, np.nan) for m in self._window], np.float64)
-            if np.any(np.isfinite(values)):
-                summary[k] = float(np.nanmean(values))
+        # A NaN from a diverged step stays NaN in the log: nothing is averaged away.
+        summary = {k: float(np.mean([m[k] for m in self._window if k in m])) for k in keys}
         summary.update(extra or {})
         self._window = []
         self.write(step, summary, prefix)
@@ -126,15 +145,13 @@ class Trainer:
                                          max_to_keep=tc.max_checkpoints,
                                          async_save=tc.get("async_checkpointing", True))
         self.logger = MetricLogger(self.workdir, enabled=self.is_main)
-        self._jit_train_step: Callable | None = None
+        self._jit_train_steps: dict[str, Callable] = {}  # phase name -> compiled step
         self._jit_eval_step: Callable | None = None
+        self._shown: dict[str, str] = {}  # progress-bar values, kept across phases
 
     # ----------------------------------------------------------------- state
     def _with_rules(self, fn: Callable) -> Callable:
-        def wrapped(*args):
-            with nn.logical_axis_rules(self.rules):
-                return fn(*args)
-        return wrapped
+        return with_rules(fn, self.rules)
 
     def initial_state(self, data_iterator: Any | None):
         """Restore the newest checkpoint of the run directory, or create a fresh state."""
@@ -148,14 +165,6 @@ class Trainer:
         else:
             state, _ = parallel.init_sharded(self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
         return state, shardings
-
-    def compile_train_step(self, state_shardings: Any, example_batch: dict[str, np.ndarray]) -> Callable:
-        batch_shardings = {k: parallel.batch_sharding(self.mesh, np.ndim(v), self.rules)
-                           for k, v in example_batch.items()}
-        return jax.jit(self._with_rules(self.task.train_step),
-                       in_shardings=(state_shardings, batch_shardings),
-                       out_shardings=(state_shardings, None),
-                       donate_argnums=0)
 
     def _global(self, host_batch) -> dict[str, jax.Array]:
         return parallel.host_to_global(self.task.model_inputs(host_batch), self.mesh, self.rules)
@@ -205,22 +214,24 @@ class Trainer:
         pending = None  # (step, device metrics) logged one step late
         step = start_step
         t_start = time.time()
-        compile_seconds = None
         with _StopFlag() as stop, jax.set_mesh(self.mesh):
             while step < tc.num_steps:
                 host_batch = next(train_it)
                 batch = self._global(host_batch)
-                if self._jit_train_step is None:
-                    self._jit_train_step = self.compile_train_step(state_shardings, batch)
+                phase = self.task.train_phase(step)
+                first_use = phase not in self._jit_train_steps
+                if first_use:
+                    self._jit_train_steps[phase] = jit_train_step(
+                        self.task.train_phases()[phase], mesh=self.mesh, rules=self.rules,
+                        state_shardings=state_shardings, example_batch=batch)
                 t0 = time.time()
-                state, metrics = self._jit_train_step(state, batch)
+                state, metrics = self._jit_train_steps[phase](state, batch)
                 step += 1
+                if first_use:  # wait once per phase to report its compile (+ first run) time
+                    jax.block_until_ready(metrics)
+                    summary.setdefault("first_step_seconds", {})[phase] = time.time() - t0
                 if pending is not None:
                     self._record(pending, summary, progress)
-                elif compile_seconds is None:
-                    jax.block_until_ready(metrics)
-                    compile_seconds = time.time() - t0
-                    summary["first_step_seconds"] = compile_seconds
                 pending = (step, metrics)
                 if step % tc.log_every == 0 or step == tc.num_steps:
                     self._record(pending, summary, progress)
@@ -256,8 +267,9 @@ class Trainer:
         self.logger.add(metrics)
         if progress is not None:
             progress.update(step - progress.n)
-            shown = {k: f"{v:.4g}" for k, v in metrics.items() if math.isfinite(v) and k in self.task.progress_keys}
-            progress.set_postfix(shown, refresh=False)
+            self._shown.update({k: f"{v:.4g}" for k, v in metrics.items()
+                                if math.isfinite(v) and k in self.task.progress_keys})
+            progress.set_postfix(self._shown, refresh=False)
 
     def close(self) -> None:
         self.checkpointer.close()

@@ -4,12 +4,13 @@ As in the reference trainer, generator and discriminator have separate AdamW opt
 and alternate on the step parity: odd steps update the discriminator, even steps the
 autoencoder. Before `loss.warmup_steps` the adversarial and feature-matching terms are
 off and every step is a generator step (with `warmup_mode='adv'` the discriminator still
-trains on odd steps). The branch is chosen with `lax.cond`, so one compiled step serves
-both and only the chosen branch runs.
+trains on odd steps). The three kinds of step are separate phases chosen on the host
+(`train_phase`), so each compiled program runs one branch and nothing else.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from stable_audio_jax.losses.adversarial import (feature_matching_loss, hinge_discriminator_loss,
                                                  hinge_generator_loss)
@@ -27,9 +29,6 @@ from stable_audio_jax.training import schedules
 from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
 
-GENERATOR_METRICS = ("loss", "spectral", "mrstft_sum_diff", "mrstft_left", "mrstft_right",
-                     "kl", "adversarial", "feature_matching")
-DISCRIMINATOR_METRICS = ("discriminator_loss",)
 
 
 def build_autoencoder(config: ml_collections.ConfigDict) -> AudioAutoencoder:
@@ -82,14 +81,23 @@ class VAETask(Task):
         )
 
     # ------------------------------------------------------------------ step
+    def train_phase(self, step: int) -> str:
+        cfg = self.config.loss
+        warmed_up = step >= cfg.warmup_steps
+        if step % 2 == 1 and (warmed_up or cfg.warmup_mode == "adv"):
+            return "discriminator"
+        return "generator" if warmed_up else "generator_warmup"
+
+    def train_phases(self):
+        return {
+            "generator_warmup": functools.partial(self._generator_update, adversarial=False),
+            "generator": functools.partial(self._generator_update, adversarial=True),
+            "discriminator": self._discriminator_update,
+        }
+
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        audio = batch["audio"].astype(jnp.float32)  # [batch, time, 2]
-        loss_cfg = self.config.loss
-        warmed_up = state.step >= loss_cfg.warmup_steps
-        disc_allowed = warmed_up if loss_cfg.warmup_mode != "adv" else jnp.bool_(True)
-        disc_turn = (state.step % 2 == 1) & disc_allowed
-        return jax.lax.cond(disc_turn, self._discriminator_update, self._generator_update,
-                            state, audio, warmed_up)
+        """The step the reference runs at `state.step` (host-side choice: not for tracing)."""
+        return self.train_phases()[self.train_phase(int(state.step))](state, batch)
 
     def _discriminate(self, disc_params, reals: jax.Array, fakes: jax.Array):
         """One discriminator pass over reals and fakes stacked on the batch axis."""
@@ -97,29 +105,28 @@ class VAETask(Task):
                                                     jnp.concatenate([reals, fakes], axis=0))
         return _split_batch(logits), _split_batch(features)
 
-    def _generator_update(self, state: TrainState, audio: jax.Array, warmed_up: jax.Array):
+    def _generator_update(self, state: TrainState, batch: Batch, *, adversarial: bool):
+        """Autoencoder step: spectral + KL (+ adversarial and feature matching), then EMA."""
         cfg = self.config.loss
+        audio = batch["audio"].astype(jnp.float32)  # [batch, time, 2]
         disc_params = state.params["discriminator"]
 
         def loss_fn(ae_params):
             recon, _, kl = self.autoencoder.apply({"params": ae_params}, audio, state.step_rng())
             terms = stereo_stft_losses(recon, audio, self.stft_config)
-
-            def adversarial_terms(recon):
-                (logits_real, logits_fake), (feats_real, feats_fake) = self._discriminate(
-                    disc_params, audio, recon)
-                return hinge_generator_loss(logits_fake), feature_matching_loss(feats_real, feats_fake)
-
-            adv, fm = jax.lax.cond(warmed_up, adversarial_terms,
-                                   lambda _: (jnp.float32(0), jnp.float32(0)), recon)
-            total = (terms["spectral"] + cfg.kl_weight * kl + cfg.adversarial_weight * adv
-                     + cfg.feature_matching_weight * fm)
-            return total, dict(terms, kl=kl, adversarial=adv, feature_matching=fm, loss=total)
+            total = terms["spectral"] + cfg.kl_weight * kl
+            metrics = dict(terms, kl=kl)
+            if adversarial:
+                (_, logits_fake), (feats_real, feats_fake) = self._discriminate(disc_params, audio, recon)
+                adv, fm = hinge_generator_loss(logits_fake), feature_matching_loss(feats_real, feats_fake)
+                total = total + cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm
+                metrics.update(adversarial=adv, feature_matching=fm)
+            return total, dict(metrics, loss=total)
 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params["autoencoder"])
         updates, opt_state = self.generator_tx.update(grads, state.opt_state["generator"],
                                                       state.params["autoencoder"])
-        ae_params = jax.tree.map(lambda p, u: p + u, state.params["autoencoder"], updates)
+        ae_params = optax.apply_updates(state.params["autoencoder"], updates)
         decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                            state.ema_params["autoencoder"], ae_params)
@@ -129,9 +136,11 @@ class VAETask(Task):
             opt_state=dict(state.opt_state, generator=opt_state),
             ema_params={"autoencoder": ema},
         )
-        return new_state, self._all_metrics(metrics)
+        return new_state, metrics
 
-    def _discriminator_update(self, state: TrainState, audio: jax.Array, warmed_up: jax.Array):
+    def _discriminator_update(self, state: TrainState, batch: Batch):
+        """Discriminator step: hinge loss on reals vs the autoencoder's current reconstructions."""
+        audio = batch["audio"].astype(jnp.float32)
         recon, _, _ = self.autoencoder.apply({"params": state.params["autoencoder"]}, audio,
                                              state.step_rng())
         recon = jax.lax.stop_gradient(recon)
@@ -143,19 +152,13 @@ class VAETask(Task):
         loss, grads = jax.value_and_grad(loss_fn)(state.params["discriminator"])
         updates, opt_state = self.discriminator_tx.update(grads, state.opt_state["discriminator"],
                                                           state.params["discriminator"])
-        disc_params = jax.tree.map(lambda p, u: p + u, state.params["discriminator"], updates)
+        disc_params = optax.apply_updates(state.params["discriminator"], updates)
         new_state = state.replace(
             step=state.step + 1,
             params=dict(state.params, discriminator=disc_params),
             opt_state=dict(state.opt_state, discriminator=opt_state),
         )
-        return new_state, self._all_metrics({"discriminator_loss": loss})
-
-    @staticmethod
-    def _all_metrics(computed: dict[str, jax.Array]) -> Metrics:
-        """Both branches report every key (lax.cond needs one structure); NaN = not this step."""
-        return {k: jnp.asarray(computed.get(k, jnp.nan), jnp.float32)
-                for k in GENERATOR_METRICS + DISCRIMINATOR_METRICS}
+        return new_state, {"discriminator_loss": loss}
 
     # ------------------------------------------------------------------ eval
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:

@@ -1,0 +1,703 @@
+"""Benchmark a config on the current backend: compile time, step time, throughput, FLOPs, memory.
+
+    python launch/benchmark.py --config=configs/vae_sao.py --params_only
+    python launch/benchmark.py --config=configs/vae_sao.py --batch_size=1 --seconds=1.5 \
+        --steps=5 --output_json=/tmp/bench_sao.json
+
+Config overrides work as in `launch/train.py` (`--config.dtype=bfloat16`).
+
+What is measured, for every entry of the task's benchmark (`BENCHMARKS[config.task]`):
+
+- `lower s`: tracing and lowering to StableHLO (`jax.jit(f).lower(...)`);
+- `compile s`: XLA compilation alone (`lowered.compile()`);
+- `median s`: the median wall time of `--steps` calls of the compiled executable after
+  `--warmup` untimed calls, each call followed by `jax.block_until_ready`;
+- `clips/s` = batch / median and `audio s/s` = batch x window seconds / median (the
+  real-time factor);
+- `GFLOP/dev`: the `flops` entry of `compiled.cost_analysis()`, i.e. XLA's count for the
+  partitioned program of one device (replicated work counted on every device);
+  `TFLOP/s/dev` = that / median, and `MFU` = TFLOP/s/dev / `--peak_tflops_per_device` when
+  given;
+- `peak mem`: the largest `peak_bytes_in_use` of `device.memory_stats()` over the local
+  mesh devices, read after the measurement. It is the process-wide high-water mark since
+  start-up (it includes the resident train state and every earlier measurement), and n/a
+  where the backend has no memory statistics (CPU). XLA's own per-executable estimate
+  (`compiled.memory_analysis()`: arguments + outputs - aliased + temporaries) is shown as
+  `XLA mem/dev`.
+
+Inputs are seeded random arrays (data loading is not measured). Nothing is fitted or
+extrapolated: every number printed comes from the runs above.
+
+VAE (`config.task == 'vae'`): the training step is measured per phase, each phase jitted
+as the trainer jits it (state shardings, batch over the data axes, old state donated):
+`generator` (spectral + KL + adversarial + feature-matching losses: the autoencoder step
+after warm-up), `discriminator`, and on request `generator_warmup` (adversarial and
+feature-matching terms off). The phase functions come from `task.train_phases()`. `encode` is audio -> latents (the latent
+mean, no sampling) and `decode` latents -> audio, with the initial (random) weights. The
+window is `--seconds` rounded up to a multiple of the downsampling ratio and to at least the
+largest FFT of the discriminator and of the STFT loss. With both phases measured, the line
+`train alternating` gives their mean: the cost per step of the trainer after warm-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_PARAMS_ONLY = flags.DEFINE_bool("params_only", False, "Print the parameter counts (no allocation) and exit.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Global batch size (split over the data-parallel mesh axes).")
+_SECONDS = flags.DEFINE_float("seconds", 1.5, "Audio window in seconds; rounded up to a valid sample count.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls per measurement after compilation.")
+_SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Measure inference only (VAE: encode and decode).")
+_TRAIN_PHASES = flags.DEFINE_list("train_phases", ["generator", "discriminator"],
+                                  "VAE training phases to measure: generator, discriminator, generator_warmup.")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Use the first N devices for the mesh (0: all).")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops_per_device", 0.0,
+                                  "Peak TFLOP/s of one device for the config's dtype; > 0 adds an MFU column.")
+_OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the results to this JSON file.")
+
+
+# --------------------------------------------------------------------------- options
+class BenchmarkUsageError(ValueError):
+    """A flag or config value that makes the requested benchmark impossible."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to measure and how often (the non-config flags)."""
+
+    batch_size: int = 1
+    seconds: float = 1.5
+    steps: int = 5
+    warmup: int = 1
+    skip_train: bool = False
+    train_phases: tuple[str, ...] = ("generator", "discriminator")
+    num_devices: int = 0
+    peak_tflops_per_device: float = 0.0
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise BenchmarkUsageError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if not self.seconds > 0:
+            raise BenchmarkUsageError(f"--seconds must be > 0, got {self.seconds}")
+        if self.steps < 1:
+            raise BenchmarkUsageError(f"--steps must be >= 1, got {self.steps}")
+        if self.warmup < 0:
+            raise BenchmarkUsageError(f"--warmup must be >= 0, got {self.warmup}")
+
+
+# --------------------------------------------------------------------------- measurement
+@dataclasses.dataclass
+class Measurement:
+    """One measured executable; everything derived is computed from these fields."""
+
+    name: str
+    description: str
+    batch_size: int
+    audio_seconds_per_item: float  # seconds of audio each batch item covers
+    input_shapes: dict[str, list[int]]
+    lower_seconds: float
+    compile_seconds: float
+    step_seconds: list[float]  # one wall time per timed call
+    flops_per_device: float | None  # XLA cost analysis of the compiled (partitioned) program
+    peak_bytes_in_use: int | None  # process-wide device high-water mark after this measurement
+    compiled_memory: dict[str, int] | None  # compiled.memory_analysis(), per device
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.step_seconds)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.batch_size / self.median_seconds
+
+    @property
+    def audio_seconds_per_second(self) -> float:
+        return self.batch_size * self.audio_seconds_per_item / self.median_seconds
+
+    @property
+    def compiled_bytes_per_device(self) -> int | None:
+        """XLA's footprint estimate of the executable: arguments + outputs - aliased + temporaries."""
+        m = self.compiled_memory
+        if not m or "temp_size_in_bytes" not in m:
+            return None
+        return (m.get("argument_size_in_bytes", 0) + m.get("output_size_in_bytes", 0)
+                - m.get("alias_size_in_bytes", 0) + m["temp_size_in_bytes"])
+
+    @property
+    def tflops_per_second_per_device(self) -> float | None:
+        if self.flops_per_device is None:
+            return None
+        return self.flops_per_device / self.median_seconds / 1e12
+
+    def to_json(self, peak_tflops_per_device: float = 0.0) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        tflops = self.tflops_per_second_per_device
+        d.update(median_seconds=self.median_seconds, min_seconds=min(self.step_seconds),
+                 mean_seconds=statistics.fmean(self.step_seconds),
+                 items_per_second=self.items_per_second,
+                 audio_seconds_per_second=self.audio_seconds_per_second,
+                 tflops_per_second_per_device=tflops,
+                 compiled_bytes_per_device=self.compiled_bytes_per_device,
+                 mfu=(tflops / peak_tflops_per_device) if tflops is not None and peak_tflops_per_device > 0 else None)
+        return d
+
+
+def xla_flops(compiled: Any) -> float | None:
+    """The `flops` entry of `compiled.cost_analysis()` (a dict, or a list of one dict on some versions)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    if not analysis or "flops" not in analysis:
+        return None
+    flops = float(analysis["flops"])
+    return flops if flops >= 0 else None
+
+
+def compiled_memory(compiled: Any) -> dict[str, int] | None:
+    """XLA's per-device memory estimate of an executable (argument, output, temp, alias bytes)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:
+        return None
+    if stats is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    return {f: int(getattr(stats, f)) for f in fields if hasattr(stats, f)}
+
+
+def peak_memory_bytes(devices: Sequence[Any]) -> int | None:
+    """Largest `peak_bytes_in_use` over the addressable `devices`; None without memory statistics."""
+    import jax
+
+    peaks = []
+    for device in devices:
+        if device.process_index != jax.process_index():
+            continue
+        try:
+            stats = device.memory_stats()
+        except Exception:
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+_SLOW_CALL_SECONDS = 10.0
+
+
+def measure(name: str, description: str, jitted: Callable, args: tuple, *, options: Options,
+            mesh: Any, batch_size: int, audio_seconds_per_item: float,
+            input_shapes: dict[str, list[int]],
+            advance: Callable[[tuple, Any], tuple] | None = None) -> tuple[Measurement, tuple]:
+    """Lower, compile and time `jitted(*args)`.
+
+    `advance(args, outputs)` gives the arguments of the next call (e.g. the new train state
+    when the old one was donated); by default the same arguments are reused. Returns the
+    measurement and the arguments after the last call.
+    """
+    import jax
+
+    advance = advance or (lambda a, _: a)
+    print(f"  {name}: lowering and compiling", flush=True)
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        lowered = jitted.lower(*args)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        step_seconds = []
+        for i in range(options.warmup + options.steps):
+            start = time.perf_counter()
+            outputs = compiled(*args)
+            jax.block_until_ready(outputs)
+            elapsed = time.perf_counter() - start
+            if i >= options.warmup:
+                step_seconds.append(elapsed)
+            if elapsed > _SLOW_CALL_SECONDS:  # show progress on slow backends
+                kind = "warm-up" if i < options.warmup else "timed"
+                print(f"    {name}: {kind} call {i + 1}/{options.warmup + options.steps}: {elapsed:.2f} s",
+                      flush=True)
+            args = advance(args, outputs)
+    del outputs
+    result = Measurement(
+        name=name, description=description, batch_size=batch_size,
+        audio_seconds_per_item=audio_seconds_per_item, input_shapes=input_shapes,
+        lower_seconds=t1 - t0, compile_seconds=t2 - t1, step_seconds=step_seconds,
+        flops_per_device=xla_flops(compiled), peak_bytes_in_use=peak_memory_bytes(mesh.devices.flat),
+        compiled_memory=compiled_memory(compiled))
+    print(f"  measured {name}: compile {result.compile_seconds:.2f} s, "
+          f"median {result.median_seconds:.4f} s", flush=True)
+    return result, args
+
+
+# --------------------------------------------------------------------------- helpers
+def count_params(tree: Any) -> int:
+    import jax
+    import numpy as np
+
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+def make_mesh(config: Any, num_devices: int = 0):
+    import jax
+    from stable_audio_jax import parallel
+
+    devices = jax.devices()
+    if num_devices:
+        if num_devices > len(devices):
+            raise BenchmarkUsageError(f"--num_devices={num_devices} but only {len(devices)} devices exist")
+        devices = devices[:num_devices]
+    return parallel.create_mesh(tuple(config.mesh.shape), tuple(config.mesh.axis_names), devices=devices)
+
+
+def mesh_rules(config: Any) -> tuple:
+    from stable_audio_jax import parallel
+
+    return tuple(tuple(r) for r in config.mesh.get("rules", parallel.DEFAULT_RULES))
+
+
+def data_parallel_size(mesh: Any, rules: tuple) -> int:
+    import flax.linen as nn
+
+    axes = nn.logical_to_mesh_axes(("batch",), rules)[0]
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def global_array(host: Any, mesh: Any, rules: tuple):
+    """A `[batch, ...]` host array (identical on every process) as a batch-sharded global array."""
+    import jax
+    from stable_audio_jax import parallel
+
+    sharding = parallel.batch_sharding(mesh, host.ndim, rules)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def with_rules(fn: Callable, rules: tuple) -> Callable:
+    import flax.linen as nn
+
+    def wrapped(*args):
+        with nn.logical_axis_rules(rules):
+            return fn(*args)
+    return wrapped
+
+
+def shapes_of(**arrays: Any) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in arrays.items()}
+
+
+# --------------------------------------------------------------------------- VAE
+VAE_TRAIN_PHASES = ("generator", "discriminator", "generator_warmup")
+
+
+def vae_window_samples(config: Any, seconds: float) -> int:
+    """`seconds` of audio in samples, rounded up to a multiple of the downsampling ratio and to
+    at least the largest FFT of the discriminator and of the multi-resolution STFT loss."""
+    from stable_audio_jax.models.autoencoder import AutoencoderConfig
+
+    ratio = AutoencoderConfig.from_dict(config.model.to_dict()).downsampling_ratio
+    largest_fft = max(max(config.discriminator.n_ffts), max(config.loss.stft.fft_sizes))
+    samples = max(math.ceil(seconds * config.data.sample_rate), largest_fft)
+    return ratio * -(-samples // ratio)
+
+
+def vae_param_counts(config: Any) -> dict[str, int]:
+    """Parameter counts from `jax.eval_shape` of `VAETask.init_state` (nothing is allocated)."""
+    import flax.linen as nn
+    import jax
+    from stable_audio_jax.training.vae_task import VAETask
+
+    abstract = nn.meta.unbox(jax.eval_shape(VAETask(config).init_state, jax.random.PRNGKey(0)))
+    autoencoder = abstract.params["autoencoder"]
+    return {"autoencoder": count_params(autoencoder),
+            "encoder": count_params(autoencoder["encoder"]),
+            "decoder": count_params(autoencoder["decoder"]),
+            "discriminator": count_params(abstract.params["discriminator"])}
+
+
+_VAE_PHASE_DESCRIPTIONS = {
+    "generator": "autoencoder update, adversarial + feature-matching losses on (after warm-up)",
+    "discriminator": "discriminator update",
+    "generator_warmup": "autoencoder update, adversarial + feature-matching losses off (warm-up)",
+}
+
+
+def vae_phase_function(task: Any, phase: str) -> tuple[Callable, str]:
+    """`(state, batch) -> (state, metrics)` for one VAE training phase, and its description."""
+    if phase not in VAE_TRAIN_PHASES:
+        raise BenchmarkUsageError(f"unknown VAE training phase {phase!r}; known: {VAE_TRAIN_PHASES}")
+    description = f"{type(task).__name__}.train_phases()[{phase!r}]: " + _VAE_PHASE_DESCRIPTIONS[phase]
+    return task.train_phases()[phase], description
+
+
+def measure_train_phase(name: str, description: str, step_fn: Callable, state: Any, state_shardings: Any,
+                        batch: dict[str, Any], *, options: Options, mesh: Any, rules: tuple,
+                        audio_seconds_per_item: float) -> tuple[Measurement, Any]:
+    """A `(state, batch) -> (state, metrics)` step jitted as the trainer does (state shardings,
+    batch over the data axes, old state donated); returns (measurement, state after it)."""
+    import jax
+    from stable_audio_jax import parallel
+
+    batch_shardings = {k: parallel.batch_sharding(mesh, v.ndim, rules) for k, v in batch.items()}
+    jitted = jax.jit(with_rules(step_fn, rules), in_shardings=(state_shardings, batch_shardings),
+                     out_shardings=(state_shardings, None), donate_argnums=0)
+    batch_size = next(iter(batch.values())).shape[0]
+    result, (state, _) = measure(
+        name, description, jitted, (state, batch), options=options, mesh=mesh, batch_size=batch_size,
+        audio_seconds_per_item=audio_seconds_per_item, input_shapes=shapes_of(**batch),
+        advance=lambda args, out: (out[0], args[1]))
+    return result, state
+
+
+def measure_vae_encode(autoencoder: Any, params: Any, param_shardings: Any, audio: Any, *,
+                       options: Options, mesh: Any, rules: tuple, window_seconds: float) -> Measurement:
+    """Audio `[batch, T, 2]` -> latents `[batch, T/ratio, latent_dim]` (the posterior mean)."""
+    import jax
+    from stable_audio_jax import parallel
+
+    def encode(params, audio):
+        latents, _ = autoencoder.apply({"params": params}, audio, None, method=type(autoencoder).encode)
+        return latents
+
+    jitted = jax.jit(with_rules(encode, rules),
+                     in_shardings=(param_shardings, parallel.batch_sharding(mesh, audio.ndim, rules)))
+    result, _ = measure("encode", "audio -> latents (mean, no sampling)", jitted, (params, audio),
+                        options=options, mesh=mesh, batch_size=audio.shape[0],
+                        audio_seconds_per_item=window_seconds, input_shapes=shapes_of(audio=audio))
+    return result
+
+
+def measure_vae_decode(autoencoder: Any, params: Any, param_shardings: Any, latents: Any, *,
+                       options: Options, mesh: Any, rules: tuple, window_seconds: float) -> Measurement:
+    """Latents `[batch, N, latent_dim]` -> audio `[batch, N*ratio, 2]`."""
+    import jax
+    from stable_audio_jax import parallel
+
+    def decode(params, latents):
+        return autoencoder.apply({"params": params}, latents, method=type(autoencoder).decode)
+
+    jitted = jax.jit(with_rules(decode, rules),
+                     in_shardings=(param_shardings, parallel.batch_sharding(mesh, latents.ndim, rules)))
+    result, _ = measure("decode", "latents -> audio", jitted, (params, latents),
+                        options=options, mesh=mesh, batch_size=latents.shape[0],
+                        audio_seconds_per_item=window_seconds, input_shapes=shapes_of(latents=latents))
+    return result
+
+
+def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
+    """Encode, decode and the requested training phases of the VAE config."""
+    import jax
+    import numpy as np
+    from stable_audio_jax import parallel
+    from stable_audio_jax.training.vae_task import VAETask
+
+    unknown = set(options.train_phases) - set(VAE_TRAIN_PHASES)
+    if unknown:
+        raise BenchmarkUsageError(f"unknown --train_phases {sorted(unknown)}; known: {VAE_TRAIN_PHASES}")
+    rules = mesh_rules(config)
+    samples = vae_window_samples(config, options.seconds)
+    with config.unlocked():
+        config.data.sample_size = samples
+        config.data.batch_size = options.batch_size
+    task = VAETask(config)
+    autoencoder = task.autoencoder
+    ratio = autoencoder.config.downsampling_ratio
+    sample_rate = config.data.sample_rate
+    window_seconds = samples / sample_rate
+
+    rng = np.random.default_rng(config.seed)
+    host_audio = (0.1 * rng.standard_normal((options.batch_size, samples, autoencoder.config.io_channels))
+                  ).astype(np.float32)
+    host_latents = rng.standard_normal((options.batch_size, samples // ratio, autoencoder.config.latent_dim)
+                                       ).astype(np.float32)
+    audio = global_array(host_audio, mesh, rules)
+    latents = global_array(host_latents, mesh, rules)
+
+    key = jax.random.PRNGKey(config.seed)
+    init_start = time.perf_counter()
+    if options.skip_train:
+        init = lambda rng: task.init_state(rng).params["autoencoder"]  # noqa: E731
+        ae_params, ae_shardings = parallel.init_sharded(init, key, mesh=mesh, rules=rules)
+        state = state_shardings = None
+    else:
+        state, state_shardings = parallel.init_sharded(task.init_state, key, mesh=mesh, rules=rules)
+        ae_params, ae_shardings = state.params["autoencoder"], state_shardings.params["autoencoder"]
+    jax.block_until_ready(ae_params)
+    init_seconds = time.perf_counter() - init_start
+    print(f"  initialised {'autoencoder parameters' if options.skip_train else 'the train state'} "
+          f"in {init_seconds:.2f} s (jit compile + run)", flush=True)
+
+    common = dict(options=options, mesh=mesh, rules=rules, window_seconds=window_seconds)
+    results = [measure_vae_encode(autoencoder, ae_params, ae_shardings, audio, **common),
+               measure_vae_decode(autoencoder, ae_params, ae_shardings, latents, **common)]
+    del ae_params  # the train state is donated from here on
+    if not options.skip_train:
+        for phase in options.train_phases:
+            step_fn, description = vae_phase_function(task, phase)
+            result, state = measure_train_phase(
+                f"train/{phase}", description, step_fn, state, state_shardings, {"audio": audio},
+                options=options, mesh=mesh, rules=rules, audio_seconds_per_item=window_seconds)
+            results.append(result)
+
+    info = {
+        "window_samples": samples,
+        "window_seconds": window_seconds,
+        "requested_seconds": options.seconds,
+        "sample_rate": sample_rate,
+        "downsampling_ratio": ratio,
+        "audio_shape": list(host_audio.shape),
+        "latent_shape": list(host_latents.shape),
+        "loss_warmup_steps": int(config.loss.warmup_steps),
+        "train_phases": [] if options.skip_train else list(options.train_phases),
+        "init_seconds": init_seconds,
+    }
+    return info, results
+
+
+# --------------------------------------------------------------------------- registry
+# config.task -> parameter counter and benchmark. Later tasks (clap, diffusion) add entries.
+PARAM_COUNTERS: dict[str, Callable[[Any], dict[str, int]]] = {"vae": vae_param_counts}
+BENCHMARKS: dict[str, Callable[[Any, Options, Any], tuple[dict[str, Any], list[Measurement]]]] = {
+    "vae": benchmark_vae,
+}
+
+
+def _lookup(registry: dict, task: str):
+    if task not in registry:
+        raise BenchmarkUsageError(f"no benchmark for config.task={task!r}; known: {sorted(registry)}")
+    return registry[task]
+
+
+def param_counts(config: Any) -> dict[str, int]:
+    return _lookup(PARAM_COUNTERS, config.task)(config)
+
+
+def hardware_info(mesh: Any | None = None) -> dict[str, Any]:
+    import flax
+    import jax
+    import jaxlib
+
+    devices = jax.devices()
+    info = {
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "flax_version": flax.__version__,
+        "python_version": platform.python_version(),
+        "host": platform.node(),
+        "host_cpu_count": os.cpu_count(),
+        "platform_version": getattr(devices[0].client, "platform_version", None),
+        "compilation_cache_dir": jax.config.jax_compilation_cache_dir or None,
+    }
+    if mesh is not None:
+        info["mesh"] = {str(k): int(v) for k, v in mesh.shape.items()}
+        info["mesh_device_count"] = int(mesh.devices.size)
+    memory = None
+    try:
+        memory = devices[0].memory_stats()
+    except Exception:
+        pass
+    info["bytes_limit"] = int(memory["bytes_limit"]) if memory and "bytes_limit" in memory else None
+    return info
+
+
+def run_benchmark(config: Any, options: Options) -> dict[str, Any]:
+    """Measure `config` under `options`; returns the JSON-ready report (see the module docstring)."""
+    options.validate()
+    benchmark = _lookup(BENCHMARKS, config.task)
+    mesh = make_mesh(config, options.num_devices)
+    rules = mesh_rules(config)
+    dp = data_parallel_size(mesh, rules)
+    if options.batch_size % dp:
+        raise BenchmarkUsageError(f"--batch_size={options.batch_size} is not divisible by the {dp} data-parallel "
+                         f"devices of mesh {dict(mesh.shape)}; use a multiple of {dp}, --num_devices or "
+                         f"--config.mesh.shape")
+    counts = param_counts(config)
+    load_before = _load_average()
+    info, measurements = benchmark(config, options, mesh)
+    load_after = _load_average()
+    notes = [
+        "median s: median wall time of the timed calls after warm-up, each ended by block_until_ready",
+        "compile s: lowered.compile() only; lower s: tracing + lowering",
+        "GFLOP/dev: compiled.cost_analysis()['flops'], XLA's count for one device's partitioned program",
+        "XLA mem/dev: compiled.memory_analysis() estimate, arguments + outputs - donated/aliased + temporaries",
+        "peak mem: process-wide peak_bytes_in_use high-water mark after the measurement (n/a: no statistics)",
+        "inputs are seeded random arrays; weights are the random initialisation",
+    ]
+    if hardware_info()["compilation_cache_dir"]:
+        notes.append("a persistent compilation cache is enabled: compile times may be cache hits")
+    hardware = dict(hardware_info(mesh), host_load_average_before=load_before,
+                    host_load_average_after=load_after)
+    return {
+        "hardware": hardware,
+        "config": {"name": config_name(), "task": config.task, "dtype": config.get("dtype", "float32"),
+                   "param_dtype": config.get("param_dtype", "float32"), "seed": config.seed,
+                   "overrides": config_overrides()},
+        "options": dataclasses.asdict(options),
+        "shapes": info,
+        "param_counts": counts,
+        "measurements": [m.to_json(options.peak_tflops_per_device) for m in measurements],
+        "derived": derived_figures(measurements),
+        "notes": notes,
+    }
+
+
+def _load_average() -> list[float] | None:
+    """The host's 1/5/15-minute load averages: other processes on the host skew timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def derived_figures(measurements: Sequence[Measurement]) -> dict[str, float]:
+    """Alternating generator/discriminator training (as the trainer runs after warm-up)."""
+    by_name = {m.name: m for m in measurements}
+    gen, disc = by_name.get("train/generator"), by_name.get("train/discriminator")
+    if gen is None or disc is None:
+        return {}
+    pair_seconds = gen.median_seconds + disc.median_seconds
+    return {"train_alternating_seconds_per_step": pair_seconds / 2,
+            "train_alternating_items_per_second": 2 * gen.batch_size / pair_seconds,
+            "train_alternating_generator_updates_per_second": 1.0 / pair_seconds}
+
+
+# --------------------------------------------------------------------------- output
+def config_name() -> str | None:
+    try:
+        return config_flags.get_config_filename(flags.FLAGS["config"])
+    except Exception:
+        return None
+
+
+def config_overrides() -> dict[str, Any]:
+    try:
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()}
+    except Exception:
+        return {}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _fmt_bytes(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
+
+
+def format_params(counts: dict[str, int]) -> str:
+    width = max(len(k) for k in counts)
+    return "\n".join(f"  {k:<{width}}  {v:>15,}" for k, v in counts.items())
+
+
+def format_report(report: dict[str, Any]) -> str:
+    hw, cfg, shapes = report["hardware"], report["config"], report["shapes"]
+    peak = report["options"]["peak_tflops_per_device"]
+    lines = [
+        f"hardware: backend={hw['backend']} device_kind={hw['device_kind']!r} devices={hw['device_count']} "
+        f"(mesh {hw.get('mesh')}, {hw['process_count']} process(es)), host CPUs={hw['host_cpu_count']}, "
+        f"host load average before/after {hw['host_load_average_before']} / {hw['host_load_average_after']}",
+        f"software: jax {hw['jax_version']}, jaxlib {hw['jaxlib_version']}, flax {hw['flax_version']}, "
+        f"python {hw['python_version']}",
+        f"config: {cfg['name']} (task={cfg['task']}, dtype={cfg['dtype']}, param_dtype={cfg['param_dtype']})"
+        + (f" overrides={cfg['overrides']}" if cfg["overrides"] else ""),
+        "shapes: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in shapes.items()),
+        f"timing: {report['options']['warmup']} warm-up + {report['options']['steps']} timed calls per row",
+        "parameters:",
+        format_params(report["param_counts"]),
+        "",
+    ]
+    header = ["measurement", "lower s", "compile s", "median s", "min s", "clips/s", "audio s/s",
+              "GFLOP/dev", "TFLOP/s/dev"] + (["MFU"] if peak > 0 else []) + ["XLA mem/dev", "peak mem"]
+    rows = []
+    for m in report["measurements"]:
+        flops = m["flops_per_device"]
+        row = [m["name"], f"{m['lower_seconds']:.2f}", f"{m['compile_seconds']:.2f}",
+               f"{m['median_seconds']:.4f}", f"{m['min_seconds']:.4f}", f"{m['items_per_second']:.3f}",
+               f"{m['audio_seconds_per_second']:.3f}", _fmt(None if flops is None else flops / 1e9, ".2f"),
+               _fmt(m["tflops_per_second_per_device"], ".4f")]
+        if peak > 0:
+            row.append(_fmt(None if m["mfu"] is None else 100 * m["mfu"], ".2f") + ("%" if m["mfu"] else ""))
+        row += [_fmt_bytes(m["compiled_bytes_per_device"]), _fmt_bytes(m["peak_bytes_in_use"])]
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt_row = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(r, widths)))
+    lines += [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows]
+    derived = report["derived"]
+    if derived:
+        lines.append(f"train alternating generator/discriminator: "
+                     f"{derived['train_alternating_seconds_per_step']:.4f} s/step, "
+                     f"{derived['train_alternating_items_per_second']:.3f} clips/s")
+    lines += ["", "rows:"] + [f"  {m['name']}: {m['description']}, inputs {m['input_shapes']}"
+                              for m in report["measurements"]]
+    lines += ["notes:"] + [f"  {n}" for n in report["notes"]]
+    return "\n".join(lines)
+
+
+def options_from_flags() -> Options:
+    return Options(batch_size=_BATCH_SIZE.value, seconds=_SECONDS.value, steps=_STEPS.value,
+                   warmup=_WARMUP.value, skip_train=_SKIP_TRAIN.value,
+                   train_phases=tuple(_TRAIN_PHASES.value), num_devices=_NUM_DEVICES.value,
+                   peak_tflops_per_device=_PEAK_TFLOPS.value)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config=configs/<name>.py is required")
+    try:
+        if _PARAMS_ONLY.value:
+            counts = param_counts(config)
+            print(f"config: {config_name()} (task={config.task})")
+            print("parameters (jax.eval_shape, nothing allocated):")
+            print(format_params(counts), flush=True)
+            return
+        report = run_benchmark(config, options_from_flags())
+    except BenchmarkUsageError as e:
+        raise app.UsageError(str(e)) from e
+    import jax
+
+    if jax.process_index() != 0:  # every process measures; process 0 reports
+        return
+    print()
+    print(format_report(report), flush=True)
+    if _OUTPUT_JSON.value:
+        directory = os.path.dirname(os.path.abspath(_OUTPUT_JSON.value))
+        os.makedirs(directory, exist_ok=True)
+        with open(_OUTPUT_JSON.value, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {_OUTPUT_JSON.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
