@@ -294,15 +294,6 @@ def global_array(host: Any, mesh: Any, rules: tuple):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def with_rules(fn: Callable, rules: tuple) -> Callable:
-    import flax.linen as nn
-
-    def wrapped(*args):
-        with nn.logical_axis_rules(rules):
-            return fn(*args)
-    return wrapped
-
-
 def shapes_of(**arrays: Any) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in arrays.items()}
 
@@ -356,12 +347,9 @@ def measure_train_phase(name: str, description: str, step_fn: Callable, state: A
                         audio_seconds_per_item: float) -> tuple[Measurement, Any]:
     """A `(state, batch) -> (state, metrics)` step jitted as the trainer does (state shardings,
     batch over the data axes, old state donated); returns (measurement, state after it)."""
-    import jax
-    from stable_audio_jax import parallel
+    from stable_audio_jax.training.trainer import jit_train_step
 
-    batch_shardings = {k: parallel.batch_sharding(mesh, v.ndim, rules) for k, v in batch.items()}
-    jitted = jax.jit(with_rules(step_fn, rules), in_shardings=(state_shardings, batch_shardings),
-                     out_shardings=(state_shardings, None), donate_argnums=0)
+    jitted = jit_train_step(step_fn, mesh=mesh, rules=rules, state_shardings=state_shardings, example_batch=batch)
     batch_size = next(iter(batch.values())).shape[0]
     result, (state, _) = measure(
         name, description, jitted, (state, batch), options=options, mesh=mesh, batch_size=batch_size,
@@ -370,38 +358,19 @@ def measure_train_phase(name: str, description: str, step_fn: Callable, state: A
     return result, state
 
 
-def measure_vae_encode(autoencoder: Any, params: Any, param_shardings: Any, audio: Any, *,
-                       options: Options, mesh: Any, rules: tuple, window_seconds: float) -> Measurement:
-    """Audio `[batch, T, 2]` -> latents `[batch, T/ratio, latent_dim]` (the posterior mean)."""
+def measure_vae_transform(name: str, description: str, fn: Callable, params: Any, param_shardings: Any,
+                          inputs: Any, *, options: Options, mesh: Any, rules: tuple,
+                          window_seconds: float) -> Measurement:
+    """One jitted `fn(params, inputs)` (encode or decode) with the batch over the data axes."""
     import jax
     from stable_audio_jax import parallel
+    from stable_audio_jax.training.trainer import with_rules
 
-    def encode(params, audio):
-        latents, _ = autoencoder.apply({"params": params}, audio, None, method=type(autoencoder).encode)
-        return latents
-
-    jitted = jax.jit(with_rules(encode, rules),
-                     in_shardings=(param_shardings, parallel.batch_sharding(mesh, audio.ndim, rules)))
-    result, _ = measure("encode", "audio -> latents (mean, no sampling)", jitted, (params, audio),
-                        options=options, mesh=mesh, batch_size=audio.shape[0],
-                        audio_seconds_per_item=window_seconds, input_shapes=shapes_of(audio=audio))
-    return result
-
-
-def measure_vae_decode(autoencoder: Any, params: Any, param_shardings: Any, latents: Any, *,
-                       options: Options, mesh: Any, rules: tuple, window_seconds: float) -> Measurement:
-    """Latents `[batch, N, latent_dim]` -> audio `[batch, N*ratio, 2]`."""
-    import jax
-    from stable_audio_jax import parallel
-
-    def decode(params, latents):
-        return autoencoder.apply({"params": params}, latents, method=type(autoencoder).decode)
-
-    jitted = jax.jit(with_rules(decode, rules),
-                     in_shardings=(param_shardings, parallel.batch_sharding(mesh, latents.ndim, rules)))
-    result, _ = measure("decode", "latents -> audio", jitted, (params, latents),
-                        options=options, mesh=mesh, batch_size=latents.shape[0],
-                        audio_seconds_per_item=window_seconds, input_shapes=shapes_of(latents=latents))
+    jitted = jax.jit(with_rules(fn, rules),
+                     in_shardings=(param_shardings, parallel.batch_sharding(mesh, inputs.ndim, rules)))
+    result, _ = measure(name, description, jitted, (params, inputs),
+                        options=options, mesh=mesh, batch_size=inputs.shape[0],
+                        audio_seconds_per_item=window_seconds, input_shapes={name + "_input": list(inputs.shape)})
     return result
 
 
@@ -449,8 +418,17 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
           f"in {init_seconds:.2f} s (jit compile + run)", flush=True)
 
     common = dict(options=options, mesh=mesh, rules=rules, window_seconds=window_seconds)
-    results = [measure_vae_encode(autoencoder, ae_params, ae_shardings, audio, **common),
-               measure_vae_decode(autoencoder, ae_params, ae_shardings, latents, **common)]
+    def encode(params, audio):  # audio [batch, T, 2] -> latents [batch, T/ratio, latent_dim] (the mean)
+        return autoencoder.apply({"params": params}, audio, None, method=type(autoencoder).encode)[0]
+
+    def decode(params, latents):  # latents [batch, N, latent_dim] -> audio [batch, N*ratio, 2]
+        return autoencoder.apply({"params": params}, latents, method=type(autoencoder).decode)
+
+    results = [
+        measure_vae_transform("encode", "audio -> latents (mean, no sampling)", encode, ae_params,
+                              ae_shardings, audio, **common),
+        measure_vae_transform("decode", "latents -> audio", decode, ae_params, ae_shardings, latents, **common),
+    ]
     del ae_params  # the train state is donated from here on
     if not options.skip_train:
         for phase in options.train_phases:
