@@ -31,3 +31,18 @@ from absl import flags  # noqa: E402
 
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory) -> str:
+    """ArrayRecord shards of 10 short synthetic music clips (0.2-1 s), shared by training tests."""
+    from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
+    from stable_audio_jax.input_pipeline.shard_writer import write_shards
+
+    root = tmp_path_factory.mktemp("synthetic_shards")
+    write_synthetic_dataset(root / "raw", num_clips=10, seed=1, min_seconds=0.2, max_seconds=1.0)
+    write_shards(root / "raw" / "train.jsonl", root / "shards", num_shards=2, progress=False)
+    return str(root / "shards")

@@ -5,10 +5,7 @@ import os
 import subprocess
 import sys
 
-import pytest
 
-from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
-from stable_audio_jax.input_pipeline.shard_writer import write_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,23 +29,15 @@ def run_train(*args, timeout=400):
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("launch_data")
-    write_synthetic_dataset(root / "raw", num_clips=6, seed=2, min_seconds=0.2, max_seconds=0.8)
-    write_shards(root / "raw" / "train.jsonl", root / "shards", num_shards=2, progress=False)
-    return str(root / "shards")
-
-
-def test_train_script_runs_evaluates_and_resumes(shards, tmp_path):
+def test_train_script_runs_evaluates_and_resumes(synthetic_shards, tmp_path):
     workdir = str(tmp_path / "run")
-    first = run_train(f"--workdir={workdir}", f"--config.data.train_shards={shards}",
+    first = run_train(f"--workdir={workdir}", f"--config.data.train_shards={synthetic_shards}",
                       "--config.trainer.num_steps=2", *MICRO)
     assert first.returncode == 0, first.stderr[-3000:]
     assert os.path.exists(os.path.join(workdir, "eval", "step_0000002", "clip0_reconstruction.wav"))
     assert os.listdir(os.path.join(workdir, "tensorboard"))
 
-    second = run_train(f"--workdir={workdir}", f"--config.data.train_shards={shards}",
+    second = run_train(f"--workdir={workdir}", f"--config.data.train_shards={synthetic_shards}",
                        "--config.trainer.num_steps=3", *MICRO)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming from step 2" in second.stderr

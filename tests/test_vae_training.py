@@ -15,11 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from stable_audio_jax import config_lib, parallel
-from stable_audio_jax.datasets.synthetic import synth_clip, write_synthetic_dataset
-from stable_audio_jax.input_pipeline.shard_writer import write_shards
+from stable_audio_jax.datasets.synthetic import synth_clip
 from stable_audio_jax.training.trainer import Trainer, jit_train_step
 from stable_audio_jax.training.vae_task import VAETask
 
@@ -147,14 +145,6 @@ def test_sharded_step_matches_single_device():
     assert relative_error < 1e-5
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vae_data")
-    write_synthetic_dataset(root / "raw", num_clips=10, seed=1, min_seconds=0.2, max_seconds=1.0)
-    write_shards(root / "raw" / "train.jsonl", root / "shards", num_shards=2, progress=False)
-    return str(root / "shards")
-
-
 def _losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
@@ -169,12 +159,12 @@ def _train(workdir, shards, num_steps, **trainer):
     return summary, jax.device_get(trainer.state)
 
 
-def test_resume_continues_exactly(shards, tmp_path):
+def test_resume_continues_exactly(synthetic_shards, tmp_path):
     """2 steps, stop, resume for 3 more == 5 uninterrupted steps (losses, params, data order)."""
-    _, straight = _train(str(tmp_path / "straight"), shards, 5)
-    first, _ = _train(str(tmp_path / "resumed"), shards, 2)
+    _, straight = _train(str(tmp_path / "straight"), synthetic_shards, 5)
+    first, _ = _train(str(tmp_path / "resumed"), synthetic_shards, 2)
     assert first["end_step"] == 2
-    resumed_summary, resumed = _train(str(tmp_path / "resumed"), shards, 5)
+    resumed_summary, resumed = _train(str(tmp_path / "resumed"), synthetic_shards, 5)
     assert resumed_summary["start_step"] == 2
 
     straight_losses = _losses(tmp_path / "straight")
@@ -185,7 +175,7 @@ def test_resume_continues_exactly(shards, tmp_path):
     assert int(resumed.step) == 5
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(shards, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_stops(synthetic_shards, tmp_path):
     """A preemption signal mid-run: the trainer checkpoints the step it reached and returns."""
     workdir = str(tmp_path / "run")
 
@@ -199,7 +189,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(shards, tmp_path):
             time.sleep(0.05)
 
     threading.Thread(target=send_sigterm_after_first_step, daemon=True).start()
-    summary, state = _train(workdir, shards, 10_000)
+    summary, state = _train(workdir, synthetic_shards, 10_000)
     stopped = summary["interrupted_at"]
     assert 1 <= stopped < 10_000 and int(state.step) == stopped
     from stable_audio_jax.training.checkpointing import Checkpointer
