@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -77,13 +76,13 @@ class MetricLogger:
     def add(self, metrics: dict[str, Any]) -> None:
         self._window.append({k: float(v) for k, v in metrics.items()})
 
-    def flush(self, step: int, extra: dict[str, float] | None = None, prefix: str = "train") -> dict[str, float]:
+    def flush(self, step: int) -> dict[str, float]:
+        """Write the window's averages as a `train` row and start a new window."""
         keys = sorted({k for m in self._window for k in m})
         # A NaN from a diverged step stays NaN in the log: nothing is averaged away.
         summary = {k: float(np.mean([m[k] for m in self._window if k in m])) for k in keys}
-        summary.update(extra or {})
         self._window = []
-        self.write(step, summary, prefix)
+        self.write(step, summary, "train")
         return summary
 
     def write(self, step: int, scalars: dict[str, float], prefix: str) -> None:
@@ -150,9 +149,6 @@ class Trainer:
         self._shown: dict[str, str] = {}  # progress-bar values, kept across phases
 
     # ----------------------------------------------------------------- state
-    def _with_rules(self, fn: Callable) -> Callable:
-        return with_rules(fn, self.rules)
-
     def initial_state(self, data_iterator: Any | None):
         """Restore the newest checkpoint of the run directory, or create a fresh state."""
         rng = jax.random.PRNGKey(self.config.seed)
@@ -174,7 +170,7 @@ class Trainer:
         if eval_batch is None:
             return {}
         if self._jit_eval_step is None:
-            self._jit_eval_step = jax.jit(self._with_rules(self.task.eval_step))
+            self._jit_eval_step = jax.jit(with_rules(self.task.eval_step, self.rules))
         with jax.set_mesh(self.mesh):
             outputs = self._jit_eval_step(state, self._global(eval_batch))
         outputs = multihost_utils.process_allgather(outputs, tiled=True)
