@@ -110,3 +110,29 @@ SA1_AUTOENCODER = dict(
     encoder_out_channels=2048, encoder_projection=True, snake_beta=False,
     decoder_final_bias=True, final_tanh=True,
 )
+
+
+def clap_config(text: dict, audio: dict, *, embed_dim: int = 512) -> ml_collections.ConfigDict:
+    """A CLAP training config around the text tower `text` (`TextEncoderConfig` fields) and the
+    audio tower `audio` (`HTSATConfig` fields).
+
+    Crops are exactly the audio tower's input window (`HTSATConfig.num_samples`), resampled
+    to its rate. AdamW at 1e-4 with weight decay 0.2 (wd on all weights, a simplification)
+    follows LAION-CLAP's recipe; the EMA weights are what the conditioner uses.
+    """
+    from stable_audio_jax.models.htsat import HTSATConfig
+
+    audio_config = HTSATConfig.from_dict(audio)
+    c = base_config()
+    c.task = "clap"
+    c.model = ml_collections.ConfigDict(dict(text=dict(text), audio=dict(audio), embed_dim=embed_dim))
+    c.text = ml_collections.ConfigDict(dict(
+        tokenizer="",  # tokenizer.json (or a folder with vocab.json+merges.txt / vocab.txt)
+        max_length=77,  # tokens per prompt, padded / truncated (SPEC.md 2.3)
+    ))
+    c.data.sample_rate = audio_config.sample_rate
+    c.data.sample_size = audio_config.num_samples
+    c.optimizer = adamw_config(1e-4, b1=0.9, b2=0.99, weight_decay=0.2, inv_gamma=1e6, warmup=0.99)
+    c.ema = ml_collections.ConfigDict(dict(beta=0.999, power=0.75))
+    c.eval_use_ema = True
+    return c

@@ -51,6 +51,11 @@ class Task(abc.ABC):
         """Every step function the task uses, by phase name."""
         return {"train": self.train_step}
 
+    def write_assets(self, directory: str) -> None:
+        """Write the files a trained model needs besides its checkpoint (e.g. a tokenizer) into
+        `directory` (`<workdir>/assets`), so it loads from its run directory alone. The trainer
+        calls this on process 0 before training; files already there belong to the run."""
+
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         """Device outputs for the fixed evaluation batch (scalars and arrays)."""
         return {}

@@ -186,6 +186,9 @@ class Trainer:
         """Run until `trainer.num_steps`; returns a summary (first/last metrics, timings)."""
         tc = self.config.trainer
         config_json = json.loads(self.config.to_json_best_effort())
+        if self.is_main:
+            os.makedirs(os.path.join(self.workdir, "assets"), exist_ok=True)
+            self.task.write_assets(os.path.join(self.workdir, "assets"))
         train_it = self.task.make_dataset("train", batch_size=self.local_batch_size,
                                           shard_index=jax.process_index(), shard_count=jax.process_count())
         eval_batch = eval_it = None
