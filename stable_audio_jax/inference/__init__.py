@@ -1,0 +1,1 @@
+"""Using trained models: load run directories, text conditioning, generation."""

@@ -1,0 +1,78 @@
+"""Load a trained model from its run directory (the Orbax checkpoints the trainer wrote).
+
+A run directory holds `checkpoints/<step>/{state,config,data}` and, for tasks with
+assets, `assets/` (e.g. the tokenizer). The config saved with the checkpoint rebuilds
+the task, so the caller needs nothing but the directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from stable_audio_jax import parallel
+from stable_audio_jax.training.checkpointing import Checkpointer
+from stable_audio_jax.training.registry import build_task
+from stable_audio_jax.training.task import Task
+from stable_audio_jax.training.train_state import TrainState
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    config: ml_collections.ConfigDict
+    task: Task
+    state: TrainState
+    step: int
+    mesh: jax.sharding.Mesh
+
+
+def _tuples(x: Any) -> Any:
+    """JSON lists back to tuples (configs hold tuples: strides, depths, mesh shapes)."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
+             rules: parallel.Rules = parallel.DEFAULT_RULES,
+             edit_config: Callable[[ml_collections.ConfigDict], None] | None = None) -> LoadedRun:
+    """Restore the train state of `run_dir` (newest step by default) onto `mesh`.
+
+    Args:
+      run_dir: a directory written by `Trainer` (the one passed as `--workdir`).
+      step: a checkpointed step; None takes the newest.
+      mesh: where the state goes; default: all local devices on the data axis (parameters
+        replicated, sharded only where the rules put them on `fsdp`/`tensor`).
+      edit_config: called on the saved config before the task is built (e.g. to point at
+        the run's own copy of a tokenizer).
+
+    Raises:
+      FileNotFoundError: no run directory or no checkpoint in it.
+    """
+    run_dir = os.path.abspath(run_dir)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {checkpoint_dir} does not exist")
+    checkpointer = Checkpointer(checkpoint_dir, async_save=False)
+    try:
+        available = checkpointer.latest_step()
+        if available is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+        step = available if step is None else step
+        config = ml_collections.ConfigDict(_tuples(checkpointer.restore_config(step)))
+        if edit_config is not None:
+            edit_config(config)
+        task = build_task(config)
+        mesh = mesh or parallel.create_mesh((-1, 1, 1))
+        abstract, _ = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0),
+                                                       mesh=mesh, rules=rules)
+        state = checkpointer.restore(step, abstract)
+    finally:
+        checkpointer.close()
+    return LoadedRun(config=config, task=task, state=state, step=step, mesh=mesh)

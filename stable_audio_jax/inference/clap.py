@@ -1,0 +1,163 @@
+"""A trained, frozen CLAP: text conditioning for the diffusion model and embeddings.
+
+    encoder = CLAPEncoder.from_run("outputs/demo/clap")
+    features, mask = encoder.text_conditioning(["lo-fi piano, 80 BPM", ""])
+    # features [2, 77, hidden] (penultimate text layer), mask [2, 77] bool
+    text = encoder.embed_text(prompts)             # [n, embed_dim], unit norm
+    audio = encoder.embed_audio_file("x.wav")      # [embed_dim], unit norm
+
+Every device function is jitted once per input shape and runs on a mesh: inputs are
+split over the batch axes and the parameters placed by the logical rules (replicated on
+a data-parallel mesh, split on `fsdp`/`tensor` ones), so the same code serves one CPU
+and a pod slice. Batches are padded to a multiple of the batch axes' size and cut back.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from stable_audio_jax import parallel
+from stable_audio_jax.inference.checkpoints import load_run
+from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
+from stable_audio_jax.models.clap import CLAP
+from stable_audio_jax.training.clap_task import clap_params, tokenizer_in_run
+from stable_audio_jax.training.trainer import with_rules
+
+
+def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) -> np.ndarray:
+    """The CLAP-score preprocessing of DATA.md 1.3: resample, peak-normalise to -1 dBFS,
+    round-trip through int16. `[time, channels]` or `[time]` -> float32 `[time, channels]`."""
+    from stable_audio_jax.input_pipeline.audio_io import resample
+
+    audio = np.asarray(audio, np.float32)
+    audio = audio[:, None] if audio.ndim == 1 else audio
+    audio = resample(audio, sample_rate, target_sample_rate)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak > 0:
+        audio = audio * (10 ** (-1 / 20) / peak)
+    return (np.round(audio * 32767).astype(np.int16).astype(np.float32) / 32767)
+
+
+class CLAPEncoder:
+    """Frozen CLAP parameters, the tokenizer and jitted, mesh-sharded encoders."""
+
+    def __init__(self, model: CLAP, params, tokenizer: TextTokenizer, mesh: jax.sharding.Mesh,
+                 rules: parallel.Rules = parallel.DEFAULT_RULES):
+        self.model = model
+        self.params = params
+        self.tokenizer = tokenizer
+        self.mesh = mesh
+        self.rules = rules
+        self.sample_rate = model.config.audio.sample_rate
+        self.window_samples = model.config.audio.num_samples
+
+    @classmethod
+    def from_run(cls, run_dir: str, *, step: int | None = None, use_ema: bool = True,
+                 mesh: jax.sharding.Mesh | None = None) -> "CLAPEncoder":
+        """Load a CLAP run directory (written by `launch/train.py --config=configs/clap_*.py`)."""
+        def use_run_tokenizer(config):
+            if config.get("task") != "clap":
+                raise ValueError(f"{run_dir} holds a {config.get('task')!r} run, not a CLAP run")
+            config.text.tokenizer = tokenizer_in_run(os.path.abspath(run_dir)) or config.text.tokenizer
+
+        run = load_run(run_dir, step=step, mesh=mesh, edit_config=use_run_tokenizer)
+        return cls(run.task.model, clap_params(run.state, use_ema), run.task.tokenizer, run.mesh)
+
+    # ------------------------------------------------------------- helpers
+    def _batch_size_multiple(self) -> int:
+        spec = parallel.batch_sharding(self.mesh, 1, self.rules).spec
+        axes = spec[0] if spec else None
+        axes = (axes,) if isinstance(axes, str) else (axes or ())
+        return int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+
+    def _run(self, fn, *arrays: np.ndarray) -> np.ndarray | tuple:
+        """`fn(params, *arrays)` jitted, the batch padded to the mesh and split over it."""
+        n = len(arrays[0])
+        multiple = self._batch_size_multiple()
+        padded = -(-max(n, 1) // multiple) * multiple
+        arrays = [np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a
+                  for a in arrays]
+        with jax.set_mesh(self.mesh):
+            inputs = [jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim, self.rules)) for a in arrays]
+            out = fn(self.params, *inputs)
+        return jax.tree.map(lambda x: x[:n], out)
+
+    def _jit(self, fn):
+        """jit of `fn` traced under the logical axis rules (activation constraints resolve)."""
+        return jax.jit(with_rules(fn, self.rules))
+
+    @functools.cached_property
+    def _text_features_fn(self):
+        return self._jit(lambda p, ids, mask: (self.model.apply({"params": p}, ids, mask,
+                                                                method=CLAP.text_features), mask))
+
+    @functools.cached_property
+    def _text_embedding_fn(self):
+        return self._jit(lambda p, ids, mask: self.model.apply({"params": p}, ids, mask,
+                                                               method=CLAP.encode_text)[0])
+
+    @functools.cached_property
+    def _audio_embedding_fn(self):
+        return self._jit(lambda p, audio: self.model.apply({"params": p}, audio, method=CLAP.encode_audio))
+
+    # ----------------------------------------------------------------- text
+    def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """ids int32 and mask bool, both `[batch, max_length]` (truncated, padded)."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not one string")
+        return self.tokenizer(list(prompts))
+
+    def text_conditioning(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+        """Conditioning tokens for the diffusion model.
+
+        Returns `(features [batch, max_length, hidden] float32, mask [batch, max_length]
+        bool)`: the text tower's `feature_layer` hidden states (penultimate by default)
+        and the tokenizer's padding mask, as arrays split over the mesh's batch axes.
+        Empty prompts give the start/end tokens only; over-long ones are truncated.
+        """
+        return self._run(self._text_features_fn, *self.tokenize(prompts))
+
+    def embed_text(self, prompts: Sequence[str]) -> np.ndarray:
+        """Unit-norm text embeddings `[batch, embed_dim]`."""
+        return np.asarray(self._run(self._text_embedding_fn, *self.tokenize(prompts)))
+
+    # ---------------------------------------------------------------- audio
+    def embed_audio(self, audio: np.ndarray) -> np.ndarray:
+        """Unit-norm embeddings `[batch, embed_dim]` of windows `[batch, window_samples, channels]`
+        at `sample_rate`."""
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 3 or audio.shape[1] != self.window_samples:
+            raise ValueError(f"expected audio [batch, {self.window_samples}, channels], got {audio.shape}")
+        return np.asarray(self._run(self._audio_embedding_fn, audio))
+
+    def embed_long_audio(self, audio: np.ndarray) -> np.ndarray:
+        """Unit-norm embedding `[embed_dim]` of one clip `[time, channels]` of any length.
+
+        A clip shorter than the tower's window is zero-padded (as training crops are); a
+        longer one is cut into consecutive windows (the last one padded) whose embeddings
+        are averaged and re-normalised. This stands in for LAION-CLAP's "fusion" of a global
+        down-sampled view with local crops, which our towers do not have.
+        """
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 2 or not len(audio):
+            raise ValueError(f"expected one non-empty clip [time, channels], got shape {audio.shape}")
+        num_windows = max(1, -(-len(audio) // self.window_samples))
+        padded = np.zeros((num_windows * self.window_samples, audio.shape[1]), np.float32)
+        padded[:len(audio)] = audio
+        windows = padded.reshape(num_windows, self.window_samples, audio.shape[1])
+        mean = self.embed_audio(windows).mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+    def embed_audio_file(self, path: str) -> np.ndarray:
+        """Unit-norm embedding `[embed_dim]` of an audio file, with the CLAP-score preprocessing."""
+        from stable_audio_jax.input_pipeline.audio_io import decode_audio
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"audio file not found: {path}")
+        audio, sample_rate = decode_audio(path)
+        return self.embed_long_audio(prepare_audio(audio, sample_rate, self.sample_rate))

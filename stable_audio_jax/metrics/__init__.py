@@ -1,0 +1,1 @@
+"""Evaluation metrics: retrieval recall, CLAP score."""
