@@ -37,6 +37,12 @@ mean, no sampling) and `decode` latents -> audio, with the initial (random) weig
 window is `--seconds` rounded up to a multiple of the downsampling ratio and to at least the
 largest FFT of the discriminator and of the STFT loss. With both phases measured, the line
 `train alternating` gives their mean: the cost per step of the trainer after warm-up.
+
+CLAP (`config.task == 'clap'`): `text_features` (token ids -> the penultimate text hidden
+states that condition the diffusion model; clips/s reads prompts/s), `encode_audio` (one
+audio-tower window -> joint embedding) and `train/clap` (the contrastive step as the
+trainer jits it). The window is the audio tower's (`config.data.sample_size`); token ids
+are random, each prompt of random length.
 """
 
 from __future__ import annotations
@@ -453,11 +459,94 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
     return info, results
 
 
+# --------------------------------------------------------------------------- CLAP
+def clap_param_counts(config: Any) -> dict[str, int]:
+    """Parameter counts of both towers from `jax.eval_shape` (nothing is allocated)."""
+    import jax
+    from stable_audio_jax.training.clap_task import build_clap
+
+    model = build_clap(config)
+    abstract = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+                              *clap_example_inputs(config, 1))
+    params = abstract["params"]
+    counts = {"clap": count_params(params)}
+    for name in ("text_encoder", "audio_encoder", "text_projection", "audio_projection"):
+        counts[name] = count_params(params[name])
+    return counts
+
+
+def clap_example_inputs(config: Any, batch_size: int, seed: int = 0):
+    """Seeded random CLAP inputs: audio `[batch, window, 2]`, token ids and mask `[batch, max_length]`
+    (each prompt a random length between 3 and max_length tokens)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    length = config.text.max_length
+    audio = (0.1 * rng.standard_normal((batch_size, config.data.sample_size, 2))).astype(np.float32)
+    ids = rng.integers(5, config.model.text.vocab_size, (batch_size, length)).astype(np.int32)
+    mask = np.arange(length)[None, :] < rng.integers(3, length + 1, (batch_size, 1))
+    return audio, ids, mask
+
+
+def benchmark_clap(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
+    """The contrastive training step, text-feature extraction (the diffusion conditioning) and
+    audio embedding, at the audio tower's window (`--seconds` does not apply)."""
+    import jax
+    from stable_audio_jax import parallel
+    from stable_audio_jax.models.clap import CLAP
+    from stable_audio_jax.training.clap_task import CLAPTask
+    from stable_audio_jax.training.trainer import with_rules
+
+    rules = mesh_rules(config)
+    with config.unlocked():
+        config.data.batch_size = options.batch_size
+    task = CLAPTask(config)
+    window_seconds = config.data.sample_size / config.data.sample_rate
+    host_audio, host_ids, host_mask = clap_example_inputs(config, options.batch_size, config.seed)
+    audio, ids, mask = (global_array(x, mesh, rules) for x in (host_audio, host_ids, host_mask))
+
+    init_start = time.perf_counter()
+    state, state_shardings = parallel.init_sharded(task.init_state, jax.random.PRNGKey(config.seed),
+                                                   mesh=mesh, rules=rules)
+    jax.block_until_ready(state)
+    init_seconds = time.perf_counter() - init_start
+    print(f"  initialised the train state in {init_seconds:.2f} s (jit compile + run)", flush=True)
+    params, param_shardings = state.params["clap"], state_shardings.params["clap"]
+
+    def inference(name: str, description: str, method: Callable, inputs: tuple, seconds: float) -> Measurement:
+        fn = lambda p, *x: task.model.apply({"params": p}, *x, method=method)  # noqa: E731
+        in_shardings = (param_shardings,) + tuple(parallel.batch_sharding(mesh, x.ndim, rules) for x in inputs)
+        jitted = jax.jit(with_rules(fn, rules), in_shardings=in_shardings)
+        result, _ = measure(name, description, jitted, (params,) + inputs, options=options, mesh=mesh,
+                            batch_size=options.batch_size, audio_seconds_per_item=seconds,
+                            input_shapes={f"input_{i}": list(x.shape) for i, x in enumerate(inputs)})
+        return result
+
+    results = [
+        inference("text_features", f"prompts -> text hidden state {task.model.config.feature_layer} "
+                  "(the diffusion conditioning; clips/s = prompts/s)", CLAP.text_features, (ids, mask), 0.0),
+        inference("encode_audio", "audio window -> unit-norm joint embedding", CLAP.encode_audio, (audio,),
+                  window_seconds),
+    ]
+    if not options.skip_train:
+        result, state = measure_train_phase(
+            "train/clap", "contrastive step: both towers, symmetric InfoNCE, AdamW, EMA", task.train_step,
+            state, state_shardings, {"audio": audio, "text_ids": ids, "text_mask": mask},
+            options=options, mesh=mesh, rules=rules, audio_seconds_per_item=window_seconds)
+        results.append(result)
+    info = {"window_samples": config.data.sample_size, "window_seconds": window_seconds,
+            "sample_rate": config.data.sample_rate, "text_length": config.text.max_length,
+            "init_seconds": init_seconds}
+    return info, results
+
+
 # --------------------------------------------------------------------------- registry
-# config.task -> parameter counter and benchmark. Later tasks (clap, diffusion) add entries.
-PARAM_COUNTERS: dict[str, Callable[[Any], dict[str, int]]] = {"vae": vae_param_counts}
+# config.task -> parameter counter and benchmark.
+PARAM_COUNTERS: dict[str, Callable[[Any], dict[str, int]]] = {"vae": vae_param_counts,
+                                                              "clap": clap_param_counts}
 BENCHMARKS: dict[str, Callable[[Any, Options, Any], tuple[dict[str, Any], list[Measurement]]]] = {
     "vae": benchmark_vae,
+    "clap": benchmark_clap,
 }
 
 

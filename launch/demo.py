@@ -5,7 +5,11 @@
     2. write ArrayRecord shards for its train and valid splits into <output_dir>/shards
     3. train the tiny VAE (configs/vae_tiny.py) in <output_dir>/vae (resumable)
     4. reconstruct held-out clips with the EMA weights into <output_dir>/reconstructions
-       and write <output_dir>/summary.json with the loss curve
+    5. train a BPE tokenizer on the training captions (<output_dir>/tokenizer.json)
+    6. train the tiny CLAP (configs/clap_tiny.py) in <output_dir>/clap (resumable)
+    7. score the held-out clips with it: text->audio retrieval recall@k against chance, and
+       the CLAP score of matched against shuffled (caption, audio) pairs
+    and write <output_dir>/summary.json with the loss curves and every figure
 
 Every stage is skipped when its output already exists, so a second run (or a run after
 an interruption) continues where the first stopped.
@@ -27,12 +31,14 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output_dir", "outputs/demo", "Where everything is written.")
-_NUM_CLIPS = flags.DEFINE_integer("num_clips", 48, "Clips to render (train + valid).")
+_NUM_CLIPS = flags.DEFINE_integer("num_clips", 128, "Clips to render (train + valid).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the rendered dataset.")
 _RECON_SECONDS = flags.DEFINE_float("reconstruction_seconds", 4.0, "Length of each reconstructed clip.")
 _NUM_RECON = flags.DEFINE_integer("num_reconstructions", 4, "Held-out clips to reconstruct.")
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "vae_tiny.py"),
-                                          "Training config.", lock_config=True)
+                                          "VAE training config.", lock_config=True)
+_CLAP_CONFIG = config_flags.DEFINE_config_file("clap_config", os.path.join(ROOT, "configs", "clap_tiny.py"),
+                                               "CLAP training config.", lock_config=True)
 
 
 def render_data(out: str) -> dict:
@@ -58,15 +64,44 @@ def make_shards(out: str) -> dict:
     return reports
 
 
-def train_vae(out: str, config):
+def train(out: str, name: str, config):
+    """Train `config` on the demo shards in <out>/<name>; resumes if interrupted."""
     from stable_audio_jax.training.registry import build_task
     from stable_audio_jax.training.trainer import Trainer
 
     config.data.train_shards = os.path.join(out, "shards", "train")
     config.data.eval_shards = os.path.join(out, "shards", "valid")
-    trainer = Trainer(config, os.path.join(out, "vae"), build_task(config))
+    trainer = Trainer(config, os.path.join(out, name), build_task(config))
     summary = trainer.train()
     return trainer, summary
+
+
+def train_tokenizer(out: str) -> dict:
+    """BPE on the training captions (held-out captions stay unseen)."""
+    from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer
+
+    path = os.path.join(out, "tokenizer.json")
+    if not os.path.exists(path):
+        with open(os.path.join(out, "data", "train.jsonl")) as f:
+            captions = [json.loads(line)["caption"] for line in f]
+        vocab_size = _CLAP_CONFIG.value.model.text.vocab_size
+        train_bpe_tokenizer(captions, vocab_size=vocab_size).save(path)
+    return {"path": path}
+
+
+def evaluate_clap(out: str) -> dict:
+    """Retrieval and CLAP score on every held-out clip, with the trained CLAP (EMA weights)."""
+    from stable_audio_jax.inference.clap import CLAPEncoder
+    from stable_audio_jax.metrics.clap_score import clap_score
+
+    encoder = CLAPEncoder.from_run(os.path.join(out, "clap"))
+    with open(os.path.join(out, "data", "valid.jsonl")) as f:
+        entries = [json.loads(line) for line in f]
+    result = clap_score(encoder, [e["caption"] for e in entries],
+                        [os.path.join(out, "data", e["path"]) for e in entries], recall_ks=(1, 5))
+    features, mask = encoder.text_conditioning([entries[0]["caption"], ""])
+    result["text_conditioning_shape"] = list(features.shape)
+    return result
 
 
 def reconstruct(out: str, config, task, state) -> list[dict]:
@@ -117,41 +152,55 @@ def main(argv):
     config = _CONFIG.value
     timings = {}
 
-    t = time.time()
-    print("[1/4] rendering the demo dataset", flush=True)
-    data_summary = render_data(out)
-    timings["render_seconds"] = time.time() - t
-    t = time.time()
-    print("[2/4] writing ArrayRecord shards", flush=True)
-    shard_reports = make_shards(out)
-    timings["shards_seconds"] = time.time() - t
-    t = time.time()
-    print("[3/4] training the tiny VAE", flush=True)
-    trainer, train_summary = train_vae(out, config)
-    timings["train_seconds"] = time.time() - t
-    t = time.time()
-    print("[4/4] reconstructing held-out clips", flush=True)
-    recon = reconstruct(out, config, trainer.task, trainer.state)
-    timings["reconstruction_seconds"] = time.time() - t
+    def stage(number: int, name: str, title: str, fn, *args):
+        print(f"[{number}/7] {title}", flush=True)
+        t = time.time()
+        result = fn(*args)
+        timings[f"{name}_seconds"] = round(time.time() - t, 1)
+        return result
 
-    history = train_summary.get("history", [])
+    data_summary = stage(1, "render", "rendering the demo dataset", render_data, out)
+    shard_reports = stage(2, "shards", "writing ArrayRecord shards", make_shards, out)
+    vae_trainer, vae_summary = stage(3, "vae_train", "training the tiny VAE", train, out, "vae", config)
+    recon = stage(4, "reconstruction", "reconstructing held-out clips", reconstruct, out, config,
+                  vae_trainer.task, vae_trainer.state)
+    stage(5, "tokenizer", "training a BPE tokenizer on the captions", train_tokenizer, out)
+    clap_config = _CLAP_CONFIG.value
+    clap_config.text.tokenizer = os.path.join(out, "tokenizer.json")
+    _, clap_summary = stage(6, "clap_train", "training the tiny CLAP", train, out, "clap", clap_config)
+    clap_eval = stage(7, "clap_eval", "scoring held-out clips with the CLAP", evaluate_clap, out)
+
+    curve = lambda summary, key: [[h["step"], h[key]] for h in summary.get("history", []) if key in h]
     summary = {
         "data": data_summary,
         "shards": {k: {"written": v.get("written")} for k, v in shard_reports.items()},
-        "train": {k: v for k, v in train_summary.items() if k != "history"},
-        "spectral_loss_curve": [[h["step"], h["spectral"]] for h in history if "spectral" in h],
+        "vae": {k: v for k, v in vae_summary.items() if k != "history"},
+        "spectral_loss_curve": curve(vae_summary, "spectral"),
         "reconstructions": recon,
+        "clap": {k: v for k, v in clap_summary.items() if k != "history"},
+        "clap_loss_curve": curve(clap_summary, "contrastive_loss"),
+        "clap_heldout": {k: v for k, v in clap_eval.items() if k != "per_item"},
         "timings": timings,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    spectral = [v for _, v in summary["spectral_loss_curve"]]
     print(f"\nDemo finished in {sum(timings.values()):.0f} s; outputs in {out}")
+    spectral = [v for _, v in summary["spectral_loss_curve"]]
     if spectral:
-        print(f"  multi-resolution STFT loss (train, per log window): {spectral[0]:.3f} -> {spectral[-1]:.3f}")
+        print(f"  VAE multi-resolution STFT loss (train, per log window): {spectral[0]:.3f} -> {spectral[-1]:.3f}")
     for r in recon:
         print(f"  {r['clip']}: held-out spectral loss {r['spectral_loss']:.3f} (silent output: "
               f"{r['silent_output_spectral_loss']:.3f})  {r['caption'][:50]}")
+    contrastive = [v for _, v in summary["clap_loss_curve"]]
+    if contrastive:
+        print(f"  CLAP contrastive loss (train): {contrastive[0]:.3f} -> {contrastive[-1]:.3f}")
+    retrieval = clap_eval.get("retrieval", {})
+    for k in (1, 5):
+        if f"text_to_audio_recall@{k}" in retrieval:
+            print(f"  held-out text->audio recall@{k}: {retrieval[f'text_to_audio_recall@{k}']:.3f} "
+                  f"(chance {retrieval[f'chance@{k}']:.3f}, {clap_eval['num_items']} clips)")
+    print(f"  held-out CLAP score: matched {clap_eval['clap_score']:.3f}, "
+          f"shuffled {clap_eval.get('shuffled_clap_score', float('nan')):.3f}")
     print(f"  reconstructions: {os.path.join(out, 'reconstructions')}   summary: {os.path.join(out, 'summary.json')}")
 
 
