@@ -31,7 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output_dir", "outputs/demo", "Where everything is written.")
-_NUM_CLIPS = flags.DEFINE_integer("num_clips", 128, "Clips to render (train + valid).")
+_NUM_CLIPS = flags.DEFINE_integer("num_clips", 256, "Clips to render (train + valid).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the rendered dataset.")
 _RECON_SECONDS = flags.DEFINE_float("reconstruction_seconds", 4.0, "Length of each reconstructed clip.")
 _NUM_RECON = flags.DEFINE_integer("num_reconstructions", 4, "Held-out clips to reconstruct.")

@@ -49,6 +49,18 @@ def test_params_only_sao():
     assert int(lines["discriminator"].replace(",", "")) > 0
 
 
+def test_params_only_clap_paper_size():
+    """The paper-size text tower is RoBERTa-base's encoder: 124,645,632 parameters with a
+    50,265-token vocabulary (see text_encoder.expected_num_params for the formula)."""
+    out = _check(_run(SCRIPT, "--config=configs/clap_sa1.py", "--params_only"))
+    lines = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()
+             if line.startswith("  ") and len(line.split()) == 2}
+    assert lines["text_encoder"] == 124_645_632
+    assert lines["audio_encoder"] == 27_534_488  # HTSAT-tiny without the AudioSet head
+    assert lines["clap"] == sum(lines[k] for k in ("text_encoder", "audio_encoder", "text_projection",
+                                                   "audio_projection")) + 1  # + the temperature
+
+
 _HELPERS = r"""
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
