@@ -1,0 +1,470 @@
+"""The Stable Audio 1.0 diffusion backbone: ADP's 1-D U-Net with cross-attention (`UNetCFG1d`).
+
+Channels last throughout: latents `[batch, frames, channels]`, context tokens
+`[batch, context_length, context_features]`. Structure (SPEC 3.1), with C the width of a
+level and M = `channels * mapping_multiplier` the mapping width:
+
+- time mapping: learned Fourier features of t (`channels + 1` dims) -> Dense(M) -> GELU,
+  then Dense(M) -> GELU -> Dense(M) -> GELU. Every ResNet block receives it as FiLM.
+- `to_in`: ResNet block `in_channels -> channels * multipliers[0]`, GroupNorm with 1 group.
+- down level i: strided conv (kernel `factor * kernel_multiplier_downsample + 1`, stride
+  `factor`, ADP "same" padding) to `channels * multipliers[i + 1]`, `num_blocks[i]` ResNet
+  blocks, a `Transformer1d` of `attentions[i]` blocks; every block output is a skip.
+- bottleneck: ResNet -> Transformer1d (`attentions[-1]` blocks) -> ResNet.
+- up level i (mirrored): `num_blocks[i] + 1` ResNet blocks, each on `[x, skip * 2**-0.5]`,
+  a Transformer1d, then the upsample (transposed conv k=2f stride f, or a k=3 conv for f=1).
+- `x += first skip` (the `to_in` output), then `to_out`: ResNet block back to `in_channels`.
+
+ResNet block: GroupNorm -> SiLU -> Conv3 ; GroupNorm -> `x * (scale + 1) + shift` -> SiLU ->
+Conv3, with (scale, shift) = Dense(SiLU(mapping)); plus a 1x1 conv on the residual when the
+width changes. Transformer1d: GroupNorm(32, eps 1e-6) -> 1x1 conv -> blocks of
+[self-attention, cross-attention to the context, MLP] each pre-LayerNorm and residual ->
+1x1 conv (no outer residual). Every attention goes through `attention.MultiHeadAttention`
+(bias-free q/k/v, output bias; head dim = width / heads).
+
+For classifier-free guidance a learned null context `fixed_embedding`
+`[context_length, context_features]` replaces the context of the rows flagged by
+`use_null_context` (training dropout and the unconditional branch at sampling).
+
+The `sa1()` preset has exactly 906,679,744 parameters, as the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
+from stable_audio_jax.models.conditioning import TimePositionalEmbedding, torch_dense
+from stable_audio_jax.models.layers import _polyphase_conv_transpose, torch_bias_init, torch_conv_init
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the U-Net; `sa1()` is the reference (`stable_audio_1_0.json`)."""
+
+    in_channels: int = 64
+    channels: int = 256
+    multipliers: tuple[int, ...] = (4, 4, 4, 5, 5)
+    factors: tuple[int, ...] = (1, 2, 2, 4)
+    num_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    # One entry per down level plus one for the bottleneck; 0 means no transformer there.
+    attentions: tuple[int, ...] = (1, 3, 3, 3, 3)
+    attention_heads: int = 16
+    attention_multiplier: int = 4  # MLP hidden = width * attention_multiplier
+    resnet_groups: int = 16
+    transformer_groups: int = 32  # the Transformer1d's input GroupNorm (fixed to 32 in ADP)
+    kernel_multiplier_downsample: int = 2
+    mapping_multiplier: int = 4  # mapping features = channels * mapping_multiplier (ADP's context_features_multiplier)
+    use_skip_scale: bool = True
+    context_features: int = 768
+    context_length: int = 79  # text tokens + 2 timing tokens; rows of the null embedding
+
+    def __post_init__(self):
+        levels = len(self.factors)
+        if len(self.multipliers) != levels + 1:
+            raise ValueError(f"multipliers needs len(factors) + 1 = {levels + 1} entries, got {len(self.multipliers)}")
+        if len(self.num_blocks) != levels:
+            raise ValueError(f"num_blocks needs len(factors) = {levels} entries, got {len(self.num_blocks)}")
+        if len(self.attentions) != levels + 1:
+            raise ValueError(f"attentions needs len(factors) + 1 = {levels + 1} entries (one per level and "
+                             f"the bottleneck), got {len(self.attentions)}")
+        if any(f < 1 for f in self.factors):
+            raise ValueError(f"factors must be >= 1, got {self.factors}")
+        if any(n < 0 for n in self.num_blocks) or any(a < 0 for a in self.attentions):
+            raise ValueError("num_blocks and attentions must be >= 0")
+        if self.kernel_multiplier_downsample < 2 or self.kernel_multiplier_downsample % 2:
+            raise ValueError(f"kernel_multiplier_downsample must be even and >= 2, got "
+                             f"{self.kernel_multiplier_downsample}")
+        if self.channels % 2:
+            raise ValueError(f"channels must be even (Fourier time features), got {self.channels}")
+        for i, width in enumerate(self.widths):
+            if width % self.resnet_groups:
+                raise ValueError(f"level width {width} (multipliers[{i}]) is not divisible by "
+                                 f"resnet_groups {self.resnet_groups}")
+            if self.attentions[i] and width % self.attention_heads:
+                raise ValueError(f"level width {width} is not divisible by attention_heads {self.attention_heads}")
+            if self.attentions[i] and width % self.transformer_groups:
+                raise ValueError(f"level width {width} is not divisible by transformer_groups "
+                                 f"{self.transformer_groups}")
+        if min(self.in_channels, self.context_features, self.context_length) < 1:
+            raise ValueError("in_channels, context_features and context_length must be positive")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels of each level: `channels * multipliers[i]`."""
+        return tuple(self.channels * m for m in self.multipliers)
+
+    @property
+    def mapping_features(self) -> int:
+        return self.channels * self.mapping_multiplier
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Total time downsampling; the input length must be a multiple of it (16 for SA 1.0)."""
+        return math.prod(self.factors)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown U-Net config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def sa1(cls) -> "UNetConfig":
+        """Stable Audio 1.0 (906,679,744 parameters)."""
+        return cls()
+
+    @classmethod
+    def tiny(cls, in_channels: int = 32, text_length: int = 77, context_features: int = 128) -> "UNetConfig":
+        """A small U-Net for CPU tests and demos: widths 32/32/64, 4x downsampling."""
+        return cls(in_channels=in_channels, channels=32, multipliers=(1, 1, 2), factors=(2, 2),
+                   num_blocks=(1, 1), attentions=(0, 1, 1), attention_heads=2, attention_multiplier=2,
+                   resnet_groups=8, transformer_groups=32, kernel_multiplier_downsample=2,
+                   mapping_multiplier=2, use_skip_scale=True, context_features=context_features,
+                   context_length=text_length + 2)
+
+
+def _constrain(x: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(x, ("batch", "length", "channels"))
+
+
+def _group_norm(groups: int, eps: float, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, epsilon=eps, name=name, dtype=dtype, param_dtype=param_dtype,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)))
+
+
+def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    # PyTorch's LayerNorm eps (1e-5), not Flax's default 1e-6.
+    return nn.LayerNorm(epsilon=1e-5, name=name, dtype=dtype, param_dtype=param_dtype,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def _same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
+    """ADP's non-causal padding: total `k - stride`, the extra sample on the left."""
+    total = kernel_size - stride
+    return total - total // 2, total // 2
+
+
+class Conv1d(nn.Module):
+    """ADP's `Conv1d`: zero padding `k - stride` (left gets the odd sample), then a VALID conv.
+
+    Kernel `[kernel_size, in, out]` (PyTorch `(out, in, k)` transposed), bias `[out]`.
+    `[batch, L, in]` -> `[batch, L / stride, out]` for L a multiple of `stride` (the U-Net
+    guarantees this; ADP's extra right padding for other lengths is not needed).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        kernel = self.param("kernel", nn.with_logical_partitioning(torch_conv_init, (None, "conv_in", "conv_out")),
+                            (self.kernel_size, in_features, self.features), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(self.kernel_size * in_features),
+                                                               ("conv_out",)),
+                          (self.features,), self.param_dtype)
+        x = x.astype(self.dtype)
+        if self.kernel_size > self.stride:
+            x = jnp.pad(x, [(0, 0), _same_padding(self.kernel_size, self.stride), (0, 0)])
+        y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), (self.stride,), "VALID",
+                                         dimension_numbers=("NWC", "WIO", "NWC"))
+        return y + bias.astype(self.dtype)
+
+
+class ConvTranspose1d(nn.Module):
+    """ADP's `ConvTranspose1d` (k = 2 * stride): PyTorch's transposed conv, then `k - stride`
+    samples trimmed (the odd one on the left). `[batch, L, in]` -> `[batch, L * stride, out]`.
+
+    Kernel `[kernel_size, in, out]` holds PyTorch's `(in, out, k)` weight transposed.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        # PyTorch takes a ConvTranspose's fan-in from weight dim 1 (the output channels).
+        init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 2), out_axis=1)
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, (None, "conv_in", "conv_out")),
+                            (self.kernel_size, in_features, self.features), self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(self.kernel_size * self.features),
+                                                               ("conv_out",)),
+                          (self.features,), self.param_dtype)
+        y = _polyphase_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, 0)
+        left, _ = _same_padding(self.kernel_size, self.stride)
+        y = y[:, left:left + x.shape[1] * self.stride]
+        return y + bias.astype(self.dtype)
+
+
+class ConvBlock1d(nn.Module):
+    """GroupNorm -> optional FiLM `x * (scale + 1) + shift` -> SiLU -> Conv1d(k3).
+
+    `[batch, L, in]` -> `[batch, L, features]`; scale/shift `[batch, 1, in]`.
+    """
+
+    features: int
+    num_groups: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, scale_shift: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        x = _group_norm(self.num_groups, 1e-5, "groupnorm", self.dtype, self.param_dtype)(x)
+        if scale_shift is not None:
+            scale, shift = scale_shift
+            x = x * (scale + 1.0) + shift
+        return Conv1d(self.features, 3, name="project", dtype=self.dtype, param_dtype=self.param_dtype)(nn.silu(x))
+
+
+class ResnetBlock1d(nn.Module):
+    """Two conv blocks with FiLM from the mapping and a residual.
+
+    x `[batch, L, in]`, mapping `[batch, mapping_features]` -> `[batch, L, features]`.
+    """
+
+    features: int
+    num_groups: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mapping: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = ConvBlock1d(self.features, self.num_groups, name="block1", **kw)(x)
+        scale_shift = torch_dense(2 * self.features, mapping.shape[-1], ("embed", "channels"),
+                                  "to_scale_shift", **kw)(nn.silu(mapping))
+        scale, shift = jnp.split(scale_shift[:, None, :], 2, axis=-1)
+        h = ConvBlock1d(self.features, self.num_groups, name="block2", **kw)(h, (scale, shift))
+        if x.shape[-1] != self.features:
+            x = Conv1d(self.features, 1, name="to_out", **kw)(x)
+        return _constrain(h + x.astype(h.dtype))
+
+
+class Attention(nn.Module):
+    """ADP's pre-norm attention: LayerNorm on x (queries) and LayerNorm `norm_context` on the
+    context (keys/values; on x itself for self-attention), then `MultiHeadAttention`.
+
+    x `[batch, L, C]`, context `[batch, M, D]` or None, context_mask `[batch, M]` -> `[batch, L, C]`.
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array | None = None,
+                 context_mask: jax.Array | None = None) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        context = x if context is None else context
+        q_in = _layer_norm("norm", **kw)(x)
+        kv_in = _layer_norm("norm_context", **kw)(context)
+        # Masking: the reference multiplies k and v by the mask, so padded tokens stay in the
+        # softmax with logit 0 and value 0. Here they are masked out of the softmax instead
+        # (`key_mask`), so padding changes nothing; an all-masked row attends uniformly.
+        return MultiHeadAttention(self.num_heads, use_bias=False, out_bias=True, name="attention", **kw)(
+            q_in, kv_in, key_mask=context_mask)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention, cross-attention, MLP; each residual. `[batch, L, C]` -> same."""
+
+    num_heads: int
+    multiplier: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x + Attention(self.num_heads, name="attention", **kw)(x)
+        x = x + Attention(self.num_heads, name="cross_attention", **kw)(x, context, context_mask)
+        # ADP's MLP has no pre-norm: Dense(C -> C * multiplier) -> GELU -> Dense(C).
+        return x + FeedForward(x.shape[-1] * self.multiplier, activation="gelu", kernel_init=torch_conv_init,
+                               name="feed_forward", **kw)(x)
+
+
+class Transformer1d(nn.Module):
+    """GroupNorm -> 1x1 conv -> transformer blocks -> 1x1 conv (no outer residual).
+
+    x `[batch, L, C]`, context `[batch, M, D]`, context_mask `[batch, M]` -> `[batch, L, C]`.
+    """
+
+    num_layers: int
+    num_heads: int
+    multiplier: int
+    num_groups: int = 32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        channels = x.shape[-1]
+        x = _group_norm(self.num_groups, 1e-6, "to_in_norm", **kw)(x)
+        x = Conv1d(channels, 1, name="to_in", **kw)(x)
+        for j in range(self.num_layers):
+            x = TransformerBlock(self.num_heads, self.multiplier, name=f"blocks_{j}", **kw)(x, context, context_mask)
+        return _constrain(Conv1d(channels, 1, name="to_out", **kw)(x))
+
+
+class UNet1D(nn.Module):
+    """The SA 1.0 U-Net predicting v.
+
+    `__call__(x, t, context, context_mask, use_null_context=None)`:
+      x: `[batch, frames, in_channels]` noisy latents; `frames` a multiple of
+        `config.downsampling_factor`.
+      t: `[batch]` continuous diffusion time in [0, 1].
+      context: `[batch, context_length, context_features]` text tokens + timing tokens.
+      context_mask: `[batch, context_length]` bool, True for real tokens (None: all True).
+      use_null_context: `[batch]` bool or None; True rows get the learned null context
+        (`fixed_embedding`) with an all-True mask. (The reference keeps the text mask on
+        the null context; attending to all of its learned rows is the cleaner null.)
+    Returns v: `[batch, frames, in_channels]`.
+    """
+
+    config: UNetConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array, context_mask: jax.Array | None = None,
+                 use_null_context: jax.Array | None = None) -> jax.Array:
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        batch, frames, in_channels = x.shape
+        if frames % c.downsampling_factor:
+            raise ValueError(f"input length {frames} is not a multiple of the U-Net's downsampling "
+                             f"factor {c.downsampling_factor} (factors {c.factors})")
+        if in_channels != c.in_channels:
+            raise ValueError(f"x has {in_channels} channels, the config expects {c.in_channels}")
+        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != c.context_features:
+            raise ValueError(f"context must be [batch={batch}, length, {c.context_features}], got {context.shape}")
+        length = context.shape[1]
+        if length > c.context_length:
+            raise ValueError(f"context length {length} exceeds config.context_length {c.context_length}")
+        context_mask = (jnp.ones((batch, length), bool) if context_mask is None
+                        else jnp.asarray(context_mask).astype(bool))
+        if context_mask.shape != (batch, length):
+            raise ValueError(f"context_mask must be {(batch, length)}, got {context_mask.shape}")
+
+        null = self.param("fixed_embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                          (None, "embed")),
+                          (c.context_length, c.context_features), self.param_dtype)
+        context = context.astype(self.dtype)
+        if use_null_context is not None:
+            drop = jnp.asarray(use_null_context).astype(bool).reshape(batch)
+            context = jnp.where(drop[:, None, None], null[None, :length].astype(self.dtype), context)
+            context_mask = jnp.where(drop[:, None], True, context_mask)
+        context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
+
+        # Time mapping, shared by every ResNet block.
+        mapping = nn.gelu(TimePositionalEmbedding(c.mapping_features, c.channels, name="to_time", **kw)(t),
+                          approximate=False)
+        for j in range(2):
+            mapping = torch_dense(c.mapping_features, c.mapping_features, ("embed", "mlp"), f"to_mapping_{j}",
+                                  **kw)(mapping)
+            mapping = nn.gelu(mapping, approximate=False)
+
+        widths = c.widths
+        attend = dict(context=context, context_mask=context_mask)
+
+        def transformer(num_layers: int, name: str) -> Transformer1d:
+            return Transformer1d(num_layers, c.attention_heads, c.attention_multiplier, c.transformer_groups,
+                                 name=name, **kw)
+
+        h = ResnetBlock1d(widths[0], 1, name="to_in", **kw)(_constrain(x), mapping)
+        skips = [h]
+        for i, factor in enumerate(c.factors):
+            prefix = f"downsamples_{i}"
+            h = Conv1d(widths[i + 1], factor * c.kernel_multiplier_downsample + 1, factor,
+                       name=f"{prefix}_downsample", **kw)(h)
+            for j in range(c.num_blocks[i]):
+                h = ResnetBlock1d(widths[i + 1], c.resnet_groups, name=f"{prefix}_blocks_{j}", **kw)(h, mapping)
+                skips.append(h)
+            if c.attentions[i]:
+                h = transformer(c.attentions[i], f"{prefix}_transformer")(h, **attend)
+                skips.append(h)
+
+        h = ResnetBlock1d(widths[-1], c.resnet_groups, name="bottleneck_pre_block", **kw)(h, mapping)
+        if c.attentions[-1]:
+            h = transformer(c.attentions[-1], "bottleneck_transformer")(h, **attend)
+        h = ResnetBlock1d(widths[-1], c.resnet_groups, name="bottleneck_post_block", **kw)(h, mapping)
+
+        skip_scale = 2.0 ** -0.5 if c.use_skip_scale else 1.0
+        for n, i in enumerate(reversed(range(len(c.factors)))):
+            prefix = f"upsamples_{n}"
+            for j in range(c.num_blocks[i] + (1 if c.attentions[i] else 0)):
+                skip = skips.pop()
+                h = jnp.concatenate([h, skip * skip_scale], axis=-1)
+                h = ResnetBlock1d(widths[i + 1], c.resnet_groups, name=f"{prefix}_blocks_{j}", **kw)(h, mapping)
+            if c.attentions[i]:
+                h = transformer(c.attentions[i], f"{prefix}_transformer")(h, **attend)
+            factor = c.factors[i]
+            if factor == 1:
+                h = Conv1d(widths[i], 3, name=f"{prefix}_upsample", **kw)(h)
+            else:
+                h = ConvTranspose1d(widths[i], 2 * factor, factor, name=f"{prefix}_upsample", **kw)(h)
+            h = _constrain(h)
+
+        h = h + skips.pop()
+        assert not skips
+        return ResnetBlock1d(c.in_channels, 1, name="to_out", **kw)(h, mapping)
+
+
+def expected_num_params(config: UNetConfig) -> int:
+    """Closed-form parameter count (906,679,744 for `UNetConfig.sa1()`)."""
+    c = config
+    m, d = c.mapping_features, c.context_features
+
+    def resnet(cin: int, cout: int) -> int:
+        return (2 * cin + 3 * cin * cout + cout          # block1: GroupNorm(in), conv k3
+                + m * 2 * cout + 2 * cout                # FiLM Dense
+                + 2 * cout + 3 * cout * cout + cout      # block2
+                + (cin * cout + cout if cin != cout else 0))
+
+    def transformer(width: int, layers: int) -> int:
+        hidden = width * c.attention_multiplier
+        self_attn = 4 * width + 4 * width * width + width                     # 2 LayerNorms, q k v out, out bias
+        cross_attn = 2 * width + 2 * d + 2 * width * width + 2 * d * width + width
+        mlp = 2 * width * hidden + hidden + width
+        return 2 * width + 2 * (width * width + width) + layers * (self_attn + cross_attn + mlp)
+
+    w = c.widths
+    total = (c.channels // 2 + (c.channels + 1) * m + m + 2 * (m * m + m)   # time mapping
+             + c.context_length * d                                         # null embedding
+             + resnet(c.in_channels, w[0]) + resnet(w[0], c.in_channels))
+    for i, f in enumerate(c.factors):
+        k = f * c.kernel_multiplier_downsample + 1
+        total += k * w[i] * w[i + 1] + w[i + 1]
+        total += sum(resnet(w[i + 1], w[i + 1]) for _ in range(c.num_blocks[i]))
+        up_blocks = c.num_blocks[i] + (1 if c.attentions[i] else 0)
+        total += sum(resnet(2 * w[i + 1], w[i + 1]) for _ in range(up_blocks))
+        if c.attentions[i]:
+            total += 2 * transformer(w[i + 1], c.attentions[i])
+        k_up = 3 if f == 1 else 2 * f
+        total += k_up * w[i + 1] * w[i] + w[i]
+    total += 2 * resnet(w[-1], w[-1]) + (transformer(w[-1], c.attentions[-1]) if c.attentions[-1] else 0)
+    return total
