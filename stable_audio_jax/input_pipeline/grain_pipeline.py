@@ -42,7 +42,7 @@ import jax
 import numpy as np
 
 from stable_audio_jax.input_pipeline import audio_io
-from stable_audio_jax.input_pipeline import records
+from stable_audio_jax.input_pipeline import latent_records, records
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,54 @@ def make_audio_dataset(
         raise ValueError(
             f"need positive sample_rate/sample_size/batch_size, got {sample_rate}/{sample_size}/{batch_size}"
         )
+    return _build(source, DecodeAndCrop(sample_rate, sample_size, random_crop), batch_size=batch_size,
+                  seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=worker_count,
+                  worker_buffer_size=worker_buffer_size, shard_index=shard_index, shard_count=shard_count,
+                  drop_remainder=drop_remainder, read_threads=read_threads, read_buffer_size=read_buffer_size)
+
+
+class DecodeLatentRecord(grain.transforms.Map):
+    """Latent record bytes -> example dict (see `latent_records`); text features as float32."""
+
+    def map(self, record: Any) -> Example:
+        arrays, metadata = latent_records.decode_latent_record(record)
+        return {
+            "latent_mean": arrays["latent_mean"].astype(np.float32),
+            "latent_std": arrays["latent_std"].astype(np.float32),
+            "latent_mask": arrays["latent_mask"].astype(bool),
+            "text_features": arrays["text_features"].astype(np.float32),
+            "text_mask": arrays["text_mask"].astype(bool),
+            "seconds_start": np.int32(metadata["seconds_start"]),
+            "seconds_total": np.int32(metadata["seconds_total"]),
+            "caption": str(metadata.get("caption", "")),
+        }
+
+
+def make_latent_dataset(source: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
+                        num_epochs: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
+                        shard_index: int | None = None, shard_count: int | None = None,
+                        drop_remainder: bool = True, read_threads: int = 8) -> grain.IterDataset:
+    """Batches of pre-encoded diffusion examples (`data/pre_encode.py` shards).
+
+    Yields `latent_mean`, `latent_std` `[batch, frames, latent_dim]`, `latent_mask`
+    `[batch, frames]`, `text_features` `[batch, text_length, text_dim]`, `text_mask`
+    `[batch, text_length]`, `seconds_start`, `seconds_total` `[batch]` int32 and `caption`.
+    Shuffling, per-process slicing, repetition and checkpointable state as
+    `make_audio_dataset`.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"need a positive batch_size, got {batch_size}")
+    return _build(source, DecodeLatentRecord(), batch_size=batch_size, seed=seed, shuffle=shuffle,
+                  num_epochs=num_epochs, worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                  shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder,
+                  read_threads=read_threads, read_buffer_size=None)
+
+
+def _build(source: Any, transform: grain.transforms.Map | grain.transforms.RandomMap, *, batch_size: int,
+           seed: int, shuffle: bool, num_epochs: int | None, worker_count: int, worker_buffer_size: int,
+           shard_index: int | None, shard_count: int | None, drop_remainder: bool, read_threads: int,
+           read_buffer_size: int | None) -> grain.IterDataset:
+    """source -> seed/shuffle/repeat -> `transform` -> this process's slice -> batches (-> workers)."""
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
     if not 0 <= shard_index < shard_count:
@@ -219,8 +267,8 @@ def make_audio_dataset(
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
-    # Lazy: only this process's records are decoded, but crop rngs follow the global position.
-    ds = ds.random_map(DecodeAndCrop(sample_rate, sample_size, random_crop))
+    # Lazy: only this process's records are decoded, but random maps follow the global position.
+    ds = ds.random_map(transform) if isinstance(transform, grain.transforms.RandomMap) else ds.map(transform)
     ds = ds[shard_index::shard_count]
     ds = ds.filter(_is_example)
 

@@ -182,6 +182,13 @@ class OobleckDecoder(nn.Module):
         return x
 
 
+def posterior(h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and std `[batch, N, latent_dim]` (float32) of the latent Gaussian from the encoder
+    output `h` `[batch, N, 2*latent_dim]`: `std = softplus(scale) + 1e-4`."""
+    mean, scale = jnp.split(h.astype(jnp.float32), 2, axis=-1)
+    return mean, jax.nn.softplus(scale) + 1e-4
+
+
 def vae_bottleneck(h: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """The reference VAE bottleneck.
 
@@ -192,8 +199,7 @@ def vae_bottleneck(h: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, jax.
 
     Returns `(latents [batch, N, latent_dim], kl scalar)`.
     """
-    mean, scale = jnp.split(h.astype(jnp.float32), 2, axis=-1)
-    std = jax.nn.softplus(scale) + 1e-4
+    mean, std = posterior(h)
     var = jnp.square(std)
     kl = jnp.mean(jnp.sum(jnp.square(mean) + var - jnp.log(var) - 1.0, axis=-1))
     if rng is None:
@@ -224,6 +230,11 @@ class AudioAutoencoder(nn.Module):
             raise ValueError(f"audio length {audio.shape[1]} is not a multiple of the "
                              f"downsampling ratio {ratio}")
         return vae_bottleneck(self.encoder(audio), rng)
+
+    def encode_posterior(self, audio: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """audio `[batch, T, io]` -> latent mean and std, each `[batch, T/ratio, latent_dim]`
+        (what pre-encoded diffusion shards store, so training still samples the latent)."""
+        return posterior(self.encoder(audio))
 
     def decode(self, latents: jax.Array) -> jax.Array:
         """Latents `[batch, N, latent_dim]` -> audio `[batch, N*ratio, io]`."""
