@@ -136,3 +136,31 @@ def clap_config(text: dict, audio: dict, *, embed_dim: int = 512) -> ml_collecti
     c.ema = ml_collections.ConfigDict(dict(beta=0.999, power=0.75))
     c.eval_use_ema = True
     return c
+
+
+def diffusion_config(unet: dict, *, timing_kind: str = "table", text_features_dim: int | None = None
+                     ) -> ml_collections.ConfigDict:
+    """A latent-diffusion training config around the U-Net `unet` (`UNetConfig` fields).
+
+    Training reads pre-encoded shards (`data/pre_encode.py`); `pretransform` names the VAE
+    and CLAP runs they were made with, which sampling loads again. Objective and recipe
+    follow SPEC.md 4.1 and 5: v-objective, cosine schedule, continuous t, 10% conditioning
+    dropout, EMA, AdamW with the InverseLR schedule.
+    """
+    c = base_config()
+    c.task = "diffusion"
+    c.model = ml_collections.ConfigDict(dict(unet=dict(unet), timing_kind=timing_kind, max_seconds=512,
+                                             text_features_dim=text_features_dim))
+    c.pretransform = ml_collections.ConfigDict(dict(
+        vae_dir="",  # run directory of the VAE that encoded the shards (used by sampling)
+        clap_dir="",  # run directory of the CLAP whose text features the shards hold
+        downsampling_ratio=1024,  # audio samples per latent frame
+        latent_scale=1.0,  # latents are multiplied by this before diffusion
+    ))
+    c.diffusion = ml_collections.ConfigDict(dict(cfg_dropout=0.1))
+    c.sampling = ml_collections.ConfigDict(dict(
+        steps=100, cfg_scale=6.0, sampler="dpmpp_3m_sde", sigma_min=0.03, sigma_max=500.0, rescale_phi=0.4))
+    c.optimizer = adamw_config(4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5, warmup=0.99)
+    c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))
+    c.trainer.eval_every = 1000
+    return c

@@ -1,0 +1,122 @@
+"""Training the latent diffusion model on pre-encoded shards (SPEC.md 4.1).
+
+Each step: sample the VAE posterior (`mean + std * eps`, times `latent_scale`), draw
+continuous times t in [0, 1) (stratified), noise with the cosine schedule
+(`x_t = cos(pi t/2) x0 + sin(pi t/2) eps`), predict `v = alpha eps - sigma x0` and take a
+plain MSE over every element. Each sample's conditioning (text and timing tokens) is
+replaced by the learned null context with probability `diffusion.cfg_dropout` (10%),
+which is what classifier-free guidance needs at sampling time. An EMA of the model is
+what sampling uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from stable_audio_jax.diffusion import schedule
+from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
+from stable_audio_jax.training import schedules
+from stable_audio_jax.training.task import Batch, Metrics, Task
+from stable_audio_jax.training.train_state import TrainState
+
+MODEL_INPUTS = ("latent_mean", "latent_std", "latent_mask", "text_features", "text_mask",
+                "seconds_start", "seconds_total")
+
+
+def build_diffusion_model(config: ml_collections.ConfigDict) -> LatentDiffusionModel:
+    """The model described by `config.model` (and `config.dtype`)."""
+    return LatentDiffusionModel(LatentDiffusionConfig.from_dict(config.model.to_dict()),
+                                dtype=jnp.dtype(config.get("dtype", "float32")),
+                                param_dtype=jnp.dtype(config.get("param_dtype", "float32")))
+
+
+class DiffusionTask(Task):
+    name = "diffusion"
+    progress_keys = ("loss",)
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.model = build_diffusion_model(config)
+        self.tx = schedules.adamw(config.optimizer)
+        unet = self.model.config.unet
+        ratio = config.pretransform.downsampling_ratio
+        if config.data.sample_size % (ratio * unet.downsampling_factor):
+            raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the VAE ratio "
+                             f"{ratio} times the U-Net's downsampling factor {unet.downsampling_factor}")
+        self.latent_frames = config.data.sample_size // ratio
+
+    # ----------------------------------------------------------------- data
+    def make_dataset(self, split: str, *, batch_size: int, shard_index: int, shard_count: int):
+        from stable_audio_jax.input_pipeline.grain_pipeline import make_latent_dataset
+
+        data = self.config.data
+        is_train = split == "train"
+        source = data.train_shards if is_train else (data.get("eval_shards") or data.train_shards)
+        return iter(make_latent_dataset(source, batch_size=batch_size, seed=data.seed, shuffle=is_train,
+                                        num_epochs=None, worker_count=data.worker_count if is_train else 0,
+                                        shard_index=shard_index, shard_count=shard_count))
+
+    def model_inputs(self, batch: Batch) -> dict[str, np.ndarray]:
+        frames = np.shape(batch["latent_mean"])[1]
+        if frames != self.latent_frames:
+            raise ValueError(f"the latent shards hold {frames} frames per example but data.sample_size / "
+                             f"pretransform.downsampling_ratio = {self.latent_frames}; pre-encode with "
+                             f"--sample_size={self.config.data.sample_size} or fix the config")
+        return {k: np.asarray(batch[k]) for k in MODEL_INPUTS}
+
+    # ----------------------------------------------------------------- state
+    def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
+        """Zero inputs of the model's shapes (x, t, text_features, text_mask, seconds_start, seconds_total)."""
+        c = self.model.config
+        text_dim = c.text_features_dim or c.unet.context_features
+        return (jnp.zeros((batch_size, self.latent_frames, c.unet.in_channels), jnp.float32),
+                jnp.zeros((batch_size,), jnp.float32),
+                jnp.zeros((batch_size, c.text_length, text_dim), jnp.float32),
+                jnp.ones((batch_size, c.text_length), bool),
+                jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
+
+    def init_state(self, rng: jax.Array) -> TrainState:
+        params_rng, state_rng = jax.random.split(rng)
+        params = self.model.init(params_rng, *self.example_inputs())["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params={"diffusion": params},
+                          opt_state={"diffusion": self.tx.init(params)}, ema_params={"diffusion": params},
+                          rng=state_rng)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, params: Any, batch: Batch, rng: jax.Array, cfg_dropout: float) -> tuple[jax.Array, Metrics]:
+        """v-objective MSE on one batch; `rng` draws the latents, times, noise and dropout."""
+        latent_rng, time_rng, noise_rng, drop_rng = jax.random.split(rng, 4)
+        mean, std = batch["latent_mean"], batch["latent_std"]
+        x0 = (mean + std * jax.random.normal(latent_rng, mean.shape)) * self.config.pretransform.latent_scale
+        batch_size = x0.shape[0]
+        t = schedule.sample_training_times(time_rng, batch_size)
+        noise = jax.random.normal(noise_rng, x0.shape)
+        x_t = schedule.add_noise(x0, noise, t)
+        target = schedule.v_target(x0, noise, t)
+        drop = jax.random.bernoulli(drop_rng, cfg_dropout, (batch_size,))
+        v = self.model.apply({"params": params}, x_t, t, batch["text_features"], batch["text_mask"],
+                             batch["seconds_start"], batch["seconds_total"], drop)
+        loss = jnp.mean(jnp.square(v.astype(jnp.float32) - target))
+        return loss, {"loss": loss}
+
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        grads, metrics = jax.grad(self.loss, has_aux=True)(
+            state.params["diffusion"], batch, state.step_rng(), self.config.diffusion.cfg_dropout)
+        updates, opt_state = self.tx.update(grads, state.opt_state["diffusion"], state.params["diffusion"])
+        params = optax.apply_updates(state.params["diffusion"], updates)
+        decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params["diffusion"], params)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return state.replace(step=state.step + 1, params={"diffusion": params},
+                             opt_state={"diffusion": opt_state}, ema_params={"diffusion": ema}), metrics
+
+    def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        """The EMA model's v-loss on the eval batch, fully conditioned, with fixed noise."""
+        loss, _ = self.loss(state.ema_params["diffusion"], batch, jax.random.PRNGKey(1234), 0.0)
+        return {"loss": loss}
