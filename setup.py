@@ -38,6 +38,7 @@ setup(
         "pretty_midi",  # demo dataset: ships the TimGM6mb General MIDI soundfont
         "tokenizers",  # text tokenizers (offline BPE training, HF tokenizer.json files)
         "safetensors",  # pretrained text-encoder checkpoint import
+        "matplotlib",  # spectrogram images of generated audio
     ],
     extras_require={"test": ["pytest"]},
 )

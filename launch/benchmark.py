@@ -25,8 +25,8 @@ What is measured, for every entry of the task's benchmark (`BENCHMARKS[config.ta
   (`compiled.memory_analysis()`: arguments + outputs - aliased + temporaries) is shown as
   `XLA mem/dev`.
 
-Inputs are seeded random arrays (data loading is not measured). Nothing is fitted or
-extrapolated: every number printed comes from the runs above.
+Inputs are seeded random arrays (data loading is not measured). Nothing is fitted; the
+only extrapolated figures are the diffusion `extrapolated_100_step_*` entries, labelled so.
 
 VAE (`config.task == 'vae'`): the training step is measured per phase, each phase jitted
 as the trainer jits it (state shardings, batch over the data axes, old state donated):
@@ -43,6 +43,15 @@ states that condition the diffusion model; clips/s reads prompts/s), `encode_aud
 audio-tower window -> joint embedding) and `train/clap` (the contrastive step as the
 trainer jits it). The window is the audio tower's (`config.data.sample_size`); token ids
 are random, each prompt of random length.
+
+Diffusion (`config.task == 'diffusion'`): `train/diffusion` (the v-objective step on
+random pre-encoded-shaped inputs) and `sample/<N>_steps`: N DPM-Solver++(3M) SDE steps
+with CFG (`--cfg_scale`, conditional and unconditional halves in one 2B batch) in one
+jitted `lax.scan`, ending with the decoder of `--vae_config` when given. `audio s/s` of
+that row is the real-time factor. Where a full 100-step run is too slow (the paper config
+on a CPU), run `--sample_steps=1`: the shapes section then also reports the 100-step
+latency and real-time factor extrapolated linearly from the measured per-step time,
+labelled as such.
 """
 
 from __future__ import annotations
@@ -75,6 +84,11 @@ _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Use the first N devices f
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops_per_device", 0.0,
                                   "Peak TFLOP/s of one device for the config's dtype; > 0 adds an MFU column.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the results to this JSON file.")
+_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 100, "Diffusion: sampler steps in the sampling row.")
+_CFG_SCALE = flags.DEFINE_float("cfg_scale", 6.0, "Diffusion: guidance scale of the sampling row (1: no CFG).")
+_VAE_CONFIG = flags.DEFINE_string("vae_config", None,
+                                  "Diffusion: a configs/vae_*.py whose decoder (random weights) ends the "
+                                  "sampling row; without it the row stops at the latents.")
 
 
 # --------------------------------------------------------------------------- options
@@ -94,6 +108,9 @@ class Options:
     train_phases: tuple[str, ...] = ("generator", "discriminator")
     num_devices: int = 0
     peak_tflops_per_device: float = 0.0
+    sample_steps: int = 100
+    cfg_scale: float = 6.0
+    vae_config: str | None = None
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -540,13 +557,125 @@ def benchmark_clap(config: Any, options: Options, mesh: Any) -> tuple[dict[str, 
     return info, results
 
 
+# --------------------------------------------------------------------------- diffusion
+def diffusion_param_counts(config: Any) -> dict[str, int]:
+    """Parameter counts of the conditioned U-Net from `jax.eval_shape` (nothing is allocated)."""
+    import jax
+    from stable_audio_jax.training.diffusion_task import DiffusionTask
+
+    task = DiffusionTask(config)
+    params = jax.eval_shape(task.model.init, jax.random.PRNGKey(0), *task.example_inputs())["params"]
+    return {"diffusion": count_params(params), "unet": count_params(params["unet"]),
+            "timing": count_params(params["timing"])}
+
+
+def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
+    """The v-objective train step and guided sampling (`--sample_steps` DPM-Solver++(3M) SDE steps,
+    CFG as one 2B batch, then the `--vae_config` decoder if given) at the config's window."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from stable_audio_jax import parallel
+    from stable_audio_jax.diffusion import guidance, samplers, schedule
+    from stable_audio_jax.training.diffusion_task import DiffusionTask
+    from stable_audio_jax.training.trainer import with_rules
+
+    rules = mesh_rules(config)
+    with config.unlocked():
+        config.data.batch_size = options.batch_size
+    task = DiffusionTask(config)
+    window_seconds = config.data.sample_size / config.data.sample_rate
+    b = options.batch_size
+    x, _, text, text_mask, start, total = (np.asarray(a) for a in task.example_inputs(b))
+    rng = np.random.default_rng(config.seed)
+    host = {"latent_mean": rng.standard_normal(x.shape).astype(np.float32),
+            "latent_std": np.full(x.shape, 0.1, np.float32), "latent_mask": np.ones(x.shape[:2], bool),
+            "text_features": rng.standard_normal(text.shape).astype(np.float32), "text_mask": text_mask,
+            "seconds_start": start, "seconds_total": np.full_like(total, int(window_seconds))}
+    batch = {k: global_array(v, mesh, rules) for k, v in host.items()}
+
+    init_start = time.perf_counter()
+    key = jax.random.PRNGKey(config.seed)
+    if options.skip_train:  # parameters only: no optimizer state or EMA copy in memory
+        init = lambda r: task.init_state(r).params["diffusion"]  # noqa: E731
+        params, param_shardings = parallel.init_sharded(init, key, mesh=mesh, rules=rules)
+        state = state_shardings = None
+    else:
+        state, state_shardings = parallel.init_sharded(task.init_state, key, mesh=mesh, rules=rules)
+        params, param_shardings = state.params["diffusion"], state_shardings.params["diffusion"]
+    jax.block_until_ready(params)
+    init_seconds = time.perf_counter() - init_start
+
+    decoder = None
+    if options.vae_config:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("vae_config", options.vae_config)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        from stable_audio_jax.training.vae_task import build_autoencoder
+        autoencoder = build_autoencoder(module.get_config())
+        if autoencoder.config.latent_dim != task.model.config.unet.in_channels:
+            raise BenchmarkUsageError(f"--vae_config latent_dim {autoencoder.config.latent_dim} differs from the "
+                                      f"U-Net's in_channels {task.model.config.unet.in_channels}")
+        vae_params, vae_shardings = parallel.init_sharded(
+            lambda r: autoencoder.init(r, jnp.zeros((1, autoencoder.config.downsampling_ratio, 2)))["params"],
+            jax.random.PRNGKey(1), mesh=mesh, rules=rules)
+        decoder = (autoencoder, vae_params, vae_shardings)
+
+    sigmas = schedule.polyexponential_sigmas(options.sample_steps, 0.03, 500.0)
+
+    def generate(p, vp, text_features, mask, seconds_start, seconds_total, key):
+        def model_fn(xx, t, cond):
+            return task.model.apply({"params": p}, xx, t, cond["f"], cond["m"], cond["s"], cond["t"], cond["n"])
+        cond = {"f": text_features, "m": mask, "s": seconds_start, "t": seconds_total,
+                "n": jnp.zeros(text_features.shape[:1], bool)}
+        uncond = dict(cond, n=jnp.ones(text_features.shape[:1], bool))
+        v_model = guidance.guided_v_model(model_fn, cond, uncond, options.cfg_scale)
+        noise_key, sampler_key = jax.random.split(key)
+        x_init = jax.random.normal(noise_key, x.shape) * sigmas[0]
+        latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler="dpmpp_3m_sde",
+                                  rng=sampler_key)
+        if decoder is None:
+            return latents
+        return decoder[0].apply({"params": vp}, latents, method=type(decoder[0]).decode)
+
+    vp, vs = (decoder[1], decoder[2]) if decoder else (None, None)
+    sampling_inputs = (batch["text_features"], batch["text_mask"], batch["seconds_start"], batch["seconds_total"])
+    jitted = jax.jit(with_rules(generate, rules),
+                     in_shardings=(param_shardings, vs) + tuple(x.sharding for x in sampling_inputs) + (None,))
+    cfg = "with CFG (2B batch)" if options.cfg_scale != 1 else "no CFG"
+    result, _ = measure(
+        f"sample/{options.sample_steps}_steps",
+        f"DPM-Solver++(3M) SDE, {options.sample_steps} steps, {cfg}"
+        + (", + VAE decode" if decoder else ", latents only (no --vae_config)"),
+        jitted, (params, vp) + sampling_inputs + (jax.random.PRNGKey(0),), options=options, mesh=mesh,
+        batch_size=b, audio_seconds_per_item=window_seconds, input_shapes={"latents": list(x.shape)})
+    results = [result]
+    if not options.skip_train:
+        train, state = measure_train_phase(
+            "train/diffusion", "v-objective step: VAE posterior sample, cosine schedule, 10% null context, "
+            "AdamW, EMA", task.train_step, state, state_shardings, batch, options=options, mesh=mesh, rules=rules,
+            audio_seconds_per_item=window_seconds)
+        results.append(train)
+    per_step = result.median_seconds / options.sample_steps
+    info = {"window_samples": int(config.data.sample_size), "window_seconds": window_seconds,
+            "latent_shape": list(x.shape), "text_shape": list(text.shape), "sample_steps": options.sample_steps,
+            "cfg_scale": options.cfg_scale, "vae_config": options.vae_config, "init_seconds": init_seconds,
+            # Labelled as an extrapolation: only meaningful when the sampling row ran few steps.
+            "extrapolated_100_step_seconds": per_step * 100,
+            "extrapolated_100_step_real_time_factor": window_seconds * b / (per_step * 100)}
+    return info, results
+
+
 # --------------------------------------------------------------------------- registry
 # config.task -> parameter counter and benchmark.
 PARAM_COUNTERS: dict[str, Callable[[Any], dict[str, int]]] = {"vae": vae_param_counts,
-                                                              "clap": clap_param_counts}
+                                                              "clap": clap_param_counts,
+                                                              "diffusion": diffusion_param_counts}
 BENCHMARKS: dict[str, Callable[[Any, Options, Any], tuple[dict[str, Any], list[Measurement]]]] = {
     "vae": benchmark_vae,
     "clap": benchmark_clap,
+    "diffusion": benchmark_diffusion,
 }
 
 
@@ -733,7 +862,8 @@ def options_from_flags() -> Options:
     return Options(batch_size=_BATCH_SIZE.value, seconds=_SECONDS.value, steps=_STEPS.value,
                    warmup=_WARMUP.value, skip_train=_SKIP_TRAIN.value,
                    train_phases=tuple(_TRAIN_PHASES.value), num_devices=_NUM_DEVICES.value,
-                   peak_tflops_per_device=_PEAK_TFLOPS.value)
+                   peak_tflops_per_device=_PEAK_TFLOPS.value, sample_steps=_SAMPLE_STEPS.value,
+                   cfg_scale=_CFG_SCALE.value, vae_config=_VAE_CONFIG.value)
 
 
 def main(argv):

@@ -61,6 +61,17 @@ def test_params_only_clap_paper_size():
                                                    "audio_projection")) + 1  # + the temperature
 
 
+def test_params_only_diffusion_paper_size():
+    """The SA 1.0 U-Net: exactly 906,679,744 parameters (SPEC.md 3.1), plus the two
+    513-row timing tables (2 x 513 x 768)."""
+    out = _check(_run(SCRIPT, "--config=configs/diffusion_sa1.py", "--params_only"))
+    lines = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()
+             if line.startswith("  ") and len(line.split()) == 2}
+    assert lines["unet"] == 906_679_744
+    assert lines["timing"] == 2 * 513 * 768
+    assert lines["diffusion"] == lines["unet"] + lines["timing"]
+
+
 _HELPERS = r"""
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])

@@ -286,6 +286,6 @@ def test_clap_score_cli_and_bad_input(trained_clap, tmp_path):
               f"--output_json={tmp_path / 'score.json'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "CLAP score over 8 files" in out.stdout
-    assert json.load(open(tmp_path / "score.json"))["num_items"] == 8
+    assert json.loads((tmp_path / "score.json").read_text())["num_items"] == 8
     missing = run(f"--clap_dir={tmp_path / 'nothing'}", f"--input={trained_clap['raw'] / 'valid.jsonl'}")
     assert missing.returncode != 0 and "not a run directory" in missing.stderr

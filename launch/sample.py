@@ -1,0 +1,120 @@
+"""Generate audio from text prompts with a trained diffusion model (and its VAE and CLAP).
+
+    python launch/sample.py --diffusion_dir=outputs/demo/diffusion --prompt="drum groove, 120 BPM" \
+        --seconds_total=3 --output_dir=outputs/samples
+    python launch/sample.py --diffusion_dir=... --prompts_file=prompts.txt --steps=100 --cfg_scale=6 \
+        --sampler=dpmpp_3m_sde --negative_prompt="noise" --batch_size=4 --seed=1
+
+Writes, per prompt, `<i>_<slug>.wav` (44.1 kHz stereo, cut to --seconds_total), a spectrogram
+`<i>_<slug>.png`, the prompt as `<i>_<slug>.txt` (so `launch/clap_score.py --input=<dir>` can
+score the folder), and `settings.json`. With --init_audio the sampler starts from that
+audio's latents plus noise at --init_noise_level (audio-to-audio).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app, flags, logging  # noqa: E402
+
+_DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of the diffusion model.", required=True)
+_VAE_DIR = flags.DEFINE_string("vae_dir", None, "VAE run (default: the one named in the diffusion config).")
+_CLAP_DIR = flags.DEFINE_string("clap_dir", None, "CLAP run (default: the one named in the diffusion config).")
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "A text prompt (repeatable).")
+_PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
+_SECONDS_TOTAL = flags.DEFINE_float("seconds_total", None, "Length to generate (default: the model's window).")
+_SECONDS_START = flags.DEFINE_float("seconds_start", 0.0, "Timing conditioning: where the clip starts.")
+_STEPS = flags.DEFINE_integer("steps", 100, "Sampler steps.")
+_CFG_SCALE = flags.DEFINE_float("cfg_scale", 6.0, "Classifier-free guidance scale (1: off).")
+_RESCALE_PHI = flags.DEFINE_float("rescale_phi", 0.0, "CFG rescale amount in [0, 1].")
+_SAMPLER = flags.DEFINE_string("sampler", "dpmpp_3m_sde", "dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, euler or ddim.")
+_SIGMA_MIN = flags.DEFINE_float("sigma_min", 0.03, "Smallest noise level of the schedule.")
+_SIGMA_MAX = flags.DEFINE_float("sigma_max", 500.0, "Largest noise level of the schedule.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed (each batch adds its index).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts generated together.")
+_NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.")
+_INIT_AUDIO = flags.DEFINE_string("init_audio", None, "Audio file to start from (audio-to-audio).")
+_INIT_NOISE = flags.DEFINE_float("init_noise_level", 1.0, "Noise level added to --init_audio.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "samples", "Where the files are written.")
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "empty"
+
+
+def _prompts() -> list[str]:
+    prompts = list(_PROMPT.value)
+    if _PROMPTS_FILE.value:
+        if not os.path.exists(_PROMPTS_FILE.value):
+            raise FileNotFoundError(f"prompts file not found: {_PROMPTS_FILE.value}")
+        with open(_PROMPTS_FILE.value) as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError("give at least one --prompt or a --prompts_file")
+    return prompts
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    from stable_audio_jax.diffusion.samplers import canonical_sampler_name
+    from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
+    from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
+
+    try:
+        prompts = _prompts()
+        sampler = canonical_sampler_name(_SAMPLER.value)
+        if _BATCH_SIZE.value < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
+        generator = AudioGenerator.from_runs(_DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value, clap_dir=_CLAP_DIR.value)
+        seconds_total = _SECONDS_TOTAL.value or generator.window_seconds
+        if not 0 < seconds_total <= generator.window_seconds + 1e-6:
+            raise ValueError(f"--seconds_total={seconds_total} is outside (0, {generator.window_seconds:.2f}], "
+                             "the model's window")
+        init_audio = None
+        if _INIT_AUDIO.value:
+            if not os.path.exists(_INIT_AUDIO.value):
+                raise FileNotFoundError(f"--init_audio file not found: {_INIT_AUDIO.value}")
+            audio, rate = decode_audio(_INIT_AUDIO.value)
+            init_audio = to_stereo(resample(audio, rate, generator.sample_rate))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    settings = {"diffusion_dir": os.path.abspath(_DIFFUSION_DIR.value), "prompts": prompts,
+                "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value, "steps": _STEPS.value,
+                "cfg_scale": _CFG_SCALE.value, "rescale_phi": _RESCALE_PHI.value, "sampler": sampler,
+                "sigma_min": _SIGMA_MIN.value, "sigma_max": _SIGMA_MAX.value, "seed": _SEED.value,
+                "negative_prompt": _NEGATIVE.value, "init_audio": _INIT_AUDIO.value,
+                "init_noise_level": _INIT_NOISE.value, "sample_rate": generator.sample_rate, "files": []}
+    start = time.time()
+    for first in range(0, len(prompts), _BATCH_SIZE.value):
+        chunk = prompts[first:first + _BATCH_SIZE.value]
+        audio = generator.generate(
+            chunk, seconds_total=seconds_total, seconds_start=_SECONDS_START.value, steps=_STEPS.value,
+            cfg_scale=_CFG_SCALE.value, sampler=sampler, seed=_SEED.value + first, negative_prompt=_NEGATIVE.value,
+            rescale_phi=_RESCALE_PHI.value, sigma_min=_SIGMA_MIN.value, sigma_max=_SIGMA_MAX.value,
+            init_audio=init_audio, init_noise_level=_INIT_NOISE.value, progress=True)
+        for i, (prompt, clip) in enumerate(zip(chunk, audio)):
+            name = f"{first + i:03d}_{_slug(prompt)}"
+            write_wav(os.path.join(_OUTPUT_DIR.value, name + ".wav"), clip, generator.sample_rate)
+            spectrogram_png(clip, generator.sample_rate, os.path.join(_OUTPUT_DIR.value, name + ".png"), prompt)
+            with open(os.path.join(_OUTPUT_DIR.value, name + ".txt"), "w") as f:
+                f.write(prompt + "\n")
+            settings["files"].append(name + ".wav")
+    settings["seconds"] = round(time.time() - start, 2)
+    with open(os.path.join(_OUTPUT_DIR.value, "settings.json"), "w") as f:
+        json.dump(settings, f, indent=2)
+    print(f"wrote {len(settings['files'])} clips to {_OUTPUT_DIR.value} in {settings['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
