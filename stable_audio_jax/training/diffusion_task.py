@@ -112,7 +112,7 @@ class DiffusionTask(Task):
         params = optax.apply_updates(state.params["diffusion"], updates)
         decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params["diffusion"], params)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return state.replace(step=state.step + 1, params={"diffusion": params},
                              opt_state={"diffusion": opt_state}, ema_params={"diffusion": ema}), metrics
 
