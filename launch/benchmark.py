@@ -298,16 +298,6 @@ def mesh_rules(config: Any) -> tuple:
     return tuple(tuple(r) for r in config.mesh.get("rules", parallel.DEFAULT_RULES))
 
 
-def data_parallel_size(mesh: Any, rules: tuple) -> int:
-    import flax.linen as nn
-
-    axes = nn.logical_to_mesh_axes(("batch",), rules)[0]
-    if axes is None:
-        return 1
-    axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(mesh.shape[a] for a in axes)
-
-
 def global_array(host: Any, mesh: Any, rules: tuple):
     """A `[batch, ...]` host array (identical on every process) as a batch-sharded global array."""
     import jax
@@ -728,7 +718,9 @@ def run_benchmark(config: Any, options: Options) -> dict[str, Any]:
     benchmark = _lookup(BENCHMARKS, config.task)
     mesh = make_mesh(config, options.num_devices)
     rules = mesh_rules(config)
-    dp = data_parallel_size(mesh, rules)
+    from stable_audio_jax import parallel
+
+    dp = parallel.data_parallel_size(mesh, rules)
     if options.batch_size % dp:
         raise BenchmarkUsageError(f"--batch_size={options.batch_size} is not divisible by the {dp} data-parallel "
                          f"devices of mesh {dict(mesh.shape)}; use a multiple of {dp}, --num_devices or "

@@ -141,10 +141,16 @@ def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules = D
             for k, v in batch.items()}
 
 
-def per_process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
+    """How many ways the `batch` logical axis is split on `mesh`: global batches must be a
+    multiple of it."""
+    return _mesh_axis_size(mesh, nn.logical_to_mesh_axes(("batch",), rules)[0])
+
+
+def per_process_batch_size(global_batch_size: int, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
     """The share of the global batch that this process loads."""
     n = jax.process_count()
-    data_parallel = _mesh_axis_size(mesh, nn.logical_to_mesh_axes(("batch",), DEFAULT_RULES)[0])
+    data_parallel = data_parallel_size(mesh, rules)
     if global_batch_size % data_parallel:
         raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
                          f"{data_parallel} data-parallel devices of mesh {dict(mesh.shape)}")

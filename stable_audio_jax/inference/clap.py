@@ -69,16 +69,10 @@ class CLAPEncoder:
         return cls(run.task.model, clap_params(run.state, use_ema), run.task.tokenizer, run.mesh)
 
     # ------------------------------------------------------------- helpers
-    def _batch_size_multiple(self) -> int:
-        spec = parallel.batch_sharding(self.mesh, 1, self.rules).spec
-        axes = spec[0] if spec else None
-        axes = (axes,) if isinstance(axes, str) else (axes or ())
-        return int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
-
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray | tuple:
         """`fn(params, *arrays)` jitted, the batch padded to the mesh and split over it."""
         n = len(arrays[0])
-        multiple = self._batch_size_multiple()
+        multiple = parallel.data_parallel_size(self.mesh, self.rules)
         padded = -(-max(n, 1) // multiple) * multiple
         arrays = [np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a
                   for a in arrays]

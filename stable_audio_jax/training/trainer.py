@@ -139,7 +139,7 @@ class Trainer:
         self.mesh = parallel.create_mesh(tuple(config.mesh.shape), tuple(config.mesh.axis_names))
         self.rules = tuple(tuple(r) for r in config.mesh.get("rules", parallel.DEFAULT_RULES))
         self.is_main = jax.process_index() == 0
-        self.local_batch_size = parallel.per_process_batch_size(config.data.batch_size, self.mesh)
+        self.local_batch_size = parallel.per_process_batch_size(config.data.batch_size, self.mesh, self.rules)
         self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
                                          max_to_keep=tc.max_checkpoints,
                                          async_save=tc.get("async_checkpointing", True))
