@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import Snake, WNConv, WNConvTranspose1d
 
 Dtype = Any
@@ -66,11 +67,7 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AutoencoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown autoencoder config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**checked_fields(cls, d, "autoencoder"))
 
 
 def _constrain(x: jax.Array) -> jax.Array:

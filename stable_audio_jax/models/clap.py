@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from stable_audio_jax.models.attention import FeedForward
+from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.htsat import HTSATConfig, HTSATEncoder
 from stable_audio_jax.models.text_encoder import TextEncoder, TextEncoderConfig, TextEncoderOutput
 
@@ -55,11 +56,7 @@ class CLAPConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CLAPConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CLAP config keys {unknown}; known: {sorted(known)}")
+        d = checked_fields(cls, d, "CLAP")
         for key in ("text", "audio"):
             if key not in d:
                 raise ValueError(f"CLAP config needs a '{key}' section")

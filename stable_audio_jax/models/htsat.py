@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
+from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import torch_bias_init, torch_conv_init
 from stable_audio_jax.models.mel import log_mel_spectrogram, mel_filterbank
 
@@ -215,11 +216,7 @@ class HTSATConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HTSATConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown HTSAT config keys {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
+        return cls(**checked_fields(cls, d, "HTSAT"))
 
 
 def htsat_tiny(**overrides: Any) -> HTSATConfig:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from stable_audio_jax.models.conditioning import TimingConditioner, build_context
+from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.unet import UNet1D, UNetConfig
 
 Dtype = Any
@@ -44,11 +45,7 @@ class LatentDiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatentDiffusionConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown diffusion model config keys {unknown}; known: {sorted(known)}")
+        d = checked_fields(cls, d, "diffusion model")
         if "unet" not in d:
             raise ValueError("the diffusion model config needs a 'unet' section")
         return cls(unet=UNetConfig.from_dict(d.pop("unet")), **d)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
+from stable_audio_jax.models.config_fields import checked_fields
 
 Dtype = Any
 
@@ -77,11 +78,7 @@ class TextEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextEncoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown text encoder config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "text encoder"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
 from stable_audio_jax.models.conditioning import TimePositionalEmbedding, torch_dense
+from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import _polyphase_conv_transpose, torch_bias_init, torch_conv_init
 
 Dtype = Any
@@ -113,11 +114,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown U-Net config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**checked_fields(cls, d, "U-Net"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
