@@ -311,6 +311,32 @@ def shapes_of(**arrays: Any) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in arrays.items()}
 
 
+def init_for_benchmark(task: Any, model: str, seed: int, skip_train: bool, mesh: Any, rules: tuple):
+    """`(state, state_shardings, params, param_shardings, seconds)` created sharded on `mesh`.
+
+    With `skip_train` only the parameters of `model` are created (state and its shardings are
+    None): no optimizer state or EMA copy in memory, which decides whether a paper-size
+    model's inference fits on the device.
+    """
+    import jax
+    from stable_audio_jax import parallel
+
+    key = jax.random.PRNGKey(seed)
+    start = time.perf_counter()
+    if skip_train:
+        init = lambda rng: task.init_state(rng).params[model]  # noqa: E731
+        params, param_shardings = parallel.init_sharded(init, key, mesh=mesh, rules=rules)
+        state = state_shardings = None
+    else:
+        state, state_shardings = parallel.init_sharded(task.init_state, key, mesh=mesh, rules=rules)
+        params, param_shardings = state.params[model], state_shardings.params[model]
+    jax.block_until_ready(params)
+    seconds = time.perf_counter() - start
+    print(f"  initialised {model + ' parameters' if skip_train else 'the train state'} in {seconds:.2f} s "
+          "(jit compile + run)", flush=True)
+    return state, state_shardings, params, param_shardings, seconds
+
+
 # --------------------------------------------------------------------------- VAE
 VAE_TRAIN_PHASES = ("generator", "discriminator", "generator_warmup")
 
@@ -389,9 +415,7 @@ def measure_vae_transform(name: str, description: str, fn: Callable, params: Any
 
 def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
     """Encode, decode and the requested training phases of the VAE config."""
-    import jax
     import numpy as np
-    from stable_audio_jax import parallel
     from stable_audio_jax.training.vae_task import VAETask
 
     unknown = set(options.train_phases) - set(VAE_TRAIN_PHASES)
@@ -416,19 +440,8 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
     audio = global_array(host_audio, mesh, rules)
     latents = global_array(host_latents, mesh, rules)
 
-    key = jax.random.PRNGKey(config.seed)
-    init_start = time.perf_counter()
-    if options.skip_train:
-        init = lambda rng: task.init_state(rng).params["autoencoder"]  # noqa: E731
-        ae_params, ae_shardings = parallel.init_sharded(init, key, mesh=mesh, rules=rules)
-        state = state_shardings = None
-    else:
-        state, state_shardings = parallel.init_sharded(task.init_state, key, mesh=mesh, rules=rules)
-        ae_params, ae_shardings = state.params["autoencoder"], state_shardings.params["autoencoder"]
-    jax.block_until_ready(ae_params)
-    init_seconds = time.perf_counter() - init_start
-    print(f"  initialised {'autoencoder parameters' if options.skip_train else 'the train state'} "
-          f"in {init_seconds:.2f} s (jit compile + run)", flush=True)
+    state, state_shardings, ae_params, ae_shardings, init_seconds = init_for_benchmark(
+        task, "autoencoder", config.seed, options.skip_train, mesh, rules)
 
     common = dict(options=options, mesh=mesh, rules=rules, window_seconds=window_seconds)
     def encode(params, audio):  # audio [batch, T, 2] -> latents [batch, T/ratio, latent_dim] (the mean)
@@ -512,13 +525,8 @@ def benchmark_clap(config: Any, options: Options, mesh: Any) -> tuple[dict[str, 
     host_audio, host_ids, host_mask = clap_example_inputs(config, options.batch_size, config.seed)
     audio, ids, mask = (global_array(x, mesh, rules) for x in (host_audio, host_ids, host_mask))
 
-    init_start = time.perf_counter()
-    state, state_shardings = parallel.init_sharded(task.init_state, jax.random.PRNGKey(config.seed),
-                                                   mesh=mesh, rules=rules)
-    jax.block_until_ready(state)
-    init_seconds = time.perf_counter() - init_start
-    print(f"  initialised the train state in {init_seconds:.2f} s (jit compile + run)", flush=True)
-    params, param_shardings = state.params["clap"], state_shardings.params["clap"]
+    state, state_shardings, params, param_shardings, init_seconds = init_for_benchmark(
+        task, "clap", config.seed, options.skip_train, mesh, rules)
 
     def inference(name: str, description: str, method: Callable, inputs: tuple, seconds: float) -> Measurement:
         fn = lambda p, *x: task.model.apply({"params": p}, *x, method=method)  # noqa: E731
@@ -584,17 +592,8 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
             "seconds_start": start, "seconds_total": np.full_like(total, int(window_seconds))}
     batch = {k: global_array(v, mesh, rules) for k, v in host.items()}
 
-    init_start = time.perf_counter()
-    key = jax.random.PRNGKey(config.seed)
-    if options.skip_train:  # parameters only: no optimizer state or EMA copy in memory
-        init = lambda r: task.init_state(r).params["diffusion"]  # noqa: E731
-        params, param_shardings = parallel.init_sharded(init, key, mesh=mesh, rules=rules)
-        state = state_shardings = None
-    else:
-        state, state_shardings = parallel.init_sharded(task.init_state, key, mesh=mesh, rules=rules)
-        params, param_shardings = state.params["diffusion"], state_shardings.params["diffusion"]
-    jax.block_until_ready(params)
-    init_seconds = time.perf_counter() - init_start
+    state, state_shardings, params, param_shardings, init_seconds = init_for_benchmark(
+        task, "diffusion", config.seed, options.skip_train, mesh, rules)
 
     decoder = None
     if options.vae_config:

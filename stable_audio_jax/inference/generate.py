@@ -23,7 +23,6 @@ import numpy as np
 from stable_audio_jax.diffusion import guidance, samplers, schedule
 from stable_audio_jax.inference.checkpoints import LoadedRun, load_run
 from stable_audio_jax.inference.clap import CLAPEncoder
-from stable_audio_jax.training.trainer import with_rules
 
 
 class AudioGenerator:
