@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,6 +30,10 @@ MAGIC = b"SAJLAT1\n"
 _LENGTH = struct.Struct("<I")
 ARRAY_KEYS = ("latent_mean", "latent_std", "latent_mask", "text_features", "text_mask")
 METADATA_KEYS = ("caption", "seconds_start", "seconds_total", "id")
+# np.load parses each .npy header with `ast.literal_eval`, which is not thread-safe on
+# CPython 3.11 (concurrent calls fail with "AST constructor recursion depth mismatch");
+# Grain decodes records on several threads, so the parse is serialised. It is tiny.
+_NPZ_LOCK = threading.Lock()
 
 
 def encode_latent_record(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> bytes:
@@ -51,6 +56,6 @@ def decode_latent_record(record: bytes) -> tuple[dict[str, np.ndarray], dict[str
     (length,) = _LENGTH.unpack_from(record, len(MAGIC))
     start = len(MAGIC) + _LENGTH.size
     metadata = json.loads(record[start:start + length].decode("utf-8"))
-    with np.load(io.BytesIO(record[start + length:]), allow_pickle=False) as npz:
+    with _NPZ_LOCK, np.load(io.BytesIO(record[start + length:]), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in ARRAY_KEYS}
     return arrays, metadata
