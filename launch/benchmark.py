@@ -3,6 +3,7 @@
     python launch/benchmark.py --config=configs/vae_sao.py --params_only
     python launch/benchmark.py --config=configs/vae_sao.py --batch_size=1 --seconds=1.5 \
         --steps=5 --output_json=/tmp/bench_sao.json
+    python launch/benchmark.py --compare /tmp/bench_gpu.json /tmp/bench_tpu.json
 
 Config overrides work as in `launch/train.py` (`--config.dtype=bfloat16`).
 
@@ -16,8 +17,12 @@ What is measured, for every entry of the task's benchmark (`BENCHMARKS[config.ta
   real-time factor);
 - `GFLOP/dev`: the `flops` entry of `compiled.cost_analysis()`, i.e. XLA's count for the
   partitioned program of one device (replicated work counted on every device);
-  `TFLOP/s/dev` = that / median, and `MFU` = TFLOP/s/dev / `--peak_tflops_per_device` when
-  given;
+  `TFLOP/s/dev` = that / median, and `MFU` = TFLOP/s/dev / the device's peak: `--peak_tflops`
+  (alias `--peak_tflops_per_device`) when given, else the table of
+  `stable_audio_jax/peak_flops.py` looked up from `jax.devices()[0].device_kind` (H100, H200,
+  A100, TPU v4, v5e, v5p, v6e), else n/a (e.g. CPU). The table holds dense (no sparsity) bf16
+  peaks, also for runs in another dtype: an fp32 run's MFU is against the bf16 peak. The JSON
+  `peak` records the value used and its source ("table: H100 bf16 dense", "flag" or null);
 - `peak mem`: the largest `peak_bytes_in_use` of `device.memory_stats()` over the local
   mesh devices, read after the measurement. It is the process-wide high-water mark since
   start-up (it includes the resident train state and every earlier measurement), and n/a
@@ -27,6 +32,12 @@ What is measured, for every entry of the task's benchmark (`BENCHMARKS[config.ta
 
 Inputs are seeded random arrays (data loading is not measured). Nothing is fitted; the
 only extrapolated figures are the diffusion `extrapolated_100_step_*` entries, labelled so.
+
+`--compare A.json B.json` (no `--config`) measures nothing: it prints the hardware and config
+of two `--output_json` reports and, for every measurement name in either, A and B side by
+side (median step time, clips/s, audio s/s, TFLOP/s/dev, MFU, peak memory, compile time) with
+the ratio B/A: on the step time, B/A < 1 means B is faster. A measurement missing from one
+report reads n/a on that side.
 
 VAE (`config.task == 'vae'`): the training step is measured per phase, each phase jitted
 as the trainer jits it (state shardings, batch over the data axes, old state donated):
@@ -71,6 +82,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from stable_audio_jax import peak_flops  # noqa: E402  (pure Python: no backend starts at import)
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _PARAMS_ONLY = flags.DEFINE_bool("params_only", False, "Print the parameter counts (no allocation) and exit.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Global batch size (split over the data-parallel mesh axes).")
@@ -81,8 +94,13 @@ _SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Measure inference only (VA
 _TRAIN_PHASES = flags.DEFINE_list("train_phases", ["generator", "discriminator"],
                                   "VAE training phases to measure: generator, discriminator, generator_warmup.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Use the first N devices for the mesh (0: all).")
-_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops_per_device", 0.0,
-                                  "Peak TFLOP/s of one device for the config's dtype; > 0 adds an MFU column.")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0,
+                                  "Peak TFLOP/s of one device for MFU; > 0 overrides the dense bf16 table of "
+                                  "stable_audio_jax/peak_flops.py (0: the table; devices not in it get no MFU).")
+flags.DEFINE_alias("peak_tflops_per_device", "peak_tflops")  # the flag's earlier name
+_COMPARE = flags.DEFINE_bool("compare", False,
+                             "Compare two --output_json reports given as arguments (A.json B.json); "
+                             "measures nothing and needs no --config.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the results to this JSON file.")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 100, "Diffusion: sampler steps in the sampling row.")
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", 6.0, "Diffusion: guidance scale of the sampling row (1: no CFG).")
@@ -107,7 +125,7 @@ class Options:
     skip_train: bool = False
     train_phases: tuple[str, ...] = ("generator", "discriminator")
     num_devices: int = 0
-    peak_tflops_per_device: float = 0.0
+    peak_tflops: float = 0.0  # per device; 0: the device-kind table (peak_flops.resolve_peak)
     sample_steps: int = 100
     cfg_scale: float = 6.0
     vae_config: str | None = None
@@ -121,6 +139,8 @@ class Options:
             raise BenchmarkUsageError(f"--steps must be >= 1, got {self.steps}")
         if self.warmup < 0:
             raise BenchmarkUsageError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.peak_tflops < 0:
+            raise BenchmarkUsageError(f"--peak_tflops must be >= 0 (0: the device table), got {self.peak_tflops}")
 
 
 # --------------------------------------------------------------------------- measurement
@@ -167,7 +187,7 @@ class Measurement:
             return None
         return self.flops_per_device / self.median_seconds / 1e12
 
-    def to_json(self, peak_tflops_per_device: float = 0.0) -> dict[str, Any]:
+    def to_json(self, peak_tflops_per_device: float | None = None) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         tflops = self.tflops_per_second_per_device
         d.update(median_seconds=self.median_seconds, min_seconds=min(self.step_seconds),
@@ -176,7 +196,7 @@ class Measurement:
                  audio_seconds_per_second=self.audio_seconds_per_second,
                  tflops_per_second_per_device=tflops,
                  compiled_bytes_per_device=self.compiled_bytes_per_device,
-                 mfu=(tflops / peak_tflops_per_device) if tflops is not None and peak_tflops_per_device > 0 else None)
+                 mfu=(tflops / peak_tflops_per_device) if tflops is not None and peak_tflops_per_device else None)
         return d
 
 
@@ -728,27 +748,41 @@ def run_benchmark(config: Any, options: Options) -> dict[str, Any]:
     load_before = _load_average()
     info, measurements = benchmark(config, options, mesh)
     load_after = _load_average()
+    hardware = dict(hardware_info(mesh), host_load_average_before=load_before,
+                    host_load_average_after=load_after)
+    return build_report(hardware, config_summary(config), options, info, counts, measurements)
+
+
+def config_summary(config: Any) -> dict[str, Any]:
+    """The report's `config` section: file, task, dtypes, seed and command-line overrides."""
+    return {"name": config_name(), "task": config.task, "dtype": config.get("dtype", "float32"),
+            "param_dtype": config.get("param_dtype", "float32"), "seed": config.seed,
+            "overrides": config_overrides()}
+
+
+def build_report(hardware: dict[str, Any], config: dict[str, Any], options: Options, shapes: dict[str, Any],
+                 counts: dict[str, int], measurements: Sequence[Measurement]) -> dict[str, Any]:
+    """The JSON-ready report of finished measurements; MFU is against the resolved peak."""
+    peak_tflops, peak_source = peak_flops.resolve_peak(options.peak_tflops, hardware["device_kind"])
     notes = [
         "median s: median wall time of the timed calls after warm-up, each ended by block_until_ready",
         "compile s: lowered.compile() only; lower s: tracing + lowering",
         "GFLOP/dev: compiled.cost_analysis()['flops'], XLA's count for one device's partitioned program",
+        "MFU: TFLOP/s/dev / the peak per device (the table's peaks are dense bf16, whatever the run's dtype)",
         "XLA mem/dev: compiled.memory_analysis() estimate, arguments + outputs - donated/aliased + temporaries",
         "peak mem: process-wide peak_bytes_in_use high-water mark after the measurement (n/a: no statistics)",
         "inputs are seeded random arrays; weights are the random initialisation",
     ]
-    if hardware_info()["compilation_cache_dir"]:
+    if hardware.get("compilation_cache_dir"):
         notes.append("a persistent compilation cache is enabled: compile times may be cache hits")
-    hardware = dict(hardware_info(mesh), host_load_average_before=load_before,
-                    host_load_average_after=load_after)
     return {
         "hardware": hardware,
-        "config": {"name": config_name(), "task": config.task, "dtype": config.get("dtype", "float32"),
-                   "param_dtype": config.get("param_dtype", "float32"), "seed": config.seed,
-                   "overrides": config_overrides()},
+        "config": config,
         "options": dataclasses.asdict(options),
-        "shapes": info,
+        "peak": {"tflops_per_device": peak_tflops, "source": peak_source},
+        "shapes": shapes,
         "param_counts": counts,
-        "measurements": [m.to_json(options.peak_tflops_per_device) for m in measurements],
+        "measurements": [m.to_json(peak_tflops) for m in measurements],
         "derived": derived_figures(measurements),
         "notes": notes,
     }
@@ -798,31 +832,79 @@ def _fmt_bytes(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
 
 
+def _fmt_percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.2f}%"
+
+
 def format_params(counts: dict[str, int]) -> str:
     width = max(len(k) for k in counts)
     return "\n".join(f"  {k:<{width}}  {v:>15,}" for k, v in counts.items())
 
 
-def format_report(report: dict[str, Any]) -> str:
-    hw, cfg, shapes = report["hardware"], report["config"], report["shapes"]
-    peak = report["options"]["peak_tflops_per_device"]
-    lines = [
-        f"hardware: backend={hw['backend']} device_kind={hw['device_kind']!r} devices={hw['device_count']} "
-        f"(mesh {hw.get('mesh')}, {hw['process_count']} process(es)), host CPUs={hw['host_cpu_count']}, "
-        f"host load average before/after {hw['host_load_average_before']} / {hw['host_load_average_after']}",
-        f"software: jax {hw['jax_version']}, jaxlib {hw['jaxlib_version']}, flax {hw['flax_version']}, "
-        f"python {hw['python_version']}",
-        f"config: {cfg['name']} (task={cfg['task']}, dtype={cfg['dtype']}, param_dtype={cfg['param_dtype']})"
-        + (f" overrides={cfg['overrides']}" if cfg["overrides"] else ""),
-        "shapes: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in shapes.items()),
-        f"timing: {report['options']['warmup']} warm-up + {report['options']['steps']} timed calls per row",
-        "parameters:",
-        format_params(report["param_counts"]),
-        "",
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """Aligned lines: the first `left` columns (names) left-aligned, the others (numbers) right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt_row(r: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows]
+
+
+def _section(report: dict[str, Any], key: str) -> dict[str, Any]:
+    """`report[key]` when it is a dict, else {}: reports from older versions lack some sections."""
+    value = report.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    """`value` when it is a number (not a bool), else None: a garbled field reads n/a, not a traceback."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def report_peak(report: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The peak TFLOP/s per device the report's MFU is against, and its source."""
+    if "peak" in report:
+        peak = _section(report, "peak")
+        return _number(peak.get("tflops_per_device")), peak.get("source")
+    # Reports written before the device table: MFU came from --peak_tflops_per_device alone.
+    flag = _number(_section(report, "options").get("peak_tflops_per_device"))
+    return (flag, "flag") if flag else (None, None)
+
+
+def _peak_line(report: dict[str, Any]) -> str:
+    tflops, source = report_peak(report)
+    if not tflops:
+        kind = _section(report, "hardware").get("device_kind")
+        return f"peak: n/a, no MFU (device kind {kind!r} is not in the peak table; --peak_tflops sets one)"
+    return f"peak: {tflops:g} TFLOP/s per device ({source}); MFU = TFLOP/s/dev / peak"
+
+
+def header_lines(report: dict[str, Any]) -> list[str]:
+    """Hardware, software, config, shapes, peak and timing of a report, one line each."""
+    hw, cfg, opts = _section(report, "hardware"), _section(report, "config"), _section(report, "options")
+    shapes = _section(report, "shapes")
+    overrides = cfg.get("overrides")
+    return [
+        f"hardware: backend={hw.get('backend')} device_kind={hw.get('device_kind')!r} "
+        f"devices={hw.get('device_count')} (mesh {hw.get('mesh')}, {hw.get('process_count')} process(es)), "
+        f"host CPUs={hw.get('host_cpu_count')}, host load average before/after "
+        f"{hw.get('host_load_average_before')} / {hw.get('host_load_average_after')}",
+        f"software: jax {hw.get('jax_version')}, jaxlib {hw.get('jaxlib_version')}, flax {hw.get('flax_version')}, "
+        f"python {hw.get('python_version')}",
+        f"config: {cfg.get('name')} (task={cfg.get('task')}, dtype={cfg.get('dtype')}, "
+        f"param_dtype={cfg.get('param_dtype')})" + (f" overrides={overrides}" if overrides else ""),
+        "shapes: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shapes.items()),
+        _peak_line(report),
+        f"timing: global batch {opts.get('batch_size')}, {opts.get('warmup')} warm-up + {opts.get('steps')} "
+        "timed calls per row",
     ]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    peak, _ = report_peak(report)
+    lines = header_lines(report) + ["parameters:", format_params(report["param_counts"]), ""]
     header = ["measurement", "lower s", "compile s", "median s", "min s", "clips/s", "audio s/s",
-              "GFLOP/dev", "TFLOP/s/dev"] + (["MFU"] if peak > 0 else []) + ["XLA mem/dev", "peak mem"]
+              "GFLOP/dev", "TFLOP/s/dev"] + (["MFU"] if peak else []) + ["XLA mem/dev", "peak mem"]
     rows = []
     for m in report["measurements"]:
         flops = m["flops_per_device"]
@@ -830,14 +912,11 @@ def format_report(report: dict[str, Any]) -> str:
                f"{m['median_seconds']:.4f}", f"{m['min_seconds']:.4f}", f"{m['items_per_second']:.3f}",
                f"{m['audio_seconds_per_second']:.3f}", _fmt(None if flops is None else flops / 1e9, ".2f"),
                _fmt(m["tflops_per_second_per_device"], ".4f")]
-        if peak > 0:
-            row.append(_fmt(None if m["mfu"] is None else 100 * m["mfu"], ".2f") + ("%" if m["mfu"] else ""))
+        if peak:
+            row.append(_fmt_percent(m["mfu"]))
         row += [_fmt_bytes(m["compiled_bytes_per_device"]), _fmt_bytes(m["peak_bytes_in_use"])]
         rows.append(row)
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    fmt_row = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(r, widths)))
-    lines += [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows]
+    lines += format_table(header, rows)
     derived = report["derived"]
     if derived:
         lines.append(f"train alternating generator/discriminator: "
@@ -849,20 +928,96 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- --compare
+class CompareError(ValueError):
+    """A --compare input that is missing or is not a benchmark report (reported in one line)."""
+
+
+def load_report(path: str) -> dict[str, Any]:
+    """A report written by `--output_json`, checked just enough for `format_comparison`."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except OSError as e:
+        raise CompareError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise CompareError(f"{path} is not valid JSON: {e}") from None
+    measurements = report.get("measurements") if isinstance(report, dict) else None
+    if not isinstance(measurements, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) for m in measurements):
+        raise CompareError(f"{path} is not a benchmark report (no 'measurements' list of named entries)")
+    return report
+
+
+# (row label, Measurement.to_json key, formatter) of the compared figures.
+_COMPARED: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("median step s", "median_seconds", lambda v: _fmt(v, ".4f")),
+    ("clips/s", "items_per_second", lambda v: _fmt(v, ".3f")),
+    ("audio s/s", "audio_seconds_per_second", lambda v: _fmt(v, ".3f")),
+    ("TFLOP/s/dev", "tflops_per_second_per_device", lambda v: _fmt(v, ".4f")),
+    ("MFU", "mfu", _fmt_percent),
+    ("peak mem", "peak_bytes_in_use", _fmt_bytes),
+    ("compile s", "compile_seconds", lambda v: _fmt(v, ".2f")),
+)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None or a == 0 else f"{b / a:.3f}"
+
+
+def format_comparison(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str = "B") -> str:
+    """Headers of two reports, then their measurements side by side with the ratio B/A."""
+    lines = [f"A: {name_a}"] + [f"  {line}" for line in header_lines(a)]
+    lines += [f"B: {name_b}"] + [f"  {line}" for line in header_lines(b)] + [""]
+    by_name_a = {m["name"]: m for m in a["measurements"]}
+    by_name_b = {m["name"]: m for m in b["measurements"]}
+    names = list(by_name_a) + [n for n in by_name_b if n not in by_name_a]  # A's order, then B's extras
+    rows = []
+    for name in names:
+        ma, mb = by_name_a.get(name, {}), by_name_b.get(name, {})
+        for i, (label, key, fmt) in enumerate(_COMPARED):
+            va, vb = _number(ma.get(key)), _number(mb.get(key))
+            rows.append([name if i == 0 else "", label, fmt(va), fmt(vb), _ratio(va, vb)])
+    derived_a, derived_b = _section(a, "derived"), _section(b, "derived")
+    for key in list(derived_a) + [k for k in derived_b if k not in derived_a]:
+        va, vb = _number(derived_a.get(key)), _number(derived_b.get(key))
+        rows.append(["derived", key, _fmt(va, ".4f"), _fmt(vb, ".4f"), _ratio(va, vb)])
+    lines += format_table(["measurement", "figure", "A", "B", "B/A"], rows, left=2)
+    lines += ["", "B/A: B's figure over A's; on the step time B/A < 1 means B is faster (A/B is B's speedup)",
+              "n/a: not in that report (or no figure: e.g. no memory statistics on CPU, no MFU without a peak)"]
+    return "\n".join(lines)
+
+
+def compare_main(paths: Sequence[str]) -> None:
+    """`--compare A.json B.json`: print the comparison; one error line and exit 1 on a bad file."""
+    if len(paths) != 2:
+        raise app.UsageError(f"--compare takes two report files (A.json B.json), got {len(paths)}: {list(paths)}")
+    try:
+        a, b = (load_report(p) for p in paths)
+    except CompareError as e:
+        raise SystemExit(f"benchmark --compare: {e}") from None
+    print(format_comparison(a, b, *paths), flush=True)
+
+
 def options_from_flags() -> Options:
     return Options(batch_size=_BATCH_SIZE.value, seconds=_SECONDS.value, steps=_STEPS.value,
                    warmup=_WARMUP.value, skip_train=_SKIP_TRAIN.value,
                    train_phases=tuple(_TRAIN_PHASES.value), num_devices=_NUM_DEVICES.value,
-                   peak_tflops_per_device=_PEAK_TFLOPS.value, sample_steps=_SAMPLE_STEPS.value,
+                   peak_tflops=_PEAK_TFLOPS.value, sample_steps=_SAMPLE_STEPS.value,
                    cfg_scale=_CFG_SCALE.value, vae_config=_VAE_CONFIG.value)
 
 
 def main(argv):
+    if _COMPARE.value:
+        if _CONFIG.value is not None:
+            raise app.UsageError("--compare reads two reports and measures nothing: drop --config")
+        compare_main(argv[1:])
+        return
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     if config is None:
-        raise app.UsageError("--config=configs/<name>.py is required")
+        raise app.UsageError("--config=configs/<name>.py is required (or --compare A.json B.json)")
     try:
         if _PARAMS_ONLY.value:
             counts = param_counts(config)

@@ -1,4 +1,5 @@
-"""launch/benchmark.py: parameter counts without allocation, and a tiny end-to-end run.
+"""launch/benchmark.py: parameter counts without allocation, a tiny end-to-end run, the
+peak-TFLOP/s table behind MFU and the --compare mode.
 
 The script runs in subprocesses (it defines absl flags at import, which would clash with
 other launch scripts imported into this process). They inherit the 8 fake CPU devices of
@@ -7,10 +8,13 @@ conftest.py, so the tiny run also exercises the batch sharding over a real mesh.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+from stable_audio_jax import peak_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "benchmark.py")
@@ -106,6 +110,7 @@ def tiny_report(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "tiny.json"
     proc = _run(SCRIPT, "--config=configs/vae_tiny.py", "--batch_size=8", "--seconds=0.001",
                 "--steps=1", "--warmup=0", "--train_phases=generator,discriminator,generator_warmup",
+                "--peak_tflops=0.5",  # CPU is not in the peak table: the flag gives the MFU column
                 f"--output_json={path}", *TINY_OVERRIDES)
     out = _check(proc)
     with open(path) as f:
@@ -129,16 +134,176 @@ def test_tiny_run_json(tiny_report):
         assert m["flops_per_device"] is None or m["flops_per_device"] > 0
         assert m["peak_bytes_in_use"] is None  # CPU has no memory statistics
         assert m["compiled_bytes_per_device"] is None or m["compiled_bytes_per_device"] > 0
+        if m["tflops_per_second_per_device"] is not None:
+            assert m["mfu"] == pytest.approx(m["tflops_per_second_per_device"] / 0.5)
     assert report["derived"]["train_alternating_items_per_second"] > 0
+    assert report["peak"] == {"tflops_per_device": 0.5, "source": "flag"}
+    assert report["options"]["peak_tflops"] == 0.5
 
 
 def test_tiny_run_table(tiny_report):
     _, out = tiny_report
     assert "measurement" in out and "train/generator" in out and "TFLOP/s/dev" in out
     assert "backend=cpu" in out
+    assert "MFU" in out and "peak: 0.5 TFLOP/s per device (flag)" in out
 
 
 def test_indivisible_batch_is_a_usage_error():
     proc = _run(SCRIPT, "--config=configs/vae_tiny.py", "--batch_size=3", "--steps=1", timeout=120)
     assert proc.returncode != 0
     assert "not divisible" in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- peak table
+@pytest.mark.parametrize("device_kind, label, tflops", [
+    ("NVIDIA H100 80GB HBM3", "H100", 989.0),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
+    ("NVIDIA H200", "H200", 989.0),
+    ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+    ("NVIDIA A100-PCIE-40GB", "A100", 312.0),
+    ("TPU v4", "TPU v4", 275.0),
+    ("TPU v5 lite", "TPU v5e", 197.0),
+    ("TPU v5e", "TPU v5e", 197.0),
+    ("TPU v5p", "TPU v5p", 459.0),
+    ("TPU v5", "TPU v5p", 459.0),  # v5p reports itself as "TPU v5"
+    ("TPU v6 lite", "TPU v6e", 918.0),
+    ("tpu V6E", "TPU v6e", 918.0),
+])
+def test_peak_table(device_kind, label, tflops):
+    assert peak_flops.table_peak(device_kind) == (label, tflops)
+    assert peak_flops.resolve_peak(0.0, device_kind) == (tflops, f"table: {label} bf16 dense")
+
+
+@pytest.mark.parametrize("device_kind", ["cpu", "TPU v4 lite", "NVIDIA GeForce RTX 4090", "", None])
+def test_peak_table_unknown_devices(device_kind):
+    assert peak_flops.table_peak(device_kind) is None
+    assert peak_flops.resolve_peak(0.0, device_kind) == (None, None)
+
+
+def test_peak_flag_overrides_table():
+    assert peak_flops.resolve_peak(500.0, "NVIDIA H100 80GB HBM3") == (500.0, "flag")
+    assert peak_flops.resolve_peak(7.5, "cpu") == (7.5, "flag")
+    assert peak_flops.resolve_peak(None, "TPU v4") == (275.0, "table: TPU v4 bf16 dense")
+
+
+_FLAGS_SCRIPT = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
+bm = importlib.util.module_from_spec(spec); sys.modules["benchmark"] = bm; spec.loader.exec_module(bm)
+peaks = []
+for flag in sys.argv[2:]:
+    bm.flags.FLAGS.unparse_flags()
+    bm.flags.FLAGS(["benchmark", flag])
+    peaks.append(bm.options_from_flags().peak_tflops)
+print(json.dumps(peaks))
+"""
+
+
+def test_peak_flag_and_its_alias():
+    out = _check(_run("-c", _FLAGS_SCRIPT, SCRIPT, "--peak_tflops=123", "--peak_tflops_per_device=45",
+                      "--steps=2"))
+    assert json.loads(out.strip().splitlines()[-1]) == [123.0, 45.0, 0.0]
+
+
+# --------------------------------------------------------------------------- --compare
+# Two reports in the format run_benchmark writes (build_report over Measurement objects, the
+# real hardware_info of this process with the device kind replaced), without compiling anything.
+_WRITE_REPORTS = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
+bm = importlib.util.module_from_spec(spec); sys.modules["benchmark"] = bm; spec.loader.exec_module(bm)
+from configs import vae_tiny
+
+def measurement(name, seconds, flops, peak_bytes):
+    return bm.Measurement(name=name, description="test row", batch_size=8, audio_seconds_per_item=1.5,
+                          input_shapes={"audio": [8, 64, 2]}, lower_seconds=0.25, compile_seconds=2.0,
+                          step_seconds=[seconds, seconds * 1.1, seconds * 0.9], flops_per_device=flops,
+                          peak_bytes_in_use=peak_bytes, compiled_memory=None)
+
+def report(device_kind, options, measurements):
+    hardware = dict(bm.hardware_info(), device_kind=device_kind, host_load_average_before=None,
+                    host_load_average_after=None)
+    return bm.build_report(hardware, bm.config_summary(vae_tiny.get_config()), options, {"window_samples": 64},
+                           {"autoencoder": 1000}, measurements)
+
+a = report("NVIDIA H100 80GB HBM3", bm.Options(batch_size=8),
+           [measurement("encode", 0.2, 98.9e12, 2**30), measurement("train/generator", 0.4, 3e13, 3 * 2**30)])
+b = report("TPU v5 lite", bm.Options(batch_size=8),
+           [measurement("encode", 0.1, 19.7e12, None), measurement("decode", 0.3, 1e13, None)])
+for path, r in zip(sys.argv[2:], (a, b)):
+    with open(path, "w") as f:
+        json.dump(r, f, indent=2)
+"""
+
+
+@pytest.fixture(scope="module")
+def report_files(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("compare")
+    a, b = str(directory / "a.json"), str(directory / "b.json")
+    _check(_run("-c", _WRITE_REPORTS, SCRIPT, a, b))
+    return a, b
+
+
+def _rows(out: str) -> dict[tuple[str, str], list[str]]:
+    """(measurement, figure) -> [A, B, B/A] from the comparison table, cut at the columns of
+    its dash line (a measurement's name is on its block's first row only)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("measurement"))
+    spans = [m.span() for m in re.finditer(r"-+", lines[start + 1])]
+    rows, name = {}, None
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        cells = [line[a:b].strip() for a, b in spans]
+        name = cells[0] or name
+        rows[(name, cells[1])] = cells[2:]
+    return rows
+
+
+def test_report_files_have_the_table_peaks(report_files):
+    with open(report_files[0]) as f:
+        a = json.load(f)
+    assert a["peak"] == {"tflops_per_device": 989.0, "source": "table: H100 bf16 dense"}
+    encode = a["measurements"][0]
+    assert encode["median_seconds"] == pytest.approx(0.2)
+    assert encode["mfu"] == pytest.approx(98.9e12 / 0.2 / 1e12 / 989.0)  # 0.5
+
+
+def test_compare(report_files):
+    a, b = report_files
+    out = _check(_run(SCRIPT, "--compare", a, b, timeout=120))
+    assert f"A: {a}" in out and f"B: {b}" in out
+    assert "device_kind='NVIDIA H100 80GB HBM3'" in out and "device_kind='TPU v5 lite'" in out
+    assert "peak: 989 TFLOP/s per device (table: H100 bf16 dense)" in out
+    assert "peak: 197 TFLOP/s per device (table: TPU v5e bf16 dense)" in out
+    rows = _rows(out)
+    assert rows[("encode", "median step s")] == ["0.2000", "0.1000", "0.500"]
+    assert rows[("encode", "clips/s")] == ["40.000", "80.000", "2.000"]
+    assert rows[("encode", "TFLOP/s/dev")] == ["494.5000", "197.0000", "0.398"]
+    assert rows[("encode", "MFU")] == ["50.00%", "100.00%", "2.000"]
+    assert rows[("encode", "peak mem")] == ["1.00 GiB", "n/a", "n/a"]
+    assert rows[("encode", "compile s")] == ["2.00", "2.00", "1.000"]
+    # Only in A, only in B: n/a on the other side.
+    assert rows[("train/generator", "median step s")] == ["0.4000", "n/a", "n/a"]
+    assert rows[("decode", "median step s")] == ["n/a", "0.3000", "n/a"]
+
+
+@pytest.mark.parametrize("problem", ["missing", "garbled", "not_a_report"])
+def test_compare_bad_file_is_one_error_line(report_files, tmp_path, problem):
+    bad = tmp_path / "bad.json"
+    if problem == "garbled":
+        bad.write_text('{"measurements": [')
+    elif problem == "not_a_report":
+        bad.write_text('{"hardware": {}}')
+    proc = _run(SCRIPT, "--compare", report_files[0], str(bad), timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("benchmark --compare: ") and str(bad) in errors[0], proc.stderr
+
+
+def test_compare_usage_errors(report_files):
+    one_file = _run(SCRIPT, "--compare", report_files[0], timeout=120)
+    assert one_file.returncode != 0 and "--compare takes two report files" in one_file.stderr
+    neither = _run(SCRIPT, timeout=120)
+    assert neither.returncode != 0 and "--config=configs/<name>.py is required (or --compare" in neither.stderr
