@@ -150,7 +150,7 @@ def diffusion_config(unet: dict, *, timing_kind: str = "table", text_features_di
     c = base_config()
     c.task = "diffusion"
     c.model = ml_collections.ConfigDict(dict(unet=dict(unet), timing_kind=timing_kind, max_seconds=512,
-                                             text_features_dim=text_features_dim))
+                                             global_timing=False, text_features_dim=text_features_dim))
     c.pretransform = ml_collections.ConfigDict(dict(
         vae_dir="",  # run directory of the VAE that encoded the shards (used by sampling)
         clap_dir="",  # run directory of the CLAP whose text features the shards hold

@@ -236,3 +236,25 @@ def test_bfloat16_compute_shape(tiny):
     model = UNet1D(config, dtype=jnp.bfloat16)
     out = jax.eval_shape(model.apply, params, *_unet_inputs(config, batch=2, frames=16))
     assert out.shape == (2, 16, config.in_channels) and out.dtype == jnp.bfloat16
+
+
+def test_global_conditioning_enters_the_mapping_and_is_nulled_with_the_context():
+    config = UNetConfig(**{**UNetConfig.tiny().to_dict(), "global_features": 6})
+    model = UNet1D(config)
+    x, t, context, mask, _ = _unet_inputs(config, batch=3, frames=16)
+    x = jnp.broadcast_to(jax.random.normal(jax.random.key(1), x.shape[1:]), x.shape)  # same input per row
+    glob = jax.random.normal(jax.random.key(2), (3, 6)).at[2].set(jax.random.normal(jax.random.key(3), (6,)))
+    glob = glob.at[1].set(glob[0])
+    params = model.init(jax.random.key(0), x, t, context, mask, None, glob)
+    assert _count(params) == expected_num_params(config) == expected_num_params(UNetConfig.tiny()) + 6 * 64 + 64
+    v = model.apply(params, x, t, context, mask, None, glob)
+    assert float(jnp.max(jnp.abs(v[2] - v[0]))) > 1e-4  # a different global vector changes the output
+    np.testing.assert_allclose(v[1], v[0], atol=1e-5)
+    # Null rows see a zero global vector, whatever they were given.
+    null = jnp.array([False, True, True])
+    v_null = model.apply(params, x, t, context, mask, null, glob)
+    np.testing.assert_allclose(v_null[2], v_null[1], atol=1e-5)
+    v_zero = model.apply(params, x, t, context, mask, None, jnp.zeros_like(glob))
+    assert float(jnp.max(jnp.abs(v_null[1] - v_zero[1]))) > 1e-4  # (the null context differs too)
+    with pytest.raises(ValueError, match="global_cond"):
+        model.apply(params, x, t, context, mask, None, None)

@@ -169,6 +169,18 @@ class AudioGenerator:
             out[i, :n] = audio[i, :n]
         return out
 
+    def decode_silence(self) -> np.ndarray:
+        """What the VAE decodes from the latents of a silent window: `[window_samples, 2]`.
+
+        The reference level for "silence" when measuring generated lengths: the padding
+        the model learns to produce after `seconds_total` is exactly these latents.
+        """
+        with jax.set_mesh(self.mesh):
+            mean = self._encode_init(np.zeros((self.window_samples, 2), np.float32), 1)
+            audio = self.autoencoder.apply({"params": self.vae_params}, mean / self.config.pretransform.latent_scale,
+                                           method=type(self.autoencoder).decode)
+        return np.asarray(jax.device_get(audio), np.float32)[0]
+
     def _encode_init(self, init_audio: np.ndarray, batch: int) -> jax.Array:
         """`[samples, channels]` init audio -> scaled latent means `[batch, frames, latent_dim]`."""
         audio = np.asarray(init_audio, np.float32)

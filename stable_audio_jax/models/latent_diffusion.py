@@ -6,7 +6,8 @@
     v = UNet1D(x_t [B, N, latent_dim], t [B], context, mask, use_null_context [B])
 
 SA 1.0 appends the two timing tokens to the 77 text tokens (79 in all) and uses no global
-conditioning; a sample whose conditioning is dropped (10% in training, the
+conditioning (`global_timing=True` adds it: the tiny demo model needs it to learn timing in
+a few CPU minutes); a sample whose conditioning is dropped (10% in training, the
 unconditional half of CFG) sees the U-Net's learned null context instead.
 """
 
@@ -36,12 +37,23 @@ class LatentDiffusionConfig:
       max_seconds: timing values are clamped to [0, max_seconds].
       text_features_dim: width of the incoming text features; a linear projection to
         `unet.context_features` is added when it differs (e.g. 384-d MiniLM -> 768).
+      global_timing: also feed the timing embeddings `[start || total]` to the U-Net as
+        global conditioning (added into its time mapping, so every ResNet block sees them;
+        the brief's "and as global conditioning", SAO's route). Needs
+        `unet.global_features == 2 * unet.context_features`. Off in SA 1.0.
     """
 
     unet: UNetConfig
     timing_kind: Literal["table", "number"] = "table"
     max_seconds: int = 512
     text_features_dim: int | None = None
+    global_timing: bool = False
+
+    def __post_init__(self):
+        want = 2 * self.unet.context_features if self.global_timing else 0
+        if self.unet.global_features != want:
+            raise ValueError(f"global_timing={self.global_timing} needs unet.global_features={want}, "
+                             f"got {self.unet.global_features}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatentDiffusionConfig":
@@ -84,7 +96,8 @@ class LatentDiffusionModel(nn.Module):
                 width, name="text_projection",
                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "embed")),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), **kw)(text_features)
-        tokens, _ = TimingConditioner(width, c.timing_kind, c.max_seconds, name="timing", **kw)(
+        tokens, global_cond = TimingConditioner(width, c.timing_kind, c.max_seconds, name="timing", **kw)(
             seconds_start, seconds_total)
         context, mask = build_context(text_features, text_mask, tokens)
-        return UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context)
+        return UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context,
+                                                  global_cond if c.global_timing else None)

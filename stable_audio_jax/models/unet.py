@@ -5,8 +5,10 @@ Channels last throughout: latents `[batch, frames, channels]`, context tokens
 level and M = `channels * mapping_multiplier` the mapping width:
 
 - time mapping: learned Fourier features of t (`channels + 1` dims) -> Dense(M) -> GELU,
+  [+ Dense(M) -> GELU of the global conditioning, when `global_features` > 0,]
   then Dense(M) -> GELU -> Dense(M) -> GELU. Every ResNet block receives it as FiLM.
-- `to_in`: ResNet block `in_channels -> channels * multipliers[0]`, GroupNorm with 1 group.
+- `to_in`: ResNet block `in_channels -> channels * multipliers[0]`, GroupNorm with 1 group
+  [+ Dense of sinusoidal frame-index features, when `position_features` > 0].
 - down level i: strided conv (kernel `factor * kernel_multiplier_downsample + 1`, stride
   `factor`, ADP "same" padding) to `channels * multipliers[i + 1]`, `num_blocks[i]` ResNet
   blocks, a `Transformer1d` of `attentions[i]` blocks; every block output is a skip.
@@ -67,6 +69,13 @@ class UNetConfig:
     use_skip_scale: bool = True
     context_features: int = 768
     context_length: int = 79  # text tokens + 2 timing tokens; rows of the null embedding
+    # Width of an optional global conditioning vector added into the time mapping (ADP's
+    # `context_features`); 0 (SA 1.0) means none. SAO-style timing uses 2 * token width.
+    global_features: int = 0
+    # Sinusoidal features of the absolute frame index, projected and added after `to_in`;
+    # 0 (SA 1.0) means none. Timing needs "is this frame before seconds_total?", and a
+    # shallow U-Net cannot infer absolute position from the window's edges (the demo model).
+    position_features: int = 0
 
     def __post_init__(self):
         levels = len(self.factors)
@@ -95,6 +104,10 @@ class UNetConfig:
             if self.attentions[i] and width % self.transformer_groups:
                 raise ValueError(f"level width {width} is not divisible by transformer_groups "
                                  f"{self.transformer_groups}")
+        if self.global_features < 0:
+            raise ValueError(f"global_features must be >= 0, got {self.global_features}")
+        if self.position_features < 0 or self.position_features % 2:
+            raise ValueError(f"position_features must be even and >= 0, got {self.position_features}")
         if min(self.in_channels, self.context_features, self.context_length) < 1:
             raise ValueError("in_channels, context_features and context_length must be positive")
 
@@ -330,7 +343,7 @@ class Transformer1d(nn.Module):
 class UNet1D(nn.Module):
     """The SA 1.0 U-Net predicting v.
 
-    `__call__(x, t, context, context_mask, use_null_context=None)`:
+    `__call__(x, t, context, context_mask, use_null_context=None, global_cond=None)`:
       x: `[batch, frames, in_channels]` noisy latents; `frames` a multiple of
         `config.downsampling_factor`.
       t: `[batch]` continuous diffusion time in [0, 1].
@@ -339,6 +352,8 @@ class UNet1D(nn.Module):
       use_null_context: `[batch]` bool or None; True rows get the learned null context
         (`fixed_embedding`) with an all-True mask. (The reference keeps the text mask on
         the null context; attending to all of its learned rows is the cleaner null.)
+      global_cond: `[batch, global_features]`, required iff `config.global_features` > 0;
+        zeroed on the `use_null_context` rows, so the unconditional branch sees none.
     Returns v: `[batch, frames, in_channels]`.
     """
 
@@ -348,7 +363,7 @@ class UNet1D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array, context_mask: jax.Array | None = None,
-                 use_null_context: jax.Array | None = None) -> jax.Array:
+                 use_null_context: jax.Array | None = None, global_cond: jax.Array | None = None) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, frames, in_channels = x.shape
@@ -376,10 +391,21 @@ class UNet1D(nn.Module):
             context = jnp.where(drop[:, None, None], null[None, :length].astype(self.dtype), context)
             context_mask = jnp.where(drop[:, None], True, context_mask)
         context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
+        if (global_cond is None) != (c.global_features == 0):
+            raise ValueError(f"global_cond must be given exactly when config.global_features > 0 "
+                             f"(global_features={c.global_features}, global_cond given: {global_cond is not None})")
 
         # Time mapping, shared by every ResNet block.
         mapping = nn.gelu(TimePositionalEmbedding(c.mapping_features, c.channels, name="to_time", **kw)(t),
                           approximate=False)
+        if global_cond is not None:
+            if global_cond.shape != (batch, c.global_features):
+                raise ValueError(f"global_cond must be {(batch, c.global_features)}, got {global_cond.shape}")
+            global_cond = global_cond.astype(self.dtype)
+            if use_null_context is not None:
+                global_cond = jnp.where(drop[:, None], 0, global_cond)
+            mapping = mapping + nn.gelu(torch_dense(c.mapping_features, c.global_features, ("embed", "mlp"),
+                                                    "to_features", **kw)(global_cond), approximate=False)
         for j in range(2):
             mapping = torch_dense(c.mapping_features, c.mapping_features, ("embed", "mlp"), f"to_mapping_{j}",
                                   **kw)(mapping)
@@ -393,6 +419,9 @@ class UNet1D(nn.Module):
                                  name=name, **kw)
 
         h = ResnetBlock1d(widths[0], 1, name="to_in", **kw)(_constrain(x), mapping)
+        if c.position_features:
+            h = h + torch_dense(widths[0], c.position_features, (None, "channels"), "to_position", **kw)(
+                frame_position_features(frames, c.position_features).astype(self.dtype))[None]
         skips = [h]
         for i, factor in enumerate(c.factors):
             prefix = f"downsamples_{i}"
@@ -431,6 +460,13 @@ class UNet1D(nn.Module):
         return ResnetBlock1d(c.in_channels, 1, name="to_out", **kw)(h, mapping)
 
 
+def frame_position_features(frames: int, features: int, max_period: float = 10_000.0) -> jax.Array:
+    """Transformer-style sinusoids of the frame index: `[frames, features]` (sin half, cos half)."""
+    freqs = max_period ** (-jnp.arange(features // 2, dtype=jnp.float32) / (features // 2))
+    angles = jnp.arange(frames, dtype=jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
 def expected_num_params(config: UNetConfig) -> int:
     """Closed-form parameter count (906,679,744 for `UNetConfig.sa1()`)."""
     c = config
@@ -452,6 +488,8 @@ def expected_num_params(config: UNetConfig) -> int:
     w = c.widths
     total = (c.channels // 2 + (c.channels + 1) * m + m + 2 * (m * m + m)   # time mapping
              + c.context_length * d                                         # null embedding
+             + (c.global_features * m + m if c.global_features else 0)      # global conditioning
+             + (c.position_features * w[0] + w[0] if c.position_features else 0)  # frame positions
              + resnet(c.in_channels, w[0]) + resnet(w[0], c.in_channels))
     for i, f in enumerate(c.factors):
         k = f * c.kernel_multiplier_downsample + 1
