@@ -4,8 +4,11 @@ Overrides: `--config.data.train_shards=shards/ --config.trainer.num_steps=1000`.
 A run directory that already has checkpoints resumes from the newest one (model state
 and data iterator). SIGTERM or Ctrl-C saves a checkpoint before exiting.
 
-Multi-host: on TPU pods and SLURM/Open MPI jobs JAX detects the cluster by itself;
-elsewhere pass `--coordinator_address=host:port --num_processes=N --process_id=i`.
+Multi-host: run the same command on every host. On TPU pods and SLURM / Open MPI /
+Kubernetes jobs with more than one process, `jax.distributed` is set up from the environment
+(JAX's cluster auto-detection); elsewhere pass `--coordinator_address=host:port
+--num_processes=N --process_id=i` (`--num_processes=1` turns the detection off). Each process
+loads its own rows of every global batch; only process 0 writes logs and metrics.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, eval audio.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes (multi-host); 1 skips cluster auto-detection.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.mark_flags_as_required(["config", "workdir"])
 

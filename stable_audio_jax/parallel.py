@@ -7,8 +7,9 @@ divisible by its mesh axes is replicated instead (e.g. the 2 output channels of 
 decoder's last conv on a 4-way `fsdp` axis), so any config runs on any mesh.
 
 Multi-host: `maybe_initialize_distributed` runs `jax.distributed.initialize` when more
-than one process is requested, and `host_to_global` assembles each process's slice of
-the batch into one global array.
+than one process is requested or detected (TPU pod, SLURM, Open MPI, Kubernetes);
+`process_batch` says which rows of every global batch a process loads, and
+`host_to_global` assembles the processes' rows into one global array.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -136,7 +137,8 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = DEFAULT_RULES) -> Named
 
 
 def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
-    """Assemble each process's `[local_batch, ...]` arrays into global `[global_batch, ...]` arrays."""
+    """Assemble each process's `[process_batch(...).size, ...]` arrays into global
+    `[global_batch, ...]` arrays (processes with the same share pass the same rows)."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
             for k, v in batch.items()}
 
@@ -147,33 +149,90 @@ def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
     return _mesh_axis_size(mesh, nn.logical_to_mesh_axes(("batch",), rules)[0])
 
 
-def per_process_batch_size(global_batch_size: int, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
-    """The share of the global batch that this process loads."""
-    n = jax.process_count()
+class ProcessBatch(NamedTuple):
+    """This process's share of every global batch: `size` rows, share `index` of `count`.
+
+    Processes whose devices hold the same rows of the batch (the batch axes do not span
+    them, e.g. tensor parallelism across hosts) have the same share and must load the same
+    examples; the others load disjoint ones.
+    """
+
+    size: int
+    index: int
+    count: int
+
+
+def process_batch(global_batch_size: int, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> ProcessBatch:
+    """Which rows of a `[global_batch_size, ...]` batch this process's devices hold (see
+    `ProcessBatch`); `host_to_global` turns its `[size, ...]` arrays into the global batch."""
     data_parallel = data_parallel_size(mesh, rules)
     if global_batch_size % data_parallel:
         raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
                          f"{data_parallel} data-parallel devices of mesh {dict(mesh.shape)}")
-    if global_batch_size % n:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by {n} processes")
-    return global_batch_size // n
+    rows: dict[int, set[int]] = {}
+    for device, (index, *_) in batch_sharding(mesh, 1, rules).devices_indices_map((global_batch_size,)).items():
+        rows.setdefault(device.process_index, set()).update(range(global_batch_size)[index])
+    shares = sorted({frozenset(r) for r in rows.values()}, key=min)
+    if sum(map(len, shares)) != global_batch_size or len(set(map(len, shares))) > 1:
+        # Shares must be equal or disjoint, and of one size: each process loads whole shares.
+        raise ValueError(f"the processes of mesh {dict(mesh.shape)} hold overlapping or unequal parts of the batch")
+    if jax.process_index() not in rows:
+        raise ValueError(f"process {jax.process_index()} has no device in the mesh {dict(mesh.shape)}")
+    mine = frozenset(rows[jax.process_index()])
+    return ProcessBatch(size=len(mine), index=shares.index(mine), count=len(shares))
+
+
+def detect_cluster() -> tuple[str, int] | None:
+    """`(name, process count)` of the cluster `jax.distributed.initialize()` would detect by
+    itself (Cloud TPU VM or GKE, SLURM, Open MPI, Kubernetes), or None on a plain machine.
+
+    Asks JAX's own detectors, so this agrees with what `initialize()` will do; they live in a
+    private module, so plain environment checks stand in if it ever moves.
+    """
+    try:
+        from jax._src.clusters import ClusterEnv
+        detectors = [env for env in ClusterEnv._cluster_types if not env.opt_in_only_method]
+    except (ImportError, AttributeError):
+        detectors = None
+    if detectors is None:
+        for name, var in (("SlurmCluster", "SLURM_NTASKS"), ("OmpiCluster", "OMPI_COMM_WORLD_SIZE")):
+            if var in os.environ:
+                return name, int(os.environ[var])
+        if "TPU_WORKER_HOSTNAMES" in os.environ:
+            return "GkeTpuCluster", len(os.environ["TPU_WORKER_HOSTNAMES"].split(","))
+        return None
+    for env in detectors:
+        if env.is_env_present():
+            return env.__name__, int(env.get_process_count())
+    return None
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None,
                                  num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
+                                 process_id: int | None = None) -> bool:
     """Initialise multi-process JAX when asked for explicitly or when the cluster says so.
 
-    Explicit arguments win; otherwise JAX's own auto-detection is used when a TPU pod
-    or SLURM/Open MPI job with several tasks is detected. A single process does nothing.
+    Must run before anything touches a JAX device. Explicit arguments win (JAX detects any
+    left as None) and `num_processes=1` forces one process. Without arguments, JAX's
+    auto-detection runs only when a TPU pod, SLURM / Open MPI job or Kubernetes job with more
+    than one process is detected: a one-task SLURM job stays a plain process that sees every
+    local device (JAX's SLURM setup would give it only `SLURM_LOCALID`'s). A plain machine does
+    nothing. Returns whether `jax.distributed` was initialised.
     """
-    if coordinator_address or (num_processes and num_processes > 1):
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ \
-            or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-        jax.distributed.initialize()
-    else:
-        return
+    explicit = coordinator_address is not None or process_id is not None or num_processes is not None
+    if explicit and num_processes == 1:
+        return False
+    if not explicit:
+        cluster = detect_cluster()
+        if cluster is None or cluster[1] <= 1:
+            return False
+        logging.info("jax.distributed: %s with %d processes detected", *cluster)
+    # Multi-process computations on the CPU backend need cross-process collectives; gloo is
+    # JAX's default now, but older releases defaulted to none.
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "", "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+    return True

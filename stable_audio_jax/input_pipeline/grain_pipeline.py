@@ -3,13 +3,21 @@
 Pipeline (grain 0.2 dataset API):
 
     MapDataset.source -> seed -> shuffle -> repeat(num_epochs) -> decode + crop (random_map)
-      -> [shard_index::shard_count] -> filter(failed) -> to_iter_dataset -> batch -> mp_prefetch
+      -> this process's rows of every global batch -> filter(failed) -> to_iter_dataset -> batch
+      -> mp_prefetch
 
 Every step up to `to_iter_dataset` is lazy and index-based, so decoding runs only for the records
 this process reads, inside the prefetch threads (and inside the worker processes when
 `worker_count > 0`). The crop rng comes from `random_map` and depends only on the record's global
 position, so crops do not change when the process count changes. Filtering and batching happen
 on the `IterDataset`: batching a `MapDataset` with filtered-out holes would give short batches.
+
+Multi-host: share k of n reads records `[k * B, (k + 1) * B)` of every run of `n * B` records
+(B the per-process batch size, `ProcessBlocks`). The trainer gives share k to the process whose
+devices hold rows `[k * B, (k + 1) * B)` of the global batch (`parallel.process_batch`; on the
+meshes `parallel.create_mesh` builds, process k), so the global batch holds the same records in
+the same rows as a one-process run with `n * B` per batch: per-row noise and dropout, and hence
+the losses, do not depend on the process count.
 
 Each example is a dict (batched: a leading `[batch]` axis on every entry):
 
@@ -191,8 +199,9 @@ def make_audio_dataset(
       random_crop: random crop offsets; False crops from the start of every file.
       worker_count: decode in this many worker processes (0: in this process, with threads).
       worker_buffer_size: batches buffered per worker process.
-      shard_index, shard_count: this process's slice `[shard_index::shard_count]` of the record
-        stream; default `jax.process_index()` / `jax.process_count()`.
+      shard_index, shard_count: this process's share of the record stream, `batch_size` records
+        out of every `shard_count * batch_size` (`ProcessBlocks`); default
+        `jax.process_index()` / `jax.process_count()`.
       drop_remainder: drop a final partial batch (only matters when `num_epochs` is set).
       read_threads: decoding threads per process / worker.
       read_buffer_size: decoded examples prefetched per process / worker (default
@@ -249,6 +258,47 @@ def make_latent_dataset(source: Any, *, batch_size: int, seed: int = 0, shuffle:
                   read_threads=read_threads, read_buffer_size=None)
 
 
+class ProcessBlocks(grain.MapDataset):
+    """Process `index` of `count`'s share of `parent`: elements `[index * B, (index + 1) * B)` of
+    every run of `count * B` (B = `block_size`, the per-process batch size).
+
+    Element k of this dataset is parent element `(k // B) * count * B + index * B + k % B`, so
+    local batch j of every process is a contiguous block of global batch j, in process order
+    (a strided `[index::count]` slice would interleave the processes' rows instead). The
+    processes partition `parent`; a final run shorter than `count * B` goes to the lowest
+    processes first. Indices past the end wrap to the next epoch, like grain's slices.
+    """
+
+    _MUTATES_ELEMENT_SPEC = False
+
+    def __init__(self, parent: grain.MapDataset, *, block_size: int, index: int, count: int):
+        super().__init__(parent)
+        if block_size < 1 or not 0 <= index < count:
+            raise ValueError(f"need block_size >= 1 and 0 <= index < count, got {block_size}, {index}, {count}")
+        self._block, self._index, self._count = block_size, index, count
+        self._parent_length = len(parent)
+        runs, rest = divmod(self._parent_length, count * block_size)
+        self._length = runs * block_size + min(max(rest - index * block_size, 0), block_size)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, index: int) -> int:
+        if not self._length:
+            raise IndexError(f"process {self._index} of {self._count} gets no records of {self._parent_length}")
+        epoch, k = divmod(index, self._length)
+        run, offset = divmod(k, self._block)
+        return epoch * self._parent_length + (run * self._count + self._index) * self._block + offset
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def __str__(self) -> str:
+        return f"ProcessBlocks(block_size={self._block}, index={self._index}, count={self._count})"
+
+
 def _build(source: Any, transform: grain.transforms.Map | grain.transforms.RandomMap, *, batch_size: int,
            seed: int, shuffle: bool, num_epochs: int | None, worker_count: int, worker_buffer_size: int,
            shard_index: int | None, shard_count: int | None, drop_remainder: bool, read_threads: int,
@@ -269,7 +319,8 @@ def _build(source: Any, transform: grain.transforms.Map | grain.transforms.Rando
     ds = ds.repeat(num_epochs)
     # Lazy: only this process's records are decoded, but random maps follow the global position.
     ds = ds.random_map(transform) if isinstance(transform, grain.transforms.RandomMap) else ds.map(transform)
-    ds = ds[shard_index::shard_count]
+    if shard_count > 1:
+        ds = ProcessBlocks(ds, block_size=batch_size, index=shard_index, count=shard_count)
     ds = ds.filter(_is_example)
 
     buffer = read_buffer_size if read_buffer_size is not None else max(batch_size, read_threads)

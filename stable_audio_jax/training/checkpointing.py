@@ -16,6 +16,30 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import type_handlers
+
+try:  # the per-array metadata the default jax.Array handler records; Orbax does not export it
+    from orbax.checkpoint._src.metadata.array_metadata_store import Store as _ArrayMetadataStore
+except ImportError:  # pragma: no cover - a moved module only loses that metadata
+    _ArrayMetadataStore = None
+
+# Orbax writes a shard held by R replicas as R slices, one per replica ("replica-parallel"),
+# each cut by an eager device slice. For small arrays the slicing costs far more than the
+# parallel write saves: the first save of the micro diffusion state (812 arrays, 2 replicas)
+# takes 9 s on CPU with it and 0.8 s without. Only shards of at least this many bytes per
+# replica are split.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+    """Orbax's standard pytree handler, with replica-parallel writes for large shards only."""
+    array_handler = type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
+        array_metadata_store=_ArrayMetadataStore() if _ArrayMetadataStore else None)
+    registry = type_handlers.create_type_handler_registry(
+        *[(ty, type_handlers.get_type_handler(ty)) for ty in type_handlers.supported_types() if ty is not jax.Array],
+        (jax.Array, array_handler))
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 class Checkpointer:
@@ -32,7 +56,7 @@ class Checkpointer:
             self.directory,
             item_names=("state", "data", "config"),
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
+                "state": _state_handler(),
                 "data": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
             },
@@ -43,7 +67,7 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, data_iterator: Any | None, config: dict) -> None:
-        items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config))
+        items = dict(state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -51,7 +75,8 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """Restore `state` (sharded like `abstract_state`) and, in place, the data iterator."""
-        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        items = dict(state=ocp.args.PyTreeRestore(
+            abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))

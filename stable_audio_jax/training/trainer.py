@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from stable_audio_jax import parallel
 from stable_audio_jax.training.checkpointing import Checkpointer
@@ -129,17 +130,23 @@ class _StopFlag:
 
 
 class Trainer:
-    """Trains `task` under `config` in `workdir`, resuming from its newest checkpoint."""
+    """Trains `task` under `config` in `workdir`, resuming from its newest checkpoint.
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task):
+    The mesh is `config.mesh.shape` over every device unless `mesh` is given (e.g. a subset of
+    the devices). A checkpoint restores onto whatever mesh this run has.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task, mesh: Mesh | None = None):
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.task = task
         tc = config.trainer
-        self.mesh = parallel.create_mesh(tuple(config.mesh.shape), tuple(config.mesh.axis_names))
+        self.mesh = mesh if mesh is not None else parallel.create_mesh(tuple(config.mesh.shape),
+                                                                       tuple(config.mesh.axis_names))
         self.rules = tuple(tuple(r) for r in config.mesh.get("rules", parallel.DEFAULT_RULES))
         self.is_main = jax.process_index() == 0
-        self.local_batch_size = parallel.per_process_batch_size(config.data.batch_size, self.mesh, self.rules)
+        # This process loads `size` rows of every global batch, share `index` of `count`.
+        self.process_batch = parallel.process_batch(config.data.batch_size, self.mesh, self.rules)
         self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
                                          max_to_keep=tc.max_checkpoints,
                                          async_save=tc.get("async_checkpointing", True))
@@ -189,12 +196,12 @@ class Trainer:
         if self.is_main:
             os.makedirs(os.path.join(self.workdir, "assets"), exist_ok=True)
             self.task.write_assets(os.path.join(self.workdir, "assets"))
-        train_it = self.task.make_dataset("train", batch_size=self.local_batch_size,
-                                          shard_index=jax.process_index(), shard_count=jax.process_count())
+        share = dict(batch_size=self.process_batch.size, shard_index=self.process_batch.index,
+                     shard_count=self.process_batch.count)
+        train_it = self.task.make_dataset("train", **share)
         eval_batch = eval_it = None
         if tc.eval_every:
-            eval_it = self.task.make_dataset("eval", batch_size=self.local_batch_size,
-                                             shard_index=jax.process_index(), shard_count=jax.process_count())
+            eval_it = self.task.make_dataset("eval", **share)
             eval_batch = next(eval_it)
         state, state_shardings = self.initial_state(train_it)
         start_step = int(jax.device_get(state.step))
