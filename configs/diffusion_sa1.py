@@ -4,6 +4,14 @@
 channels; context = 77 CLAP tokens (768-d, penultimate layer) + 2 per-second timing
 tokens (learned 513-row tables). v-objective, cosine schedule, 10% conditioning dropout,
 sampling with DPM-Solver++ (100 steps), CFG 6 with rescale 0.4 (SPEC.md 4.3).
+
+Memory and speed: bfloat16 compute with float32 params, Adam state and EMA (the loss and
+the sampler's arithmetic stay float32), and every ResNet / transformer block rematerialised
+keeping only its matmul outputs without batch dimensions: the attention projections and
+MLPs are saved, the convolutions, norms and the [batch, heads, 4096, 4096] attention
+logits of the first level are recomputed. `--config.model.unet.remat_policy=none` trades
+that memory back for speed; `--config.optimizer.grad_accum_steps=k` splits each global
+batch into k micro-batches when even the rematerialised activations do not fit.
 """
 
 from stable_audio_jax import config_lib
@@ -12,6 +20,9 @@ from stable_audio_jax.models.unet import UNetConfig
 
 def get_config():
     c = config_lib.diffusion_config(UNetConfig.sa1().to_dict(), timing_kind="table")
+    c.dtype = "bfloat16"  # compute; c.param_dtype stays float32
+    c.model.unet.remat_policy = "dots_with_no_batch_dims_saveable"  # see unet.REMAT_POLICIES
+    c.optimizer.grad_accum_steps = 1  # k > 1 when 256 / (k * data-parallel devices) examples still do not fit
     c.pretransform.downsampling_ratio = 1024
     c.data.sample_size = 4_194_304
     c.data.batch_size = 256

@@ -28,7 +28,8 @@ def get_config():
     c.data.sample_size = 524_288
     c.data.batch_size = 8
     c.data.worker_count = 0
-    c.optimizer = config_lib.adamw_config(1e-3, b1=0.9, b2=0.99, weight_decay=1e-3, inv_gamma=1e6, warmup=0.95)
+    c.optimizer = config_lib.diffusion_optimizer_config(1e-3, b1=0.9, b2=0.99, weight_decay=1e-3, inv_gamma=1e6,
+                                                        warmup=0.95)
     c.ema.beta = 0.99
     c.sampling.steps = 100
     c.trainer.num_steps = 2000

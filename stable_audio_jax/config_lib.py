@@ -51,6 +51,14 @@ def adamw_config(lr: float, *, b1: float = 0.8, b2: float = 0.99, weight_decay: 
                                           inv_gamma=inv_gamma, power=power, warmup=warmup, grad_clip=0.0))
 
 
+def diffusion_optimizer_config(lr: float, **adamw: float) -> ml_collections.ConfigDict:
+    """`adamw_config(lr, **adamw)` plus the diffusion task's `grad_accum_steps` (default 1):
+    micro-batches per optimizer step, `data.batch_size` examples in all (it must divide it)."""
+    c = adamw_config(lr, **adamw)
+    c.grad_accum_steps = 1
+    return c
+
+
 def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.ConfigDict:
     """A VAE training config around the autoencoder architecture `model`.
 
@@ -160,7 +168,8 @@ def diffusion_config(unet: dict, *, timing_kind: str = "table", text_features_di
     c.diffusion = ml_collections.ConfigDict(dict(cfg_dropout=0.1))
     c.sampling = ml_collections.ConfigDict(dict(
         steps=100, cfg_scale=6.0, sampler="dpmpp_3m_sde", sigma_min=0.03, sigma_max=500.0, rescale_phi=0.4))
-    c.optimizer = adamw_config(4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5, warmup=0.99)
+    c.optimizer = diffusion_optimizer_config(4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5,
+                                             warmup=0.99)
     c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))
     c.trainer.eval_every = 1000
     return c

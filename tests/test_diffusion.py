@@ -33,7 +33,8 @@ def micro_diffusion_config(data: dict, **trainer):
     c.data.sample_size = WINDOW
     c.data.batch_size = 8
     c.data.worker_count = 0
-    c.optimizer = config_lib.adamw_config(2e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6, warmup=0.0)
+    c.optimizer = config_lib.diffusion_optimizer_config(2e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6,
+                                                        warmup=0.0)
     c.ema.beta = 0.9
     c.mesh.shape = (2, 4, 1)
     c.trainer.update(dict(num_steps=4, log_every=1, eval_every=0, checkpoint_every=100, async_checkpointing=False))

@@ -80,7 +80,8 @@ class LatentDiffusionModel(nn.Module):
                  use_null_context: jax.Array | None = None) -> jax.Array:
         """x `[batch, frames, latent_dim]` (noisy latents), t `[batch]` in [0, 1],
         text_features `[batch, text_length, text_dim]`, text_mask `[batch, text_length]`,
-        seconds `[batch]`, use_null_context `[batch]` bool -> v `[batch, frames, latent_dim]`."""
+        seconds `[batch]`, use_null_context `[batch]` bool -> v `[batch, frames, latent_dim]`,
+        float32 whatever `dtype` (the loss, CFG and the sampler's updates then run in float32)."""
         c = self.config
         width = c.unet.context_features
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -99,5 +100,6 @@ class LatentDiffusionModel(nn.Module):
         tokens, global_cond = TimingConditioner(width, c.timing_kind, c.max_seconds, name="timing", **kw)(
             seconds_start, seconds_total)
         context, mask = build_context(text_features, text_mask, tokens)
-        return UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context,
-                                                  global_cond if c.global_timing else None)
+        v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context,
+                                              global_cond if c.global_timing else None)
+        return v.astype(jnp.float32)

@@ -29,13 +29,23 @@ For classifier-free guidance a learned null context `fixed_embedding`
 `use_null_context` (training dropout and the unconditional branch at sampling).
 
 The `sa1()` preset has exactly 906,679,744 parameters, as the reference.
+
+Memory knobs (no effect on the parameters or their names): `dtype` is the compute dtype
+(e.g. bfloat16 with float32 `param_dtype`: params are cast at each use, GroupNorm and
+LayerNorm statistics, the softmax and the Fourier time features stay in float32), and
+`UNetConfig.remat_policy` rematerialises every ResNet block and transformer block in the
+backward pass (`REMAT_POLICIES`). The transformer blocks are not scanned: a stack is at
+most 3 blocks deep in SA 1.0, so `nn.scan` would save little compile time and would stack
+their parameters (`blocks_0..2` -> one `[layers, ...]` tree), breaking checkpoint and
+weight-import compatibility.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -47,6 +57,17 @@ from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import _polyphase_conv_transpose, torch_bias_init, torch_conv_init
 
 Dtype = Any
+
+# `UNetConfig.remat_policy` -> the `jax.checkpoint` policy: which intermediates of a remat'ed
+# block are saved for the backward pass (everything else is recomputed). "full" saves only
+# the block's inputs; "dots_with_no_batch_dims_saveable" keeps the projection / MLP matmul
+# outputs but recomputes convolutions, norms and the [batch, heads, L, L] attention logits.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_CHOICES: tuple[str, ...] = ("none",) + tuple(REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +97,9 @@ class UNetConfig:
     # 0 (SA 1.0) means none. Timing needs "is this frame before seconds_total?", and a
     # shallow U-Net cannot infer absolute position from the window's edges (the demo model).
     position_features: int = 0
+    # Rematerialisation of the ResNet and transformer blocks, one of `REMAT_CHOICES`
+    # ("none": keep every activation). Changes memory and speed, never the parameters.
+    remat_policy: str = "none"
 
     def __post_init__(self):
         levels = len(self.factors)
@@ -110,6 +134,8 @@ class UNetConfig:
             raise ValueError(f"position_features must be even and >= 0, got {self.position_features}")
         if min(self.in_channels, self.context_features, self.context_length) < 1:
             raise ValueError("in_channels, context_features and context_length must be positive")
+        if self.remat_policy not in REMAT_CHOICES:
+            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose one of {list(REMAT_CHOICES)}")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -145,6 +171,20 @@ class UNetConfig:
                    resnet_groups=8, transformer_groups=32, kernel_multiplier_downsample=2,
                    mapping_multiplier=2, use_skip_scale=True, context_features=context_features,
                    context_length=text_length + 2)
+
+
+@functools.cache
+def _maybe_remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
+    """`module`, or its `nn.remat` lift under `REMAT_POLICIES[policy]`.
+
+    The lifted class creates the same parameters under the same names, so checkpoints load
+    either way. Cached so every block of one kind shares one class (one trace per shape).
+    """
+    if policy == "none":
+        return module
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {policy!r}; choose one of {list(REMAT_CHOICES)}")
+    return nn.remat(module, policy=REMAT_POLICIES[policy])
 
 
 def _constrain(x: jax.Array) -> jax.Array:
@@ -326,6 +366,7 @@ class Transformer1d(nn.Module):
     num_heads: int
     multiplier: int
     num_groups: int = 32
+    remat_policy: str = "none"  # applied to each TransformerBlock (see `REMAT_POLICIES`)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -335,8 +376,9 @@ class Transformer1d(nn.Module):
         channels = x.shape[-1]
         x = _group_norm(self.num_groups, 1e-6, "to_in_norm", **kw)(x)
         x = Conv1d(channels, 1, name="to_in", **kw)(x)
+        block = _maybe_remat(TransformerBlock, self.remat_policy)
         for j in range(self.num_layers):
-            x = TransformerBlock(self.num_heads, self.multiplier, name=f"blocks_{j}", **kw)(x, context, context_mask)
+            x = block(self.num_heads, self.multiplier, name=f"blocks_{j}", **kw)(x, context, context_mask)
         return _constrain(Conv1d(channels, 1, name="to_out", **kw)(x))
 
 
@@ -416,9 +458,11 @@ class UNet1D(nn.Module):
 
         def transformer(num_layers: int, name: str) -> Transformer1d:
             return Transformer1d(num_layers, c.attention_heads, c.attention_multiplier, c.transformer_groups,
-                                 name=name, **kw)
+                                 c.remat_policy, name=name, **kw)
 
-        h = ResnetBlock1d(widths[0], 1, name="to_in", **kw)(_constrain(x), mapping)
+        resnet_block = _maybe_remat(ResnetBlock1d, c.remat_policy)
+
+        h = resnet_block(widths[0], 1, name="to_in", **kw)(_constrain(x), mapping)
         if c.position_features:
             h = h + torch_dense(widths[0], c.position_features, (None, "channels"), "to_position", **kw)(
                 frame_position_features(frames, c.position_features).astype(self.dtype))[None]
@@ -428,16 +472,16 @@ class UNet1D(nn.Module):
             h = Conv1d(widths[i + 1], factor * c.kernel_multiplier_downsample + 1, factor,
                        name=f"{prefix}_downsample", **kw)(h)
             for j in range(c.num_blocks[i]):
-                h = ResnetBlock1d(widths[i + 1], c.resnet_groups, name=f"{prefix}_blocks_{j}", **kw)(h, mapping)
+                h = resnet_block(widths[i + 1], c.resnet_groups, name=f"{prefix}_blocks_{j}", **kw)(h, mapping)
                 skips.append(h)
             if c.attentions[i]:
                 h = transformer(c.attentions[i], f"{prefix}_transformer")(h, **attend)
                 skips.append(h)
 
-        h = ResnetBlock1d(widths[-1], c.resnet_groups, name="bottleneck_pre_block", **kw)(h, mapping)
+        h = resnet_block(widths[-1], c.resnet_groups, name="bottleneck_pre_block", **kw)(h, mapping)
         if c.attentions[-1]:
             h = transformer(c.attentions[-1], "bottleneck_transformer")(h, **attend)
-        h = ResnetBlock1d(widths[-1], c.resnet_groups, name="bottleneck_post_block", **kw)(h, mapping)
+        h = resnet_block(widths[-1], c.resnet_groups, name="bottleneck_post_block", **kw)(h, mapping)
 
         skip_scale = 2.0 ** -0.5 if c.use_skip_scale else 1.0
         for n, i in enumerate(reversed(range(len(c.factors)))):
@@ -445,7 +489,7 @@ class UNet1D(nn.Module):
             for j in range(c.num_blocks[i] + (1 if c.attentions[i] else 0)):
                 skip = skips.pop()
                 h = jnp.concatenate([h, skip * skip_scale], axis=-1)
-                h = ResnetBlock1d(widths[i + 1], c.resnet_groups, name=f"{prefix}_blocks_{j}", **kw)(h, mapping)
+                h = resnet_block(widths[i + 1], c.resnet_groups, name=f"{prefix}_blocks_{j}", **kw)(h, mapping)
             if c.attentions[i]:
                 h = transformer(c.attentions[i], f"{prefix}_transformer")(h, **attend)
             factor = c.factors[i]
@@ -457,7 +501,7 @@ class UNet1D(nn.Module):
 
         h = h + skips.pop()
         assert not skips
-        return ResnetBlock1d(c.in_channels, 1, name="to_out", **kw)(h, mapping)
+        return resnet_block(c.in_channels, 1, name="to_out", **kw)(h, mapping)
 
 
 def frame_position_features(frames: int, features: int, max_period: float = 10_000.0) -> jax.Array:

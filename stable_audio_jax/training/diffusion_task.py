@@ -21,7 +21,7 @@ import optax
 
 from stable_audio_jax.diffusion import schedule
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
-from stable_audio_jax.training import schedules
+from stable_audio_jax.training import accumulate, schedules
 from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
 
@@ -50,6 +50,12 @@ class DiffusionTask(Task):
             raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the VAE ratio "
                              f"{ratio} times the U-Net's downsampling factor {unet.downsampling_factor}")
         self.latent_frames = config.data.sample_size // ratio
+        # Micro-batches per optimizer step; configs whose optimizer section predates the
+        # field accumulate nothing.
+        self.grad_accum_steps = int(config.optimizer.get("grad_accum_steps", 1))
+        if self.grad_accum_steps < 1 or config.data.batch_size % self.grad_accum_steps:
+            raise ValueError(f"optimizer.grad_accum_steps={self.grad_accum_steps} must be >= 1 and divide "
+                             f"data.batch_size={config.data.batch_size}")
 
     # ----------------------------------------------------------------- data
     def make_dataset(self, split: str, *, batch_size: int, shard_index: int, shard_count: int):
@@ -89,30 +95,51 @@ class DiffusionTask(Task):
                           rng=state_rng)
 
     # ------------------------------------------------------------------ loss
-    def loss(self, params: Any, batch: Batch, rng: jax.Array, cfg_dropout: float) -> tuple[jax.Array, Metrics]:
-        """v-objective MSE on one batch; `rng` draws the latents, times, noise and dropout."""
+    def noised_inputs(self, batch: Batch, rng: jax.Array, cfg_dropout: float) -> dict[str, jax.Array]:
+        """Every random draw of a step, made once for the whole (global) batch.
+
+        `rng` draws the posterior sample x0, the stratified times t (stratified over this
+        batch), the noise and the conditioning dropout. Returns the model's inputs `x_t`
+        `[batch, frames, latent_dim]`, `t` `[batch]`, `use_null_context` `[batch]` bool and
+        the conditioning (`text_features`, `text_mask`, `seconds_start`, `seconds_total`),
+        plus the v target `[batch, frames, latent_dim]` float32. Slicing this dict along
+        the batch gives micro-batches whose losses average to the batch's.
+        """
         latent_rng, time_rng, noise_rng, drop_rng = jax.random.split(rng, 4)
         mean, std = batch["latent_mean"], batch["latent_std"]
         x0 = (mean + std * jax.random.normal(latent_rng, mean.shape)) * self.config.pretransform.latent_scale
         batch_size = x0.shape[0]
         t = schedule.sample_training_times(time_rng, batch_size)
         noise = jax.random.normal(noise_rng, x0.shape)
-        x_t = schedule.add_noise(x0, noise, t)
-        target = schedule.v_target(x0, noise, t)
-        drop = jax.random.bernoulli(drop_rng, cfg_dropout, (batch_size,))
-        v = self.model.apply({"params": params}, x_t, t, batch["text_features"], batch["text_mask"],
-                             batch["seconds_start"], batch["seconds_total"], drop)
-        loss = jnp.mean(jnp.square(v.astype(jnp.float32) - target))
+        return {"x_t": schedule.add_noise(x0, noise, t), "t": t,
+                "target": schedule.v_target(x0, noise, t).astype(jnp.float32),
+                "use_null_context": jax.random.bernoulli(drop_rng, cfg_dropout, (batch_size,)),
+                **{k: batch[k] for k in ("text_features", "text_mask", "seconds_start", "seconds_total")}}
+
+    def v_loss(self, params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
+        """Mean squared error of the predicted v over every element of `inputs` (from
+        `noised_inputs`), in float32 whatever the compute dtype."""
+        v = self.model.apply({"params": params}, inputs["x_t"], inputs["t"], inputs["text_features"],
+                             inputs["text_mask"], inputs["seconds_start"], inputs["seconds_total"],
+                             inputs["use_null_context"])
+        return jnp.mean(jnp.square(v.astype(jnp.float32) - inputs["target"]))
+
+    def loss(self, params: Any, batch: Batch, rng: jax.Array, cfg_dropout: float) -> tuple[jax.Array, Metrics]:
+        """v-objective MSE on one batch; `rng` draws the latents, times, noise and dropout."""
+        loss = self.v_loss(params, self.noised_inputs(batch, rng, cfg_dropout))
         return loss, {"loss": loss}
 
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        grads, metrics = jax.grad(self.loss, has_aux=True)(
-            state.params["diffusion"], batch, state.step_rng(), self.config.diffusion.cfg_dropout)
+        """One AdamW + EMA update on the global batch, its gradient accumulated over
+        `optimizer.grad_accum_steps` micro-batches (the same update up to rounding)."""
+        inputs = self.noised_inputs(batch, state.step_rng(), self.config.diffusion.cfg_dropout)
+        loss, grads = accumulate.accumulated_value_and_grad(self.v_loss, state.params["diffusion"], inputs,
+                                                            self.grad_accum_steps)
         updates, opt_state = self.tx.update(grads, state.opt_state["diffusion"], state.params["diffusion"])
         params = optax.apply_updates(state.params["diffusion"], updates)
         decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params["diffusion"], params)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params={"diffusion": params},
                              opt_state={"diffusion": opt_state}, ema_params={"diffusion": ema}), metrics
 
