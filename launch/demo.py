@@ -154,7 +154,7 @@ def generate_samples(out: str) -> dict:
 
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import write_wav
-    from stable_audio_jax.metrics.timing import frame_rms_db, timing_errors
+    from stable_audio_jax.metrics.timing import loudest_frame_db, timing_errors
 
     generator = AudioGenerator.from_runs(os.path.join(out, "diffusion"))
     rate = generator.sample_rate
@@ -167,7 +167,7 @@ def generate_samples(out: str) -> dict:
     audio = generator.generate(prompts, seconds_total=seconds, steps=sampling.steps, cfg_scale=sampling.cfg_scale,
                                sampler=sampling.sampler, seed=0, cut=False, progress=True)
     silence = generator.decode_silence()
-    silence_db = float(np.max(frame_rms_db(silence, int(0.05 * rate))))
+    silence_db = loudest_frame_db(silence, rate)
     rows = timing_errors(list(audio), seconds, rate, relative_db=60.0, floor_db=silence_db + 6.0)
     folder = os.path.join(out, "samples")
     os.makedirs(folder, exist_ok=True)

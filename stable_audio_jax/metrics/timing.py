@@ -40,13 +40,25 @@ def frame_rms_db(audio: np.ndarray, frame_length: int) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(power / np.maximum(counts, 1), 1e-20))
 
 
-def non_silent_seconds(audio: np.ndarray, sample_rate: int, *, frame_seconds: float = 0.05,
+FRAME_SECONDS = 0.05  # the level-measurement frame: the resolution of every length measured here
+
+
+def _frame_length(sample_rate: int, frame_seconds: float) -> int:
+    return max(1, int(round(frame_seconds * sample_rate)))
+
+
+def loudest_frame_db(audio: np.ndarray, sample_rate: int, frame_seconds: float = FRAME_SECONDS) -> float:
+    """Level in dBFS of the loudest `frame_seconds` frame of `[samples(, channels)]` audio."""
+    return float(np.max(frame_rms_db(audio, _frame_length(sample_rate, frame_seconds))))
+
+
+def non_silent_seconds(audio: np.ndarray, sample_rate: int, *, frame_seconds: float = FRAME_SECONDS,
                        relative_db: float = 40.0, floor_db: float = -60.0) -> float:
     """Seconds from the start of `audio` (`[samples(, channels)]`) to the end of its last sounding frame.
 
     0.0 for a silent clip. The resolution is one frame (`frame_seconds`).
     """
-    frame_length = max(1, int(round(frame_seconds * sample_rate)))
+    frame_length = _frame_length(sample_rate, frame_seconds)
     levels = frame_rms_db(audio, frame_length)
     if levels.size == 0:
         return 0.0
