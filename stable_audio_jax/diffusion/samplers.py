@@ -12,6 +12,8 @@ multistep methods need, so `jax.jit` of a sampler compiles the whole loop, model
 one program whose size does not grow with the number of steps. Stochastic samplers draw all
 their noise up front from `rng` (`[steps, *x.shape]`); the reference uses a Brownian tree
 whose increments have the same distribution, so results match it in law, not bit for bit.
+They also accept that noise ready-made (`noise=`), which reproduces a reference run that was
+given the same per-step noise (tests/test_sampler_parity.py).
 
 Writing `h = log sigma_i - log sigma_{i+1}` (the step in log-SNR time `-log sigma`), the
 samplers are:
@@ -100,11 +102,19 @@ def _prepare(x_init: jax.Array, sigmas: jax.Array) -> tuple[jax.Array, jax.Array
     return jnp.asarray(x_init), sigmas
 
 
-def _draw_noise(rng: Optional[jax.Array], x: jax.Array, sigmas: jax.Array, name: str) -> jax.Array:
-    """All of a stochastic sampler's noise, `[num_steps, *x.shape]` standard normal."""
+def _draw_noise(rng: Optional[jax.Array], noise: Optional[jax.Array], x: jax.Array, sigmas: jax.Array,
+                name: str) -> jax.Array:
+    """All of a stochastic sampler's noise, `[num_steps, *x.shape]` standard normal: `noise`
+    itself when given (shape-checked), else drawn from `rng`."""
+    shape = (sigmas.shape[0] - 1,) + x.shape
+    if noise is not None:
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"sampler {name!r}: noise must have shape [num_steps, *x.shape] = {shape}, "
+                             f"got {tuple(noise.shape)}")
+        return jnp.asarray(noise, x.dtype)
     if rng is None:
-        raise ValueError(f"sampler {name!r} is stochastic: pass rng=jax.random.key(...)")
-    return jax.random.normal(rng, (sigmas.shape[0] - 1,) + x.shape, x.dtype)
+        raise ValueError(f"sampler {name!r} is stochastic: pass rng=jax.random.key(...) or noise=")
+    return jax.random.normal(rng, shape, x.dtype)
 
 
 def sample_euler(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
@@ -189,16 +199,18 @@ def sample_dpmpp_2m(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
 
 def sample_dpmpp_2m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
                         rng: Optional[jax.Array] = None,
-                        callback: Optional[StepCallback] = None) -> jax.Array:
+                        callback: Optional[StepCallback] = None,
+                        noise: Optional[jax.Array] = None) -> jax.Array:
     """DPM-Solver++(2M) SDE with eta = 1, s_noise = 1 and the midpoint correction.
 
     Per step, with `h = log sigma - log sigma'` and `e = e^{-2h} = (sigma'/sigma)^2`:
     `x <- e x + (1 - e) D + [(1 - e)/2 (h/h_prev) (D - D_prev)] + sigma' sqrt(1 - e) n`,
     the bracket from the second step on and `n` i.i.d. standard normal. A step to sigma = 0
-    returns `D`. Arguments as in `sample_euler`; `rng` is required.
+    returns `D`. Arguments as in `sample_euler`, plus the noise: `rng`, or `noise`
+    `[num_steps, *x.shape]` standard normal (slice i is step i's `n`; the last step's is unused).
     """
     x, sigmas = _prepare(x_init, sigmas)
-    noise = _draw_noise(rng, x, sigmas, "dpmpp_2m_sde")
+    noise = _draw_noise(rng, noise, x, sigmas, "dpmpp_2m_sde")
 
     def step(carry, s):
         x, prev_denoised, prev_h = carry
@@ -220,7 +232,8 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
 
 def sample_dpmpp_3m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
                         rng: Optional[jax.Array] = None,
-                        callback: Optional[StepCallback] = None) -> jax.Array:
+                        callback: Optional[StepCallback] = None,
+                        noise: Optional[jax.Array] = None) -> jax.Array:
     """DPM-Solver++(3M) SDE with eta = 1, s_noise = 1 (SPEC 4.2).
 
     Per step, with `h = log sigma - log sigma'` and `g = 2h`:
@@ -231,10 +244,10 @@ def sample_dpmpp_3m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
       later steps:  `+ phi_2 d1 - phi_3 d2`, with `a = (D - D_1)/r0`, `b = (D_1 - D_2)/r1`,
                     `d1 = a + (a - b) r0/(r0 + r1)`, `d2 = (a - b)/(r0 + r1)`,
     then noise `sigma' sqrt(1 - e^{-2h}) n`. A step to sigma = 0 returns `D`. Arguments as in
-    `sample_euler`; `rng` is required.
+    `sample_dpmpp_2m_sde` (`rng` or `noise`).
     """
     x, sigmas = _prepare(x_init, sigmas)
-    noise = _draw_noise(rng, x, sigmas, "dpmpp_3m_sde")
+    noise = _draw_noise(rng, noise, x, sigmas, "dpmpp_3m_sde")
 
     def step(carry, s):
         x, denoised_1, denoised_2, h_1, h_2 = carry
@@ -288,7 +301,8 @@ def canonical_sampler_name(name: str) -> str:
 
 def sample(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *, sampler: str,
            rng: Optional[jax.Array] = None,
-           callback: Optional[StepCallback] = None) -> jax.Array:
+           callback: Optional[StepCallback] = None,
+           noise: Optional[jax.Array] = None) -> jax.Array:
     """Runs the sampler named `sampler` (a key of `SAMPLERS`, or a reference spelling such as
     "dpmpp-3m-sde").
 
@@ -301,9 +315,15 @@ def sample(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *, sampler: 
       callback: optional host function called as `callback(step_index)` once per step
         through `jax.debug.callback` (e.g. to advance a progress bar); None adds nothing to
         the compiled program.
+      noise: SDE samplers only, instead of `rng`: the per-step standard normal noise
+        `[num_steps, *x_init.shape]`, e.g. to replay a reference run's noise sequence.
 
     Returns:
       The final sample, shaped like `x_init`.
     """
-    fn = SAMPLERS[canonical_sampler_name(sampler)]
-    return fn(denoise, x_init, sigmas, rng=rng, callback=callback)
+    name = canonical_sampler_name(sampler)
+    if noise is None:
+        return SAMPLERS[name](denoise, x_init, sigmas, rng=rng, callback=callback)
+    if name not in STOCHASTIC_SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is deterministic and takes no noise")
+    return SAMPLERS[name](denoise, x_init, sigmas, rng=rng, callback=callback, noise=noise)
