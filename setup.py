@@ -37,6 +37,7 @@ setup(
         "music21",  # demo dataset: bundled score corpus, MIDI writing
         "pretty_midi",  # demo dataset: ships the TimGM6mb General MIDI soundfont
         "tokenizers",  # text tokenizers (offline BPE training, HF tokenizer.json files)
+        "sentencepiece",  # T5 spiece.model files (its model proto needs protobuf, which tfds brings)
         "safetensors",  # pretrained text-encoder checkpoint import
         "matplotlib",  # spectrogram images of generated audio
     ],

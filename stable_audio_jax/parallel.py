@@ -149,6 +149,22 @@ def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
     return _mesh_axis_size(mesh, nn.logical_to_mesh_axes(("batch",), rules)[0])
 
 
+def run_batch_on_mesh(fn: Callable[..., Any], params: Any, arrays: Sequence[np.ndarray],
+                      mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """`fn(params, *arrays)` on `mesh` for host arrays `[n, ...]`: the batch is padded to a
+    multiple of the batch axes' size (repeating the last row), split over them, and every
+    output leaf is cut back to its first `n` rows. Shared by the frozen encoders."""
+    n = len(arrays[0])
+    multiple = data_parallel_size(mesh, rules)
+    padded = -(-max(n, 1) // multiple) * multiple
+    arrays = [np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a
+              for a in arrays]
+    with jax.set_mesh(mesh):
+        inputs = [jax.device_put(a, batch_sharding(mesh, a.ndim, rules)) for a in arrays]
+        out = fn(params, *inputs)
+    return jax.tree.map(lambda x: x[:n], out)
+
+
 class ProcessBatch(NamedTuple):
     """This process's share of every global batch: `size` rows, share `index` of `count`.
 

@@ -71,15 +71,7 @@ class CLAPEncoder:
     # ------------------------------------------------------------- helpers
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray | tuple:
         """`fn(params, *arrays)` jitted, the batch padded to the mesh and split over it."""
-        n = len(arrays[0])
-        multiple = parallel.data_parallel_size(self.mesh, self.rules)
-        padded = -(-max(n, 1) // multiple) * multiple
-        arrays = [np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a
-                  for a in arrays]
-        with jax.set_mesh(self.mesh):
-            inputs = [jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim, self.rules)) for a in arrays]
-            out = fn(self.params, *inputs)
-        return jax.tree.map(lambda x: x[:n], out)
+        return parallel.run_batch_on_mesh(fn, self.params, arrays, self.mesh, self.rules)
 
     def _jit(self, fn):
         """jit of `fn` traced under the logical axis rules (activation constraints resolve)."""

@@ -14,6 +14,8 @@ mask, the two inputs of `stable_audio_jax.models.text_encoder.TextEncoder`:
   RoBERTa's `<s> ... </s>` framing when those tokens are in the vocabulary);
 - a directory with a BERT WordPiece `vocab.txt` (`[CLS] ... [SEP]`, lower-cased unless a
   `tokenizer_config.json` next to it says `"do_lower_case": false`).
+- a directory with a T5 SentencePiece `spiece.model` (Unigram, `... </s>` framing, as HF's
+  `T5Tokenizer`; needs the `sentencepiece` package to parse the file).
 
 The reference CLAP text tower uses RoBERTa's tokenizer, which is not available offline
 (DATA.md 3.3); `train_bpe_tokenizer` trains a byte-level BPE of the same shape (same
@@ -104,10 +106,12 @@ class TextTokenizer:
                 tok = _byte_level_bpe_from_files(os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))
             elif os.path.isfile(os.path.join(path, "vocab.txt")):
                 tok = _wordpiece_from_vocab(os.path.join(path, "vocab.txt"), _do_lower_case(path))
+            elif os.path.isfile(os.path.join(path, "spiece.model")):
+                tok = _t5_unigram_from_spiece(os.path.join(path, "spiece.model"))
             else:
                 raise ValueError(
                     f"no tokenizer found in directory {path!r}: looked for tokenizer.json, "
-                    "vocab.json + merges.txt (byte-level BPE) and vocab.txt (WordPiece)")
+                    "vocab.json + merges.txt (byte-level BPE), vocab.txt (WordPiece) and spiece.model (T5)")
         else:
             try:
                 tok = Tokenizer.from_file(path)
@@ -294,4 +298,44 @@ def _wordpiece_from_vocab(vocab_txt: str, lowercase: bool = True) -> Tokenizer:
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls_id is not None and sep_id is not None:
         tok.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
+    return tok
+
+
+def _t5_unigram_from_spiece(spiece_model: str, extra_ids: int = 100) -> Tokenizer:
+    """T5's tokenizer from its SentencePiece `spiece.model`, as HF's `T5Tokenizer` builds it.
+
+    Unigram over the model's pieces and scores; the model's precompiled normalisation
+    table; whitespace split + Metaspace (`▁` prepended to every word); `</s>` appended;
+    `extra_ids` sentinels `<extra_id_{i}>` after the pieces, `<extra_id_0>` last (the
+    layout of the released T5 vocabularies).
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as e:
+        raise ImportError(f"reading {spiece_model!r} needs the `sentencepiece` package "
+                          "(pip install sentencepiece), or use a tokenizer.json instead") from e
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        with open(spiece_model, "rb") as f:
+            proto.ParseFromString(f.read())
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ValueError(f"{spiece_model!r} is not a SentencePiece model: {e}") from e
+    if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
+        raise ValueError(f"{spiece_model!r} is not a Unigram SentencePiece model (T5's kind)")
+    pieces = [(p.piece, p.score) for p in proto.pieces]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=proto.trainer_spec.unk_id,
+                                   byte_fallback=proto.trainer_spec.byte_fallback))
+    if proto.normalizer_spec.precompiled_charsmap:
+        tok.normalizer = normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    tok.add_special_tokens([t for t in ("<pad>", "</s>", "<unk>") if tok.token_to_id(t) is not None])
+    tok.add_special_tokens([f"<extra_id_{i}>" for i in range(extra_ids - 1, -1, -1)])
+    eos = tok.token_to_id("</s>")
+    if eos is None:
+        raise ValueError(f"{spiece_model!r} has no </s> piece, which T5 appends to every prompt")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", eos)])
     return tok

@@ -26,16 +26,21 @@ Dtype = Any
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                           bias: jax.Array | None = None, key_mask: jax.Array | None = None,
+                          scale: float | None = None,
                           implementation: Literal["xla", "cudnn"] | None = None) -> jax.Array:
     """Softmax attention per head.
 
     Args:
       query: `[batch, q_length, heads, head_dim]`.
-      key, value: `[batch, kv_length, heads, head_dim]`.
+      key, value: `[batch, kv_length, kv_heads, head_dim]`; `kv_heads` divides `heads`
+        (grouped-query attention: query head h reads key/value head `h // (heads / kv_heads)`,
+        as PyTorch's `repeat_interleave`; `kv_heads == heads` is plain multi-head attention).
       bias: added to the logits, broadcastable to `[batch, heads, q_length, kv_length]`
         (relative-position bias, shifted-window mask as large negatives).
       key_mask: `[batch, kv_length]`, True where a key may be attended to (padding
         mask). A row with every key masked attends uniformly instead of producing NaN.
+      scale: multiplies the logits before the bias is added; None is `1/sqrt(head_dim)`
+        (T5 passes 1.0: its query/key product is unscaled).
       implementation: None lets JAX choose (cuDNN flash on GPU when it applies).
 
     Returns:
@@ -44,7 +49,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     if bias is not None:
         bias = bias.astype(query.dtype)
-    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
                                         implementation=implementation)
 
 
@@ -98,6 +103,7 @@ class MultiHeadAttention(nn.Module):
       out_bias: bias on the output projection.
       out_features: output size, default the input's feature size.
       kernel_init: initializer of the full-rank kernels (None: LeCun over the fan-in).
+      scale: logit scale, None for `1/sqrt(head_dim)` (see `dot_product_attention`).
     """
 
     num_heads: int
@@ -106,6 +112,7 @@ class MultiHeadAttention(nn.Module):
     out_bias: bool = True
     out_features: int | None = None
     kernel_init: Any = None
+    scale: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -125,7 +132,7 @@ class MultiHeadAttention(nn.Module):
         query = HeadProjection(heads, True, self.use_bias, name="query", **kw)(x)
         key = HeadProjection(heads, True, self.use_bias, name="key", **kw)(context)
         value = HeadProjection(heads, True, self.use_bias, name="value", **kw)(context)
-        out = dot_product_attention(query, key, value, bias=bias, key_mask=key_mask)
+        out = dot_product_attention(query, key, value, bias=bias, key_mask=key_mask, scale=self.scale)
         return HeadProjection((self.out_features or features,), False, self.out_bias, name="out", **kw)(out)
 
 
