@@ -21,7 +21,7 @@ from stable_audio_jax.models.unet import UNetConfig
 def get_config():
     c = config_lib.diffusion_config(UNetConfig.sa1().to_dict(), timing_kind="table")
     c.dtype = "bfloat16"  # compute; c.param_dtype stays float32
-    c.model.unet.remat_policy = "dots_with_no_batch_dims_saveable"  # see unet.REMAT_POLICIES
+    c.model.unet.remat_policy = "dots_with_no_batch_dims_saveable"  # see models/remat.py
     c.optimizer.grad_accum_steps = 1  # k > 1 when 256 / (k * data-parallel devices) examples still do not fit
     c.pretransform.downsampling_ratio = 1024
     c.data.sample_size = 4_194_304

@@ -146,9 +146,27 @@ def clap_config(text: dict, audio: dict, *, embed_dim: int = 512) -> ml_collecti
     return c
 
 
-def diffusion_config(unet: dict, *, timing_kind: str = "table", text_features_dim: int | None = None
-                     ) -> ml_collections.ConfigDict:
-    """A latent-diffusion training config around the U-Net `unet` (`UNetConfig` fields).
+def tiny_diffusion_recipe(c: ml_collections.ConfigDict) -> None:
+    """The CPU demo's diffusion training recipe, shared by the tiny U-Net and DiT configs:
+    latents of the tiny 64x VAE, batch 8, AdamW 1e-3, a short EMA, 2000 steps."""
+    c.pretransform.downsampling_ratio = 64
+    c.data.batch_size = 8
+    c.data.worker_count = 0
+    c.optimizer = diffusion_optimizer_config(1e-3, b1=0.9, b2=0.99, weight_decay=1e-3, inv_gamma=1e6, warmup=0.95)
+    c.ema.beta = 0.99
+    c.sampling.steps = 100
+    c.trainer.num_steps = 2000
+    c.trainer.log_every = 10
+    c.trainer.eval_every = 1000
+    c.trainer.checkpoint_every = 500
+
+
+def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timing_kind: str = "table",
+                     text_features_dim: int | None = None, global_timing: bool = False,
+                     text_tokens: int | None = None) -> ml_collections.ConfigDict:
+    """A latent-diffusion training config around the U-Net `unet` (`UNetConfig` fields) or
+    the DiT `dit` (`DiTConfig` fields; it also needs `text_tokens`), see
+    `LatentDiffusionConfig` for the conditioning options.
 
     Training reads pre-encoded shards (`data/pre_encode.py`); `pretransform` names the VAE
     and CLAP runs they were made with, which sampling loads again. Objective and recipe
@@ -157,8 +175,11 @@ def diffusion_config(unet: dict, *, timing_kind: str = "table", text_features_di
     """
     c = base_config()
     c.task = "diffusion"
-    c.model = ml_collections.ConfigDict(dict(unet=dict(unet), timing_kind=timing_kind, max_seconds=512,
-                                             global_timing=False, text_features_dim=text_features_dim))
+    if (unet is None) == (dit is None):
+        raise ValueError("give exactly one backbone: unet or dit")
+    backbone = dict(unet=dict(unet)) if unet is not None else dict(dit=dict(dit), text_tokens=text_tokens)
+    c.model = ml_collections.ConfigDict(dict(**backbone, timing_kind=timing_kind, max_seconds=512,
+                                             global_timing=global_timing, text_features_dim=text_features_dim))
     c.pretransform = ml_collections.ConfigDict(dict(
         vae_dir="",  # run directory of the VAE that encoded the shards (used by sampling)
         clap_dir="",  # run directory of the CLAP whose text features the shards hold

@@ -1,14 +1,21 @@
-"""The conditioned diffusion backbone: timing embedders + text tokens -> cross-attention context -> U-Net.
+"""The conditioned diffusion backbone: timing embedders + text tokens -> cross-attention context -> U-Net or DiT.
 
-    text_features [B, L, D_text] (frozen CLAP, penultimate layer), text_mask [B, L]
+    text_features [B, L, D_text] (frozen text encoder), text_mask [B, L]
     seconds_start, seconds_total [B]  --TimingConditioner-->  2 tokens [B, 2, D]
     context = [text tokens (projected to D if D_text != D) ; timing tokens]  [B, L + 2, D]
-    v = UNet1D(x_t [B, N, latent_dim], t [B], context, mask, use_null_context [B])
+    v = UNet1D(x_t [B, N, latent_dim], t [B], context, mask, use_null_context [B])    (SA 1.0)
+    v = DiffusionTransformer(x_t, t, context, global_cond = [start || total])        (SAO)
 
 SA 1.0 appends the two timing tokens to the 77 text tokens (79 in all) and uses no global
 conditioning (`global_timing=True` adds it: the tiny demo model needs it to learn timing in
 a few CPU minutes); a sample whose conditioning is dropped (10% in training, the
 unconditional half of CFG) sees the U-Net's learned null context instead.
+
+SAO (the DiT) appends them to 128 T5 tokens (130) and also feeds `[start || total]` as
+global conditioning (`global_timing=True`). It attends to every context token, so padded
+text tokens are zeroed (as the reference's T5 conditioner does), and a dropped sample's
+whole context (text and timing tokens) is zero while its global timing is kept (SPEC 2.4).
+A negative prompt in the unconditional branch is its features with padding zeroed.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import jax.numpy as jnp
 
 from stable_audio_jax.models.conditioning import TimingConditioner, build_context
 from stable_audio_jax.models.config_fields import checked_fields
+from stable_audio_jax.models.dit import DiffusionTransformer, DiTConfig
 from stable_audio_jax.models.unet import UNet1D, UNetConfig
 
 Dtype = Any
@@ -30,41 +38,81 @@ Dtype = Any
 @dataclasses.dataclass(frozen=True)
 class LatentDiffusionConfig:
     """Attributes:
-      unet: the backbone; its `context_features` is the token width and `context_length`
-        must equal the text length + 2.
+      unet, dit: the backbone, exactly one of them set. The U-Net's `context_features` is
+        the token width and its `context_length` must equal the text length + 2; the DiT's
+        `cond_token_dim` is the token width.
       timing_kind: 'table' (SA 1.0: one learned vector per second, 513 rows) or 'number'
         (SAO: learned Fourier features of the normalised value).
       max_seconds: timing values are clamped to [0, max_seconds].
-      text_features_dim: width of the incoming text features; a linear projection to
-        `unet.context_features` is added when it differs (e.g. 384-d MiniLM -> 768).
-      global_timing: also feed the timing embeddings `[start || total]` to the U-Net as
-        global conditioning (added into its time mapping, so every ResNet block sees them;
-        the brief's "and as global conditioning", SAO's route). Needs
-        `unet.global_features == 2 * unet.context_features`. Off in SA 1.0.
+      text_features_dim: width of the incoming text features; a linear projection to the
+        token width is added when it differs (e.g. 384-d MiniLM -> 768).
+      global_timing: also feed the timing embeddings `[start || total]` to the backbone as
+        global conditioning: added into the U-Net's time mapping (so every ResNet block
+        sees them), or the DiT's prepended global token (SAO). Needs
+        `unet.global_features` / `dit.global_cond_dim` == 2 * the token width. Off in SA 1.0.
+      text_tokens: the number of text tokens (128 for SAO's T5). Required with `dit`; the
+        U-Net's is `context_length - 2` (None, or that value).
     """
 
-    unet: UNetConfig
+    unet: UNetConfig | None = None
     timing_kind: Literal["table", "number"] = "table"
     max_seconds: int = 512
     text_features_dim: int | None = None
     global_timing: bool = False
+    dit: DiTConfig | None = None
+    text_tokens: int | None = None
 
     def __post_init__(self):
-        want = 2 * self.unet.context_features if self.global_timing else 0
-        if self.unet.global_features != want:
-            raise ValueError(f"global_timing={self.global_timing} needs unet.global_features={want}, "
-                             f"got {self.unet.global_features}")
+        if (self.unet is None) == (self.dit is None):
+            raise ValueError("set exactly one backbone: 'unet' (SA 1.0 U-Net) or 'dit' (SAO DiT)")
+        want = 2 * self.context_features if self.global_timing else 0
+        got, field = ((self.unet.global_features, "unet.global_features") if self.unet is not None
+                      else (self.dit.global_cond_dim, "dit.global_cond_dim"))
+        if got != want:
+            raise ValueError(f"global_timing={self.global_timing} needs {field}={want}, got {got}")
+        if self.unet is not None and self.text_tokens not in (None, self.unet.context_length - 2):
+            raise ValueError(f"text_tokens={self.text_tokens} but the U-Net's context_length "
+                             f"{self.unet.context_length} holds {self.unet.context_length - 2} text tokens")
+        if self.dit is not None and (self.text_tokens is None or self.text_tokens < 1):
+            raise ValueError(f"the DiT needs text_tokens >= 1 (128 for SAO), got {self.text_tokens}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatentDiffusionConfig":
         d = checked_fields(cls, d, "diffusion model")
-        if "unet" not in d:
-            raise ValueError("the diffusion model config needs a 'unet' section")
-        return cls(unet=UNetConfig.from_dict(d.pop("unet")), **d)
+        unet, dit = d.pop("unet", None), d.pop("dit", None)
+        if (unet is None) == (dit is None):
+            raise ValueError("the diffusion model config needs exactly one of a 'unet' and a 'dit' section")
+        return cls(unet=None if unet is None else UNetConfig.from_dict(unet),
+                   dit=None if dit is None else DiTConfig.from_dict(dit), **d)
+
+    def to_dict(self) -> dict:
+        """The fields as plain values, without the unset backbone (for `config.model`)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if not (k in ("unet", "dit") and v is None)}
+
+    @property
+    def backbone(self) -> str:
+        """The backbone's name, also its parameter subtree: 'unet' or 'dit'."""
+        return "unet" if self.unet is not None else "dit"
 
     @property
     def text_length(self) -> int:
-        return self.unet.context_length - 2
+        return self.unet.context_length - 2 if self.unet is not None else self.text_tokens
+
+    @property
+    def context_features(self) -> int:
+        """Width of the cross-attention tokens (text and timing)."""
+        return self.unet.context_features if self.unet is not None else self.dit.cond_token_dim
+
+    @property
+    def latent_dim(self) -> int:
+        """Channels of the latents the backbone denoises."""
+        return self.unet.in_channels if self.unet is not None else self.dit.io_channels
+
+    @property
+    def downsampling_factor(self) -> int:
+        """The latent frames must be a multiple of this (the U-Net's; 1 for the DiT)."""
+        return self.unet.downsampling_factor if self.unet is not None else 1
 
 
 class LatentDiffusionModel(nn.Module):
@@ -80,17 +128,21 @@ class LatentDiffusionModel(nn.Module):
                  use_null_context: jax.Array | None = None) -> jax.Array:
         """x `[batch, frames, latent_dim]` (noisy latents), t `[batch]` in [0, 1],
         text_features `[batch, text_length, text_dim]`, text_mask `[batch, text_length]`,
-        seconds `[batch]`, use_null_context `[batch]` bool -> v `[batch, frames, latent_dim]`,
-        float32 whatever `dtype` (the loss, CFG and the sampler's updates then run in float32)."""
+        seconds `[batch]`, use_null_context `[batch]` bool (rows whose cross-attention context
+        is the null one: the U-Net's learned embedding, the DiT's zeros) -> v
+        `[batch, frames, latent_dim]`, float32 whatever `dtype` (the loss, CFG and the
+        sampler's updates then run in float32)."""
         c = self.config
-        width = c.unet.context_features
+        width = c.context_features
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if text_features.shape[1] != c.text_length:
-            raise ValueError(f"{text_features.shape[1]} text tokens, but the U-Net's context_length "
-                             f"{c.unet.context_length} expects {c.text_length} (+ 2 timing tokens)")
+            where = (f"the U-Net's context_length {c.unet.context_length}" if c.unet is not None
+                     else f"model.text_tokens={c.text_tokens}")
+            raise ValueError(f"{text_features.shape[1]} text tokens, but {where} expects {c.text_length} "
+                             "(+ 2 timing tokens)")
         if text_features.shape[-1] != width:
             if c.text_features_dim != text_features.shape[-1]:
-                raise ValueError(f"text features are {text_features.shape[-1]}-d but the U-Net attends to "
+                raise ValueError(f"text features are {text_features.shape[-1]}-d but the {c.backbone} attends to "
                                  f"{width}-d tokens; set model.text_features_dim={text_features.shape[-1]} "
                                  "to learn a projection")
             text_features = nn.Dense(
@@ -99,7 +151,17 @@ class LatentDiffusionModel(nn.Module):
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), **kw)(text_features)
         tokens, global_cond = TimingConditioner(width, c.timing_kind, c.max_seconds, name="timing", **kw)(
             seconds_start, seconds_total)
-        context, mask = build_context(text_features, text_mask, tokens)
-        v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context,
-                                              global_cond if c.global_timing else None)
+        global_cond = global_cond if c.global_timing else None
+        if c.unet is not None:
+            context, mask = build_context(text_features, text_mask, tokens)
+            v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context, global_cond)
+        else:
+            # The DiT has no key mask: padded text tokens must be zero vectors, as T5's are.
+            text_features = jnp.where(jnp.asarray(text_mask, bool)[..., None], text_features, 0)
+            context, _ = build_context(text_features, text_mask, tokens)
+            if use_null_context is not None:
+                # The unconditional context is all zeros, not learned; the global timing stays.
+                drop = jnp.asarray(use_null_context).astype(bool).reshape(x.shape[0])
+                context = jnp.where(drop[:, None, None], 0, context)
+            v = DiffusionTransformer(c.dit, name="dit", **kw)(x, t, context, global_cond)
         return v.astype(jnp.float32)

@@ -34,7 +34,7 @@ Memory knobs (no effect on the parameters or their names): `dtype` is the comput
 (e.g. bfloat16 with float32 `param_dtype`: params are cast at each use, GroupNorm and
 LayerNorm statistics, the softmax and the Fourier time features stay in float32), and
 `UNetConfig.remat_policy` rematerialises every ResNet block and transformer block in the
-backward pass (`REMAT_POLICIES`). The transformer blocks are not scanned: a stack is at
+backward pass (`models/remat.py`). The transformer blocks are not scanned: a stack is at
 most 3 blocks deep in SA 1.0, so `nn.scan` would save little compile time and would stack
 their parameters (`blocks_0..2` -> one `[layers, ...]` tree), breaking checkpoint and
 weight-import compatibility.
@@ -43,9 +43,8 @@ weight-import compatibility.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -55,19 +54,10 @@ from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
 from stable_audio_jax.models.conditioning import TimePositionalEmbedding, torch_dense
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import _polyphase_conv_transpose, torch_bias_init, torch_conv_init
+from stable_audio_jax.models.remat import REMAT_CHOICES, maybe_remat
 
 Dtype = Any
 
-# `UNetConfig.remat_policy` -> the `jax.checkpoint` policy: which intermediates of a remat'ed
-# block are saved for the backward pass (everything else is recomputed). "full" saves only
-# the block's inputs; "dots_with_no_batch_dims_saveable" keeps the projection / MLP matmul
-# outputs but recomputes convolutions, norms and the [batch, heads, L, L] attention logits.
-REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
-    "full": None,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-REMAT_CHOICES: tuple[str, ...] = ("none",) + tuple(REMAT_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,20 +161,6 @@ class UNetConfig:
                    resnet_groups=8, transformer_groups=32, kernel_multiplier_downsample=2,
                    mapping_multiplier=2, use_skip_scale=True, context_features=context_features,
                    context_length=text_length + 2)
-
-
-@functools.cache
-def _maybe_remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
-    """`module`, or its `nn.remat` lift under `REMAT_POLICIES[policy]`.
-
-    The lifted class creates the same parameters under the same names, so checkpoints load
-    either way. Cached so every block of one kind shares one class (one trace per shape).
-    """
-    if policy == "none":
-        return module
-    if policy not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat_policy {policy!r}; choose one of {list(REMAT_CHOICES)}")
-    return nn.remat(module, policy=REMAT_POLICIES[policy])
 
 
 def _constrain(x: jax.Array) -> jax.Array:
@@ -366,7 +342,7 @@ class Transformer1d(nn.Module):
     num_heads: int
     multiplier: int
     num_groups: int = 32
-    remat_policy: str = "none"  # applied to each TransformerBlock (see `REMAT_POLICIES`)
+    remat_policy: str = "none"  # applied to each TransformerBlock (see `models/remat.py`)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -376,7 +352,7 @@ class Transformer1d(nn.Module):
         channels = x.shape[-1]
         x = _group_norm(self.num_groups, 1e-6, "to_in_norm", **kw)(x)
         x = Conv1d(channels, 1, name="to_in", **kw)(x)
-        block = _maybe_remat(TransformerBlock, self.remat_policy)
+        block = maybe_remat(TransformerBlock, self.remat_policy)
         for j in range(self.num_layers):
             x = block(self.num_heads, self.multiplier, name=f"blocks_{j}", **kw)(x, context, context_mask)
         return _constrain(Conv1d(channels, 1, name="to_out", **kw)(x))
@@ -460,7 +436,7 @@ class UNet1D(nn.Module):
             return Transformer1d(num_layers, c.attention_heads, c.attention_multiplier, c.transformer_groups,
                                  c.remat_policy, name=name, **kw)
 
-        resnet_block = _maybe_remat(ResnetBlock1d, c.remat_policy)
+        resnet_block = maybe_remat(ResnetBlock1d, c.remat_policy)
 
         h = resnet_block(widths[0], 1, name="to_in", **kw)(_constrain(x), mapping)
         if c.position_features:

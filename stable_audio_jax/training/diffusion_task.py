@@ -4,7 +4,8 @@ Each step: sample the VAE posterior (`mean + std * eps`, times `latent_scale`), 
 continuous times t in [0, 1) (stratified), noise with the cosine schedule
 (`x_t = cos(pi t/2) x0 + sin(pi t/2) eps`), predict `v = alpha eps - sigma x0` and take a
 plain MSE over every element. Each sample's conditioning (text and timing tokens) is
-replaced by the learned null context with probability `diffusion.cfg_dropout` (10%),
+replaced by the null context (the U-Net's learned one, the DiT's zeros) with probability
+`diffusion.cfg_dropout` (10%),
 which is what classifier-free guidance needs at sampling time. An EMA of the model is
 what sampling uses.
 """
@@ -44,11 +45,11 @@ class DiffusionTask(Task):
         super().__init__(config)
         self.model = build_diffusion_model(config)
         self.tx = schedules.adamw(config.optimizer)
-        unet = self.model.config.unet
+        model = self.model.config
         ratio = config.pretransform.downsampling_ratio
-        if config.data.sample_size % (ratio * unet.downsampling_factor):
+        if config.data.sample_size % (ratio * model.downsampling_factor):
             raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the VAE ratio "
-                             f"{ratio} times the U-Net's downsampling factor {unet.downsampling_factor}")
+                             f"{ratio} times the {model.backbone}'s downsampling factor {model.downsampling_factor}")
         self.latent_frames = config.data.sample_size // ratio
         # Micro-batches per optimizer step; configs whose optimizer section predates the
         # field accumulate nothing.
@@ -80,8 +81,8 @@ class DiffusionTask(Task):
     def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
         """Zero inputs of the model's shapes (x, t, text_features, text_mask, seconds_start, seconds_total)."""
         c = self.model.config
-        text_dim = c.text_features_dim or c.unet.context_features
-        return (jnp.zeros((batch_size, self.latent_frames, c.unet.in_channels), jnp.float32),
+        text_dim = c.text_features_dim or c.context_features
+        return (jnp.zeros((batch_size, self.latent_frames, c.latent_dim), jnp.float32),
                 jnp.zeros((batch_size,), jnp.float32),
                 jnp.zeros((batch_size, c.text_length, text_dim), jnp.float32),
                 jnp.ones((batch_size, c.text_length), bool),

@@ -1,0 +1,39 @@
+"""Rematerialisation (activation checkpointing) of a model's repeated blocks, by config name.
+
+The U-Net and the DiT take a `remat_policy` string; `maybe_remat` turns a block class into
+its `nn.remat` lift under the matching `jax.checkpoint` policy, with the same parameter
+names, so a checkpoint loads whatever the policy.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax
+
+# A `remat_policy` config value (U-Net, DiT) -> the `jax.checkpoint` policy: which intermediates of a remat'ed
+# block are saved for the backward pass (everything else is recomputed). "full" saves only
+# the block's inputs; "dots_with_no_batch_dims_saveable" keeps the projection / MLP matmul
+# outputs but recomputes convolutions, norms and the [batch, heads, L, L] attention logits.
+REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_CHOICES: tuple[str, ...] = ("none",) + tuple(REMAT_POLICIES)
+
+
+@functools.cache
+def maybe_remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
+    """`module`, or its `nn.remat` lift under `REMAT_POLICIES[policy]`.
+
+    The lifted class creates the same parameters under the same names, so checkpoints load
+    either way. Cached so every block of one kind shares one class (one trace per shape).
+    """
+    if policy == "none":
+        return module
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {policy!r}; choose one of {list(REMAT_CHOICES)}")
+    return nn.remat(module, policy=REMAT_POLICIES[policy])
