@@ -163,9 +163,7 @@ def generate_samples(out: str) -> dict:
     lengths = [float(s) for s in _SAMPLE_SECONDS.value]
     prompts = [c for c in captions for _ in lengths]
     seconds = [s for _ in captions for s in lengths]
-    sampling = generator.config.sampling
-    audio = generator.generate(prompts, seconds_total=seconds, steps=sampling.steps, cfg_scale=sampling.cfg_scale,
-                               sampler=sampling.sampler, seed=0, cut=False, progress=True)
+    audio = generator.generate(prompts, seconds_total=seconds, seed=0, cut=False, progress=True)
     silence = generator.decode_silence()
     silence_db = loudest_frame_db(silence, rate)
     rows = timing_errors(list(audio), seconds, rate, relative_db=60.0, floor_db=silence_db + 6.0)
@@ -181,8 +179,7 @@ def generate_samples(out: str) -> dict:
         row.update(file=name + ".wav", prompt=prompt)
     errors = np.abs([r["error"] for r in rows])
     return {"clips": rows, "silence_level_db": round(silence_db, 1), "mean_abs_error_seconds": float(errors.mean()),
-            "within_1s": float(np.mean(errors <= 1.0)), "steps": sampling.steps, "cfg_scale": sampling.cfg_scale,
-            "sampler": sampling.sampler}
+            "within_1s": float(np.mean(errors <= 1.0)), "sampling": generator.sampling}
 
 
 def reconstruct(out: str, config, task, state) -> list[dict]:

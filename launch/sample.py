@@ -1,9 +1,15 @@
-"""Generate audio from text prompts with a trained diffusion model (and its VAE and CLAP).
+"""Generate audio from text prompts with a trained diffusion model (and its VAE and text encoder).
 
     python launch/sample.py --diffusion_dir=outputs/demo/diffusion --prompt="drum groove, 120 BPM" \
         --seconds_total=3 --output_dir=outputs/samples
     python launch/sample.py --diffusion_dir=... --prompts_file=prompts.txt --steps=100 --cfg_scale=6 \
         --sampler=dpmpp_3m_sde --negative_prompt="noise" --batch_size=4 --seed=1
+    # a converted Stable Audio Open (launch/convert_sao.py): DiT, T5 and VAE in one directory
+    python launch/sample.py --pretrained=pretrained/sao --prompt="128 BPM tech house drum loop" --seconds_total=10
+
+Sampling settings left unset take the model's defaults (its config's `sampling` section:
+for SAO 100 steps of dpmpp_3m_sde, CFG 7, sigma 0.3..500). A batch is split over all
+local devices.
 
 Writes, per prompt, `<i>_<slug>.wav` (44.1 kHz stereo, cut to --seconds_total), a spectrogram
 `<i>_<slug>.png`, the prompt as `<i>_<slug>.txt` (so `launch/clap_score.py --input=<dir>` can
@@ -24,19 +30,21 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags, logging  # noqa: E402
 
-_DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of the diffusion model.", required=True)
+_DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of the diffusion model.")
+_PRETRAINED = flags.DEFINE_string("pretrained", None, "A converted pretrained directory (instead of --diffusion_dir).")
 _VAE_DIR = flags.DEFINE_string("vae_dir", None, "VAE run (default: the one named in the diffusion config).")
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "CLAP run (default: the one named in the diffusion config).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A text prompt (repeatable).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
 _SECONDS_TOTAL = flags.DEFINE_float("seconds_total", None, "Length to generate (default: the model's window).")
 _SECONDS_START = flags.DEFINE_float("seconds_start", 0.0, "Timing conditioning: where the clip starts.")
-_STEPS = flags.DEFINE_integer("steps", 100, "Sampler steps.")
-_CFG_SCALE = flags.DEFINE_float("cfg_scale", 6.0, "Classifier-free guidance scale (1: off).")
-_RESCALE_PHI = flags.DEFINE_float("rescale_phi", 0.0, "CFG rescale amount in [0, 1].")
-_SAMPLER = flags.DEFINE_string("sampler", "dpmpp_3m_sde", "dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, euler or ddim.")
-_SIGMA_MIN = flags.DEFINE_float("sigma_min", 0.03, "Smallest noise level of the schedule.")
-_SIGMA_MAX = flags.DEFINE_float("sigma_max", 500.0, "Largest noise level of the schedule.")
+_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the model's, 100).")
+_CFG_SCALE = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale, 1: off (default: the model's).")
+_RESCALE_PHI = flags.DEFINE_float("rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).")
+_SAMPLER = flags.DEFINE_string("sampler", None, "dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, euler or ddim "
+                               "(default: the model's).")
+_SIGMA_MIN = flags.DEFINE_float("sigma_min", None, "Smallest noise level of the schedule (default: the model's).")
+_SIGMA_MAX = flags.DEFINE_float("sigma_max", None, "Largest noise level of the schedule (default: the model's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (each batch adds its index).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts generated together.")
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.")
@@ -71,10 +79,21 @@ def main(argv):
 
     try:
         prompts = _prompts()
-        sampler = canonical_sampler_name(_SAMPLER.value)
+        if (_DIFFUSION_DIR.value is None) == (_PRETRAINED.value is None):
+            raise ValueError("give exactly one of --diffusion_dir (a training run) and --pretrained (a converted model)")
+        if _SAMPLER.value is not None:
+            canonical_sampler_name(_SAMPLER.value)  # an unknown name fails before any loading
         if _BATCH_SIZE.value < 1:
             raise ValueError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
-        generator = AudioGenerator.from_runs(_DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value, clap_dir=_CLAP_DIR.value)
+        if _PRETRAINED.value:
+            generator = AudioGenerator.from_pretrained(_PRETRAINED.value)
+        else:
+            generator = AudioGenerator.from_runs(_DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value,
+                                                 clap_dir=_CLAP_DIR.value)
+        settings = {name: generator.sampling[name] if flag.value is None else flag.value
+                    for name, flag in (("steps", _STEPS), ("cfg_scale", _CFG_SCALE), ("rescale_phi", _RESCALE_PHI),
+                                       ("sampler", _SAMPLER), ("sigma_min", _SIGMA_MIN), ("sigma_max", _SIGMA_MAX))}
+        settings["sampler"] = canonical_sampler_name(settings["sampler"])
         seconds_total = _SECONDS_TOTAL.value or generator.window_seconds
         if not 0 < seconds_total <= generator.window_seconds + 1e-6:
             raise ValueError(f"--seconds_total={seconds_total} is outside (0, {generator.window_seconds:.2f}], "
@@ -89,20 +108,19 @@ def main(argv):
         sys.exit(f"error: {e}")
 
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    settings = {"diffusion_dir": os.path.abspath(_DIFFUSION_DIR.value), "prompts": prompts,
-                "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value, "steps": _STEPS.value,
-                "cfg_scale": _CFG_SCALE.value, "rescale_phi": _RESCALE_PHI.value, "sampler": sampler,
-                "sigma_min": _SIGMA_MIN.value, "sigma_max": _SIGMA_MAX.value, "seed": _SEED.value,
-                "negative_prompt": _NEGATIVE.value, "init_audio": _INIT_AUDIO.value,
+    model_dir = _PRETRAINED.value or _DIFFUSION_DIR.value
+    settings = {"pretrained" if _PRETRAINED.value else "diffusion_dir": os.path.abspath(model_dir),
+                "prompts": prompts, "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value, **settings,
+                "seed": _SEED.value, "negative_prompt": _NEGATIVE.value, "init_audio": _INIT_AUDIO.value,
                 "init_noise_level": _INIT_NOISE.value, "sample_rate": generator.sample_rate, "files": []}
     start = time.time()
     for first in range(0, len(prompts), _BATCH_SIZE.value):
         chunk = prompts[first:first + _BATCH_SIZE.value]
         audio = generator.generate(
-            chunk, seconds_total=seconds_total, seconds_start=_SECONDS_START.value, steps=_STEPS.value,
-            cfg_scale=_CFG_SCALE.value, sampler=sampler, seed=_SEED.value + first, negative_prompt=_NEGATIVE.value,
-            rescale_phi=_RESCALE_PHI.value, sigma_min=_SIGMA_MIN.value, sigma_max=_SIGMA_MAX.value,
-            init_audio=init_audio, init_noise_level=_INIT_NOISE.value, progress=True)
+            chunk, seconds_total=seconds_total, seconds_start=_SECONDS_START.value, steps=settings["steps"],
+            cfg_scale=settings["cfg_scale"], sampler=settings["sampler"], seed=_SEED.value + first,
+            negative_prompt=_NEGATIVE.value, rescale_phi=settings["rescale_phi"], sigma_min=settings["sigma_min"],
+            sigma_max=settings["sigma_max"], init_audio=init_audio, init_noise_level=_INIT_NOISE.value, progress=True)
         for i, (prompt, clip) in enumerate(zip(chunk, audio)):
             name = f"{first + i:03d}_{_slug(prompt)}"
             write_wav(os.path.join(_OUTPUT_DIR.value, name + ".wav"), clip, generator.sample_rate)

@@ -145,11 +145,11 @@ def autoencoder_params_from_state_dict(reader: StateDictReader, config: Autoenco
                               "the SA 1.0 DAC-based VAE has different keys")
     params = {"encoder": _encoder(reader.scoped("encoder."), config),
               "decoder": _decoder(reader.scoped("decoder."), config)}
-    check_tree(params, _abstract_params(config), "autoencoder")
+    check_tree(params, abstract_autoencoder_params(config), "autoencoder")
     return params
 
 
-def _abstract_params(config: AutoencoderConfig) -> Params:
+def abstract_autoencoder_params(config: AutoencoderConfig) -> Params:
     """The module's param shapes, traced without allocating (dummy audio of one latent frame)."""
     audio = jax.ShapeDtypeStruct((1, config.downsampling_ratio, config.io_channels), jnp.float32)
     return jax.eval_shape(AudioAutoencoder(config).init, jax.random.key(0), audio)["params"]

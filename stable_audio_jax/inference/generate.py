@@ -1,11 +1,13 @@
-"""Text- and timing-conditioned generation: prompts -> CLAP features -> guided sampling -> VAE decode.
+"""Text- and timing-conditioned generation: prompts -> text features -> guided sampling -> VAE decode.
 
     generator = AudioGenerator.from_runs("outputs/demo/diffusion")   # finds its VAE and CLAP runs
+    generator = AudioGenerator.from_pretrained("pretrained/sao")      # converted SAO: DiT, T5, VAE
     audio = generator.generate(["drum groove, 120 BPM"], seconds_total=3.0)  # [1, samples, 2], cut
 
 The device part (`_generate`: guided DPM-Solver++/Euler/DDIM loop in one `lax.scan`, then
-the VAE decoder) is one jitted program per (batch, window, steps, sampler) shape; the
-prompts' CLAP features are computed by the frozen text tower (`inference/clap.py`). The
+the VAE decoder) is one jitted program per (batch, window, steps, sampler) shape, with the
+batch split over the mesh's batch axes; the prompts' features come from the frozen text
+encoder (CLAP's penultimate layer, `inference/clap.py`, or T5, `inference/t5.py`). The
 model always generates its full window; `seconds_total` tells it where the content ends
 and the output is cut there (SPEC.md 4.4).
 """
@@ -14,32 +16,78 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stable_audio_jax import parallel
+from stable_audio_jax.convert.sao_checkpoint import abstract_diffusion_params
+from stable_audio_jax.convert.sao_vae import abstract_autoencoder_params
+from stable_audio_jax.convert.t5_checkpoint import abstract_params as abstract_t5_params
 from stable_audio_jax.diffusion import guidance, samplers, schedule
-from stable_audio_jax.inference.checkpoints import LoadedRun, load_run
+from stable_audio_jax.inference import pretrained
+from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.inference.clap import CLAPEncoder
+from stable_audio_jax.inference.t5 import T5TextEncoder
+from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
+from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
+from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
+from stable_audio_jax.models.t5 import T5Config
+
+
+# Used where a model's config names no sampling settings.
+DEFAULT_SAMPLING = {"steps": 100, "cfg_scale": 6.0, "sampler": "dpmpp_3m_sde", "sigma_min": 0.03,
+                    "sigma_max": 500.0, "rescale_phi": 0.0}
+
+
+class TextEncoder(Protocol):
+    """What the generator needs of a frozen text encoder (CLAP or T5)."""
+
+    def text_conditioning(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+        """`(features [batch, tokens, width] float32, mask [batch, tokens] bool)`."""
 
 
 class AudioGenerator:
-    """A trained diffusion model (EMA weights) with the VAE and CLAP it was trained with."""
+    """A diffusion model's inference weights with its VAE and text encoder, on one mesh.
 
-    def __init__(self, diffusion: LoadedRun, vae: LoadedRun, clap: CLAPEncoder):
-        self.config = diffusion.config
-        self.model = diffusion.task.model
-        self.params = diffusion.state.ema_params["diffusion"]
-        self.autoencoder = vae.task.autoencoder
-        self.vae_params = vae.state.ema_params["autoencoder"]
-        self.clap = clap
-        self.mesh = diffusion.mesh
-        self.sample_rate = int(vae.config.data.sample_rate)
-        self.window_samples = int(self.config.data.sample_size)
-        self.latent_frames = diffusion.task.latent_frames
-        self.latent_dim = self.model.config.unet.in_channels
+    `from_runs` loads the EMA weights of trained run directories (U-Net or DiT, CLAP);
+    `from_pretrained` a converted directory (`inference/pretrained.py`, e.g. SAO: DiT, T5).
+    """
+
+    def __init__(self, *, model: LatentDiffusionModel, params: Any, autoencoder: AudioAutoencoder,
+                 vae_params: Any, text_encoder: TextEncoder, mesh: jax.sharding.Mesh, sample_rate: int,
+                 window_samples: int, latent_scale: float = 1.0, sampling: Mapping[str, Any] | None = None,
+                 rules: parallel.Rules = parallel.DEFAULT_RULES):
+        """
+        Args:
+          model, params: the diffusion model and its params (placed on `mesh`).
+          autoencoder, vae_params: the VAE that made the latents.
+          text_encoder: gives the prompts' cross-attention features.
+          sample_rate, window_samples: the model's audio rate and window (`sample_size`).
+          latent_scale: the diffusion model sees VAE latents times this.
+          sampling: default `generate` settings (steps, cfg_scale, sampler, sigma_min,
+            sigma_max, rescale_phi); missing ones come from DEFAULT_SAMPLING.
+        """
+        self.model = model
+        self.params = params
+        self.autoencoder = autoencoder
+        self.vae_params = vae_params
+        self.text_encoder = text_encoder
+        self.mesh = mesh
+        self.rules = rules
+        self.sample_rate = int(sample_rate)
+        self.window_samples = int(window_samples)
+        self.latent_scale = float(latent_scale)
+        ratio = autoencoder.config.downsampling_ratio
+        if self.window_samples % (ratio * model.config.downsampling_factor):
+            raise ValueError(f"window of {self.window_samples} samples is not a multiple of the VAE ratio {ratio} "
+                             f"times the backbone's downsampling factor {model.config.downsampling_factor}")
+        self.latent_frames = self.window_samples // ratio
+        self.latent_dim = model.config.latent_dim
+        self.sampling = {**DEFAULT_SAMPLING, **dict(sampling or {})}
         self._progress = None  # a tqdm bar while `generate(progress=True)` runs
 
     @classmethod
@@ -54,7 +102,42 @@ class AudioGenerator:
         for name, path in (("VAE", vae_dir), ("CLAP", clap_dir)):
             if not path:
                 raise ValueError(f"the diffusion run does not name its {name} run directory; pass it explicitly")
-        return cls(diffusion, load_run(vae_dir, mesh=diffusion.mesh), CLAPEncoder.from_run(clap_dir, mesh=diffusion.mesh))
+        vae = load_run(vae_dir, mesh=diffusion.mesh)
+        config = diffusion.config
+        return cls(model=diffusion.task.model, params=diffusion.state.ema_params["diffusion"],
+                   autoencoder=vae.task.autoencoder, vae_params=vae.state.ema_params["autoencoder"],
+                   text_encoder=CLAPEncoder.from_run(clap_dir, mesh=diffusion.mesh), mesh=diffusion.mesh,
+                   sample_rate=int(vae.config.data.sample_rate), window_samples=int(config.data.sample_size),
+                   latent_scale=float(config.pretransform.latent_scale),
+                   sampling=config.sampling.to_dict() if "sampling" in config else None)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, *, mesh: jax.sharding.Mesh | None = None,
+                        rules: parallel.Rules = parallel.DEFAULT_RULES) -> "AudioGenerator":
+        """Load a converted pretrained directory (e.g. Stable Audio Open) onto `mesh`
+        (default: every device on the data axis)."""
+        config = pretrained.read_pretrained_config(directory)
+        text = config["text_encoder"]
+        if text.get("kind") != "t5":
+            raise ValueError(f"{directory}: unsupported text encoder {text.get('kind')!r} (only 't5')")
+        mesh = mesh or parallel.create_mesh((-1, 1, 1))
+        model = LatentDiffusionModel(LatentDiffusionConfig.from_dict(config["model"]))
+        autoencoder = AudioAutoencoder(AutoencoderConfig.from_dict(config["autoencoder"]))
+        t5_config = T5Config.from_dict(config["text_encoder"]["config"])
+        abstract = {"diffusion": abstract_diffusion_params(model.config),
+                    "autoencoder": abstract_autoencoder_params(autoencoder.config),
+                    "text_encoder": abstract_t5_params(t5_config)}
+        shardings = parallel.logical_to_shardings(abstract, mesh, rules)
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                nn.meta.unbox(abstract), shardings)
+        params = pretrained.restore_pretrained_params(directory, abstract)
+        tokenizer = TextTokenizer.from_file(os.path.join(directory, pretrained.TOKENIZER_FILE),
+                                            max_length=int(text["max_length"]))
+        encoder = T5TextEncoder(t5_config, params["text_encoder"], tokenizer, mesh=mesh, rules=rules)
+        return cls(model=model, params=params["diffusion"], autoencoder=autoencoder,
+                   vae_params=params["autoencoder"], text_encoder=encoder, mesh=mesh,
+                   sample_rate=config["sample_rate"], window_samples=config["sample_size"],
+                   latent_scale=config.get("latent_scale", 1.0), sampling=config.get("sampling"), rules=rules)
 
     def _on_step(self, step_index) -> None:
         """Host callback once per sampler step (advances the progress bar of `generate`)."""
@@ -67,10 +150,11 @@ class AudioGenerator:
 
     # ----------------------------------------------------------------- device
     @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("sampler", "use_cfg"))
-    def _generate(self, params, vae_params, text_features, text_mask, negative_features, negative_mask,
-                  use_negative, seconds_start, seconds_total, x_init, sigmas, rng, cfg_scale, rescale_phi, *,
+    def _generate(self, params, vae_params, rng, sigmas, cfg_scale, rescale_phi, text_features, text_mask,
+                  negative_features, negative_mask, use_negative, seconds_start, seconds_total, x_init, *,
                   sampler: str, use_cfg: bool):
-        """Guided sampling + VAE decode; returns audio `[batch, window_samples, 2]`."""
+        """Guided sampling + VAE decode; the batch arguments (from `text_features` on) are
+        split over the mesh's batch axes. Returns audio `[batch, window_samples, 2]`."""
         batch = x_init.shape[0]
 
         def model_fn(x, t, cond):
@@ -79,22 +163,25 @@ class AudioGenerator:
 
         timing = {"start": seconds_start, "total": seconds_total}
         cond = dict(timing, features=text_features, mask=text_mask, null=jnp.zeros((batch,), bool))
-        # The unconditional branch: the negative prompt where given, else the learned null context.
+        # The unconditional branch: the negative prompt where given, else the null context
+        # (the U-Net's learned one, the DiT's zeros).
         uncond = dict(timing, features=negative_features, mask=negative_mask, null=~use_negative)
-        v_model = guidance.guided_v_model(model_fn, cond, uncond, cfg_scale if use_cfg else 1.0, rescale_phi)
-        latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler=sampler, rng=rng,
-                                  callback=self._on_step)
-        latents = latents / self.config.pretransform.latent_scale
-        return self.autoencoder.apply({"params": vae_params}, latents, method=type(self.autoencoder).decode)
+        with nn.logical_axis_rules(self.rules):
+            v_model = guidance.guided_v_model(model_fn, cond, uncond, cfg_scale if use_cfg else 1.0, rescale_phi)
+            latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler=sampler, rng=rng,
+                                      callback=self._on_step)
+            latents = latents / self.latent_scale
+            return self.autoencoder.apply({"params": vae_params}, latents, method=type(self.autoencoder).decode)
 
     # ------------------------------------------------------------------- host
     def generate(self, prompts: Sequence[str], *, seconds_total: float | Sequence[float],
-                 seconds_start: float | Sequence[float] = 0.0, steps: int = 100, cfg_scale: float = 6.0,
-                 sampler: str = "dpmpp_3m_sde", seed: int = 0, negative_prompt: str | None = None,
-                 rescale_phi: float = 0.0, sigma_min: float = 0.03, sigma_max: float = 500.0,
+                 seconds_start: float | Sequence[float] = 0.0, steps: int | None = None,
+                 cfg_scale: float | None = None, sampler: str | None = None, seed: int = 0,
+                 negative_prompt: str | None = None, rescale_phi: float | None = None,
+                 sigma_min: float | None = None, sigma_max: float | None = None,
                  init_audio: np.ndarray | None = None, init_noise_level: float = 1.0,
                  cut: bool = True, progress: bool = False) -> np.ndarray:
-        """Generate one clip per prompt.
+        """Generate one clip per prompt; the batch is split over the mesh's batch axes.
 
         Args:
           prompts: the text prompts (a list; one clip each).
@@ -102,6 +189,7 @@ class AudioGenerator:
             `seconds_total` may not exceed the model's window.
           steps, sampler, sigma_min, sigma_max: the sampler and its log-linear sigma schedule.
           cfg_scale, rescale_phi: classifier-free guidance (1 disables it) and CFG rescale.
+            Every sampling setting left None takes the model's default (`self.sampling`).
           negative_prompt: replaces the null context in the unconditional branch.
           init_audio: `[samples, 2]` at the model's rate for audio-to-audio: its latents plus
             noise at `init_noise_level` (which then replaces `sigma_max`) start the sampler.
@@ -116,6 +204,13 @@ class AudioGenerator:
         batch = len(prompts)
         if batch == 0:
             raise ValueError("no prompts given")
+        defaults = self.sampling
+        steps = int(defaults["steps"] if steps is None else steps)
+        cfg_scale = float(defaults["cfg_scale"] if cfg_scale is None else cfg_scale)
+        rescale_phi = float(defaults["rescale_phi"] if rescale_phi is None else rescale_phi)
+        sigma_min = float(defaults["sigma_min"] if sigma_min is None else sigma_min)
+        sigma_max = float(defaults["sigma_max"] if sigma_max is None else sigma_max)
+        sampler = samplers.canonical_sampler_name(defaults["sampler"] if sampler is None else sampler)
         totals = np.broadcast_to(np.asarray(seconds_total, np.float64), (batch,))
         starts = np.broadcast_to(np.asarray(seconds_start, np.float64), (batch,))
         if np.any(totals <= 0) or np.any(totals > self.window_seconds + 1e-6):
@@ -125,20 +220,20 @@ class AudioGenerator:
             raise ValueError("seconds_start must be >= 0")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        sampler = samplers.canonical_sampler_name(sampler)
 
-        features, mask = self.clap.text_conditioning(list(prompts))
+        features, mask = (np.asarray(a) for a in self.text_encoder.text_conditioning(list(prompts)))
         if negative_prompt is not None:
-            negative_features, negative_mask = self.clap.text_conditioning([negative_prompt] * batch)
+            negative_features, negative_mask = (
+                np.asarray(a) for a in self.text_encoder.text_conditioning([negative_prompt] * batch))
             use_negative = np.ones((batch,), bool)
         else:
             negative_features, negative_mask, use_negative = features, mask, np.zeros((batch,), bool)
 
         rng_noise, rng_sampler = jax.random.split(jax.random.PRNGKey(seed))
-        noise = jax.random.normal(rng_noise, (batch, self.latent_frames, self.latent_dim))
+        noise = np.asarray(jax.random.normal(rng_noise, (batch, self.latent_frames, self.latent_dim)))
         top = sigma_max
         if init_audio is not None:
-            init_latents = self._encode_init(init_audio, batch)
+            init_latents = np.asarray(self._encode_init(init_audio, batch))
             top = init_noise_level
             x_init = init_latents + noise * top
         else:
@@ -147,16 +242,20 @@ class AudioGenerator:
         # Seconds are whole numbers for the table embedder (ceil, as training's seconds_total).
         seconds_total_cond = np.ceil(totals).astype(np.int32)
         seconds_start_cond = np.floor(starts).astype(np.int32)
+
+        def run(params, *batch_arrays):
+            return self._generate(params, self.vae_params, rng_sampler, sigmas, jnp.float32(cfg_scale),
+                                  jnp.float32(rescale_phi), *batch_arrays, sampler=sampler, use_cfg=cfg_scale != 1.0)
+
         if progress:
             from tqdm.auto import tqdm
             self._progress = tqdm(total=steps, desc="sampling", unit="step")
         try:
-            with jax.set_mesh(self.mesh):
-                audio = self._generate(self.params, self.vae_params, features, mask, negative_features, negative_mask,
-                                       use_negative, seconds_start_cond, seconds_total_cond, x_init, sigmas,
-                                       rng_sampler, jnp.float32(cfg_scale), jnp.float32(rescale_phi),
-                                       sampler=sampler, use_cfg=cfg_scale != 1.0)
-                audio = np.asarray(jax.device_get(audio), np.float32)
+            audio = parallel.run_batch_on_mesh(
+                run, self.params, [features, mask, negative_features, negative_mask, use_negative,
+                                   seconds_start_cond, seconds_total_cond, x_init.astype(np.float32)],
+                self.mesh, self.rules)
+            audio = np.asarray(jax.device_get(audio), np.float32)
         finally:
             if self._progress is not None:
                 self._progress.close()
@@ -177,7 +276,7 @@ class AudioGenerator:
         """
         with jax.set_mesh(self.mesh):
             mean = self._encode_init(np.zeros((self.window_samples, 2), np.float32), 1)
-            audio = self.autoencoder.apply({"params": self.vae_params}, mean / self.config.pretransform.latent_scale,
+            audio = self.autoencoder.apply({"params": self.vae_params}, mean / self.latent_scale,
                                            method=type(self.autoencoder).decode)
         return np.asarray(jax.device_get(audio), np.float32)[0]
 
@@ -191,7 +290,7 @@ class AudioGenerator:
         window[:min(len(audio), self.window_samples)] = audio[:self.window_samples]
         mean, _ = self.autoencoder.apply({"params": self.vae_params}, window[None],
                                          method=type(self.autoencoder).encode_posterior)
-        return jnp.repeat(mean, batch, axis=0) * self.config.pretransform.latent_scale
+        return jnp.repeat(mean, batch, axis=0) * self.latent_scale
 
 
 def spectrogram_png(audio: np.ndarray, sample_rate: int, path: str, title: str = "") -> None:

@@ -1,0 +1,45 @@
+"""Convert a Stable Audio Open checkpoint (stable-audio-tools) for stable-audio-jax.
+
+    python launch/convert_sao.py --checkpoint=stable-audio-open-1.0/model.safetensors \
+        --model_config=stable-audio-open-1.0/model_config.json --t5_dir=t5-base --output_dir=pretrained/sao
+    python launch/sample.py --pretrained=pretrained/sao --prompt="128 BPM tech house drum loop" --seconds_total=10
+
+Everything is read from local files (nothing is downloaded): the checkpoint (`.safetensors`,
+or `.ckpt` read without executing its pickle), its `model_config.json`, and a Hugging Face
+T5 folder (`config.json`, `model.safetensors` or `pytorch_model.bin`, `tokenizer.json` or
+`spiece.model`) for the prompt encoder, which SAO keeps outside its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app, flags  # noqa: E402
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.safetensors or model.ckpt of the SAO model.",
+                                  required=True)
+_MODEL_CONFIG = flags.DEFINE_string("model_config", None, "Its model_config.json.", required=True)
+_T5_DIR = flags.DEFINE_string("t5_dir", None, "Local Hugging Face t5-base folder.", required=True)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the pretrained directory is written.", required=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from stable_audio_jax.convert.sao_checkpoint import convert_sao_checkpoint
+    from stable_audio_jax.convert.state_dict import ConversionError
+
+    try:
+        summary = convert_sao_checkpoint(_CHECKPOINT.value, _MODEL_CONFIG.value, _T5_DIR.value, _OUTPUT_DIR.value)
+    except (FileNotFoundError, FileExistsError, ConversionError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
