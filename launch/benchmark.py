@@ -3,6 +3,8 @@
     python launch/benchmark.py --config=configs/vae_sao.py --params_only
     python launch/benchmark.py --config=configs/vae_sao.py --batch_size=1 --seconds=1.5 \
         --steps=5 --output_json=/tmp/bench_sao.json
+    python launch/benchmark.py --config=configs/dit_sao.py --config.dtype=float32 --skip_train \
+        --sample_steps=0 --forward_seconds=10,47 --reference_python=/work/refvenv/bin/python
     python launch/benchmark.py --compare /tmp/bench_gpu.json /tmp/bench_tpu.json
 
 Config overrides work as in `launch/train.py` (`--config.dtype=bfloat16`).
@@ -62,7 +64,34 @@ jitted `lax.scan`, ending with the decoder of `--vae_config` when given. `audio 
 that row is the real-time factor. Where a full 100-step run is too slow (the paper config
 on a CPU), run `--sample_steps=1`: the shapes section then also reports the 100-step
 latency and real-time factor extrapolated linearly from the measured per-step time,
-labelled as such.
+labelled as such; `--sample_steps=0` drops the sampling row.
+
+Diffusion forward rows (`--forward_seconds=10,47`): `forward/<s>s_cfg` is one jitted
+`task.model.apply` (timing embedders and any text projection included) on the CFG batch
+`2B` (`B` = `--batch_size`; the first B rows conditional, the last B the same inputs with
+`use_null_context`) of seeded random latents `[2B, frames, latent_dim]`, with
+`frames = ceil(s * sample_rate / pretransform.downsampling_ratio)` rounded up to the
+backbone's downsampling factor (the U-Net's; the DiT takes any length). `clips/s` = B /
+median and `audio s/s` = B x frames' seconds / median: seconds of guided (conditional)
+audio per forward-second. The frames per row are in the shapes section (`forward_frames`).
+With `--skip_train` only the model's parameters are created (no optimizer state or EMA).
+
+Reference rows (`--reference_python=/path/to/python`, with `--forward_seconds`, DiT configs
+only): after the measurements above, `tests/reference/time_reference_dit.py` runs under
+that interpreter (torch + stable-audio-tools; `PYTHONPATH` starts with
+`tests/reference/shims`) with the config's DiT shape (embed_dim, depth, num_heads,
+io_channels, cond_token_dim, global_cond_dim, ff_mult; text tokens + 2 timing tokens), the
+same frames, B, `--steps`, `--warmup` and `--reference_threads` torch threads (0: the CPUs
+this process may run on, as XLA's CPU thread pool). It times the reference
+`DiffusionTransformer` forward (float32, eval, random weights, `torch.no_grad()`,
+`cfg_scale=1` on the 2B batch: conditional context and an all-zero one; the conditioners
+are not part of it). Each length gives a row `reference/forward/<s>s_cfg` (median, min,
+clips/s, audio s/s as above; compile, FLOPs and memory n/a), the `derived` entry
+`forward/<s>s_cfg median ours/reference` (< 1: ours is faster; printed under the table), and
+the hardware section gets `reference` (interpreter, torch and stable-audio-tools versions,
+threads, parameter count, host load averages around its run). A failing subprocess ends
+the benchmark with one line naming the interpreter and the last line of its stderr. The
+reference computes in float32: pass `--config.dtype=float32` to compare like with like.
 """
 
 from __future__ import annotations
@@ -73,11 +102,13 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -107,6 +138,17 @@ _CFG_SCALE = flags.DEFINE_float("cfg_scale", 6.0, "Diffusion: guidance scale of 
 _VAE_CONFIG = flags.DEFINE_string("vae_config", None,
                                   "Diffusion: a configs/vae_*.py whose decoder (random weights) ends the "
                                   "sampling row; without it the row stops at the latents.")
+_FORWARD_SECONDS = flags.DEFINE_list("forward_seconds", [],
+                                     "Diffusion: audio lengths in seconds (e.g. 10,47); one row forward/<s>s_cfg "
+                                     "each: one model forward on the CFG batch (2 x --batch_size) at that many "
+                                     "latent frames.")
+_REFERENCE_PYTHON = flags.DEFINE_string("reference_python", None,
+                                        "Diffusion with a DiT and --forward_seconds: a Python with torch and "
+                                        "stable-audio-tools (e.g. /work/refvenv/bin/python) that times the "
+                                        "reference DiT's forward at the same lengths (rows reference/forward/...).")
+_REFERENCE_THREADS = flags.DEFINE_integer("reference_threads", 0,
+                                          "torch threads of the --reference_python run (0: the CPUs this process "
+                                          "may run on, as XLA's CPU thread pool).")
 
 
 # --------------------------------------------------------------------------- options
@@ -129,6 +171,9 @@ class Options:
     sample_steps: int = 100
     cfg_scale: float = 6.0
     vae_config: str | None = None
+    forward_seconds: tuple[float, ...] = ()  # diffusion: one forward/<s>s_cfg row per length
+    reference_python: str | None = None  # diffusion (DiT): the interpreter timing the PyTorch reference
+    reference_threads: int = 0  # its torch threads; 0: the CPUs this process may run on
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -141,6 +186,20 @@ class Options:
             raise BenchmarkUsageError(f"--warmup must be >= 0, got {self.warmup}")
         if self.peak_tflops < 0:
             raise BenchmarkUsageError(f"--peak_tflops must be >= 0 (0: the device table), got {self.peak_tflops}")
+        if self.sample_steps < 0:
+            raise BenchmarkUsageError(f"--sample_steps must be >= 0 (0: no sampling row), got {self.sample_steps}")
+        if not all(s > 0 for s in self.forward_seconds):
+            raise BenchmarkUsageError(f"--forward_seconds must all be > 0, got {list(self.forward_seconds)}")
+        names = [forward_row_name(s) for s in self.forward_seconds]
+        if len(set(names)) != len(names):
+            raise BenchmarkUsageError(f"--forward_seconds repeats a length: rows {names}")
+        if self.reference_python is not None:
+            if not self.forward_seconds:
+                raise BenchmarkUsageError("--reference_python times the reference at --forward_seconds: give both")
+            if not (os.path.isfile(self.reference_python) and os.access(self.reference_python, os.X_OK)):
+                raise BenchmarkUsageError(f"--reference_python={self.reference_python} is not an executable file")
+        if self.reference_threads < 0:
+            raise BenchmarkUsageError(f"--reference_threads must be >= 0, got {self.reference_threads}")
 
 
 # --------------------------------------------------------------------------- measurement
@@ -153,8 +212,8 @@ class Measurement:
     batch_size: int
     audio_seconds_per_item: float  # seconds of audio each batch item covers
     input_shapes: dict[str, list[int]]
-    lower_seconds: float
-    compile_seconds: float
+    lower_seconds: float | None  # None: not a compiled program (the PyTorch reference rows)
+    compile_seconds: float | None
     step_seconds: list[float]  # one wall time per timed call
     flops_per_device: float | None  # XLA cost analysis of the compiled (partitioned) program
     peak_bytes_in_use: int | None  # process-wide device high-water mark after this measurement
@@ -417,19 +476,23 @@ def measure_train_phase(name: str, description: str, step_fn: Callable, state: A
     return result, state
 
 
-def measure_vae_transform(name: str, description: str, fn: Callable, params: Any, param_shardings: Any,
-                          inputs: Any, *, options: Options, mesh: Any, rules: tuple,
-                          window_seconds: float) -> Measurement:
-    """One jitted `fn(params, inputs)` (encode or decode) with the batch over the data axes."""
+def measure_inference(name: str, description: str, fn: Callable, params: Any, param_shardings: Any,
+                      inputs: Sequence[Any], *, options: Options, mesh: Any, rules: tuple,
+                      audio_seconds_per_item: float, batch_size: int | None = None,
+                      input_shapes: dict[str, list[int]] | None = None) -> Measurement:
+    """One jitted `fn(params, *inputs)`, each input a `[batch, ...]` global array split over the
+    data axes. `batch_size` (default: the inputs' leading dimension) is the item count behind
+    clips/s and audio s/s; `input_shapes` defaults to `input_<i>` entries."""
     import jax
     from stable_audio_jax import parallel
     from stable_audio_jax.training.trainer import with_rules
 
-    jitted = jax.jit(with_rules(fn, rules),
-                     in_shardings=(param_shardings, parallel.batch_sharding(mesh, inputs.ndim, rules)))
-    result, _ = measure(name, description, jitted, (params, inputs),
-                        options=options, mesh=mesh, batch_size=inputs.shape[0],
-                        audio_seconds_per_item=window_seconds, input_shapes={name + "_input": list(inputs.shape)})
+    in_shardings = (param_shardings,) + tuple(parallel.batch_sharding(mesh, x.ndim, rules) for x in inputs)
+    jitted = jax.jit(with_rules(fn, rules), in_shardings=in_shardings)
+    result, _ = measure(name, description, jitted, (params, *inputs), options=options, mesh=mesh,
+                        batch_size=inputs[0].shape[0] if batch_size is None else batch_size,
+                        audio_seconds_per_item=audio_seconds_per_item,
+                        input_shapes=input_shapes or {f"input_{i}": list(x.shape) for i, x in enumerate(inputs)})
     return result
 
 
@@ -463,7 +526,7 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
     state, state_shardings, ae_params, ae_shardings, init_seconds = init_for_benchmark(
         task, "autoencoder", config.seed, options.skip_train, mesh, rules)
 
-    common = dict(options=options, mesh=mesh, rules=rules, window_seconds=window_seconds)
+    common = dict(options=options, mesh=mesh, rules=rules, audio_seconds_per_item=window_seconds)
     def encode(params, audio):  # audio [batch, T, 2] -> latents [batch, T/ratio, latent_dim] (the mean)
         return autoencoder.apply({"params": params}, audio, None, method=type(autoencoder).encode)[0]
 
@@ -471,9 +534,10 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
         return autoencoder.apply({"params": params}, latents, method=type(autoencoder).decode)
 
     results = [
-        measure_vae_transform("encode", "audio -> latents (mean, no sampling)", encode, ae_params,
-                              ae_shardings, audio, **common),
-        measure_vae_transform("decode", "latents -> audio", decode, ae_params, ae_shardings, latents, **common),
+        measure_inference("encode", "audio -> latents (mean, no sampling)", encode, ae_params, ae_shardings,
+                          (audio,), input_shapes={"encode_input": list(audio.shape)}, **common),
+        measure_inference("decode", "latents -> audio", decode, ae_params, ae_shardings, (latents,),
+                          input_shapes={"decode_input": list(latents.shape)}, **common),
     ]
     del ae_params  # the train state is donated from here on
     if not options.skip_train:
@@ -531,11 +595,8 @@ def clap_example_inputs(config: Any, batch_size: int, seed: int = 0):
 def benchmark_clap(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
     """The contrastive training step, text-feature extraction (the diffusion conditioning) and
     audio embedding, at the audio tower's window (`--seconds` does not apply)."""
-    import jax
-    from stable_audio_jax import parallel
     from stable_audio_jax.models.clap import CLAP
     from stable_audio_jax.training.clap_task import CLAPTask
-    from stable_audio_jax.training.trainer import with_rules
 
     rules = mesh_rules(config)
     with config.unlocked():
@@ -550,12 +611,8 @@ def benchmark_clap(config: Any, options: Options, mesh: Any) -> tuple[dict[str, 
 
     def inference(name: str, description: str, method: Callable, inputs: tuple, seconds: float) -> Measurement:
         fn = lambda p, *x: task.model.apply({"params": p}, *x, method=method)  # noqa: E731
-        in_shardings = (param_shardings,) + tuple(parallel.batch_sharding(mesh, x.ndim, rules) for x in inputs)
-        jitted = jax.jit(with_rules(fn, rules), in_shardings=in_shardings)
-        result, _ = measure(name, description, jitted, (params,) + inputs, options=options, mesh=mesh,
-                            batch_size=options.batch_size, audio_seconds_per_item=seconds,
-                            input_shapes={f"input_{i}": list(x.shape) for i, x in enumerate(inputs)})
-        return result
+        return measure_inference(name, description, fn, params, param_shardings, inputs, options=options,
+                                 mesh=mesh, rules=rules, audio_seconds_per_item=seconds)
 
     results = [
         inference("text_features", f"prompts -> text hidden state {task.model.config.feature_layer} "
@@ -577,19 +634,90 @@ def benchmark_clap(config: Any, options: Options, mesh: Any) -> tuple[dict[str, 
 
 # --------------------------------------------------------------------------- diffusion
 def diffusion_param_counts(config: Any) -> dict[str, int]:
-    """Parameter counts of the conditioned U-Net from `jax.eval_shape` (nothing is allocated)."""
+    """Parameter counts of the conditioned backbone (U-Net or DiT) from `jax.eval_shape` (nothing
+    is allocated)."""
     import jax
     from stable_audio_jax.training.diffusion_task import DiffusionTask
 
     task = DiffusionTask(config)
     params = jax.eval_shape(task.model.init, jax.random.PRNGKey(0), *task.example_inputs())["params"]
-    return {"diffusion": count_params(params), "unet": count_params(params["unet"]),
+    backbone = task.model.config.backbone
+    return {"diffusion": count_params(params), backbone: count_params(params[backbone]),
             "timing": count_params(params["timing"])}
 
 
+@dataclasses.dataclass(frozen=True)
+class ForwardLength:
+    """One `forward/<s>s_cfg` row: the requested seconds and the latent frames that cover them."""
+
+    seconds: float  # as requested (--forward_seconds)
+    frames: int  # latent frames of the row
+    window_seconds: float  # the audio those frames decode to (>= seconds: rounded up)
+
+    @property
+    def name(self) -> str:
+        return forward_row_name(self.seconds)
+
+
+def forward_row_name(seconds: float) -> str:
+    return f"forward/{seconds:g}s_cfg"
+
+
+def forward_latent_frames(seconds: float, sample_rate: int, downsampling_ratio: int, backbone_factor: int) -> int:
+    """Latent frames covering `seconds` of audio: `ceil(seconds * sample_rate / ratio)`, rounded
+    up to a multiple of the backbone's downsampling factor (the U-Net's; 1 for the DiT)."""
+    frames = math.ceil(seconds * sample_rate / downsampling_ratio)
+    return backbone_factor * -(-frames // backbone_factor)
+
+
+def forward_lengths(config: Any, options: Options) -> list[ForwardLength]:
+    """The `--forward_seconds` rows of a diffusion config, in the order given."""
+    from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig
+
+    factor = LatentDiffusionConfig.from_dict(config.model.to_dict()).downsampling_factor
+    sample_rate, ratio = int(config.data.sample_rate), int(config.pretransform.downsampling_ratio)
+    lengths = []
+    for seconds in options.forward_seconds:
+        frames = forward_latent_frames(seconds, sample_rate, ratio, factor)
+        lengths.append(ForwardLength(seconds, frames, frames * ratio / sample_rate))
+    return lengths
+
+
+def measure_forward(task: Any, params: Any, param_shardings: Any, length: ForwardLength, *, options: Options,
+                    mesh: Any, rules: tuple, seed: int) -> Measurement:
+    """One jitted `task.model.apply` (timing and text conditioning included) on the CFG batch:
+    x `[2B, frames, latent_dim]`, the first B rows conditional, the last B the same inputs
+    with `use_null_context`. clips/s and audio s/s count the B conditional items (a guided
+    denoiser evaluation of B clips per forward)."""
+    import numpy as np
+
+    b = options.batch_size
+    model = task.model.config
+    _, _, text, text_mask, start, _ = (np.asarray(a) for a in task.example_inputs(b))
+    rng = np.random.default_rng(seed)
+    cfg = lambda a: np.concatenate([a, a])  # noqa: E731  (CFG: both halves see the same inputs)
+    inputs = (
+        cfg(rng.standard_normal((b, length.frames, model.latent_dim)).astype(np.float32)),  # x
+        cfg(rng.uniform(0.0, 1.0, (b,)).astype(np.float32)),  # t
+        cfg(rng.standard_normal(text.shape).astype(np.float32)), cfg(text_mask), cfg(start),  # text, start
+        np.full((2 * b,), round(length.window_seconds), np.int32),  # seconds_total
+        np.repeat(np.array([False, True]), b),  # use_null_context: the unconditional half
+    )
+    names = ("x", "t", "text_features", "text_mask", "seconds_start", "seconds_total", "use_null_context")
+    fn = lambda p, *a: task.model.apply({"params": p}, *a)  # noqa: E731
+    return measure_inference(
+        length.name, f"one {model.backbone} forward (timing + text conditioning included) on the CFG batch "
+        f"2B={2 * b} (conditional half, unconditional half with use_null_context) at {length.frames} latent "
+        f"frames = {length.window_seconds:.2f} s; clips/s and audio s/s count the B={b} conditional items",
+        fn, params, param_shardings, tuple(global_array(a, mesh, rules) for a in inputs), options=options,
+        mesh=mesh, rules=rules, batch_size=b, audio_seconds_per_item=length.window_seconds,
+        input_shapes={n: list(a.shape) for n, a in zip(names, inputs)})
+
+
 def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
-    """The v-objective train step and guided sampling (`--sample_steps` DPM-Solver++(3M) SDE steps,
-    CFG as one 2B batch, then the `--vae_config` decoder if given) at the config's window."""
+    """Guided sampling (`--sample_steps` DPM-Solver++(3M) SDE steps, CFG as one 2B batch, then the
+    `--vae_config` decoder if given) at the config's window, one CFG-batch forward per
+    `--forward_seconds` length, and the v-objective train step."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -602,6 +730,7 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
     with config.unlocked():
         config.data.batch_size = options.batch_size
     task = DiffusionTask(config)
+    lengths = forward_lengths(config, options)
     window_seconds = config.data.sample_size / config.data.sample_rate
     b = options.batch_size
     x, _, text, text_mask, start, total = (np.asarray(a) for a in task.example_inputs(b))
@@ -615,65 +744,175 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
     state, state_shardings, params, param_shardings, init_seconds = init_for_benchmark(
         task, "diffusion", config.seed, options.skip_train, mesh, rules)
 
-    decoder = None
-    if options.vae_config:
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("vae_config", options.vae_config)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        from stable_audio_jax.training.vae_task import build_autoencoder
-        autoencoder = build_autoencoder(module.get_config())
-        if autoencoder.config.latent_dim != task.model.config.unet.in_channels:
-            raise BenchmarkUsageError(f"--vae_config latent_dim {autoencoder.config.latent_dim} differs from the "
-                                      f"U-Net's in_channels {task.model.config.unet.in_channels}")
-        vae_params, vae_shardings = parallel.init_sharded(
-            lambda r: autoencoder.init(r, jnp.zeros((1, autoencoder.config.downsampling_ratio, 2)))["params"],
-            jax.random.PRNGKey(1), mesh=mesh, rules=rules)
-        decoder = (autoencoder, vae_params, vae_shardings)
+    results = []
+    info = {"window_samples": int(config.data.sample_size), "window_seconds": window_seconds,
+            "latent_shape": list(x.shape), "text_shape": list(text.shape), "sample_steps": options.sample_steps,
+            "cfg_scale": options.cfg_scale, "vae_config": options.vae_config, "init_seconds": init_seconds}
+    if options.sample_steps:  # 0: no sampling row (e.g. only the forward rows of a paper-size model)
+        decoder = None
+        if options.vae_config:
+            import importlib.util
+            spec = importlib.util.spec_from_file_location("vae_config", options.vae_config)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            from stable_audio_jax.training.vae_task import build_autoencoder
+            autoencoder = build_autoencoder(module.get_config())
+            if autoencoder.config.latent_dim != task.model.config.latent_dim:
+                raise BenchmarkUsageError(
+                    f"--vae_config latent_dim {autoencoder.config.latent_dim} differs from the "
+                    f"{task.model.config.backbone}'s latent channels {task.model.config.latent_dim}")
+            vae_params, vae_shardings = parallel.init_sharded(
+                lambda r: autoencoder.init(r, jnp.zeros((1, autoencoder.config.downsampling_ratio, 2)))["params"],
+                jax.random.PRNGKey(1), mesh=mesh, rules=rules)
+            decoder = (autoencoder, vae_params, vae_shardings)
 
-    sigmas = schedule.polyexponential_sigmas(options.sample_steps, 0.03, 500.0)
+        sigmas = schedule.polyexponential_sigmas(options.sample_steps, 0.03, 500.0)
 
-    def generate(p, vp, text_features, mask, seconds_start, seconds_total, key):
-        def model_fn(xx, t, cond):
-            return task.model.apply({"params": p}, xx, t, cond["f"], cond["m"], cond["s"], cond["t"], cond["n"])
-        cond = {"f": text_features, "m": mask, "s": seconds_start, "t": seconds_total,
-                "n": jnp.zeros(text_features.shape[:1], bool)}
-        uncond = dict(cond, n=jnp.ones(text_features.shape[:1], bool))
-        v_model = guidance.guided_v_model(model_fn, cond, uncond, options.cfg_scale)
-        noise_key, sampler_key = jax.random.split(key)
-        x_init = jax.random.normal(noise_key, x.shape) * sigmas[0]
-        latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler="dpmpp_3m_sde",
-                                  rng=sampler_key)
-        if decoder is None:
-            return latents
-        return decoder[0].apply({"params": vp}, latents, method=type(decoder[0]).decode)
+        def generate(p, vp, text_features, mask, seconds_start, seconds_total, key):
+            def model_fn(xx, t, cond):
+                return task.model.apply({"params": p}, xx, t, cond["f"], cond["m"], cond["s"], cond["t"], cond["n"])
+            cond = {"f": text_features, "m": mask, "s": seconds_start, "t": seconds_total,
+                    "n": jnp.zeros(text_features.shape[:1], bool)}
+            uncond = dict(cond, n=jnp.ones(text_features.shape[:1], bool))
+            v_model = guidance.guided_v_model(model_fn, cond, uncond, options.cfg_scale)
+            noise_key, sampler_key = jax.random.split(key)
+            x_init = jax.random.normal(noise_key, x.shape) * sigmas[0]
+            latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler="dpmpp_3m_sde",
+                                      rng=sampler_key)
+            if decoder is None:
+                return latents
+            return decoder[0].apply({"params": vp}, latents, method=type(decoder[0]).decode)
 
-    vp, vs = (decoder[1], decoder[2]) if decoder else (None, None)
-    sampling_inputs = (batch["text_features"], batch["text_mask"], batch["seconds_start"], batch["seconds_total"])
-    jitted = jax.jit(with_rules(generate, rules),
-                     in_shardings=(param_shardings, vs) + tuple(x.sharding for x in sampling_inputs) + (None,))
-    cfg = "with CFG (2B batch)" if options.cfg_scale != 1 else "no CFG"
-    result, _ = measure(
-        f"sample/{options.sample_steps}_steps",
-        f"DPM-Solver++(3M) SDE, {options.sample_steps} steps, {cfg}"
-        + (", + VAE decode" if decoder else ", latents only (no --vae_config)"),
-        jitted, (params, vp) + sampling_inputs + (jax.random.PRNGKey(0),), options=options, mesh=mesh,
-        batch_size=b, audio_seconds_per_item=window_seconds, input_shapes={"latents": list(x.shape)})
-    results = [result]
+        vp, vs = (decoder[1], decoder[2]) if decoder else (None, None)
+        sampling_inputs = (batch["text_features"], batch["text_mask"], batch["seconds_start"],
+                           batch["seconds_total"])
+        jitted = jax.jit(with_rules(generate, rules),
+                         in_shardings=(param_shardings, vs) + tuple(x.sharding for x in sampling_inputs) + (None,))
+        cfg = "with CFG (2B batch)" if options.cfg_scale != 1 else "no CFG"
+        result, _ = measure(
+            f"sample/{options.sample_steps}_steps",
+            f"DPM-Solver++(3M) SDE, {options.sample_steps} steps, {cfg}"
+            + (", + VAE decode" if decoder else ", latents only (no --vae_config)"),
+            jitted, (params, vp) + sampling_inputs + (jax.random.PRNGKey(0),), options=options, mesh=mesh,
+            batch_size=b, audio_seconds_per_item=window_seconds, input_shapes={"latents": list(x.shape)})
+        results.append(result)
+        per_step = result.median_seconds / options.sample_steps
+        # Labelled as an extrapolation: only meaningful when the sampling row ran few steps.
+        info.update(extrapolated_100_step_seconds=per_step * 100,
+                    extrapolated_100_step_real_time_factor=window_seconds * b / (per_step * 100))
+    for length in lengths:  # before the train step, which donates the parameters
+        results.append(measure_forward(task, params, param_shardings, length, options=options, mesh=mesh,
+                                       rules=rules, seed=config.seed))
+    if lengths:
+        info["forward_frames"] = {length.name: length.frames for length in lengths}
+    del params
     if not options.skip_train:
         train, state = measure_train_phase(
             "train/diffusion", "v-objective step: VAE posterior sample, cosine schedule, 10% null context, "
             "AdamW, EMA", task.train_step, state, state_shardings, batch, options=options, mesh=mesh, rules=rules,
             audio_seconds_per_item=window_seconds)
         results.append(train)
-    per_step = result.median_seconds / options.sample_steps
-    info = {"window_samples": int(config.data.sample_size), "window_seconds": window_seconds,
-            "latent_shape": list(x.shape), "text_shape": list(text.shape), "sample_steps": options.sample_steps,
-            "cfg_scale": options.cfg_scale, "vae_config": options.vae_config, "init_seconds": init_seconds,
-            # Labelled as an extrapolation: only meaningful when the sampling row ran few steps.
-            "extrapolated_100_step_seconds": per_step * 100,
-            "extrapolated_100_step_real_time_factor": window_seconds * b / (per_step * 100)}
     return info, results
+
+
+# --------------------------------------------------------------------------- PyTorch reference (DiT)
+REFERENCE_SCRIPT = os.path.join(_ROOT, "tests", "reference", "time_reference_dit.py")
+REFERENCE_SHIMS = os.path.join(_ROOT, "tests", "reference", "shims")  # import shims for torchaudio/torchvision
+
+
+class ReferenceRunError(RuntimeError):
+    """The reference timing subprocess failed (reported in one line)."""
+
+
+def reference_dit_arguments(config: Any) -> dict[str, int]:
+    """The DiT shape of a diffusion config as `tests/reference/time_reference_dit.py` arguments
+    (`text_tokens` counts the 2 timing tokens); a usage error for a U-Net config."""
+    from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig
+
+    model = LatentDiffusionConfig.from_dict(config.model.to_dict())
+    if model.dit is None:
+        raise BenchmarkUsageError("--reference_python times the reference DiT: it needs a DiT config "
+                                  f"(configs/dit_*.py), not a {model.backbone} one")
+    dit = model.dit
+    return {"io_channels": dit.io_channels, "embed_dim": dit.embed_dim, "depth": dit.depth,
+            "num_heads": dit.num_heads, "cond_token_dim": dit.cond_token_dim,
+            "global_cond_dim": dit.global_cond_dim, "ff_mult": dit.ff_mult, "text_tokens": model.text_length + 2}
+
+
+def reference_threads(requested: int) -> int:
+    """`requested`, or with 0 the CPUs this process may run on (what XLA's CPU thread pool uses)."""
+    if requested:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _last_line(text: str) -> str:
+    """The last non-blank line of `text`, stripped ('' if none)."""
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+def run_reference_script(python: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run the reference timing script with `python` (PYTHONPATH: the shims first) and return the
+    JSON of its last stdout line; a `ReferenceRunError` naming the interpreter and the last
+    line of its stderr when it fails."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REFERENCE_SHIMS, env.get("PYTHONPATH")) if p)
+    command = [python, REFERENCE_SCRIPT] + [f"--{k}={v}" for k, v in arguments.items()]
+    print(f"  reference: {' '.join(command)}", flush=True)
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    except OSError as e:
+        raise ReferenceRunError(f"reference timing with {python} failed: {e}") from None
+    if proc.returncode != 0:
+        raise ReferenceRunError(f"reference timing with {python} failed (exit {proc.returncode}): "
+                                f"{_last_line(proc.stderr) or '(no stderr)'}")
+    try:
+        result = json.loads(_last_line(proc.stdout))
+        rows = result["rows"]
+    except (ValueError, KeyError, TypeError):
+        raise ReferenceRunError(f"reference timing with {python} printed no JSON result; last stdout line: "
+                                f"{_last_line(proc.stdout)!r}, last stderr line: {_last_line(proc.stderr)!r}"
+                                ) from None
+    if len(rows) != len(arguments["frames"].split(",")):
+        raise ReferenceRunError(f"reference timing with {python} returned {len(rows)} rows for frames "
+                                f"{arguments['frames']}")
+    return result
+
+
+def reference_forward(config: Any, options: Options) -> tuple[dict[str, Any], list[Measurement]]:
+    """Time the PyTorch reference DiT at the `--forward_seconds` lengths (same frames and batch as
+    the `forward/...` rows): its section of the hardware report and rows `reference/forward/...`
+    (median and throughput only: nothing is compiled or cost-analysed)."""
+    arguments = reference_dit_arguments(config)
+    lengths = forward_lengths(config, options)
+    b = options.batch_size
+    arguments.update(frames=",".join(str(length.frames) for length in lengths), batch_size=b,
+                     steps=options.steps, warmup=options.warmup,
+                     threads=reference_threads(options.reference_threads), seed=config.seed)
+    load_before = _load_average()
+    result = run_reference_script(options.reference_python, arguments)
+    section = {"python": options.reference_python, "dtype": "float32", "host_load_average_before": load_before,
+               "host_load_average_after": _load_average(),
+               **{k: result.get(k) for k in ("torch_version", "stable_audio_tools_version", "threads", "params",
+                                             "build_seconds")}}
+    rows = []
+    for length, row in zip(lengths, result["rows"]):
+        rows.append(Measurement(
+            name="reference/" + length.name,
+            description=f"PyTorch stable_audio_tools DiffusionTransformer forward, float32 eval, no_grad, "
+                        f"torch {result.get('torch_version')} with {result.get('threads')} threads, on the "
+                        f"CFG batch 2B={2 * b} at {length.frames} frames (conditioners not included)",
+            batch_size=b, audio_seconds_per_item=length.window_seconds,
+            input_shapes={"x": [2 * b, arguments["io_channels"], length.frames],
+                          "cross_attn_cond": [2 * b, arguments["text_tokens"], arguments["cond_token_dim"]],
+                          "global_embed": [2 * b, arguments["global_cond_dim"]]},
+            lower_seconds=None, compile_seconds=None, step_seconds=[float(s) for s in row["step_seconds"]],
+            flops_per_device=None, peak_bytes_in_use=None, compiled_memory=None))
+        print(f"  measured {rows[-1].name}: median {rows[-1].median_seconds:.4f} s", flush=True)
+    return section, rows
 
 
 # --------------------------------------------------------------------------- registry
@@ -735,6 +974,10 @@ def run_benchmark(config: Any, options: Options) -> dict[str, Any]:
     """Measure `config` under `options`; returns the JSON-ready report (see the module docstring)."""
     options.validate()
     benchmark = _lookup(BENCHMARKS, config.task)
+    if options.forward_seconds and config.task != "diffusion":
+        raise BenchmarkUsageError(f"--forward_seconds measures the diffusion model; config.task={config.task!r}")
+    if options.reference_python:
+        reference_dit_arguments(config)  # a U-Net config fails here, before anything is measured
     mesh = make_mesh(config, options.num_devices)
     rules = mesh_rules(config)
     from stable_audio_jax import parallel
@@ -750,6 +993,9 @@ def run_benchmark(config: Any, options: Options) -> dict[str, Any]:
     load_after = _load_average()
     hardware = dict(hardware_info(mesh), host_load_average_before=load_before,
                     host_load_average_after=load_after)
+    if options.reference_python:  # after ours (whose arrays are freed by now): the two never share the CPUs
+        hardware["reference"], reference_rows = reference_forward(config, options)
+        measurements = list(measurements) + reference_rows
     return build_report(hardware, config_summary(config), options, info, counts, measurements)
 
 
@@ -796,16 +1042,27 @@ def _load_average() -> list[float] | None:
         return None
 
 
+REFERENCE_PREFIX = "reference/"
+RATIO_SUFFIX = " median ours/reference"
+
+
 def derived_figures(measurements: Sequence[Measurement]) -> dict[str, float]:
-    """Alternating generator/discriminator training (as the trainer runs after warm-up)."""
+    """Alternating generator/discriminator training (as the trainer runs after warm-up), and for
+    every `reference/<name>` row with a `<name>` row, the ratio of their medians (ours over the
+    reference's: < 1 means ours is faster) under the key `<name> median ours/reference`."""
     by_name = {m.name: m for m in measurements}
+    derived = {}
     gen, disc = by_name.get("train/generator"), by_name.get("train/discriminator")
-    if gen is None or disc is None:
-        return {}
-    pair_seconds = gen.median_seconds + disc.median_seconds
-    return {"train_alternating_seconds_per_step": pair_seconds / 2,
-            "train_alternating_items_per_second": 2 * gen.batch_size / pair_seconds,
-            "train_alternating_generator_updates_per_second": 1.0 / pair_seconds}
+    if gen is not None and disc is not None:
+        pair_seconds = gen.median_seconds + disc.median_seconds
+        derived.update(train_alternating_seconds_per_step=pair_seconds / 2,
+                       train_alternating_items_per_second=2 * gen.batch_size / pair_seconds,
+                       train_alternating_generator_updates_per_second=1.0 / pair_seconds)
+    for name, reference in by_name.items():
+        ours = by_name.get(name[len(REFERENCE_PREFIX):]) if name.startswith(REFERENCE_PREFIX) else None
+        if ours is not None:
+            derived[ours.name + RATIO_SUFFIX] = ours.median_seconds / reference.median_seconds
+    return derived
 
 
 # --------------------------------------------------------------------------- output
@@ -826,6 +1083,10 @@ def config_overrides() -> dict[str, Any]:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _fmt_count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "n/a"
 
 
 def _fmt_bytes(value: int | None) -> str:
@@ -884,6 +1145,13 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     hw, cfg, opts = _section(report, "hardware"), _section(report, "config"), _section(report, "options")
     shapes = _section(report, "shapes")
     overrides = cfg.get("overrides")
+    reference = hw.get("reference")
+    reference = [
+        f"reference: PyTorch stable-audio-tools {reference.get('stable_audio_tools_version')}, torch "
+        f"{reference.get('torch_version')}, {reference.get('threads')} threads, {reference.get('dtype')}, "
+        f"{_fmt_count(reference.get('params'))} DiT parameters ({reference.get('python')}), host load average "
+        f"before/after {reference.get('host_load_average_before')} / {reference.get('host_load_average_after')}"
+    ] if isinstance(reference, dict) else []
     return [
         f"hardware: backend={hw.get('backend')} device_kind={hw.get('device_kind')!r} "
         f"devices={hw.get('device_count')} (mesh {hw.get('mesh')}, {hw.get('process_count')} process(es)), "
@@ -891,6 +1159,7 @@ def header_lines(report: dict[str, Any]) -> list[str]:
         f"{hw.get('host_load_average_before')} / {hw.get('host_load_average_after')}",
         f"software: jax {hw.get('jax_version')}, jaxlib {hw.get('jaxlib_version')}, flax {hw.get('flax_version')}, "
         f"python {hw.get('python_version')}",
+        *reference,
         f"config: {cfg.get('name')} (task={cfg.get('task')}, dtype={cfg.get('dtype')}, "
         f"param_dtype={cfg.get('param_dtype')})" + (f" overrides={overrides}" if overrides else ""),
         "shapes: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shapes.items()),
@@ -908,7 +1177,7 @@ def format_report(report: dict[str, Any]) -> str:
     rows = []
     for m in report["measurements"]:
         flops = m["flops_per_device"]
-        row = [m["name"], f"{m['lower_seconds']:.2f}", f"{m['compile_seconds']:.2f}",
+        row = [m["name"], _fmt(m["lower_seconds"], ".2f"), _fmt(m["compile_seconds"], ".2f"),
                f"{m['median_seconds']:.4f}", f"{m['min_seconds']:.4f}", f"{m['items_per_second']:.3f}",
                f"{m['audio_seconds_per_second']:.3f}", _fmt(None if flops is None else flops / 1e9, ".2f"),
                _fmt(m["tflops_per_second_per_device"], ".4f")]
@@ -918,10 +1187,15 @@ def format_report(report: dict[str, Any]) -> str:
         rows.append(row)
     lines += format_table(header, rows)
     derived = report["derived"]
-    if derived:
+    if "train_alternating_seconds_per_step" in derived:
         lines.append(f"train alternating generator/discriminator: "
                      f"{derived['train_alternating_seconds_per_step']:.4f} s/step, "
                      f"{derived['train_alternating_items_per_second']:.3f} clips/s")
+    for key, ratio in derived.items():
+        if key.endswith(RATIO_SUFFIX):
+            name = key[:-len(RATIO_SUFFIX)]
+            lines.append(f"{name}: median ours / reference = {ratio:.3f} "
+                         f"({'ours' if ratio < 1 else 'the reference'} is {max(ratio, 1 / ratio):.2f}x faster)")
     lines += ["", "rows:"] + [f"  {m['name']}: {m['description']}, inputs {m['input_shapes']}"
                               for m in report["measurements"]]
     lines += ["notes:"] + [f"  {n}" for n in report["notes"]]
@@ -1004,7 +1278,16 @@ def options_from_flags() -> Options:
                    warmup=_WARMUP.value, skip_train=_SKIP_TRAIN.value,
                    train_phases=tuple(_TRAIN_PHASES.value), num_devices=_NUM_DEVICES.value,
                    peak_tflops=_PEAK_TFLOPS.value, sample_steps=_SAMPLE_STEPS.value,
-                   cfg_scale=_CFG_SCALE.value, vae_config=_VAE_CONFIG.value)
+                   cfg_scale=_CFG_SCALE.value, vae_config=_VAE_CONFIG.value,
+                   forward_seconds=tuple(_parse_seconds(s) for s in _FORWARD_SECONDS.value),
+                   reference_python=_REFERENCE_PYTHON.value, reference_threads=_REFERENCE_THREADS.value)
+
+
+def _parse_seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise BenchmarkUsageError(f"--forward_seconds takes numbers (e.g. 10,47), got {text!r}") from None
 
 
 def main(argv):
@@ -1028,6 +1311,8 @@ def main(argv):
         report = run_benchmark(config, options_from_flags())
     except BenchmarkUsageError as e:
         raise app.UsageError(str(e)) from e
+    except ReferenceRunError as e:
+        raise SystemExit(f"benchmark: {e}") from None
     import jax
 
     if jax.process_index() != 0:  # every process measures; process 0 reports

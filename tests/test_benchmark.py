@@ -1,5 +1,6 @@
 """launch/benchmark.py: parameter counts without allocation, a tiny end-to-end run, the
-peak-TFLOP/s table behind MFU and the --compare mode.
+diffusion forward rows with the reference-timing plumbing (a fake interpreter stands in
+for torch, which CI lacks), the peak-TFLOP/s table behind MFU and the --compare mode.
 
 The script runs in subprocesses (it defines absl flags at import, which would clash with
 other launch scripts imported into this process). They inherit the 8 fake CPU devices of
@@ -87,6 +88,8 @@ class Fake:
     def cost_analysis(self): return self.analysis
 
 print(json.dumps({
+    "forward_frames": [bm.forward_latent_frames(s, 44100, 2048, 1) for s in (10, 47, 47.55)]
+                      + [bm.forward_latent_frames(0.5, 44100, 64, 1024)],
     "sao": bm.vae_window_samples(vae_sao.get_config(), 1.5),
     "sa1": bm.vae_window_samples(vae_sa1.get_config(), 1.5),
     "tiny_short": bm.vae_window_samples(vae_tiny.get_config(), 0.01),
@@ -103,6 +106,9 @@ def test_helpers():
     assert got["sa1"] == 66560  # -> 65 x 1024
     assert got["tiny_short"] == 2048  # 441 samples, raised to the largest FFT (2048)
     assert got["flops"] == [5.0, 7.0, None, None]
+    # ceil(s * 44100 / 2048): 215.3 -> 216, 1012.1 -> 1013, 1023.9 -> 1024 (SAO's window); the
+    # U-Net rounds 345 frames up to its 1024x downsampling factor.
+    assert got["forward_frames"] == [216, 1013, 1024, 1024]
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +152,130 @@ def test_tiny_run_table(tiny_report):
     assert "measurement" in out and "train/generator" in out and "TFLOP/s/dev" in out
     assert "backend=cpu" in out
     assert "MFU" in out and "peak: 0.5 TFLOP/s per device (flag)" in out
+
+
+# --------------------------------------------------------------------------- forward rows
+# Stands in for a torch interpreter running tests/reference/time_reference_dit.py: records its
+# arguments and PYTHONPATH next to itself, then prints noise and the script's JSON line with
+# fixed step times (0.5 s median per length).
+_FAKE_REFERENCE = """#!{python}
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[2:])
+with open(os.path.abspath(__file__) + ".json", "w") as f:
+    json.dump({{"script": sys.argv[1], "args": args, "pythonpath": os.environ.get("PYTHONPATH", "")}}, f)
+print("flash_attn not installed")
+rows = [{{"frames": int(n), "step_seconds": [0.25, 0.5, 1.0], "median_seconds": 0.5}}
+        for n in args["frames"].split(",")]
+print(json.dumps({{"torch_version": "9.9-fake", "stable_audio_tools_version": "0.0.19", "threads": 3,
+                  "params": 12345, "build_seconds": 0.1, "rows": rows}}))
+"""
+
+
+def _fake_interpreter(directory, body: str) -> str:
+    path = directory / "python"
+    path.write_text(body.format(python=sys.executable))
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def forward_report(tmp_path_factory):
+    """dit_tiny with one block: no sampling or train row, two forward lengths on the 8-device
+    mesh (batch 8, CFG batch 16) and the fake reference."""
+    directory = tmp_path_factory.mktemp("forward")
+    fake = _fake_interpreter(directory, _FAKE_REFERENCE)
+    path = directory / "forward.json"
+    out = _check(_run(SCRIPT, "--config=configs/dit_tiny.py", "--config.model.dit.depth=1", "--skip_train",
+                      "--sample_steps=0", "--forward_seconds=0.1,0.25", "--batch_size=8", "--steps=2",
+                      "--warmup=0", f"--reference_python={fake}", "--reference_threads=3",
+                      f"--output_json={path}"))
+    with open(path) as f, open(fake + ".json") as g:
+        return json.load(f), out, json.load(g)
+
+
+def test_forward_rows(forward_report):
+    report, out, _ = forward_report
+    by_name = {m["name"]: m for m in report["measurements"]}
+    assert list(by_name) == ["forward/0.1s_cfg", "forward/0.25s_cfg", "reference/forward/0.1s_cfg",
+                             "reference/forward/0.25s_cfg"]
+    # ceil(0.1 * 44100 / 64) = 69 and ceil(0.25 * 44100 / 64) = 173 latent frames (the DiT takes any).
+    assert report["shapes"]["forward_frames"] == {"forward/0.1s_cfg": 69, "forward/0.25s_cfg": 173}
+    for name, frames in (("forward/0.1s_cfg", 69), ("forward/0.25s_cfg", 173)):
+        m = by_name[name]
+        assert m["input_shapes"]["x"] == [16, frames, 32]  # the CFG batch 2B of B = 8
+        assert m["input_shapes"]["text_features"] == [16, 77, 128]
+        assert m["batch_size"] == 8  # clips/s and audio s/s count the conditional half
+        assert m["audio_seconds_per_item"] == pytest.approx(frames * 64 / 44100)
+        assert m["audio_seconds_per_second"] == pytest.approx(8 * frames * 64 / 44100 / m["median_seconds"])
+        assert len(m["step_seconds"]) == 2 and m["median_seconds"] > 0 and m["compile_seconds"] > 0
+        assert m["flops_per_device"] > 0 and m["peak_bytes_in_use"] is None
+    assert by_name["forward/0.25s_cfg"]["flops_per_device"] > by_name["forward/0.1s_cfg"]["flops_per_device"]
+    assert "forward/0.1s_cfg" in out and "sample/" not in out and "train/" not in out
+
+
+def test_forward_reference_rows(forward_report):
+    report, out, fake = forward_report
+    by_name = {m["name"]: m for m in report["measurements"]}
+    reference = by_name["reference/forward/0.25s_cfg"]
+    assert reference["median_seconds"] == 0.5 and reference["step_seconds"] == [0.25, 0.5, 1.0]
+    assert reference["input_shapes"] == {"x": [16, 32, 173], "cross_attn_cond": [16, 79, 128],
+                                         "global_embed": [16, 256]}
+    assert reference["audio_seconds_per_second"] == pytest.approx(8 * 173 * 64 / 44100 / 0.5)
+    assert reference["compile_seconds"] is None and reference["flops_per_device"] is None
+    ours = by_name["forward/0.25s_cfg"]["median_seconds"]
+    assert report["derived"]["forward/0.25s_cfg median ours/reference"] == pytest.approx(ours / 0.5)
+    section = report["hardware"]["reference"]
+    assert section["torch_version"] == "9.9-fake" and section["threads"] == 3 and section["params"] == 12345
+    # What the script was given: the DiT of the config, 77 text + 2 timing tokens, the frames.
+    assert fake["script"].endswith(os.path.join("tests", "reference", "time_reference_dit.py"))
+    assert fake["args"] == {"io_channels": "32", "embed_dim": "128", "depth": "1", "num_heads": "2",
+                            "cond_token_dim": "128", "global_cond_dim": "256", "ff_mult": "4",
+                            "text_tokens": "79", "frames": "69,173", "batch_size": "8", "steps": "2",
+                            "warmup": "0", "threads": "3", "seed": "0"}
+    assert fake["pythonpath"].split(os.pathsep)[0] == os.path.join(ROOT, "tests", "reference", "shims")
+    assert "reference: PyTorch stable-audio-tools 0.0.19, torch 9.9-fake, 3 threads" in out
+    assert "forward/0.25s_cfg: median ours / reference = " in out
+    assert "reference/forward/0.1s_cfg" in out
+
+
+_FAILING_REFERENCE = """#!{python}
+import sys
+print("Traceback (most recent call last):", file=sys.stderr)
+print("RuntimeError: out of memory", file=sys.stderr)
+sys.exit(3)
+"""
+
+_RUN_REFERENCE = r"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
+bm = importlib.util.module_from_spec(spec); sys.modules["benchmark"] = bm; spec.loader.exec_module(bm)
+try:
+    bm.run_reference_script(sys.argv[2], {"frames": "4"})
+except bm.ReferenceRunError as e:
+    print("ERROR", e)
+"""
+
+
+@pytest.mark.parametrize("case", ["fails", "no_json", "missing"])
+def test_reference_failure_is_one_line(tmp_path, case):
+    body = {"fails": _FAILING_REFERENCE, "no_json": "#!/bin/sh\necho not json; echo warning >&2\n"}.get(case)
+    python = _fake_interpreter(tmp_path, body) if body else str(tmp_path / "nope")
+    out = _check(_run("-c", _RUN_REFERENCE, SCRIPT, python)).strip().splitlines()[-1]
+    assert out.startswith(f"ERROR reference timing with {python} ")
+    if case == "fails":
+        assert out.endswith("failed (exit 3): RuntimeError: out of memory")
+    elif case == "no_json":
+        assert "printed no JSON result" in out and "'not json'" in out and "'warning'" in out
+
+
+def test_forward_usage_errors():
+    unet = _run(SCRIPT, "--config=configs/diffusion_tiny.py", "--forward_seconds=1",
+                f"--reference_python={sys.executable}", timeout=120)
+    assert unet.returncode != 0 and "needs a DiT config" in unet.stderr
+    vae = _run(SCRIPT, "--config=configs/vae_tiny.py", "--forward_seconds=1", timeout=120)
+    assert vae.returncode != 0 and "--forward_seconds measures the diffusion model" in vae.stderr
+    alone = _run(SCRIPT, "--config=configs/dit_tiny.py", f"--reference_python={sys.executable}", timeout=120)
+    assert alone.returncode != 0 and "give both" in alone.stderr
 
 
 def test_indivisible_batch_is_a_usage_error():
