@@ -38,6 +38,8 @@ _PROMPT = flags.DEFINE_multi_string("prompt", [], "A text prompt (repeatable).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
 _SECONDS_TOTAL = flags.DEFINE_float("seconds_total", None, "Length to generate (default: the model's window).")
 _SECONDS_START = flags.DEFINE_float("seconds_start", 0.0, "Timing conditioning: where the clip starts.")
+_WINDOW_SECONDS = flags.DEFINE_float("window_seconds", None, "Generate a shorter (or longer) window than the "
+                                     "model's (DiT only: it has no absolute positions); default: the model's.")
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the model's, 100).")
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale, 1: off (default: the model's).")
 _RESCALE_PHI = flags.DEFINE_float("rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).")
@@ -94,10 +96,13 @@ def main(argv):
                     for name, flag in (("steps", _STEPS), ("cfg_scale", _CFG_SCALE), ("rescale_phi", _RESCALE_PHI),
                                        ("sampler", _SAMPLER), ("sigma_min", _SIGMA_MIN), ("sigma_max", _SIGMA_MAX))}
         settings["sampler"] = canonical_sampler_name(settings["sampler"])
-        seconds_total = _SECONDS_TOTAL.value or generator.window_seconds
-        if not 0 < seconds_total <= generator.window_seconds + 1e-6:
-            raise ValueError(f"--seconds_total={seconds_total} is outside (0, {generator.window_seconds:.2f}], "
-                             "the model's window")
+        if _WINDOW_SECONDS.value is not None and generator.model.config.backbone != "dit":
+            raise ValueError("--window_seconds needs a DiT model; a U-Net generates the window it was trained on")
+        window_seconds = _WINDOW_SECONDS.value or generator.window_seconds
+        seconds_total = _SECONDS_TOTAL.value or window_seconds
+        if not 0 < seconds_total <= window_seconds + 1e-6:
+            raise ValueError(f"--seconds_total={seconds_total} is outside (0, {window_seconds:.2f}], "
+                             "the window" + ("" if _WINDOW_SECONDS.value else " the model was trained on"))
         init_audio = None
         if _INIT_AUDIO.value:
             if not os.path.exists(_INIT_AUDIO.value):
@@ -110,7 +115,8 @@ def main(argv):
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     model_dir = _PRETRAINED.value or _DIFFUSION_DIR.value
     settings = {"pretrained" if _PRETRAINED.value else "diffusion_dir": os.path.abspath(model_dir),
-                "prompts": prompts, "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value, **settings,
+                "prompts": prompts, "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value,
+                "window_seconds": window_seconds, **settings,
                 "seed": _SEED.value, "negative_prompt": _NEGATIVE.value, "init_audio": _INIT_AUDIO.value,
                 "init_noise_level": _INIT_NOISE.value, "sample_rate": generator.sample_rate, "files": []}
     start = time.time()
@@ -120,7 +126,8 @@ def main(argv):
             chunk, seconds_total=seconds_total, seconds_start=_SECONDS_START.value, steps=settings["steps"],
             cfg_scale=settings["cfg_scale"], sampler=settings["sampler"], seed=_SEED.value + first,
             negative_prompt=_NEGATIVE.value, rescale_phi=settings["rescale_phi"], sigma_min=settings["sigma_min"],
-            sigma_max=settings["sigma_max"], init_audio=init_audio, init_noise_level=_INIT_NOISE.value, progress=True)
+            sigma_max=settings["sigma_max"], init_audio=init_audio, init_noise_level=_INIT_NOISE.value,
+            window_seconds=_WINDOW_SECONDS.value, progress=True)
         for i, (prompt, clip) in enumerate(zip(chunk, audio)):
             name = f"{first + i:03d}_{_slug(prompt)}"
             write_wav(os.path.join(_OUTPUT_DIR.value, name + ".wav"), clip, generator.sample_rate)

@@ -313,7 +313,7 @@ def test_dit_tiny_config_builds():
 
 
 def _state(case: str) -> dict[str, np.ndarray]:
-    return load_state_dict(os.path.join(FIXTURES, f"dit_{case}_state.safetensors"))
+    return dict(load_state_dict(os.path.join(FIXTURES, f"dit_{case}_state.safetensors")))
 
 
 def _convert(tensors: dict, config: DiTConfig):

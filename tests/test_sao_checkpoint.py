@@ -82,7 +82,7 @@ def test_conversion_keeps_every_parameter(converted):
     """The converted tree holds exactly the reference's parameters: every state-dict tensor
     but the buffers, element for element."""
     _, summary = converted
-    tensors = load_state_dict(CHECKPOINT)
+    tensors = dict(load_state_dict(CHECKPOINT))
     reference = sum(v.size for k, v in tensors.items() if not k.endswith(BUFFERS))
     assert reference == 168_474  # what the reference script printed for its model
     assert summary["params"]["diffusion"] + summary["params"]["autoencoder"] == reference
@@ -94,7 +94,7 @@ def test_bad_inputs_give_one_line(tmp_path, converted):
     out, _ = converted
     broken = tmp_path / "model.safetensors"
     from safetensors.numpy import save_file
-    tensors = load_state_dict(CHECKPOINT)
+    tensors = dict(load_state_dict(CHECKPOINT))
     tensors["model.model.extra.weight"] = np.zeros(3, np.float32)
     save_file(tensors, str(broken))
     result = _run("convert_sao.py", f"--checkpoint={broken}", f"--model_config={MODEL_CONFIG}",
@@ -127,6 +127,11 @@ def test_generator_samples_with_sao_defaults_sharded(converted):
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(6000) / 44100)[:, None].repeat(2, axis=1)
     varied = generator.generate(["warm pads"], seconds_total=0.1, steps=3, init_audio=tone, init_noise_level=0.5)
     assert varied.shape == (1, round(0.1 * 44100), 2) and np.all(np.isfinite(varied))
+    # A shorter window than trained (the DiT has no absolute positions): 0.1 s -> 69 latent frames.
+    short = generator.generate(["warm pads"], seconds_total=0.05, window_seconds=0.1, steps=2, cut=False)
+    assert short.shape == (1, 69 * 64, 2)
+    with pytest.raises(ValueError, match=r"seconds_total must be in \(0, 0.10\]"):
+        generator.generate(["warm pads"], seconds_total=0.15, window_seconds=0.1, steps=2)
 
 
 def test_sample_script_with_pretrained(converted, tmp_path):

@@ -112,21 +112,21 @@ def _convert(tensors: dict) -> None:
 
 
 def test_missing_key_is_named():
-    tensors = load_state_dict(VAE_STATE)
+    tensors = dict(load_state_dict(VAE_STATE))
     del tensors["decoder.layers.2.layers.1.weight_g"]
     with pytest.raises(ConversionError, match=r"missing key 'decoder\.layers\.2\.layers\.1\.weight_g'"):
         _convert(tensors)
 
 
 def test_unexpected_key_is_named():
-    tensors = load_state_dict(VAE_STATE)
+    tensors = dict(load_state_dict(VAE_STATE))
     tensors["encoder.layers.9.weight"] = np.zeros((3,), np.float32)
     with pytest.raises(ConversionError, match=r"unexpected key.*'encoder\.layers\.9\.weight'"):
         _convert(tensors)
 
 
 def test_wrong_shape_is_named():
-    tensors = load_state_dict(VAE_STATE)
+    tensors = dict(load_state_dict(VAE_STATE))
     key = "encoder.layers.2.layers.4.weight_v"  # strided conv 8 -> 16 channels, k = 8
     tensors[key] = np.zeros((16, 8, 7), np.float32)
     with pytest.raises(ConversionError, match=rf"'{key}' has shape \(16, 8, 7\), the model needs \(16, 8, 8\)"):
@@ -134,7 +134,7 @@ def test_wrong_shape_is_named():
 
 
 def test_timing_missing_key_is_named():
-    tensors = load_state_dict(TIMING_STATE)
+    tensors = dict(load_state_dict(TIMING_STATE))
     key = "conditioner.conditioners.seconds_total.embedder.embedding.0.weights"
     del tensors[key]
     with pytest.raises(ConversionError, match=rf"missing key '{key}'"):

@@ -81,11 +81,12 @@ class AudioGenerator:
         self.sample_rate = int(sample_rate)
         self.window_samples = int(window_samples)
         self.latent_scale = float(latent_scale)
-        ratio = autoencoder.config.downsampling_ratio
-        if self.window_samples % (ratio * model.config.downsampling_factor):
-            raise ValueError(f"window of {self.window_samples} samples is not a multiple of the VAE ratio {ratio} "
-                             f"times the backbone's downsampling factor {model.config.downsampling_factor}")
-        self.latent_frames = self.window_samples // ratio
+        # Windows are whole multiples of this many samples (a latent frame, times the U-Net's factor).
+        self.window_multiple = autoencoder.config.downsampling_ratio * model.config.downsampling_factor
+        if self.window_samples % self.window_multiple:
+            raise ValueError(f"window of {self.window_samples} samples is not a multiple of {self.window_multiple} "
+                             "(the VAE ratio times the backbone's downsampling factor)")
+        self.latent_frames = self.window_samples // autoencoder.config.downsampling_ratio
         self.latent_dim = model.config.latent_dim
         self.sampling = {**DEFAULT_SAMPLING, **dict(sampling or {})}
         self._progress = None  # a tqdm bar while `generate(progress=True)` runs
@@ -180,7 +181,7 @@ class AudioGenerator:
                  negative_prompt: str | None = None, rescale_phi: float | None = None,
                  sigma_min: float | None = None, sigma_max: float | None = None,
                  init_audio: np.ndarray | None = None, init_noise_level: float = 1.0,
-                 cut: bool = True, progress: bool = False) -> np.ndarray:
+                 window_seconds: float | None = None, cut: bool = True, progress: bool = False) -> np.ndarray:
         """Generate one clip per prompt; the batch is split over the mesh's batch axes.
 
         Args:
@@ -193,6 +194,9 @@ class AudioGenerator:
           negative_prompt: replaces the null context in the unconditional branch.
           init_audio: `[samples, 2]` at the model's rate for audio-to-audio: its latents plus
             noise at `init_noise_level` (which then replaces `sigma_max`) start the sampler.
+          window_seconds: generate this window instead of the trained one (rounded up to a
+            whole number of latent frames). The DiT has no absolute positions, so a shorter
+            window is a cheaper way to get short clips; the U-Net was trained at one length.
           cut: cut each clip to its `seconds_total` (else the whole window is returned).
           progress: show a progress bar over the sampler steps.
 
@@ -211,10 +215,15 @@ class AudioGenerator:
         sigma_min = float(defaults["sigma_min"] if sigma_min is None else sigma_min)
         sigma_max = float(defaults["sigma_max"] if sigma_max is None else sigma_max)
         sampler = samplers.canonical_sampler_name(defaults["sampler"] if sampler is None else sampler)
+        window = self.window_samples
+        if window_seconds is not None:
+            if window_seconds <= 0:
+                raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
+            window = -(-int(np.ceil(window_seconds * self.sample_rate)) // self.window_multiple) * self.window_multiple
         totals = np.broadcast_to(np.asarray(seconds_total, np.float64), (batch,))
         starts = np.broadcast_to(np.asarray(seconds_start, np.float64), (batch,))
-        if np.any(totals <= 0) or np.any(totals > self.window_seconds + 1e-6):
-            raise ValueError(f"seconds_total must be in (0, {self.window_seconds:.2f}] (the model's window), "
+        if np.any(totals <= 0) or np.any(totals > window / self.sample_rate + 1e-6):
+            raise ValueError(f"seconds_total must be in (0, {window / self.sample_rate:.2f}] (the window), "
                              f"got {totals.tolist()}")
         if np.any(starts < 0):
             raise ValueError("seconds_start must be >= 0")
@@ -230,10 +239,11 @@ class AudioGenerator:
             negative_features, negative_mask, use_negative = features, mask, np.zeros((batch,), bool)
 
         rng_noise, rng_sampler = jax.random.split(jax.random.PRNGKey(seed))
-        noise = np.asarray(jax.random.normal(rng_noise, (batch, self.latent_frames, self.latent_dim)))
+        frames = window // self.autoencoder.config.downsampling_ratio
+        noise = np.asarray(jax.random.normal(rng_noise, (batch, frames, self.latent_dim)))
         top = sigma_max
         if init_audio is not None:
-            init_latents = np.asarray(self._encode_init(init_audio, batch))
+            init_latents = np.asarray(self._encode_init(init_audio, batch, window))
             top = init_noise_level
             x_init = init_latents + noise * top
         else:
@@ -275,19 +285,20 @@ class AudioGenerator:
         the model learns to produce after `seconds_total` is exactly these latents.
         """
         with jax.set_mesh(self.mesh):
-            mean = self._encode_init(np.zeros((self.window_samples, 2), np.float32), 1)
+            mean = self._encode_init(np.zeros((self.window_samples, 2), np.float32), 1, self.window_samples)
             audio = self.autoencoder.apply({"params": self.vae_params}, mean / self.latent_scale,
                                            method=type(self.autoencoder).decode)
         return np.asarray(jax.device_get(audio), np.float32)[0]
 
-    def _encode_init(self, init_audio: np.ndarray, batch: int) -> jax.Array:
-        """`[samples, channels]` init audio -> scaled latent means `[batch, frames, latent_dim]`."""
+    def _encode_init(self, init_audio: np.ndarray, batch: int, window_samples: int) -> jax.Array:
+        """`[samples, channels]` init audio, cut or zero-padded to `window_samples` -> scaled
+        latent means `[batch, frames, latent_dim]`."""
         audio = np.asarray(init_audio, np.float32)
         if audio.ndim != 2:
             raise ValueError(f"init_audio must be [samples, channels], got {audio.shape}")
         audio = np.repeat(audio, 2, axis=1) if audio.shape[1] == 1 else audio[:, :2]
-        window = np.zeros((self.window_samples, 2), np.float32)
-        window[:min(len(audio), self.window_samples)] = audio[:self.window_samples]
+        window = np.zeros((window_samples, 2), np.float32)
+        window[:min(len(audio), window_samples)] = audio[:window_samples]
         mean, _ = self.autoencoder.apply({"params": self.vae_params}, window[None],
                                          method=type(self.autoencoder).encode_posterior)
         return jnp.repeat(mean, batch, axis=0) * self.latent_scale
