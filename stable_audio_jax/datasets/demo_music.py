@@ -32,24 +32,8 @@ from stable_audio_jax.datasets.corpus_music import draw_piece, render_corpus_pie
 from stable_audio_jax.datasets.generated_music import choose, generate_arrangement, track_names
 from stable_audio_jax.datasets.manifest import num_valid_clips, write_dataset
 from stable_audio_jax.datasets.soundfont import RELEASE_TAIL_SECONDS, arrangement_events, render_events
-from stable_audio_jax.metrics.timing import non_silent_seconds
 
 logger = logging.getLogger(__name__)
-
-# Where a clip's content ends: the last 50 ms frame within this many dB of its loudest.
-TAIL_DB = 30.0
-
-
-def content_samples(audio: np.ndarray, sample_rate: int, max_samples: int) -> int:
-    """The length a demo clip is cut to: its content, in whole seconds.
-
-    Training conditions on `seconds_total = ceil(file length)` (SPEC.md 2.1), so a file
-    that ends in a decayed release/reverb tail, or in a fraction of a second, teaches the
-    model that content stops up to two seconds before `seconds_total`. Cutting each clip
-    to the whole seconds its sounding part spans makes `seconds_total` the content length.
-    """
-    sounding = non_silent_seconds(audio[:max_samples], sample_rate, relative_db=TAIL_DB, floor_db=-math.inf)
-    return max(1, int(sounding)) * sample_rate
 
 # (caption word, RT60 range in seconds, wet-gain range). Even "dry" gets a faint room so that
 # single-instrument renders are not perfectly mono.
@@ -110,8 +94,7 @@ class _DemoClipMaker:
         audio, metadata = result
         audio, metadata["ambience"] = random_ambience(rng, audio, self.sample_rate)
         min_samples = math.ceil(self.min_seconds * self.sample_rate)
-        audio = finish_clip(audio, self.sample_rate, content_samples(audio, self.sample_rate, max_samples),
-                            min_samples)
+        audio = finish_clip(audio, self.sample_rate, max_samples, min_samples)
         metadata["caption"] = format_caption(rng, metadata)
         return audio, metadata
 
