@@ -104,14 +104,20 @@ def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     return jax.tree.map(one, logical_specs, unboxed, is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
-def abstract_with_shardings(init_fn: Callable[..., Any], *args, mesh: Mesh, rules: Rules):
-    """`(abstract unboxed tree carrying shardings, shardings)` for `init_fn(*args)`, allocating nothing."""
-    with nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init_fn, *args)
+def with_shardings(abstract: Any, mesh: Mesh, rules: Rules):
+    """`(unboxed tree of ShapeDtypeStructs carrying shardings, shardings)` for a tree of
+    (possibly logically boxed) abstract arrays: the target of a sharded restore."""
     shardings = logical_to_shardings(abstract, mesh, rules)
     structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                            nn.meta.unbox(abstract), shardings)
     return structs, shardings
+
+
+def abstract_with_shardings(init_fn: Callable[..., Any], *args, mesh: Mesh, rules: Rules):
+    """`(abstract unboxed tree carrying shardings, shardings)` for `init_fn(*args)`, allocating nothing."""
+    with nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(init_fn, *args)
+    return with_shardings(abstract, mesh, rules)
 
 
 def init_sharded(init_fn: Callable[..., Any], *args, mesh: Mesh, rules: Rules):

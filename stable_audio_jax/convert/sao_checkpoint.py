@@ -29,7 +29,6 @@ import time
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 
 from stable_audio_jax.convert import sao_conditioners, sao_dit, sao_vae
 from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader, check_tree, load_state_dict
@@ -37,7 +36,7 @@ from stable_audio_jax.convert.t5_checkpoint import load_t5_checkpoint
 from stable_audio_jax.inference import pretrained
 from stable_audio_jax.models.autoencoder import AutoencoderConfig
 from stable_audio_jax.models.dit import DiTConfig
-from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
+from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
 
 # SAO's sampling settings (the HF model card and SAT's Gradio defaults of the release).
 SAO_SAMPLING = {"steps": 100, "sampler": "dpmpp_3m_sde", "cfg_scale": 7.0, "sigma_min": 0.3, "sigma_max": 500.0}
@@ -181,10 +180,7 @@ def diffusion_params_from_state_dict(reader: StateDictReader, arch: SaoArchitect
 
 def abstract_diffusion_params(config: LatentDiffusionConfig) -> Any:
     """The diffusion model's parameter shapes, traced without allocating."""
-    b, n = 1, max(1, config.downsampling_factor)
-    inputs = (jnp.zeros((b, n, config.latent_dim)), jnp.zeros((b,)),
-              jnp.zeros((b, config.text_length, config.context_features)), jnp.ones((b, config.text_length), bool),
-              jnp.zeros((b,)), jnp.zeros((b,)))
+    inputs = example_inputs(config, frames=config.downsampling_factor)
     return jax.eval_shape(LatentDiffusionModel(config).init, jax.random.key(0), *inputs)["params"]
 
 

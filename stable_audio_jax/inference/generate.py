@@ -128,10 +128,7 @@ class AudioGenerator:
         abstract = {"diffusion": abstract_diffusion_params(model.config),
                     "autoencoder": abstract_autoencoder_params(autoencoder.config),
                     "text_encoder": abstract_t5_params(t5_config)}
-        shardings = parallel.logical_to_shardings(abstract, mesh, rules)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                nn.meta.unbox(abstract), shardings)
-        params = pretrained.restore_pretrained_params(directory, abstract)
+        params = pretrained.restore_pretrained_params(directory, parallel.with_shardings(abstract, mesh, rules)[0])
         tokenizer = TextTokenizer.from_file(os.path.join(directory, pretrained.TOKENIZER_FILE),
                                             max_length=int(text["max_length"]))
         encoder = T5TextEncoder(t5_config, params["text_encoder"], tokenizer, mesh=mesh, rules=rules)

@@ -48,7 +48,9 @@ class T5TextEncoder:
         self.dtype = jnp.dtype(dtype)
         self.model = T5Encoder(config, dtype=self.dtype, param_dtype=self.dtype)
         shardings = parallel.logical_to_shardings(abstract_params(config), self.mesh, rules)
-        self.params = jax.device_put(jax.tree.map(lambda p: np.asarray(p, self.dtype), params), shardings)
+        # Placed first, then cast on the devices: restored (already sharded) weights never
+        # travel through host memory, and a bfloat16 cast of host arrays happens shard-wise.
+        self.params = jax.tree.map(lambda p: p.astype(self.dtype), jax.device_put(params, shardings))
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, mesh: jax.sharding.Mesh | None = None,

@@ -115,6 +115,18 @@ class LatentDiffusionConfig:
         return self.unet.downsampling_factor if self.unet is not None else 1
 
 
+def example_inputs(config: LatentDiffusionConfig, frames: int, batch_size: int = 1) -> tuple[jax.Array, ...]:
+    """Zero inputs of `LatentDiffusionModel(config)`'s shapes: x `[batch, frames, latent_dim]`,
+    t `[batch]`, text features `[batch, text_length, text width]` (the incoming width, so a
+    `text_projection` is created when it differs), text mask, seconds_start, seconds_total."""
+    text_dim = config.text_features_dim or config.context_features
+    return (jnp.zeros((batch_size, frames, config.latent_dim), jnp.float32),
+            jnp.zeros((batch_size,), jnp.float32),
+            jnp.zeros((batch_size, config.text_length, text_dim), jnp.float32),
+            jnp.ones((batch_size, config.text_length), bool),
+            jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
+
+
 class LatentDiffusionModel(nn.Module):
     """v-prediction of the latent diffusion model, conditioned on text and timing."""
 

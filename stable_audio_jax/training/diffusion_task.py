@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from stable_audio_jax.diffusion import schedule
-from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
+from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
 from stable_audio_jax.training import accumulate, schedules
 from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
@@ -80,13 +80,7 @@ class DiffusionTask(Task):
     # ----------------------------------------------------------------- state
     def example_inputs(self, batch_size: int = 1) -> tuple[jax.Array, ...]:
         """Zero inputs of the model's shapes (x, t, text_features, text_mask, seconds_start, seconds_total)."""
-        c = self.model.config
-        text_dim = c.text_features_dim or c.context_features
-        return (jnp.zeros((batch_size, self.latent_frames, c.latent_dim), jnp.float32),
-                jnp.zeros((batch_size,), jnp.float32),
-                jnp.zeros((batch_size, c.text_length, text_dim), jnp.float32),
-                jnp.ones((batch_size, c.text_length), bool),
-                jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
+        return example_inputs(self.model.config, self.latent_frames, batch_size)
 
     def init_state(self, rng: jax.Array) -> TrainState:
         params_rng, state_rng = jax.random.split(rng)
