@@ -6,6 +6,8 @@
     python launch/benchmark.py --config=configs/dit_sao.py --config.dtype=float32 --skip_train \
         --sample_steps=0 --forward_seconds=10,47 --reference_python=/work/refvenv/bin/python
     python launch/benchmark.py --compare /tmp/bench_gpu.json /tmp/bench_tpu.json
+    python launch/benchmark.py --config=configs/diffusion_sa1.py --memory_estimate --batch_size=256 \
+        --memory_mesh=8,8,1 --remat_policies=none,full,dots_with_no_batch_dims_saveable
 
 Config overrides work as in `launch/train.py` (`--config.dtype=bfloat16`).
 
@@ -75,6 +77,14 @@ backbone's downsampling factor (the U-Net's; the DiT takes any length). `clips/s
 median and `audio s/s` = B x frames' seconds / median: seconds of guided (conditional)
 audio per forward-second. The frames per row are in the shapes section (`forward_frames`).
 With `--skip_train` only the model's parameters are created (no optimizer state or EMA).
+
+Memory estimate (`--memory_estimate`, diffusion configs): measures nothing and needs no
+accelerator. For a (data, fsdp, tensor) `--memory_mesh` (devices need not exist) and the global
+`--batch_size`, it prints one device's share of a train step for each `--remat_policies`
+entry (default: the config's): parameter, Adam-state, EMA and gradient shards under the
+logical rules, plus the activations the backward pass keeps for one micro-batch (the
+residuals of `jax.vjp`, traced with `jax.eval_shape`, so the remat policy and compute dtype
+count exactly). XLA's temporaries come on top; see `stable_audio_jax/memory_estimate.py`.
 
 Reference rows (`--reference_python=/path/to/python`, with `--forward_seconds`, DiT configs
 only): after the measurements above, `tests/reference/time_reference_dit.py` runs under
@@ -146,6 +156,13 @@ _REFERENCE_PYTHON = flags.DEFINE_string("reference_python", None,
                                         "Diffusion with a DiT and --forward_seconds: a Python with torch and "
                                         "stable-audio-tools (e.g. /work/refvenv/bin/python) that times the "
                                         "reference DiT's forward at the same lengths (rows reference/forward/...).")
+_MEMORY_ESTIMATE = flags.DEFINE_bool(
+    "memory_estimate", False, "Diffusion: print the per-device memory of a train step on --memory_mesh, estimated "
+    "from shapes for each --remat_policies entry (nothing compiled or allocated), and exit.")
+_MEMORY_MESH = flags.DEFINE_list("memory_mesh", ["1", "8", "1"],
+                                 "--memory_estimate: the (data, fsdp, tensor) mesh shape to estimate for.")
+_REMAT_POLICIES = flags.DEFINE_list("remat_policies", [],
+                                    "--memory_estimate: remat policies to compare (default: the config's).")
 _REFERENCE_THREADS = flags.DEFINE_integer("reference_threads", 0,
                                           "torch threads of the --reference_python run (0: the CPUs this process "
                                           "may run on, as XLA's CPU thread pool).")
@@ -1273,6 +1290,66 @@ def compare_main(paths: Sequence[str]) -> None:
     print(format_comparison(a, b, *paths), flush=True)
 
 
+# --------------------------------------------------------------------------- --memory_estimate
+def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int], global_batch: int,
+                               policies: Sequence[str]) -> list[dict[str, Any]]:
+    """`memory_estimate.train_memory_estimate` of the diffusion train step for each remat
+    policy in `policies` (backbone's `remat_policy` overridden), on an abstract mesh."""
+    import jax
+    import jax.numpy as jnp
+    import flax.linen as nn
+    from stable_audio_jax import memory_estimate
+    from stable_audio_jax.models.remat import REMAT_CHOICES
+    from stable_audio_jax.training.diffusion_task import DiffusionTask
+
+    mesh = memory_estimate.abstract_mesh(mesh_shape)
+    rules = mesh_rules(config)
+    backbone = config.model.get("dit") and "dit" or "unet"
+    results = []
+    for policy in policies:
+        if policy not in REMAT_CHOICES:
+            raise BenchmarkUsageError(f"--remat_policies: unknown policy {policy!r}; choose from {list(REMAT_CHOICES)}")
+        policy_config = config.copy_and_resolve_references()
+        with policy_config.unlocked():
+            policy_config.model[backbone].remat_policy = policy
+            policy_config.data.batch_size = global_batch
+        task = DiffusionTask(policy_config)
+        key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+        def make_inputs(batch_size: int, task=task):
+            x, _, text, text_mask, start, total = task.example_inputs(batch_size)
+            batch = {"latent_mean": x, "latent_std": x, "text_features": text, "text_mask": text_mask,
+                     "seconds_start": start, "seconds_total": total}
+            as_struct = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+            return jax.eval_shape(lambda b, k: task.noised_inputs(b, k, 0.1),
+                                  jax.tree.map(as_struct, batch), key)
+
+        with nn.logical_axis_rules(rules):
+            state = jax.eval_shape(task.init_state, key)
+            estimate = memory_estimate.train_memory_estimate(
+                state=state, params=state.params["diffusion"], loss_fn=task.v_loss, make_inputs=make_inputs,
+                mesh=mesh, rules=rules, global_batch=global_batch, grad_accum_steps=task.grad_accum_steps,
+                remat_policy=policy, model="diffusion")
+        results.append(estimate.to_json())
+    return results
+
+
+def format_memory_estimates(estimates: Sequence[dict[str, Any]]) -> str:
+    """One row per remat policy: the parts of the per-device estimate and their total."""
+    first = estimates[0]
+    parts = ("params", "optimizer", "ema", "gradients", "activations", "total")
+    size = lambda b: f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"  # noqa: E731
+    rows = [[e["remat_policy"]] + [size(e[k]) for k in parts] for e in estimates]
+    lines = [f"per-device memory of one train step (estimate from shapes; mesh {first['mesh_shape']}, "
+             f"global batch {first['global_batch']}, {first['micro_batch_per_device']} example(s) per device "
+             f"per micro-batch, {first['grad_accum_steps']} micro-batch(es))"]
+    lines += format_table(["remat policy", *parts], rows)
+    lines += ["params/optimizer/ema/gradients: each device's shards under the logical rules; activations: the "
+              "residuals saved for the backward pass (jax.vjp under eval_shape) for one micro-batch. "
+              "XLA temporaries (the block being recomputed, fusion scratch) come on top: a lower bound."]
+    return "\n".join(lines)
+
+
 def options_from_flags() -> Options:
     return Options(batch_size=_BATCH_SIZE.value, seconds=_SECONDS.value, steps=_STEPS.value,
                    warmup=_WARMUP.value, skip_train=_SKIP_TRAIN.value,
@@ -1290,6 +1367,30 @@ def _parse_seconds(text: str) -> float:
         raise BenchmarkUsageError(f"--forward_seconds takes numbers (e.g. 10,47), got {text!r}") from None
 
 
+def memory_estimate_main(config: Any) -> None:
+    """`--memory_estimate`: print (and with `--output_json` write) the per-device estimates."""
+    if config.task != "diffusion":
+        raise BenchmarkUsageError(f"--memory_estimate covers the diffusion train step; config.task={config.task!r}")
+    try:
+        mesh_shape = [int(v) for v in _MEMORY_MESH.value]
+    except ValueError:
+        raise BenchmarkUsageError(f"--memory_mesh takes three integers (data,fsdp,tensor), got {_MEMORY_MESH.value}") from None
+    backbone = config.model.get("dit") and "dit" or "unet"
+    policies = _REMAT_POLICIES.value or [config.model[backbone].remat_policy]
+    try:
+        estimates = diffusion_memory_estimates(config, mesh_shape, _BATCH_SIZE.value, policies)
+    except ValueError as e:  # mesh shape or batch split
+        raise BenchmarkUsageError(str(e)) from e
+    print(f"config: {config_name()} (task={config.task}, dtype={config.get('dtype', 'float32')}, "
+          f"param_dtype={config.get('param_dtype', 'float32')})")
+    print(format_memory_estimates(estimates), flush=True)
+    if _OUTPUT_JSON.value:
+        with open(_OUTPUT_JSON.value, "w") as f:
+            json.dump({"config": config_name(), "overrides": config_overrides(), "memory_estimates": estimates},
+                      f, indent=2)
+        print(f"wrote {_OUTPUT_JSON.value}")
+
+
 def main(argv):
     if _COMPARE.value:
         if _CONFIG.value is not None:
@@ -1302,6 +1403,9 @@ def main(argv):
     if config is None:
         raise app.UsageError("--config=configs/<name>.py is required (or --compare A.json B.json)")
     try:
+        if _MEMORY_ESTIMATE.value:
+            memory_estimate_main(config)
+            return
         if _PARAMS_ONLY.value:
             counts = param_counts(config)
             print(f"config: {config_name()} (task={config.task})")
