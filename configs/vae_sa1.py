@@ -1,5 +1,8 @@
 """Stable Audio 1.0 VAE: DAC-style encoder/decoder without quantiser, Snake, 1024x, 64 latents,
-133,431,300 params."""
+133,431,300 params.
+
+Memory knobs (`model.remat_policy`, `optimizer.grad_accum_steps`) as in `vae_sao.py`.
+"""
 
 from stable_audio_jax import config_lib
 

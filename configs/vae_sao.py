@@ -1,4 +1,9 @@
-"""Stable Audio Open VAE: Oobleck, SnakeBeta, 2048x, 64 latents, 156,112,514 params."""
+"""Stable Audio Open VAE: Oobleck, SnakeBeta, 2048x, 64 latents, 156,112,514 params.
+
+Memory knobs, off by default: `--config.model.remat_policy` rematerialises the encoder and
+decoder blocks (see `AutoencoderConfig`), `--config.optimizer.grad_accum_steps=k` takes each
+generator / discriminator update from k micro-batches of the global batch.
+"""
 
 from stable_audio_jax import config_lib
 

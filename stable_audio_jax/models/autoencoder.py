@@ -11,6 +11,10 @@ One set of modules covers both reference shapes by configuration:
   (1536 -> 96), final bias and tanh.
 
 Shapes: audio `[batch, time, io_channels]`; latents `[batch, time / ratio, latent_dim]`.
+
+`AutoencoderConfig.remat_policy` rematerialises every encoder and decoder block (three
+residual units and the strided conv) in the backward pass (`models/remat.py`); the
+parameter tree is the same under every policy.
 """
 
 from __future__ import annotations
@@ -25,13 +29,21 @@ import jax.numpy as jnp
 
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import Snake, WNConv, WNConvTranspose1d
+from stable_audio_jax.models.remat import maybe_remat
 
 Dtype = Any
 
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderConfig:
-    """Architecture of the VAE; see the module docstring for the reference values."""
+    """Architecture of the VAE; see the module docstring for the reference values.
+
+    `remat_policy` (one of `remat.REMAT_CHOICES`, default "none") is a memory knob, not
+    architecture: it rematerialises each `EncoderBlock` and `DecoderBlock` and leaves the
+    parameters (names, shapes) and the outputs unchanged. "dots_saveable" keeps a block's
+    convolution outputs and recomputes its Snake activations; "full" keeps only the block's
+    input, as does "dots_with_no_batch_dims_saveable" (a convolution is not a dot).
+    """
 
     io_channels: int = 2
     latent_dim: int = 64
@@ -51,8 +63,10 @@ class AutoencoderConfig:
     decoder_final_bias: bool = False
     final_tanh: bool = False
     dilations: tuple[int, ...] = (1, 3, 9)
+    remat_policy: str = "none"
 
     def __post_init__(self):
+        maybe_remat(EncoderBlock, self.remat_policy)  # ValueError naming REMAT_CHOICES if unknown
         for name, mults in (("encoder_multipliers", self.encoder_multipliers),
                             ("decoder_multipliers", self.decoder_multipliers)):
             if len(mults) != len(self.strides) + 1:
@@ -148,8 +162,10 @@ class OobleckEncoder(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         widths = [c.encoder_channels * m for m in c.encoder_multipliers]
         x = WNConv(widths[0], (7,), padding=(3,), **kw)(_constrain(x))
-        for width, stride in zip(widths[1:], c.strides):
-            x = EncoderBlock(width, stride, c.dilations, c.snake_beta, **kw)(x)
+        block = maybe_remat(EncoderBlock, c.remat_policy)
+        for i, (width, stride) in enumerate(zip(widths[1:], c.strides)):
+            # Named as the plain block would be auto-named, so every policy has one param tree.
+            x = block(width, stride, c.dilations, c.snake_beta, name=f"EncoderBlock_{i}", **kw)(x)
         x = Snake(beta=c.snake_beta, log_scale=c.snake_beta, **kw)(x)
         x = WNConv(c.encoder_out_channels or 2 * c.latent_dim, (3,), padding=(1,), **kw)(x)
         if c.encoder_projection:
@@ -170,8 +186,9 @@ class OobleckDecoder(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         widths = [c.decoder_channels * m for m in reversed(c.decoder_multipliers)]
         x = WNConv(widths[0], (7,), padding=(3,), **kw)(_constrain(z))
-        for width, stride in zip(widths[1:], reversed(c.strides)):
-            x = DecoderBlock(width, stride, c.dilations, c.snake_beta, **kw)(x)
+        block = maybe_remat(DecoderBlock, c.remat_policy)
+        for i, (width, stride) in enumerate(zip(widths[1:], reversed(c.strides))):
+            x = block(width, stride, c.dilations, c.snake_beta, name=f"DecoderBlock_{i}", **kw)(x)
         x = Snake(beta=c.snake_beta, log_scale=c.snake_beta, **kw)(x)
         x = WNConv(c.io_channels, (7,), padding=(3,), use_bias=c.decoder_final_bias, **kw)(x)
         if c.final_tanh:
@@ -186,12 +203,15 @@ def posterior(h: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, jax.nn.softplus(scale) + 1e-4
 
 
-def vae_bottleneck(h: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def vae_bottleneck(h: jax.Array, rng: jax.Array | None,
+                   noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """The reference VAE bottleneck.
 
     `h` `[batch, N, 2*latent_dim]` is split into mean and scale on channels;
-    `std = softplus(scale) + 1e-4`; the latent is `mean + std * eps`, or the mean when
-    `rng` is None (deterministic evaluation). The KL is the reference's: no 1/2 factor,
+    `std = softplus(scale) + 1e-4`; the latent is `mean + std * eps`, with `eps` the given
+    `noise` `[batch, N, latent_dim]` or else drawn from `rng` (`jax.random.normal(rng,
+    mean.shape)`, so drawing that `noise` outside gives the same latent), or the mean when
+    both are None (deterministic evaluation). The KL is the reference's: no 1/2 factor,
     summed over channels and averaged over batch and frames.
 
     Returns `(latents [batch, N, latent_dim], kl scalar)`.
@@ -199,6 +219,12 @@ def vae_bottleneck(h: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, jax.
     mean, std = posterior(h)
     var = jnp.square(std)
     kl = jnp.mean(jnp.sum(jnp.square(mean) + var - jnp.log(var) - 1.0, axis=-1))
+    if noise is not None:
+        if rng is not None:
+            raise ValueError("pass the posterior noise or an rng to draw it from, not both")
+        if noise.shape != mean.shape:
+            raise ValueError(f"posterior noise must be {mean.shape}, got {noise.shape}")
+        return mean + std * noise.astype(mean.dtype), kl
     if rng is None:
         return mean, kl
     return mean + std * jax.random.normal(rng, mean.shape, mean.dtype), kl
@@ -207,9 +233,11 @@ def vae_bottleneck(h: jax.Array, rng: jax.Array | None) -> tuple[jax.Array, jax.
 class AudioAutoencoder(nn.Module):
     """Encoder + VAE bottleneck + decoder.
 
-    `__call__(audio [batch, T, io], rng)` returns `(reconstruction [batch, T, io],
+    `__call__(audio [batch, T, io], rng, noise=None)` returns `(reconstruction [batch, T, io],
     latents [batch, T/ratio, latent_dim], kl)`; `encode` and `decode` are available via
     `model.apply(params, x, method=...)`. T must be a multiple of the downsampling ratio.
+    The latent sample's noise comes from `rng` or is given as `noise` (see `vae_bottleneck`),
+    e.g. drawn once for a global batch that is then split into micro-batches.
     """
 
     config: AutoencoderConfig
@@ -220,13 +248,15 @@ class AudioAutoencoder(nn.Module):
         self.encoder = OobleckEncoder(self.config, self.dtype, self.param_dtype)
         self.decoder = OobleckDecoder(self.config, self.dtype, self.param_dtype)
 
-    def encode(self, audio: jax.Array, rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """Audio `[batch, T, io]` -> (latents `[batch, T/ratio, latent_dim]`, kl). rng None: the mean."""
+    def encode(self, audio: jax.Array, rng: jax.Array | None = None,
+               noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Audio `[batch, T, io]` -> (latents `[batch, T/ratio, latent_dim]`, kl). rng and noise
+        None: the mean; else the posterior sample with `noise` or noise drawn from `rng`."""
         ratio = self.config.downsampling_ratio
         if audio.shape[1] % ratio:
             raise ValueError(f"audio length {audio.shape[1]} is not a multiple of the "
                              f"downsampling ratio {ratio}")
-        return vae_bottleneck(self.encoder(audio), rng)
+        return vae_bottleneck(self.encoder(audio), rng, noise)
 
     def encode_posterior(self, audio: jax.Array) -> tuple[jax.Array, jax.Array]:
         """audio `[batch, T, io]` -> latent mean and std, each `[batch, T/ratio, latent_dim]`
@@ -237,6 +267,6 @@ class AudioAutoencoder(nn.Module):
         """Latents `[batch, N, latent_dim]` -> audio `[batch, N*ratio, io]`."""
         return self.decoder(latents)
 
-    def __call__(self, audio: jax.Array, rng: jax.Array | None = None):
-        latents, kl = self.encode(audio, rng)
+    def __call__(self, audio: jax.Array, rng: jax.Array | None = None, noise: jax.Array | None = None):
+        latents, kl = self.encode(audio, rng, noise)
         return self.decode(latents), latents, kl

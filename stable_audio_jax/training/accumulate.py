@@ -16,6 +16,19 @@ import jax.numpy as jnp
 PyTree = Any
 
 
+def config_steps(config: Any) -> int:
+    """`config.optimizer.grad_accum_steps`: micro-batches per optimizer step, 1 where the
+    optimizer section predates the field.
+
+    Raises ValueError naming the key unless it is >= 1 and divides `config.data.batch_size`.
+    """
+    steps = int(config.optimizer.get("grad_accum_steps", 1))
+    if steps < 1 or config.data.batch_size % steps:
+        raise ValueError(f"optimizer.grad_accum_steps={steps} must be >= 1 and divide "
+                         f"data.batch_size={config.data.batch_size}")
+    return steps
+
+
 def split_micro_batches(inputs: PyTree, steps: int) -> PyTree:
     """`[batch, ...]` leaves -> `[steps, batch / steps, ...]`; micro-batch j holds examples
     j, j + steps, j + 2 steps, ...
@@ -39,30 +52,33 @@ def split_micro_batches(inputs: PyTree, steps: int) -> PyTree:
     return jax.tree.map(split, inputs)
 
 
-def accumulated_value_and_grad(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
-                               inputs: PyTree, steps: int) -> tuple[jax.Array, PyTree]:
-    """`jax.value_and_grad(loss_fn)(params, inputs)`, computed over `steps` micro-batches.
+def accumulated_value_and_grad(loss_fn: Callable[[PyTree, PyTree], Any], params: PyTree,
+                               inputs: PyTree, steps: int, *, has_aux: bool = False) -> tuple[Any, PyTree]:
+    """`jax.value_and_grad(loss_fn, has_aux=has_aux)(params, inputs)`, computed over `steps`
+    micro-batches.
 
     Args:
-      loss_fn: `(params, inputs) -> scalar`, a mean over the examples of `inputs`.
+      loss_fn: `(params, inputs) -> scalar` (with `has_aux`: `-> (scalar, aux)`, e.g.
+        `aux` a dict of scalar metrics), a mean over the examples of `inputs`.
       params: the differentiated pytree (float32 in mixed precision, so the sums are too).
       inputs: pytree of `[batch, ...]` arrays; `batch` divisible by `steps`.
       steps: number of micro-batches; 1 is a plain `value_and_grad` (no scan).
+      has_aux: as in `jax.value_and_grad`.
 
-    Returns the mean of the micro-batch losses and gradients: with equal micro-batches, the
-    loss and gradient of the whole batch.
+    Returns the mean over the micro-batches of the value (the loss, or `(loss, aux)` with
+    every leaf of `aux` averaged) and of the gradients: with equal micro-batches and a loss
+    that is a mean of per-example terms, the loss and gradient of the whole batch.
     """
     if steps < 1:
         raise ValueError(f"optimizer.grad_accum_steps must be >= 1, got {steps}")
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
     if steps == 1:
         return grad_fn(params, inputs)
 
-    def add_micro_batch(carry: tuple[jax.Array, PyTree], micro: PyTree) -> tuple[tuple[jax.Array, PyTree], None]:
-        loss_sum, grad_sum = carry
-        loss, grads = grad_fn(params, micro)
-        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+    def add_micro_batch(grad_sum: PyTree, micro: PyTree) -> tuple[PyTree, Any]:
+        value, grads = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, grad_sum, grads), value
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss_sum, grad_sum), _ = jax.lax.scan(add_micro_batch, zeros, split_micro_batches(inputs, steps))
-    return loss_sum / steps, jax.tree.map(lambda g: g / steps, grad_sum)
+    grad_sum, values = jax.lax.scan(add_micro_batch, jax.tree.map(jnp.zeros_like, params),
+                                    split_micro_batches(inputs, steps))
+    return jax.tree.map(lambda v: jnp.mean(v, axis=0), values), jax.tree.map(lambda g: g / steps, grad_sum)

@@ -51,12 +51,13 @@ class DiffusionTask(Task):
             raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the VAE ratio "
                              f"{ratio} times the {model.backbone}'s downsampling factor {model.downsampling_factor}")
         self.latent_frames = config.data.sample_size // ratio
-        # Micro-batches per optimizer step; configs whose optimizer section predates the
-        # field accumulate nothing.
-        self.grad_accum_steps = int(config.optimizer.get("grad_accum_steps", 1))
-        if self.grad_accum_steps < 1 or config.data.batch_size % self.grad_accum_steps:
-            raise ValueError(f"optimizer.grad_accum_steps={self.grad_accum_steps} must be >= 1 and divide "
-                             f"data.batch_size={config.data.batch_size}")
+        if model.unet is not None and model.unet.frame_features:
+            frame_seconds = ratio / config.data.sample_rate
+            if abs(model.frame_seconds - frame_seconds) > 1e-9 * frame_seconds:
+                raise ValueError(f"model.frame_seconds={model.frame_seconds} but one latent frame is "
+                                 f"pretransform.downsampling_ratio / data.sample_rate = {ratio} / "
+                                 f"{config.data.sample_rate} = {frame_seconds} s")
+        self.grad_accum_steps = accumulate.config_steps(config)
 
     # ----------------------------------------------------------------- data
     def make_dataset(self, split: str, *, batch_size: int, shard_index: int, shard_count: int):

@@ -6,6 +6,14 @@ autoencoder. Before `loss.warmup_steps` the adversarial and feature-matching ter
 off and every step is a generator step (with `warmup_mode='adv'` the discriminator still
 trains on odd steps). The three kinds of step are separate phases chosen on the host
 (`train_phase`), so each compiled program runs one branch and nothing else.
+
+Memory knobs: `model.remat_policy` rematerialises the encoder and decoder blocks
+(`AutoencoderConfig`), and `optimizer.grad_accum_steps` (default 1; it must divide
+`data.batch_size`) splits each global batch into that many micro-batches for both the
+generator and the discriminator step: one optimizer update from the mean of the
+micro-batch gradients, computed in a `lax.scan` (`training/accumulate.py`), with metrics
+averaged over the micro-batches. The posterior noise is drawn for the global batch before
+the split, so a micro-batch's examples see the noise they would see in the whole batch.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from stable_audio_jax.losses.adversarial import (feature_matching_loss, hinge_di
 from stable_audio_jax.losses.stft import STFTLossConfig, stereo_stft_losses
 from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
 from stable_audio_jax.models.discriminator import MultiScaleSTFTDiscriminator
-from stable_audio_jax.training import schedules
+from stable_audio_jax.training import accumulate, schedules
 from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
 
@@ -55,6 +63,7 @@ class VAETask(Task):
         self.stft_config = STFTLossConfig(**config.loss.stft.to_dict())
         self.generator_tx = schedules.adamw(config.optimizer.generator)
         self.discriminator_tx = schedules.adamw(config.optimizer.discriminator)
+        self.grad_accum_steps = accumulate.config_steps(config)
         ratio = self.autoencoder.config.downsampling_ratio
         if config.data.sample_size % ratio:
             raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the "
@@ -105,25 +114,67 @@ class VAETask(Task):
                                                     jnp.concatenate([reals, fakes], axis=0))
         return _split_batch(logits), _split_batch(features)
 
+    def step_inputs(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+        """The step's inputs with its randomness drawn for the whole (global) batch: `audio`
+        `[batch, time, io]` float32 and the posterior `noise` `[batch, time / ratio,
+        latent_dim]` (`state.step_rng()`'s normal draw, the one `rng=state.step_rng()` would
+        make inside the model). Slicing both along the batch gives the micro-batches."""
+        audio = batch["audio"].astype(jnp.float32)
+        c = self.autoencoder.config
+        shape = (audio.shape[0], audio.shape[1] // c.downsampling_ratio, c.latent_dim)
+        return {"audio": audio, "noise": jax.random.normal(state.step_rng(), shape, jnp.float32)}
+
+    def generator_loss(self, ae_params, disc_params, inputs: dict[str, jax.Array], *,
+                       adversarial: bool) -> tuple[jax.Array, Metrics]:
+        """Spectral + KL (+ adversarial and feature matching) on `inputs` (from `step_inputs`)."""
+        cfg = self.config.loss
+        audio = inputs["audio"]
+        recon, _, kl = self.autoencoder.apply({"params": ae_params}, audio, noise=inputs["noise"])
+        terms = stereo_stft_losses(recon, audio, self.stft_config)
+        total = terms["spectral"] + cfg.kl_weight * kl
+        metrics = dict(terms, kl=kl)
+        if adversarial:
+            (_, logits_fake), (feats_real, feats_fake) = self._discriminate(disc_params, audio, recon)
+            adv, fm = hinge_generator_loss(logits_fake), feature_matching_loss(feats_real, feats_fake)
+            total = total + cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm
+            metrics.update(adversarial=adv, feature_matching=fm)
+        return total, dict(metrics, loss=total)
+
+    def discriminator_loss(self, disc_params, ae_params, inputs: dict[str, jax.Array]) -> jax.Array:
+        """Hinge loss on reals vs the autoencoder's reconstructions (no gradient to the autoencoder)."""
+        audio = inputs["audio"]
+        recon, _, _ = self.autoencoder.apply({"params": ae_params}, audio, noise=inputs["noise"])
+        (logits_real, logits_fake), _ = self._discriminate(disc_params, audio, jax.lax.stop_gradient(recon))
+        return hinge_discriminator_loss(logits_real, logits_fake)
+
+    # With grad_accum_steps = k each step optimises the mean of the k micro-batch losses.
+    # KL, hinge, adversarial and feature-matching terms are means over equal-sized examples,
+    # so that mean is the whole batch's loss; the MR-STFT spectral convergence
+    # (`loss.stft.convergence_over='batch'`, the default) is a ratio of norms over the
+    # batch, so it is the whole batch's only with k = 1 ('signal' makes it per example).
+    def generator_grads(self, state: TrainState, batch: Batch, *, adversarial: bool) -> tuple[Any, Metrics]:
+        """The autoencoder's gradient and metrics for one step, accumulated over
+        `grad_accum_steps` micro-batches (metrics: means over them)."""
+        disc_params = state.params["discriminator"]
+        loss_fn = lambda ae_params, inputs: self.generator_loss(ae_params, disc_params, inputs,
+                                                                adversarial=adversarial)
+        (_, metrics), grads = accumulate.accumulated_value_and_grad(
+            loss_fn, state.params["autoencoder"], self.step_inputs(state, batch), self.grad_accum_steps,
+            has_aux=True)
+        return grads, metrics
+
+    def discriminator_grads(self, state: TrainState, batch: Batch) -> tuple[Any, Metrics]:
+        """The discriminator's gradient and loss for one step, accumulated over
+        `grad_accum_steps` micro-batches (each reconstructed inside its own iteration)."""
+        loss_fn = lambda disc_params, inputs: self.discriminator_loss(disc_params, state.params["autoencoder"],
+                                                                      inputs)
+        loss, grads = accumulate.accumulated_value_and_grad(
+            loss_fn, state.params["discriminator"], self.step_inputs(state, batch), self.grad_accum_steps)
+        return grads, {"discriminator_loss": loss}
+
     def _generator_update(self, state: TrainState, batch: Batch, *, adversarial: bool):
         """Autoencoder step: spectral + KL (+ adversarial and feature matching), then EMA."""
-        cfg = self.config.loss
-        audio = batch["audio"].astype(jnp.float32)  # [batch, time, 2]
-        disc_params = state.params["discriminator"]
-
-        def loss_fn(ae_params):
-            recon, _, kl = self.autoencoder.apply({"params": ae_params}, audio, state.step_rng())
-            terms = stereo_stft_losses(recon, audio, self.stft_config)
-            total = terms["spectral"] + cfg.kl_weight * kl
-            metrics = dict(terms, kl=kl)
-            if adversarial:
-                (_, logits_fake), (feats_real, feats_fake) = self._discriminate(disc_params, audio, recon)
-                adv, fm = hinge_generator_loss(logits_fake), feature_matching_loss(feats_real, feats_fake)
-                total = total + cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm
-                metrics.update(adversarial=adv, feature_matching=fm)
-            return total, dict(metrics, loss=total)
-
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params["autoencoder"])
+        grads, metrics = self.generator_grads(state, batch, adversarial=adversarial)
         updates, opt_state = self.generator_tx.update(grads, state.opt_state["generator"],
                                                       state.params["autoencoder"])
         ae_params = optax.apply_updates(state.params["autoencoder"], updates)
@@ -140,16 +191,7 @@ class VAETask(Task):
 
     def _discriminator_update(self, state: TrainState, batch: Batch):
         """Discriminator step: hinge loss on reals vs the autoencoder's current reconstructions."""
-        audio = batch["audio"].astype(jnp.float32)
-        recon, _, _ = self.autoencoder.apply({"params": state.params["autoencoder"]}, audio,
-                                             state.step_rng())
-        recon = jax.lax.stop_gradient(recon)
-
-        def loss_fn(disc_params):
-            (logits_real, logits_fake), _ = self._discriminate(disc_params, audio, recon)
-            return hinge_discriminator_loss(logits_real, logits_fake)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params["discriminator"])
+        grads, metrics = self.discriminator_grads(state, batch)
         updates, opt_state = self.discriminator_tx.update(grads, state.opt_state["discriminator"],
                                                           state.params["discriminator"])
         disc_params = optax.apply_updates(state.params["discriminator"], updates)
@@ -158,7 +200,7 @@ class VAETask(Task):
             params=dict(state.params, discriminator=disc_params),
             opt_state=dict(state.opt_state, discriminator=opt_state),
         )
-        return new_state, {"discriminator_loss": loss}
+        return new_state, metrics
 
     # ------------------------------------------------------------------ eval
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
