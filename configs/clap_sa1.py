@@ -7,6 +7,11 @@ available as `htsat.htsat_base()`. 48 kHz, 10.23 s windows, joint space 512, 77-
 prompts. SA 1.0 trained it from scratch (100 epochs, batch 6,144 on 64 A100s); the
 tokenizer is a RoBERTa-style byte-level BPE (`data/train_tokenizer.py`, or a user's
 RoBERTa vocab.json + merges.txt).
+
+Memory knobs: `--config.model.remat_policy=dots_with_no_batch_dims_saveable` (or "full")
+rematerialises every text layer and Swin block; `--config.optimizer.grad_accum_steps=k`
+back-propagates each global batch k micro-batches at a time with the gradient cache, which
+keeps the contrastive loss over all 256 pairs exact (`training/grad_cache.py`).
 """
 
 from stable_audio_jax import config_lib

@@ -63,11 +63,14 @@ def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.Con
     """A VAE training config around the autoencoder architecture `model`.
 
     Loss weights, discriminator scales and optimizers follow the SA2/SAO recipe
-    (SPEC.md 1.5); tiny configs override sizes and learning rates.
+    (SPEC.md 1.5); tiny configs override sizes and learning rates. Memory knobs:
+    `model.remat_policy` (default "none"; see `models/remat.py`) rematerialises the encoder
+    and decoder blocks, and `optimizer.grad_accum_steps` (default 1) splits each global
+    batch into that many micro-batches for both the generator and discriminator updates.
     """
     c = base_config()
     c.task = "vae"
-    c.model = ml_collections.ConfigDict(model)
+    c.model = ml_collections.ConfigDict({"remat_policy": "none", **model})
 
     c.discriminator = ml_collections.ConfigDict(dict(
         filters=discriminator_filters,
@@ -96,6 +99,9 @@ def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.Con
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.generator = adamw_config(1.5e-4)
     c.optimizer.discriminator = adamw_config(3e-4)
+    # Micro-batches per generator / discriminator update (`data.batch_size` examples in all;
+    # it must divide it). Beside the two adamw sections, which schedules.adamw reads.
+    c.optimizer.grad_accum_steps = 1
 
     c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))
     c.eval_use_ema = True
@@ -127,13 +133,18 @@ def clap_config(text: dict, audio: dict, *, embed_dim: int = 512) -> ml_collecti
     Crops are exactly the audio tower's input window (`HTSATConfig.num_samples`), resampled
     to its rate. AdamW at 1e-4 with weight decay 0.2 (wd on all weights, a simplification)
     follows LAION-CLAP's recipe; the EMA weights are what the conditioner uses.
+
+    Memory knobs (see `training/clap_task.py`): `model.remat_policy` ("none" by default; one
+    of `remat.REMAT_CHOICES`) and `optimizer.grad_accum_steps` (1 by default; the gradient
+    cache over that many micro-batches, dividing `data.batch_size`).
     """
     from stable_audio_jax.models.htsat import HTSATConfig
 
     audio_config = HTSATConfig.from_dict(audio)
     c = base_config()
     c.task = "clap"
-    c.model = ml_collections.ConfigDict(dict(text=dict(text), audio=dict(audio), embed_dim=embed_dim))
+    c.model = ml_collections.ConfigDict(dict(text=dict(text), audio=dict(audio), embed_dim=embed_dim,
+                                             remat_policy="none"))
     c.text = ml_collections.ConfigDict(dict(
         tokenizer="",  # tokenizer.json (or a folder with vocab.json+merges.txt / vocab.txt)
         max_length=77,  # tokens per prompt, padded / truncated (SPEC.md 2.3)
@@ -141,6 +152,7 @@ def clap_config(text: dict, audio: dict, *, embed_dim: int = 512) -> ml_collecti
     c.data.sample_rate = audio_config.sample_rate
     c.data.sample_size = audio_config.num_samples
     c.optimizer = adamw_config(1e-4, b1=0.9, b2=0.99, weight_decay=0.2, inv_gamma=1e6, warmup=0.99)
+    c.optimizer.grad_accum_steps = 1
     c.ema = ml_collections.ConfigDict(dict(beta=0.999, power=0.75))
     c.eval_use_ema = True
     return c
@@ -179,7 +191,8 @@ def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timin
         raise ValueError("give exactly one backbone: unet or dit")
     backbone = dict(unet=dict(unet)) if unet is not None else dict(dit=dict(dit), text_tokens=text_tokens)
     c.model = ml_collections.ConfigDict(dict(**backbone, timing_kind=timing_kind, max_seconds=512,
-                                             global_timing=global_timing, text_features_dim=text_features_dim))
+                                             global_timing=global_timing, text_features_dim=text_features_dim,
+                                             frame_seconds=0.0))
     c.pretransform = ml_collections.ConfigDict(dict(
         vae_dir="",  # run directory of the VAE that encoded the shards (used by sampling)
         clap_dir="",  # run directory of the CLAP whose text features the shards hold

@@ -6,6 +6,9 @@ RoBERTa-shaped text encoder (`text_encoder.TextEncoder`) and an HTSAT audio enco
 Linear) into `embed_dim`, L2-normalised, and a learned temperature for the contrastive
 loss. After training, the text tower alone is kept: its penultimate-layer token
 features condition the diffusion model (`inference/clap.py`).
+
+`CLAPConfig.remat_policy` rematerialises the transformer layers of the text tower and
+the Swin blocks of the audio tower (`models/remat.py`); the parameters do not change.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 from stable_audio_jax.models.attention import FeedForward
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.htsat import HTSATConfig, HTSATEncoder
+from stable_audio_jax.models.remat import REMAT_CHOICES
 from stable_audio_jax.models.text_encoder import TextEncoder, TextEncoderConfig, TextEncoderOutput
 
 Dtype = Any
@@ -39,6 +43,10 @@ class CLAPConfig:
         as CLIP) so the loss cannot collapse into ever sharper logits.
       feature_layer: which text hidden state conditions the diffusion model (-2: the
         penultimate layer, SPEC.md 2.3).
+      remat_policy: one of `remat.REMAT_CHOICES` ("none", "full", "dots_saveable",
+        "dots_with_no_batch_dims_saveable"), applied to every text layer and every Swin
+        block: activation memory traded for recomputation in the backward pass, with the
+        same parameter tree whatever the policy.
     """
 
     text: TextEncoderConfig
@@ -47,8 +55,12 @@ class CLAPConfig:
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100.0)
     feature_layer: int = -2
+    remat_policy: str = "none"
 
     def __post_init__(self):
+        if self.remat_policy not in REMAT_CHOICES:
+            raise ValueError(f"unknown CLAP remat_policy {self.remat_policy!r}; choose one of "
+                             f"{list(REMAT_CHOICES)}")
         layers = self.text.num_layers + 1  # hidden states include the embedding output
         if not -layers <= self.feature_layer < layers:
             raise ValueError(f"feature_layer={self.feature_layer} is out of range for a text tower "
@@ -68,8 +80,9 @@ class CLAP(nn.Module):
     """Contrastive language-audio model.
 
     `__call__` (used for init and training) returns normalised audio and text
-    embeddings and the clipped log temperature; `encode_audio`, `encode_text` and
-    `text_features` are the pieces, usable with `apply(..., method=...)`.
+    embeddings and the clipped log temperature; `encode_audio`, `encode_text`,
+    `log_temperature` and `text_features` are the pieces, usable with
+    `apply(..., method=...)`.
     """
 
     config: CLAPConfig
@@ -78,8 +91,9 @@ class CLAP(nn.Module):
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.text_encoder = TextEncoder(self.config.text, **kw)
-        self.audio_encoder = HTSATEncoder(self.config.audio, **kw)
+        remat = self.config.remat_policy
+        self.text_encoder = TextEncoder(self.config.text, remat_policy=remat, **kw)
+        self.audio_encoder = HTSATEncoder(self.config.audio, remat_policy=remat, **kw)
         dim = self.config.embed_dim
         self.text_projection = FeedForward(dim, dim, activation="relu", **kw)
         self.audio_projection = FeedForward(dim, dim, activation="relu", **kw)
@@ -99,6 +113,11 @@ class CLAP(nn.Module):
         outputs = self.text_encoder(token_ids, mask, deterministic=deterministic)
         return _normalize(self.text_projection(outputs.pooled)), outputs
 
+    def log_temperature(self) -> jax.Array:
+        """The log inverse temperature of the contrastive logits: the learned `logit_scale`
+        clipped at `config.logit_scale_max` (float32 scalar)."""
+        return jnp.minimum(self.logit_scale, self.config.logit_scale_max)
+
     def text_features(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
         """The conditioning tokens: hidden state `config.feature_layer`, `[batch, length, hidden]`."""
         return self.text_encoder(token_ids, mask).hidden_states[self.config.feature_layer]
@@ -109,7 +128,7 @@ class CLAP(nn.Module):
         log inverse temperature scalar)`."""
         audio_embeddings = self.encode_audio(audio, deterministic=deterministic)
         text_embeddings, _ = self.encode_text(token_ids, mask, deterministic=deterministic)
-        return audio_embeddings, text_embeddings, jnp.minimum(self.logit_scale, self.config.logit_scale_max)
+        return audio_embeddings, text_embeddings, self.log_temperature()
 
 
 def _normalize(x: jax.Array) -> jax.Array:

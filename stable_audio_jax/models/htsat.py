@@ -39,6 +39,7 @@ from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import torch_bias_init, torch_conv_init
 from stable_audio_jax.models.mel import log_mel_spectrogram, mel_filterbank
+from stable_audio_jax.models.remat import maybe_remat
 
 Dtype = Any
 
@@ -361,7 +362,11 @@ class WindowAttention(nn.Module):
 
 class SwinBlock(nn.Module):
     """Pre-LN Swin block: `x + DropPath(WindowAttention(LN(x)))`, then
-    `x + DropPath(MLP(LN(x)))`. `[batch, H, W, C]` -> same."""
+    `x + DropPath(MLP(LN(x)))`. `[batch, H, W, C]` -> same.
+
+    `deterministic` (no stochastic depth) is an attribute rather than a call argument, so
+    that `nn.remat` of the block (`HTSATEncoder.remat_policy`) traces only arrays.
+    """
 
     num_heads: int
     window: int
@@ -370,17 +375,18 @@ class SwinBlock(nn.Module):
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = _layer_norm("norm1", **kw)(x)
         h = WindowAttention(self.num_heads, self.window, self.shift, name="attention", **kw)(h)
-        x = x + _drop_path(self, h, self.drop_path, deterministic)
+        x = x + _drop_path(self, h, self.drop_path, self.deterministic)
         h = _layer_norm("norm2", **kw)(x)
         h = FeedForward(int(x.shape[-1] * self.mlp_ratio), activation="gelu", kernel_init=_dense_init,
                         name="mlp", **kw)(h)
-        return x + _drop_path(self, h, self.drop_path, deterministic)
+        return x + _drop_path(self, h, self.drop_path, self.deterministic)
 
 
 class PatchMerging(nn.Module):
@@ -414,11 +420,15 @@ class HTSATEncoder(nn.Module):
     log-mel is standardised (mean and std over frames and bins) and then scaled and
     shifted per mel bin by learned parameters: the same parameter count, no state, and
     invariant to the input gain (a dB offset).
+
+    `remat_policy` (one of `remat.REMAT_CHOICES`, default "none") rematerialises every
+    Swin block in the backward pass (`models/remat.py`), with the same parameters.
     """
 
     config: HTSATConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat_policy: str = "none"
 
     def log_mel(self, audio: jax.Array) -> jax.Array:
         """audio `[batch, time, channels]` or `[batch, time]` -> log-mel `[batch, num_frames,
@@ -467,11 +477,12 @@ class HTSATEncoder(nn.Module):
                     bias_init=bias_init, name="patch_embed", **kw)(image)
         x = _constrain(_layer_norm("patch_norm", **kw)(x))  # [batch, H, W, embed_dim]
 
+        block = maybe_remat(SwinBlock, self.remat_policy)
         for i, (depth, heads, (window, shift), rates) in enumerate(
                 zip(c.depths, c.num_heads, c.stage_windows, c.drop_path_rates)):
             for j in range(depth):
-                x = SwinBlock(heads, window, shift if j % 2 else 0, c.mlp_ratio, rates[j],
-                              name=f"stage{i}_block{j}", **kw)(x, deterministic=deterministic)
+                x = block(heads, window, shift if j % 2 else 0, c.mlp_ratio, rates[j],
+                          deterministic=deterministic, name=f"stage{i}_block{j}", **kw)(x)
             if i < c.num_stages - 1:
                 x = PatchMerging(name=f"stage{i}_merge", **kw)(x)
             x = _constrain(x)

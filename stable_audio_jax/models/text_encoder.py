@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
 from stable_audio_jax.models.config_fields import checked_fields
+from stable_audio_jax.models.remat import maybe_remat
 
 Dtype = Any
 
@@ -215,21 +216,27 @@ class TextEmbeddings(nn.Module):
 
 
 class TextEncoderLayer(nn.Module):
-    """One post-LN transformer layer: `[batch, length, hidden]` -> same."""
+    """One post-LN transformer layer: `[batch, length, hidden]` -> same.
+
+    `deterministic` (no dropout) is an attribute rather than a call argument, so that
+    `nn.remat` of the layer (`TextEncoder.remat_policy`) traces only arrays: a Python bool
+    passed to a remat'ed `__call__` would become a tracer.
+    """
 
     config: TextEncoderConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = MultiHeadAttention(c.num_heads, kernel_init=_init(), name="attention", **kw)(x, key_mask=mask)
-        h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+        h = nn.Dropout(c.dropout_rate)(h, deterministic=self.deterministic)
         x = _layer_norm(c, "attention_norm", **kw)(x + h)
         h = FeedForward(c.mlp_dim, activation="gelu", kernel_init=_init(), name="mlp", **kw)(x)
-        h = nn.Dropout(c.dropout_rate)(h, deterministic=deterministic)
+        h = nn.Dropout(c.dropout_rate)(h, deterministic=self.deterministic)
         x = _layer_norm(c, "output_norm", **kw)(x + h)
         return _constrain(x)
 
@@ -241,11 +248,16 @@ class TextEncoder(nn.Module):
     `embeddings/layer_norm`, `layer_{i}/{attention/{query,key,value,out},attention_norm,
     mlp/{fc1,fc2},output_norm}`, `pooler`. Dropout (when `deterministic=False`) draws from
     the 'dropout' rng; attention probabilities are not dropped.
+
+    `remat_policy` (one of `remat.REMAT_CHOICES`, default "none") rematerialises every
+    layer in the backward pass (`models/remat.py`); the parameters are the same whatever
+    the policy, so BERT / RoBERTa imports and checkpoints load either way.
     """
 
     config: TextEncoderConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, token_ids: jax.Array, mask: jax.Array, *, deterministic: bool = True) -> TextEncoderOutput:
@@ -265,8 +277,9 @@ class TextEncoder(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = TextEmbeddings(c, name="embeddings", **kw)(token_ids, mask, deterministic=deterministic)
         hidden_states = [x]
+        layer = maybe_remat(TextEncoderLayer, self.remat_policy)
         for i in range(c.num_layers):
-            x = TextEncoderLayer(c, name=f"layer_{i}", **kw)(x, mask, deterministic=deterministic)
+            x = layer(c, deterministic=deterministic, name=f"layer_{i}", **kw)(x, mask)
             hidden_states.append(x)
         pooler_output = jnp.tanh(nn.Dense(
             c.hidden_size, name="pooler",

@@ -4,6 +4,13 @@ Captions are tokenised on the host (`model_inputs`, the Rust tokenizer takes
 microseconds per caption) into fixed-length ids and masks, so the device step sees only
 arrays. One AdamW optimizer trains both towers, the projections and the temperature; an
 EMA of the whole model is what evaluation and the frozen text conditioner use.
+
+Memory knobs: `model.remat_policy` rematerialises the towers' blocks (`models/clap.py`),
+and `optimizer.grad_accum_steps = k` (default 1; it must divide `data.batch_size`)
+back-propagates the global batch `k` micro-batches at a time with the gradient cache
+(`training/grad_cache.py`): every caption is still contrasted with every clip of the
+global batch, so the loss and gradient are those of the unsplit batch, for the price of
+a second forward pass of the towers.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from stable_audio_jax.losses.contrastive import contrastive_loss
 from stable_audio_jax.metrics.retrieval import recall_at_k
 from stable_audio_jax.models.clap import CLAP, CLAPConfig
 from stable_audio_jax.models.text_encoder import check_vocab
-from stable_audio_jax.training import schedules
+from stable_audio_jax.training import accumulate, grad_cache, schedules
 from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
 
@@ -55,6 +62,9 @@ class CLAPTask(Task):
         super().__init__(config)
         self.model = build_clap(config)
         self.tx = schedules.adamw(config.optimizer)
+        # Micro-batches of the gradient cache; 1 (also for optimizer sections that predate
+        # the key) is the plain step.
+        self.grad_accum_steps = accumulate.config_steps(config)
         audio = self.model.config.audio
         if config.data.sample_rate != audio.sample_rate:
             raise ValueError(f"data.sample_rate={config.data.sample_rate} differs from the audio tower's "
@@ -93,17 +103,28 @@ class CLAPTask(Task):
                           opt_state={"clap": self.tx.init(params)}, ema_params={"clap": params}, rng=state_rng)
 
     # ------------------------------------------------------------------ step
+    def embed(self, params: Any, inputs: Batch, dropout_rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Training-mode (dropout on) audio and text embeddings `[batch, embed_dim]` of
+        `inputs` (`audio`, `text_ids`, `text_mask`); row i depends on example i only."""
+        audio_emb, text_emb, _ = self.model.apply(
+            {"params": params}, inputs["audio"], inputs["text_ids"], inputs["text_mask"],
+            deterministic=False, rngs={"dropout": dropout_rng})
+        return audio_emb, text_emb
+
+    def contrastive(self, params: Any, embeddings: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, Metrics]:
+        """The symmetric InfoNCE loss of the whole batch's paired embeddings, with the
+        model's (clipped) temperature, and its metrics."""
+        logit_scale = self.model.apply({"params": params}, method=self.model.log_temperature)
+        loss, metrics = contrastive_loss(*embeddings, logit_scale)
+        return loss, dict(metrics, loss=loss, logit_scale=jnp.exp(logit_scale))
+
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        dropout_rng = state.step_rng()
-
-        def loss_fn(params):
-            audio_emb, text_emb, logit_scale = self.model.apply(
-                {"params": params}, batch["audio"], batch["text_ids"], batch["text_mask"],
-                deterministic=False, rngs={"dropout": dropout_rng})
-            loss, metrics = contrastive_loss(audio_emb, text_emb, logit_scale)
-            return loss, dict(metrics, loss=loss, logit_scale=jnp.exp(logit_scale))
-
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params["clap"])
+        """One AdamW + EMA update on the global batch; with `optimizer.grad_accum_steps > 1`
+        the gradient comes from the gradient cache (the same loss, metrics and gradient up
+        to rounding; dropout masks are drawn per micro-batch, so they differ from k=1's)."""
+        inputs = {k: batch[k] for k in ("audio", "text_ids", "text_mask")}
+        (_, metrics), grads = grad_cache.grad_cache_value_and_grad(
+            self.embed, self.contrastive, state.params["clap"], inputs, state.step_rng(), self.grad_accum_steps)
         updates, opt_state = self.tx.update(grads, state.opt_state["clap"], state.params["clap"])
         params = optax.apply_updates(state.params["clap"], updates)
         decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
