@@ -7,11 +7,14 @@ is 524,288 samples (11.9 s, 8192 latent frames), so `seconds_total` 3, 6 and 10 
 inside it.
 
 The U-Net is narrow (32-128 channels) but deep (five 4x levels, attention on the coarsest
-three), and unlike SA 1.0 it gets timing twice, as cross-attention tokens and as global
-conditioning in its FiLM mapping, plus sinusoidal frame positions. Without the last two,
-1000 CPU steps did not learn where content should end (every clip ran to the end of the
-window); with them, silence after `seconds_total` appears within 2000 steps (about 11
-minutes on 2 cores; the demo reports the measured timing errors).
+three), and unlike SA 1.0 it gets timing three ways: as cross-attention tokens, as global
+conditioning in its FiLM mapping, and per frame, as the seconds left before
+`seconds_total` at every latent frame (`unet.frame_features`, with `model.frame_seconds` =
+64 / 44100; plus sinusoidal frame positions). With tokens alone, 1000 CPU steps did not
+learn where content should end (every clip ran to the end of the window); with the global
+conditioning and positions, 2000 steps gave 3 of 12 held-out clips within 1 s of the
+requested length; with the per-frame feature 10 of 12 (mean error 0.67 s), in the same
+2000 steps (about 11 minutes on 2 cores; the demo reports the measured timing errors).
 """
 
 from stable_audio_jax import config_lib
@@ -21,9 +24,10 @@ from stable_audio_jax.models.unet import UNetConfig
 def get_config():
     unet = UNetConfig.tiny(in_channels=32, text_length=77, context_features=128).to_dict()
     unet.update(multipliers=(1, 1, 2, 2, 4, 4), factors=(4, 4, 4, 4, 4), num_blocks=(1, 1, 1, 1, 1),
-                attentions=(0, 0, 0, 1, 1, 1), global_features=256, position_features=32)
+                attentions=(0, 0, 0, 1, 1, 1), global_features=256, position_features=32, frame_features=8)
     c = config_lib.diffusion_config(unet, global_timing=True)
     config_lib.tiny_diffusion_recipe(c)
+    c.model.frame_seconds = c.pretransform.downsampling_ratio / c.data.sample_rate
     c.data.sample_size = 524_288
     c.sampling.rescale_phi = 0.0  # the demo's timing figures were measured without CFG rescale
     return c

@@ -57,12 +57,13 @@ def _timing_dataset(rng: np.random.Generator, batch: int) -> tuple[np.ndarray, n
 
 def test_tiny_model_learns_to_end_content_at_seconds_total():
     # The demo model's design (configs/diffusion_tiny.py) at a smaller scale: timing as
-    # tokens and as global conditioning, and frame positions to compare it with.
+    # tokens, as global conditioning and per frame (seconds left), plus frame positions.
     unet = UNetConfig(**{**UNetConfig.tiny(in_channels=CHANNELS, text_length=4, context_features=16).to_dict(),
                          "multipliers": (1, 1, 2, 2), "factors": (4, 4, 4), "num_blocks": (1, 1, 1),
-                         "attentions": (0, 0, 1, 1), "global_features": 32, "position_features": 16})
+                         "attentions": (0, 0, 1, 1), "global_features": 32, "position_features": 16,
+                         "frame_features": 8})
     model = LatentDiffusionModel(LatentDiffusionConfig(unet=unet, timing_kind="table", max_seconds=32,
-                                                       global_timing=True))
+                                                       global_timing=True, frame_seconds=1 / FPS))
     batch, steps = 16, 700
     text = jnp.zeros((batch, 4, 16))
     text_mask = jnp.ones((batch, 4), bool)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stable_audio_jax.models.conditioning import (LearnedFourierFeatures, NumberEmbedder, SecondsTableEmbedder,
-                                                  TimingConditioner, build_context)
+                                                  TimingConditioner, build_context, seconds_left_features)
 from stable_audio_jax.models.unet import (REMAT_CHOICES, Conv1d, ConvTranspose1d, UNet1D, UNetConfig,
                                           expected_num_params)
 
@@ -262,6 +262,41 @@ def test_global_conditioning_enters_the_mapping_and_is_nulled_with_the_context()
     assert float(jnp.max(jnp.abs(v_null[1] - v_zero[1]))) > 1e-4  # (the null context differs too)
     with pytest.raises(ValueError, match="global_cond"):
         model.apply(params, x, t, context, mask, None, None)
+
+
+def test_seconds_left_features_change_sign_at_the_requested_end():
+    """Frames of 0.5 s: a 10 s file whose window starts at second 4 ends in frame 11
+    (centre 4 + 11.5 x 0.5 = 9.75 s); a window starting at 0 of a 3 s file in frame 5."""
+    features = seconds_left_features(jnp.array([4, 0]), jnp.array([10, 3]), frames=16, frame_seconds=0.5,
+                                     features=4)
+    assert features.shape == (2, 16, 4)
+    left = np.array([[10 - 4 - (f + 0.5) * 0.5 for f in range(16)], [3 - (f + 0.5) * 0.5 for f in range(16)]])
+    np.testing.assert_allclose(features[..., 0], np.tanh(left / 0.25), atol=1e-6)  # the sharpest scale
+    np.testing.assert_allclose(features[..., -1], np.tanh(left / 16.0), atol=1e-6)  # the widest
+    assert list(np.flatnonzero(np.diff(np.sign(features[0, :, 2])))) == [11]
+    assert list(np.flatnonzero(np.diff(np.sign(features[1, :, 2])))) == [5]
+    with pytest.raises(ValueError, match="frame_seconds"):
+        seconds_left_features(jnp.zeros(1), jnp.ones(1), frames=4, frame_seconds=0.0, features=2)
+
+
+def test_frame_conditioning_is_added_per_frame_and_nulled_with_the_context():
+    config = UNetConfig(**{**UNetConfig.tiny().to_dict(), "frame_features": 3})
+    model = UNet1D(config)
+    x, t, context, mask, _ = _unet_inputs(config, batch=2, frames=16)
+    frame_cond = jax.random.normal(jax.random.key(2), (2, 16, 3))
+    params = model.init(jax.random.key(0), x, t, context, mask, None, None, frame_cond)
+    assert _count(params) == expected_num_params(config) == expected_num_params(UNetConfig.tiny()) + 3 * 32 + 32  # widths[0] = 32
+    v = model.apply(params, x, t, context, mask, None, None, frame_cond)
+    v_zero = model.apply(params, x, t, context, mask, None, None, jnp.zeros_like(frame_cond))
+    assert float(jnp.max(jnp.abs(v - v_zero))) > 1e-4
+    null = jnp.array([True, True])
+    np.testing.assert_allclose(model.apply(params, x, t, context, mask, null, None, frame_cond),
+                               model.apply(params, x, t, context, mask, null, None, jnp.zeros_like(frame_cond)),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="frame_cond"):
+        model.apply(params, x, t, context, mask, None, None, None)
+    with pytest.raises(ValueError, match="frame_cond must be"):
+        model.apply(params, x, t, context, mask, None, None, frame_cond[:, :8])
 
 
 # ----------------------------------------------------------------------------- rematerialisation

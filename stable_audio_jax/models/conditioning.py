@@ -159,6 +159,31 @@ class TimingConditioner(nn.Module):
         return tokens, jnp.concatenate([start, total], axis=-1)
 
 
+def seconds_left_features(seconds_start: jax.Array, seconds_total: jax.Array, frames: int,
+                          frame_seconds: float, features: int, min_scale: float = 0.25,
+                          max_scale: float = 16.0) -> jax.Array:
+    """Per-frame timing: how many seconds of the file are left at each latent frame.
+
+    Frame `f` of a window starting at `seconds_start` lies at `seconds_start + (f + 1/2) *
+    frame_seconds` in the file, so `left = seconds_total - that` is positive before the
+    requested end and negative after it. The features are `tanh(left / scale)` at
+    `features` scales spaced geometrically in `[min_scale, max_scale]` seconds: the small
+    scales are a soft "before / after the end" switch, the large ones say how far away it is.
+
+    Args:
+      seconds_start, seconds_total: `[batch]`.
+    Returns:
+      `[batch, frames, features]` float32 in (-1, 1).
+    """
+    if features < 1 or frame_seconds <= 0:
+        raise ValueError(f"need features >= 1 and frame_seconds > 0, got {features}, {frame_seconds}")
+    centres = (jnp.arange(frames, dtype=jnp.float32) + 0.5) * frame_seconds                  # [frames]
+    start = jnp.asarray(seconds_start, jnp.float32)[:, None]
+    left = jnp.asarray(seconds_total, jnp.float32)[:, None] - (start + centres[None, :])   # [batch, frames]
+    scales = jnp.geomspace(min_scale, max_scale, features) if features > 1 else jnp.array([min_scale])
+    return jnp.tanh(left[..., None] / scales.astype(jnp.float32))
+
+
 def build_context(text_features: jax.Array, text_mask: jax.Array,
                   timing_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Appends the timing tokens to the text tokens (the reference's cross-attention input).

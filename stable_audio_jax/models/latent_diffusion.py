@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stable_audio_jax.models.conditioning import TimingConditioner, build_context
+from stable_audio_jax.models.conditioning import TimingConditioner, build_context, seconds_left_features
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.dit import DiffusionTransformer, DiTConfig
 from stable_audio_jax.models.unet import UNet1D, UNetConfig
@@ -52,6 +52,10 @@ class LatentDiffusionConfig:
         `unet.global_features` / `dit.global_cond_dim` == 2 * the token width. Off in SA 1.0.
       text_tokens: the number of text tokens (128 for SAO's T5). Required with `dit`; the
         U-Net's is `context_length - 2` (None, or that value).
+      frame_seconds: seconds of audio per latent frame (the VAE's downsampling ratio / the
+        sample rate). Needed by `unet.frame_features` > 0, which then gets
+        `conditioning.seconds_left_features` at every frame (not in SA 1.0: the tiny demo
+        model learns where to stop within its CPU budget with it).
     """
 
     unet: UNetConfig | None = None
@@ -61,6 +65,7 @@ class LatentDiffusionConfig:
     global_timing: bool = False
     dit: DiTConfig | None = None
     text_tokens: int | None = None
+    frame_seconds: float = 0.0
 
     def __post_init__(self):
         if (self.unet is None) == (self.dit is None):
@@ -73,6 +78,9 @@ class LatentDiffusionConfig:
         if self.unet is not None and self.text_tokens not in (None, self.unet.context_length - 2):
             raise ValueError(f"text_tokens={self.text_tokens} but the U-Net's context_length "
                              f"{self.unet.context_length} holds {self.unet.context_length - 2} text tokens")
+        if self.unet is not None and self.unet.frame_features and not self.frame_seconds > 0:
+            raise ValueError(f"unet.frame_features={self.unet.frame_features} needs frame_seconds > 0 "
+                             f"(VAE downsampling ratio / sample rate), got {self.frame_seconds}")
         if self.dit is not None and (self.text_tokens is None or self.text_tokens < 1):
             raise ValueError(f"the DiT needs text_tokens >= 1 (128 for SAO), got {self.text_tokens}")
 
@@ -166,7 +174,11 @@ class LatentDiffusionModel(nn.Module):
         global_cond = global_cond if c.global_timing else None
         if c.unet is not None:
             context, mask = build_context(text_features, text_mask, tokens)
-            v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context, global_cond)
+            frame_cond = None
+            if c.unet.frame_features:
+                frame_cond = seconds_left_features(seconds_start, seconds_total, x.shape[1], c.frame_seconds,
+                                                   c.unet.frame_features)
+            v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context, global_cond, frame_cond)
         else:
             # The DiT has no key mask: padded text tokens must be zero vectors, as T5's are.
             text_features = jnp.where(jnp.asarray(text_mask, bool)[..., None], text_features, 0)

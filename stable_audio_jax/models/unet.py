@@ -87,6 +87,10 @@ class UNetConfig:
     # 0 (SA 1.0) means none. Timing needs "is this frame before seconds_total?", and a
     # shallow U-Net cannot infer absolute position from the window's edges (the demo model).
     position_features: int = 0
+    # Width of an optional per-frame conditioning input `frame_cond` `[batch, frames, k]`,
+    # projected and added after `to_in` like the positions (the latent model feeds it the
+    # seconds left before `seconds_total` at each frame); 0 (SA 1.0) means none.
+    frame_features: int = 0
     # Rematerialisation of the ResNet and transformer blocks, one of `REMAT_CHOICES`
     # ("none": keep every activation). Changes memory and speed, never the parameters.
     remat_policy: str = "none"
@@ -122,6 +126,8 @@ class UNetConfig:
             raise ValueError(f"global_features must be >= 0, got {self.global_features}")
         if self.position_features < 0 or self.position_features % 2:
             raise ValueError(f"position_features must be even and >= 0, got {self.position_features}")
+        if self.frame_features < 0:
+            raise ValueError(f"frame_features must be >= 0, got {self.frame_features}")
         if min(self.in_channels, self.context_features, self.context_length) < 1:
             raise ValueError("in_channels, context_features and context_length must be positive")
         if self.remat_policy not in REMAT_CHOICES:
@@ -361,7 +367,7 @@ class Transformer1d(nn.Module):
 class UNet1D(nn.Module):
     """The SA 1.0 U-Net predicting v.
 
-    `__call__(x, t, context, context_mask, use_null_context=None, global_cond=None)`:
+    `__call__(x, t, context, context_mask, use_null_context=None, global_cond=None, frame_cond=None)`:
       x: `[batch, frames, in_channels]` noisy latents; `frames` a multiple of
         `config.downsampling_factor`.
       t: `[batch]` continuous diffusion time in [0, 1].
@@ -372,6 +378,8 @@ class UNet1D(nn.Module):
         the null context; attending to all of its learned rows is the cleaner null.)
       global_cond: `[batch, global_features]`, required iff `config.global_features` > 0;
         zeroed on the `use_null_context` rows, so the unconditional branch sees none.
+      frame_cond: `[batch, frames, frame_features]`, required iff `config.frame_features` > 0;
+        zeroed on the `use_null_context` rows as well.
     Returns v: `[batch, frames, in_channels]`.
     """
 
@@ -381,7 +389,8 @@ class UNet1D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array, context_mask: jax.Array | None = None,
-                 use_null_context: jax.Array | None = None, global_cond: jax.Array | None = None) -> jax.Array:
+                 use_null_context: jax.Array | None = None, global_cond: jax.Array | None = None,
+                 frame_cond: jax.Array | None = None) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, frames, in_channels = x.shape
@@ -412,6 +421,11 @@ class UNet1D(nn.Module):
         if (global_cond is None) != (c.global_features == 0):
             raise ValueError(f"global_cond must be given exactly when config.global_features > 0 "
                              f"(global_features={c.global_features}, global_cond given: {global_cond is not None})")
+        if (frame_cond is None) != (c.frame_features == 0):
+            raise ValueError(f"frame_cond must be given exactly when config.frame_features > 0 "
+                             f"(frame_features={c.frame_features}, frame_cond given: {frame_cond is not None})")
+        if frame_cond is not None and frame_cond.shape != (batch, frames, c.frame_features):
+            raise ValueError(f"frame_cond must be {(batch, frames, c.frame_features)}, got {frame_cond.shape}")
 
         # Time mapping, shared by every ResNet block.
         mapping = nn.gelu(TimePositionalEmbedding(c.mapping_features, c.channels, name="to_time", **kw)(t),
@@ -442,6 +456,11 @@ class UNet1D(nn.Module):
         if c.position_features:
             h = h + torch_dense(widths[0], c.position_features, (None, "channels"), "to_position", **kw)(
                 frame_position_features(frames, c.position_features).astype(self.dtype))[None]
+        if frame_cond is not None:
+            frame_cond = frame_cond.astype(self.dtype)
+            if use_null_context is not None:
+                frame_cond = jnp.where(drop[:, None, None], 0, frame_cond)
+            h = h + torch_dense(widths[0], c.frame_features, (None, "channels"), "to_frame_cond", **kw)(frame_cond)
         skips = [h]
         for i, factor in enumerate(c.factors):
             prefix = f"downsamples_{i}"
@@ -510,6 +529,7 @@ def expected_num_params(config: UNetConfig) -> int:
              + c.context_length * d                                         # null embedding
              + (c.global_features * m + m if c.global_features else 0)      # global conditioning
              + (c.position_features * w[0] + w[0] if c.position_features else 0)  # frame positions
+             + (c.frame_features * w[0] + w[0] if c.frame_features else 0)  # per-frame conditioning
              + resnet(c.in_channels, w[0]) + resnet(w[0], c.in_channels))
     for i, f in enumerate(c.factors):
         k = f * c.kernel_multiplier_downsample + 1
