@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import Snake, WNConv, WNConvTranspose1d
-from stable_audio_jax.models.remat import maybe_remat
+from stable_audio_jax.models.remat import check_remat_policy, maybe_remat
 
 Dtype = Any
 
@@ -66,7 +66,7 @@ class AutoencoderConfig:
     remat_policy: str = "none"
 
     def __post_init__(self):
-        maybe_remat(EncoderBlock, self.remat_policy)  # ValueError naming REMAT_CHOICES if unknown
+        check_remat_policy(self.remat_policy)
         for name, mults in (("encoder_multipliers", self.encoder_multipliers),
                             ("decoder_multipliers", self.decoder_multipliers)):
             if len(mults) != len(self.strides) + 1:

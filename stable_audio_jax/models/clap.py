@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from stable_audio_jax.models.attention import FeedForward
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.htsat import HTSATConfig, HTSATEncoder
-from stable_audio_jax.models.remat import REMAT_CHOICES
+from stable_audio_jax.models.remat import check_remat_policy
 from stable_audio_jax.models.text_encoder import TextEncoder, TextEncoderConfig, TextEncoderOutput
 
 Dtype = Any
@@ -58,9 +58,7 @@ class CLAPConfig:
     remat_policy: str = "none"
 
     def __post_init__(self):
-        if self.remat_policy not in REMAT_CHOICES:
-            raise ValueError(f"unknown CLAP remat_policy {self.remat_policy!r}; choose one of "
-                             f"{list(REMAT_CHOICES)}")
+        check_remat_policy(self.remat_policy, "CLAP")
         layers = self.text.num_layers + 1  # hidden states include the embedding output
         if not -layers <= self.feature_layer < layers:
             raise ValueError(f"feature_layer={self.feature_layer} is out of range for a text tower "

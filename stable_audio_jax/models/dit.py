@@ -48,7 +48,7 @@ from stable_audio_jax.models.attention import HeadProjection, dot_product_attent
 from stable_audio_jax.models.conditioning import torch_dense
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import torch_bias_init
-from stable_audio_jax.models.remat import REMAT_CHOICES, maybe_remat
+from stable_audio_jax.models.remat import check_remat_policy, maybe_remat
 
 Dtype = Any
 
@@ -104,8 +104,7 @@ class DiTConfig:
         if self.rotary_dims % 2 or not 0 < self.rotary_dims <= self.head_dim:
             raise ValueError(f"the rotary dim {self.rotary_dims} must be even and in [2, head dim {self.head_dim}] "
                              "(the reference's default max(head_dim // 2, 32) needs head dim >= 32)")
-        if self.remat_policy not in REMAT_CHOICES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose one of {list(REMAT_CHOICES)}")
+        check_remat_policy(self.remat_policy)
 
     @property
     def head_dim(self) -> int:

@@ -25,6 +25,14 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 REMAT_CHOICES: tuple[str, ...] = ("none",) + tuple(REMAT_POLICIES)
 
 
+def check_remat_policy(policy: str, owner: str = "") -> None:
+    """Raises ValueError (naming `owner`'s config, if given, and the choices) unless
+    `policy` is one of `REMAT_CHOICES`; configs call it so a typo fails at construction."""
+    if policy not in REMAT_CHOICES:
+        prefix = f"{owner} " if owner else ""
+        raise ValueError(f"unknown {prefix}remat_policy {policy!r}; choose one of {list(REMAT_CHOICES)}")
+
+
 @functools.cache
 def maybe_remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
     """`module`, or its `nn.remat` lift under `REMAT_POLICIES[policy]`.
@@ -32,8 +40,7 @@ def maybe_remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
     The lifted class creates the same parameters under the same names, so checkpoints load
     either way. Cached so every block of one kind shares one class (one trace per shape).
     """
+    check_remat_policy(policy)
     if policy == "none":
         return module
-    if policy not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat_policy {policy!r}; choose one of {list(REMAT_CHOICES)}")
     return nn.remat(module, policy=REMAT_POLICIES[policy])

@@ -54,7 +54,7 @@ from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
 from stable_audio_jax.models.conditioning import TimePositionalEmbedding, torch_dense
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import _polyphase_conv_transpose, torch_bias_init, torch_conv_init
-from stable_audio_jax.models.remat import REMAT_CHOICES, maybe_remat
+from stable_audio_jax.models.remat import check_remat_policy, maybe_remat
 
 Dtype = Any
 
@@ -130,8 +130,7 @@ class UNetConfig:
             raise ValueError(f"frame_features must be >= 0, got {self.frame_features}")
         if min(self.in_channels, self.context_features, self.context_length) < 1:
             raise ValueError("in_channels, context_features and context_length must be positive")
-        if self.remat_policy not in REMAT_CHOICES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose one of {list(REMAT_CHOICES)}")
+        check_remat_policy(self.remat_policy)
 
     @property
     def widths(self) -> tuple[int, ...]:
