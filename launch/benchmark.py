@@ -1292,9 +1292,10 @@ def compare_main(paths: Sequence[str]) -> None:
 
 # --------------------------------------------------------------------------- --memory_estimate
 def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int], global_batch: int,
-                               policies: Sequence[str]) -> list[dict[str, Any]]:
+                               policies: Sequence[str] = ()) -> list[dict[str, Any]]:
     """`memory_estimate.train_memory_estimate` of the diffusion train step for each remat
-    policy in `policies` (backbone's `remat_policy` overridden), on an abstract mesh."""
+    policy in `policies` (backbone's `remat_policy` overridden; none given: the config's),
+    on an abstract mesh."""
     import jax
     import jax.numpy as jnp
     import flax.linen as nn
@@ -1306,7 +1307,7 @@ def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int], global_ba
     rules = mesh_rules(config)
     backbone = config.model.get("dit") and "dit" or "unet"
     results = []
-    for policy in policies:
+    for policy in policies or [config.model[backbone].remat_policy]:
         if policy not in REMAT_CHOICES:
             raise BenchmarkUsageError(f"--remat_policies: unknown policy {policy!r}; choose from {list(REMAT_CHOICES)}")
         policy_config = config.copy_and_resolve_references()
@@ -1327,7 +1328,7 @@ def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int], global_ba
         with nn.logical_axis_rules(rules):
             state = jax.eval_shape(task.init_state, key)
             estimate = memory_estimate.train_memory_estimate(
-                state=state, params=state.params["diffusion"], loss_fn=task.v_loss, make_inputs=make_inputs,
+                state=state, loss_fn=task.v_loss, make_inputs=make_inputs,
                 mesh=mesh, rules=rules, global_batch=global_batch, grad_accum_steps=task.grad_accum_steps,
                 remat_policy=policy, model="diffusion")
         results.append(estimate.to_json())
@@ -1375,10 +1376,8 @@ def memory_estimate_main(config: Any) -> None:
         mesh_shape = [int(v) for v in _MEMORY_MESH.value]
     except ValueError:
         raise BenchmarkUsageError(f"--memory_mesh takes three integers (data,fsdp,tensor), got {_MEMORY_MESH.value}") from None
-    backbone = config.model.get("dit") and "dit" or "unet"
-    policies = _REMAT_POLICIES.value or [config.model[backbone].remat_policy]
     try:
-        estimates = diffusion_memory_estimates(config, mesh_shape, _BATCH_SIZE.value, policies)
+        estimates = diffusion_memory_estimates(config, mesh_shape, _BATCH_SIZE.value, _REMAT_POLICIES.value)
     except ValueError as e:  # mesh shape or batch split
         raise BenchmarkUsageError(str(e)) from e
     print(f"config: {config_name()} (task={config.task}, dtype={config.get('dtype', 'float32')}, "

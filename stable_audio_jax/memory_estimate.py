@@ -102,12 +102,12 @@ class TrainMemoryEstimate:
         return dict(dataclasses.asdict(self), total=self.total)
 
 
-def train_memory_estimate(*, state: PyTree, params: PyTree, loss_fn: Callable[[PyTree, PyTree], jax.Array],
+def train_memory_estimate(*, state: PyTree, loss_fn: Callable[[PyTree, PyTree], jax.Array],
                           make_inputs: Callable[[int], PyTree], mesh: AbstractMesh, rules: parallel.Rules,
                           global_batch: int, grad_accum_steps: int = 1, remat_policy: str = "none",
                           model: str) -> TrainMemoryEstimate:
-    """Estimate for a `TrainState`-shaped abstract `state` whose trained parameters are
-    `state.params[model]` (`params`: the same, logically boxed).
+    """Estimate for a `TrainState`-shaped abstract (logically boxed) `state` whose trained
+    parameters are `state.params[model]`, the first argument of `loss_fn`.
 
     The global batch is split over the mesh's data axes (`batch` rule) and then into
     `grad_accum_steps` micro-batches; the activations are those of one micro-batch.
@@ -124,4 +124,4 @@ def train_memory_estimate(*, state: PyTree, params: PyTree, loss_fn: Callable[[P
         grad_accum_steps=grad_accum_steps, remat_policy=remat_policy, params=params_bytes,
         optimizer=bytes_per_device(state.opt_state, mesh, rules), ema=bytes_per_device(state.ema_params, mesh, rules),
         gradients=gradient_copies * bytes_per_device(state.params[model], mesh, rules),
-        activations=activation_bytes(loss_fn, nn.meta.unbox(params), make_inputs, micro))
+        activations=activation_bytes(loss_fn, nn.meta.unbox(state.params[model]), make_inputs, micro))
