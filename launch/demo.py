@@ -17,8 +17,10 @@
        how far the non-silent length of the uncut output is from the request
     and write <output_dir>/summary.json with the loss curves and every figure
 
-Every stage is skipped when its output already exists, so a second run (or a run after
-an interruption) continues where the first stopped.
+Every stage is skipped when its output is complete (a training stage: its run reached
+`num_steps`), so a second run (or a run after an interruption) continues where the first
+stopped. SIGTERM or Ctrl-C during a training stage saves a checkpoint and stops the demo
+there with exit code 143; later stages never run on an unfinished model.
 
     python launch/demo.py --output_dir=outputs/demo
 """
@@ -35,6 +37,9 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import EXIT_PREEMPTED  # noqa: E402
 
 _OUTPUT = flags.DEFINE_string("output_dir", "outputs/demo", "Where everything is written.")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 256, "Clips to render (train + valid).")
@@ -69,7 +74,7 @@ def make_shards(out: str) -> dict:
     reports = {}
     for split, num_shards in (("train", 4), ("valid", 1)):
         shard_dir = os.path.join(out, "shards", split)
-        if os.path.isdir(shard_dir) and any(f.endswith(".array_record") for f in os.listdir(shard_dir)):
+        if os.path.exists(os.path.join(shard_dir, f"{split}_report.json")):  # written last: the split is complete
             continue
         reports[split] = write_shards(os.path.join(out, "data", f"{split}.jsonl"), shard_dir,
                                       num_shards=num_shards, prefix=split)
@@ -85,7 +90,17 @@ def train(out: str, name: str, config):
     config.data.eval_shards = os.path.join(out, "shards", "valid")
     trainer = Trainer(config, os.path.join(out, name), build_task(config))
     summary = trainer.train()
+    stop_if_interrupted(name, summary)
     return trainer, summary
+
+
+def stop_if_interrupted(name: str, summary: dict) -> None:
+    """End the demo after a training stage that SIGTERM/SIGINT cut short (its checkpoint is
+    saved): later stages must not use an unfinished model."""
+    if "interrupted_at" in summary:
+        sys.stderr.write(f"demo interrupted while training {name} (checkpoint saved at step "
+                         f"{summary['interrupted_at']}); run it again to resume\n")
+        sys.exit(EXIT_PREEMPTED)
 
 
 def train_tokenizer(out: str) -> dict:
@@ -139,7 +154,9 @@ def train_diffusion(out: str, config):
     config.pretransform.vae_dir = os.path.join(out, "vae")
     config.pretransform.clap_dir = os.path.join(out, "clap")
     trainer = Trainer(config, os.path.join(out, "diffusion"), build_task(config))
-    return trainer.train()
+    summary = trainer.train()
+    stop_if_interrupted("diffusion", summary)
+    return summary
 
 
 def generate_samples(out: str) -> dict:
@@ -304,4 +321,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

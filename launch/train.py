@@ -1,8 +1,10 @@
 """Train a model: `python launch/train.py --config=configs/vae_tiny.py --workdir=runs/vae`.
 
 Overrides: `--config.data.train_shards=shards/ --config.trainer.num_steps=1000`.
-A run directory that already has checkpoints resumes from the newest one (model state
-and data iterator). SIGTERM or Ctrl-C saves a checkpoint before exiting.
+A run directory that already has checkpoints resumes from the newest intact one (model state
+and data iterator). SIGTERM or Ctrl-C saves a checkpoint and exits with code 143; run the same
+command again to resume. Exit codes: `stable_audio_jax/errors.py` (and the README's "Faults and
+recovery").
 
 Multi-host: run the same command on every host. On TPU pods and SLURM / Open MPI /
 Kubernetes jobs with more than one process, `jax.distributed` is set up from the environment
@@ -21,6 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import EXIT_PREEMPTED  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, eval audio.")
@@ -45,7 +50,11 @@ def main(argv):
                              ".array_record shards> (make them with data/make_shards.py)")
     summary = Trainer(config, _WORKDIR.value, build_task(config)).train()
     logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    if "interrupted_at" in summary:
+        sys.stderr.write(f"interrupted at step {summary['interrupted_at']} after saving a checkpoint; "
+                         f"run the same command to resume\n")
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.trainer.checkpoint_every = 500
     c.trainer.max_checkpoints = 3
     c.trainer.async_checkpointing = True
+    c.trainer.verify_checkpoints = True  # read each checkpoint back when the next is written
+    c.trainer.on_nonfinite = "stop"  # or "skip": drop a NaN/inf update, up to max_nonfinite_skips times
+    c.trainer.max_nonfinite_skips = 10
     return c
 
 

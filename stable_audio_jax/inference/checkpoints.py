@@ -15,7 +15,8 @@ import jax
 import ml_collections
 
 from stable_audio_jax import parallel
-from stable_audio_jax.training.checkpointing import Checkpointer
+from stable_audio_jax.errors import UserError
+from stable_audio_jax.training.checkpointing import CheckpointDamaged, Checkpointer
 from stable_audio_jax.training.registry import build_task
 from stable_audio_jax.training.task import Task
 from stable_audio_jax.training.train_state import TrainState
@@ -59,7 +60,7 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"{run_dir} is not a run directory: {checkpoint_dir} does not exist")
-    checkpointer = Checkpointer(checkpoint_dir, async_save=False)
+    checkpointer = Checkpointer(checkpoint_dir, async_save=False, writer=False)
     try:
         available = checkpointer.latest_step()
         if available is None:
@@ -72,7 +73,12 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
         mesh = mesh or parallel.create_mesh((-1, 1, 1))
         abstract, _ = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0),
                                                        mesh=mesh, rules=rules)
-        state = checkpointer.restore(step, abstract)
+        try:
+            state = checkpointer.restore(step, abstract)
+        except CheckpointDamaged as error:
+            raise UserError(f"checkpoint step {step} of {run_dir} is damaged: {error}; steps there: "
+                            f"{checkpointer.all_steps()} (resuming the run's training moves damaged steps aside)"
+                            ) from error
     finally:
         checkpointer.close()
     return LoadedRun(config=config, task=task, state=state, step=step, mesh=mesh)

@@ -42,6 +42,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -329,6 +331,28 @@ def _build(source: Any, transform: grain.transforms.Map | grain.transforms.Rando
     if worker_count > 0:
         ensure_absl_flags_parsed()
         it_ds = it_ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer_size)
+            grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer_size),
+            worker_init_fn=exit_with_parent,
         )
     return it_ds
+
+
+PARENT_POLL_SECONDS = 1.0
+
+
+def exit_with_parent(worker_index: int = 0, worker_count: int = 1) -> None:
+    """Grain worker start-up: end this worker soon after the process that started it dies.
+
+    A trainer killed with SIGKILL cannot stop its workers, and Grain's workers otherwise
+    keep running as orphans. A daemon thread polls the parent pid (an orphan is re-parented,
+    so `getppid` changes) and exits the process without cleanup, since there is nobody left
+    to hand data to.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

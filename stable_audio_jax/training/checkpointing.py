@@ -1,22 +1,41 @@
-"""Orbax checkpoints of a run: train state + Grain iterator state + config.
+"""Orbax checkpoints of a run: train state + Grain iterator state + config + checksums.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data,config}`. Every process calls `save`
-and `restore` (Orbax writes each process's shards and its own iterator state); saves are
-asynchronous, so `wait` before reading or exiting. Restoring takes an abstract state
+Layout: `<workdir>/checkpoints/<step>/{state,data,config,integrity}`. Every process calls
+`save` and `restore` (Orbax writes each process's shards and its own iterator state); saves
+are asynchronous, so `wait` before reading or exiting. Restoring takes an abstract state
 whose leaves carry the *current* mesh's shardings, so a checkpoint written on one mesh
 restores onto another.
+
+Integrity: `integrity` holds a checksum of every state array (`training/integrity.py`),
+taken on the devices at save time. `restore_latest` restores the newest checkpoint whose
+files read back and whose arrays match their checksums; a damaged one (a truncated,
+deleted or overwritten file, bad metadata, a garbled iterator state) is named in one log
+line, moved to `<workdir>/checkpoints_damaged/<step>` and the next older one is tried.
+Orbax writes a step into a temporary directory and renames it when complete, so a save cut
+short by a kill never looks like a checkpoint.
+
+Rotation keeps the newest `max_to_keep` steps plus the newest *verified* one: a step this
+process has read back and checked (at resume, or by `verify` after a save), so a run never
+deletes its last known-good checkpoint however many newer ones turn out damaged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import Any
+import shutil
+from typing import Any, Sequence
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import type_handlers
+
+from stable_audio_jax.errors import EXIT_NO_CHECKPOINT, UserError
+from stable_audio_jax.training import integrity
 
 try:  # the per-array metadata the default jax.Array handler records; Orbax does not export it
     from orbax.checkpoint._src.metadata.array_metadata_store import Store as _ArrayMetadataStore
@@ -29,6 +48,10 @@ except ImportError:  # pragma: no cover - a moved module only loses that metadat
 # takes 9 s on CPU with it and 0.8 s without. Only shards of at least this many bytes per
 # replica are split.
 MIN_REPLICA_SLICE_BYTES = 1 << 20
+# Free space a save needs beyond the state's own bytes (metadata, the iterator state, and the
+# slack of a file system that is nearly full).
+DISK_HEADROOM = 1.1
+DAMAGED_DIR = "checkpoints_damaged"
 
 
 def _state_handler() -> ocp.PyTreeCheckpointHandler:
@@ -42,23 +65,82 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
-class Checkpointer:
-    """A run's checkpoint manager (keeps the newest `max_to_keep` steps)."""
+@dataclasses.dataclass
+class _KeepLatestAndVerified:
+    """Orbax preservation policy: the newest `n` steps, and the newest verified step."""
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+    n: int
+    verified: int | None = None
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        newest = {c.step for c in checkpoints[-self.n:]}
+        return [c.step in newest or c.step == self.verified for c in checkpoints]
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint step that cannot be restored as written; the message says why."""
+
+
+def _shape_mismatch(metadata_tree: Any, abstract: Any) -> str | None:
+    """The first difference between a checkpoint's array metadata and the abstract state:
+    a missing/extra path, or a shape/dtype, described in one phrase; None when they agree."""
+    saved = dict(zip(integrity.leaf_paths(metadata_tree), jax.tree.leaves(metadata_tree)))
+    wanted = dict(zip(integrity.leaf_paths(abstract), jax.tree.leaves(abstract)))
+    for path, leaf in wanted.items():
+        if path not in saved:
+            return f"{path} (shape {tuple(leaf.shape)}) is not in the checkpoint"
+        meta = saved[path]
+        if tuple(meta.shape) != tuple(leaf.shape) or np.dtype(meta.dtype) != np.dtype(leaf.dtype):
+            return (f"{path} is {np.dtype(meta.dtype).name}{list(meta.shape)} in the checkpoint but "
+                    f"{np.dtype(leaf.dtype).name}{list(leaf.shape)} in this config")
+    for path in saved:
+        if path not in wanted:
+            return f"the checkpoint has {path}, which this config does not"
+    return None
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most `limit` characters (Orbax's messages span many)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _all_processes(ok: bool) -> bool:
+    """True when `ok` holds on every process (one vote each), so all fall back together."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+class Checkpointer:
+    """A run's checkpoint manager (keeps the newest `max_to_keep` steps + the newest verified)."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True,
+                 writer: bool = True):
+        """`writer=False` for readers (sampling, export): they never delete or move anything,
+        so a run that is still training is left alone."""
         self.directory = os.path.abspath(os.fspath(directory))
+        self._writer = writer
+        self._policy = _KeepLatestAndVerified(max_to_keep)
+        self._async = async_save
+        self._checksum_fn = jax.jit(integrity.state_checksum)
+        self._manager = self._make_manager()
+
+    def _make_manager(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
-            create=True,
-            enable_async_checkpointing=async_save,
-            preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+            create=self._writer,
+            enable_async_checkpointing=self._async,
+            preservation_policy=self._policy,
+            cleanup_tmp_directories=self._writer,  # a save cut short by a kill leaves only a tmp dir
         )
-        self._manager = ocp.CheckpointManager(
+        return ocp.CheckpointManager(
             self.directory,
-            item_names=("state", "data", "config"),
+            item_names=("state", "data", "config", "integrity"),
             item_handlers={
                 "state": _state_handler(),
                 "data": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
+                "integrity": ocp.JsonCheckpointHandler(),
             },
             options=options,
         )
@@ -66,22 +148,151 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    @property
+    def verified_step(self) -> int | None:
+        return self._policy.verified
+
+    # ------------------------------------------------------------------ save
     def save(self, step: int, state: Any, data_iterator: Any | None, config: dict) -> None:
-        items = dict(state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config))
+        """Start saving `state` at `step` (asynchronously). Raises `UserError` at once when the
+        disk lacks room for it, before anything is written."""
+        self.check_for_errors()
+        self._check_disk_space(step, state)
+        checksum = np.asarray(self._checksum_fn(state).addressable_data(0))
+        record = {"step": int(step), "num_arrays": int(checksum.shape[0]), "checksum": checksum.tolist()}
+        items = dict(state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config),
+                     integrity=ocp.args.JsonSave(record))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as error:  # noqa: BLE001 - a write that fails part-way (e.g. the disk filled)
+            raise UserError(f"writing the checkpoint of step {step} to {self.directory} failed "
+                            f"({_short(error)}); the previous checkpoint ({self.latest_step()}) is intact"
+                            ) from error
         logging.info("checkpoint: saving step %d to %s", step, self.directory)
 
+    def _check_disk_space(self, step: int, state: Any) -> None:
+        """The state's bytes, or the newest checkpoint's size on disk when that is larger (the
+        OCDBT files and metadata take more than the raw arrays), plus headroom."""
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+        latest = self.latest_step()
+        if latest is not None:
+            folder = os.path.join(self.directory, str(latest))
+            needed = max(needed, sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder)
+                                     for f in files))
+        needed *= DISK_HEADROOM
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise UserError(f"not enough disk space for the checkpoint of step {step} in {self.directory}: "
+                            f"it needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; "
+                            f"the previous checkpoint ({self.latest_step()}) is intact")
+
+    def check_for_errors(self) -> None:
+        """Raise the error of a finished background save, if it failed (e.g. the disk filled)."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001 - Orbax re-raises the writer's exception
+            raise UserError(f"writing a checkpoint to {self.directory} failed ({_short(error)}); "
+                            f"the newest complete checkpoint is {self.latest_step()}") from error
+
+    # --------------------------------------------------------------- restore
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
-        """Restore `state` (sharded like `abstract_state`) and, in place, the data iterator."""
+        """Restore `state` (sharded like `abstract_state`) and, in place, the data iterator;
+        check it against the checksums recorded at save time. Raises `CheckpointDamaged`, or
+        `UserError` when the checkpoint's arrays do not fit `abstract_state` (another model)."""
+        mismatch = _shape_mismatch(self._read(step, "state metadata", self._manager.item_metadata, step)
+                                   ["state"].tree, abstract_state)
+        if mismatch is not None:
+            raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this config: "
+                            f"{mismatch}; use a new --workdir or the config the run was started with")
         items = dict(state=ocp.args.PyTreeRestore(
             abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        logging.info("checkpoint: restored step %d from %s", step, self.directory)
+        restored = self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(**items))
+        self._check_checksum(step, restored.state, np.asarray(self._checksum_fn(restored.state).addressable_data(0)))
+        self._policy.verified = max(step, self._policy.verified or step)
+        logging.info("checkpoint: restored and verified step %d from %s", step, self.directory)
         return restored.state
+
+    def verify(self, step: int, abstract_state: Any) -> None:
+        """Read a finished checkpoint back into host memory and check its checksums; on
+        success it becomes the verified step that rotation keeps. Raises `CheckpointDamaged`."""
+        self.wait()
+        item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_state)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        restored = self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)))
+        self._check_checksum(step, restored.state, integrity.host_checksum(restored.state))
+        self._policy.verified = step
+
+    def _read(self, step: int, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - Orbax/TensorStore/Grain raise many kinds
+            raise CheckpointDamaged(f"its {what} cannot be read ({_short(error)})") from error
+
+    def _check_checksum(self, step: int, state: Any, actual: np.ndarray) -> None:
+        if not os.path.exists(os.path.join(self.directory, str(step), "integrity")):
+            logging.warning("checkpoint step %d has no checksum record (written by an older version): "
+                            "restored without verification", step)
+            return
+        try:
+            record = self._manager.restore(step, args=ocp.args.Composite(
+                integrity=ocp.args.JsonRestore())).integrity
+            expected = np.asarray(record["checksum"], np.uint32)
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointDamaged(f"its checksum record cannot be read ({type(error).__name__})") from error
+        bad = integrity.first_mismatch(expected, actual, integrity.leaf_paths(state))
+        if bad is not None:
+            raise CheckpointDamaged(f"{bad} does not match the checksum recorded when it was saved")
+
+    def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[int, Any] | None:
+        """Restore the newest intact checkpoint: `(step, state)`, or None when there is none at
+        all. Damaged steps are logged, moved aside, and skipped; if every step is damaged,
+        raises `UserError` (exit code `EXIT_NO_CHECKPOINT`)."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        damaged = []
+        for step in reversed(steps):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+                ok, reason = True, ""
+            except CheckpointDamaged as error:
+                state, ok, reason = None, False, str(error)
+            if _all_processes(ok):
+                if damaged:
+                    self._move_aside(damaged)
+                return step, state
+            logging.error("checkpoint step %d in %s is damaged: %s; trying an older one", step, self.directory,
+                          reason or "another process could not restore it")
+            damaged.append(step)
+        self._move_aside(damaged)
+        raise UserError(f"no intact checkpoint in {self.directory}: steps {sorted(damaged)} are all damaged "
+                        f"(moved to {os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)}); "
+                        f"start a new --workdir", exit_code=EXIT_NO_CHECKPOINT)
+
+    def _move_aside(self, steps: list[int]) -> None:
+        """Move damaged steps out of the checkpoint directory (kept for inspection), so later
+        saves at the same step numbers do not collide with them."""
+        self.wait()
+        if jax.process_index() == 0:
+            target = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+            os.makedirs(target, exist_ok=True)
+            for step in steps:
+                destination = os.path.join(target, str(step))
+                if os.path.exists(destination):
+                    shutil.rmtree(destination)
+                shutil.move(os.path.join(self.directory, str(step)), destination)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("checkpoint: damaged steps moved")
+        self._manager.close()
+        self._manager = self._make_manager()
 
     def restore_config(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step

@@ -7,6 +7,16 @@
     -> SIGTERM or Ctrl-C: checkpoint, then stop cleanly.
 
 Only process 0 writes logs, TensorBoard events and audio; every process checkpoints.
+
+Guarantees (the README's "Faults and recovery"):
+- One trainer per run directory (`run_lock.RunLock`); a second one stops at once.
+- A NaN/inf metric or parameter is caught the step it happens (`trainer.on_nonfinite`:
+  "stop" ends the run, "skip" drops that update, up to `trainer.max_nonfinite_skips` times);
+  the state is checked before every save, so no non-finite state is ever written.
+- Resume takes the newest checkpoint that reads back intact (checksums, see
+  `checkpointing.py`), and `metrics.jsonl` is cut back to that step, so each step is logged once.
+- Each checkpoint is read back and verified when the next one is written
+  (`trainer.verify_checkpoints`), and rotation keeps the newest verified one.
 """
 
 from __future__ import annotations
@@ -21,14 +31,20 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from stable_audio_jax import parallel
-from stable_audio_jax.training.checkpointing import Checkpointer
+from stable_audio_jax.errors import EXIT_NONFINITE, UserError
+from stable_audio_jax.training.checkpointing import CheckpointDamaged, Checkpointer
+from stable_audio_jax.training.run_lock import RunLock
 from stable_audio_jax.training.task import Task
+
+NONFINITE_MODES = ("stop", "skip")
+FINITE_KEY = "_finite"  # the guard's flag among a step's metrics; stripped before logging
 
 
 def with_rules(fn: Callable, rules: parallel.Rules) -> Callable:
@@ -48,6 +64,24 @@ def jit_train_step(step_fn: Callable, *, mesh, rules: parallel.Rules, state_shar
                    in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, None),
                    donate_argnums=0)
+
+
+def guard_nonfinite(step_fn: Callable, *, skip: bool) -> Callable:
+    """`step_fn` that also reports, as `metrics[FINITE_KEY]`, whether every metric and every
+    updated parameter is finite. With `skip`, a non-finite step keeps the old params,
+    optimizer state and EMA (the step counter still advances, so the data and the per-step
+    rng move on to the next batch)."""
+    def guarded(state, batch):
+        new_state, metrics = step_fn(state, batch)
+        checks = [jnp.all(jnp.isfinite(v)) for v in metrics.values()]
+        checks += [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)
+                   if jnp.issubdtype(p.dtype, jnp.inexact)]
+        finite = jnp.all(jnp.stack(checks))
+        if skip:
+            kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+            new_state = kept.replace(step=new_state.step)
+        return new_state, dict(metrics, **{FINITE_KEY: finite})
+    return guarded
 
 
 class MetricLogger:
@@ -73,6 +107,22 @@ class MetricLogger:
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
             except ImportError:  # TensorBoard is optional; the JSONL log always exists
                 logging.warning("tensorboardX is not installed: no TensorBoard events")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows logged after `step` (a resumed run logs those steps again)."""
+        if not self.enabled:
+            return
+        self._jsonl.close()
+        path = self._jsonl.name
+        with open(path) as f:
+            rows = f.readlines()
+        kept = [row for row in rows if _row_step(row) is not None and _row_step(row) <= step]
+        if len(kept) != len(rows):
+            with open(path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
+            logging.info("metrics.jsonl: dropped %d rows logged after step %d", len(rows) - len(kept), step)
+        self._jsonl = open(path, "a")
 
     def add(self, metrics: dict[str, Any]) -> None:
         self._window.append({k: float(v) for k, v in metrics.items()})
@@ -101,6 +151,13 @@ class MetricLogger:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _row_step(row: str) -> int | None:
+    try:
+        return int(json.loads(row)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a kill
 
 
 class _StopFlag:
@@ -145,28 +202,45 @@ class Trainer:
                                                                        tuple(config.mesh.axis_names))
         self.rules = tuple(tuple(r) for r in config.mesh.get("rules", parallel.DEFAULT_RULES))
         self.is_main = jax.process_index() == 0
-        # This process loads `size` rows of every global batch, share `index` of `count`.
-        self.process_batch = parallel.process_batch(config.data.batch_size, self.mesh, self.rules)
-        self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
-                                         max_to_keep=tc.max_checkpoints,
-                                         async_save=tc.get("async_checkpointing", True))
-        self.logger = MetricLogger(self.workdir, enabled=self.is_main)
+        self.on_nonfinite = tc.get("on_nonfinite", "stop")
+        if self.on_nonfinite not in NONFINITE_MODES:
+            raise UserError(f"config.trainer.on_nonfinite is {self.on_nonfinite!r}; use one of {NONFINITE_MODES}")
+        self.max_nonfinite_skips = int(tc.get("max_nonfinite_skips", 10))
+        self.verify_checkpoints = bool(tc.get("verify_checkpoints", True))
+        # The lock comes first: nothing in the run directory is touched before it is held.
+        self.lock = RunLock(self.workdir) if self.is_main else None
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            # This process loads `size` rows of every global batch, share `index` of `count`.
+            self.process_batch = parallel.process_batch(config.data.batch_size, self.mesh, self.rules)
+            self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
+                                             max_to_keep=tc.max_checkpoints,
+                                             async_save=tc.get("async_checkpointing", True))
+            self.logger = MetricLogger(self.workdir, enabled=self.is_main)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
         self._jit_train_steps: dict[str, Callable] = {}  # phase name -> compiled step
         self._jit_eval_step: Callable | None = None
         self._shown: dict[str, str] = {}  # progress-bar values, kept across phases
 
     # ----------------------------------------------------------------- state
     def initial_state(self, data_iterator: Any | None):
-        """Restore the newest checkpoint of the run directory, or create a fresh state."""
+        """Restore the newest intact checkpoint of the run directory, or create a fresh state."""
         rng = jax.random.PRNGKey(self.config.seed)
         abstract, shardings = parallel.abstract_with_shardings(
             self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
-        step = self.checkpointer.latest_step()
-        if step is not None:
-            state = self.checkpointer.restore(step, abstract, data_iterator)
+        self._abstract = abstract
+        restored = self.checkpointer.restore_latest(abstract, data_iterator)
+        if restored is not None:
+            step, state = restored
             logging.info("resuming from step %d", step)
+            self.logger.truncate_after(step)
         else:
             state, _ = parallel.init_sharded(self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
+            self.logger.truncate_after(0)  # rows of a run whose checkpoints were all removed
         return state, shardings
 
     def _global(self, host_batch) -> dict[str, jax.Array]:
@@ -190,7 +264,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
-        """Run until `trainer.num_steps`; returns a summary (first/last metrics, timings)."""
+        """Run until `trainer.num_steps`; returns a summary (first/last metrics, timings).
+
+        `summary["interrupted_at"]` is set when SIGTERM/SIGINT stopped the run (after a save).
+        Raises `UserError` (exit code `EXIT_NONFINITE`) when a non-finite step ends it.
+        """
+        iterators: list[Any] = []  # closed however the run ends
+        progress_bars: list[Any] = []
+        try:
+            return self._train(iterators, progress_bars)
+        finally:
+            for bar in progress_bars:
+                bar.close()
+            for it in iterators:
+                if hasattr(it, "close"):  # stops Grain worker processes
+                    it.close()
+            self.close()
+
+    def _train(self, iterators: list[Any], progress_bars: list[Any]) -> dict[str, Any]:
         tc = self.config.trainer
         config_json = json.loads(self.config.to_json_best_effort())
         if self.is_main:
@@ -199,17 +290,18 @@ class Trainer:
         share = dict(batch_size=self.process_batch.size, shard_index=self.process_batch.index,
                      shard_count=self.process_batch.count)
         train_it = self.task.make_dataset("train", **share)
-        eval_batch = eval_it = None
+        iterators.append(train_it)
+        eval_batch = None
         if tc.eval_every:
             eval_it = self.task.make_dataset("eval", **share)
+            iterators.append(eval_it)
             eval_batch = next(eval_it)
         state, state_shardings = self.initial_state(train_it)
         start_step = int(jax.device_get(state.step))
-        summary: dict[str, Any] = {"start_step": start_step, "history": []}
+        summary: dict[str, Any] = {"start_step": start_step, "history": [], "nonfinite_skipped": 0}
         self.state = state
         if start_step >= tc.num_steps:
             logging.info("run already at step %d >= num_steps %d: nothing to do", start_step, tc.num_steps)
-            self.close()
             return summary
 
         progress = None
@@ -217,7 +309,9 @@ class Trainer:
             from tqdm.auto import tqdm
             progress = tqdm(total=tc.num_steps, initial=start_step, desc=f"train {self.task.name}",
                             dynamic_ncols=True)
+            progress_bars.append(progress)
         pending = None  # (step, device metrics) logged one step late
+        unverified = None  # the newest saved step not yet read back
         step = start_step
         t_start = time.time()
         with _StopFlag() as stop, jax.set_mesh(self.mesh):
@@ -228,8 +322,8 @@ class Trainer:
                 first_use = phase not in self._jit_train_steps
                 if first_use:
                     self._jit_train_steps[phase] = jit_train_step(
-                        self.task.train_phases()[phase], mesh=self.mesh, rules=self.rules,
-                        state_shardings=state_shardings, example_batch=batch)
+                        guard_nonfinite(self.task.train_phases()[phase], skip=self.on_nonfinite == "skip"),
+                        mesh=self.mesh, rules=self.rules, state_shardings=state_shardings, example_batch=batch)
                 t0 = time.time()
                 state, metrics = self._jit_train_steps[phase](state, batch)
                 step += 1
@@ -239,15 +333,21 @@ class Trainer:
                 if pending is not None:
                     self._record(pending, summary, progress)
                 pending = (step, metrics)
-                if step % tc.log_every == 0 or step == tc.num_steps:
+                stopping = stop.requested or self.checkpointer.reached_preemption(step)
+                saving = step % tc.checkpoint_every == 0 or step == tc.num_steps or stopping
+                if step % tc.log_every == 0 or step == tc.num_steps or saving:
+                    # Before a save the step's metrics are checked: a non-finite state is never written.
                     self._record(pending, summary, progress)
                     pending = None
+                if step % tc.log_every == 0 or step == tc.num_steps:
                     summary["history"].append({"step": step, **self.logger.flush(step)})
+                    self.checkpointer.check_for_errors()  # a failed background save stops the run now
                 if tc.eval_every and step % tc.eval_every == 0:
                     summary["eval"] = self.evaluate(state, eval_batch, step)
-                stopping = stop.requested or self.checkpointer.reached_preemption(step)
-                if step % tc.checkpoint_every == 0 or step == tc.num_steps or stopping:
+                if saving:
+                    self._verify(unverified)
                     self.checkpointer.save(step, state, train_it, config_json)
+                    unverified = step
                 if stopping:
                     summary["interrupted_at"] = step
                     break
@@ -255,19 +355,28 @@ class Trainer:
             self._record(pending, summary, progress)
         if tc.eval_every and step == tc.num_steps and step % tc.eval_every:
             summary["eval"] = self.evaluate(state, eval_batch, step)
-        if progress is not None:
-            progress.close()
-        for it in (train_it, eval_it):
-            if hasattr(it, "close"):  # stops Grain worker processes
-                it.close()
-        summary.update(end_step=step, wall_seconds=time.time() - t_start)
+        if "interrupted_at" not in summary:
+            self._verify(unverified)
+        summary.update(end_step=step, wall_seconds=time.time() - t_start,
+                       verified_checkpoint=self.checkpointer.verified_step)
         self.state = state
-        self.close()
         return summary
+
+    def _verify(self, step: int | None) -> None:
+        """Read checkpoint `step` back and check it (`trainer.verify_checkpoints`)."""
+        if step is None or not self.verify_checkpoints:
+            return
+        try:
+            self.checkpointer.verify(step, self._abstract)
+        except CheckpointDamaged as error:
+            logging.error("checkpoint step %d does not read back intact: %s", step, error)
 
     def _record(self, pending, summary, progress) -> None:
         step, metrics = pending
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not metrics.pop(FINITE_KEY, True):
+            self._nonfinite(step, metrics, summary)
+            return
         summary.setdefault("first_metrics", metrics)
         summary["last_metrics"] = metrics
         self.logger.add(metrics)
@@ -277,6 +386,28 @@ class Trainer:
                                 if math.isfinite(v) and k in self.task.progress_keys})
             progress.set_postfix(self._shown, refresh=False)
 
+    def _nonfinite(self, step: int, metrics: dict[str, float], summary: dict[str, Any]) -> None:
+        """Stop (or, in skip mode, count) a step whose metrics or parameters are not finite."""
+        bad = [f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v)]
+        what = f"non-finite {', '.join(bad)}" if bad else "non-finite parameters after the update"
+        if self.on_nonfinite == "skip":
+            summary["nonfinite_skipped"] += 1
+            logging.warning("step %d: %s; update skipped (%d of at most %d)", step, what,
+                            summary["nonfinite_skipped"], self.max_nonfinite_skips)
+            if summary["nonfinite_skipped"] <= self.max_nonfinite_skips:
+                self.logger.add({"nonfinite_skipped": 1.0})  # the window's fraction of skipped steps
+                return
+            what += f" ({summary['nonfinite_skipped']} updates skipped, more than trainer.max_nonfinite_skips)"
+        self.checkpointer.wait()
+        latest = self.checkpointer.latest_step()
+        saved = f"the newest checkpoint is step {latest}" if latest is not None else "no checkpoint was written"
+        raise UserError(f"training stopped at step {step}: {what}; nothing non-finite was saved and {saved}; "
+                        f"lower the learning rate or set --config.trainer.on_nonfinite=skip",
+                        exit_code=EXIT_NONFINITE)
+
     def close(self) -> None:
         self.checkpointer.close()
         self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
