@@ -191,6 +191,35 @@ def test_time_sigma_round_trip_and_cosine_schedule():
     np.testing.assert_allclose(sig / alpha, schedule.t_to_sigma(t), rtol=1e-4)
 
 
+def test_t_to_sigma_is_infinite_at_one_and_never_negative():
+    """float32 pi/2 rounds above pi/2, where a plain tan is about -2.3e7; t = 1 is +inf."""
+    assert float(schedule.t_to_sigma(1.0)) == math.inf
+    assert float(schedule.t_to_sigma(jnp.float32(1.0))) == math.inf
+    assert float(schedule.sigma_to_t(schedule.t_to_sigma(1.0))) == 1.0
+    t = jnp.linspace(0.0, 1.0, 100_001)  # includes 0.5, the switch between the two forms
+    sigma = np.asarray(schedule.t_to_sigma(t), np.float64)
+    assert sigma[0] == 0.0 and np.all(np.diff(sigma) >= 0) and np.all(np.isfinite(sigma[:-1]))
+    exact = np.tan(0.5 * np.pi * np.asarray(t, np.float64)[:-1])
+    np.testing.assert_allclose(sigma[:-1], exact, rtol=1e-6)
+    near_one = jnp.float32(1.0) - jnp.finfo(jnp.float32).epsneg  # the largest float32 below 1
+    np.testing.assert_allclose(float(schedule.t_to_sigma(near_one)), 1.0 / np.tan(0.5 * np.pi * 2.0**-24), rtol=1e-6)
+
+
+def test_sigma_grids_from_model_times():
+    """A grid built from model times up to just below 1 is finite and decreasing; t = 1
+    (sigma = inf) is refused by name instead of turning the grid into inf/NaN."""
+    top = float(schedule.t_to_sigma(0.9995))
+    sigmas = schedule.polyexponential_sigmas(10, float(schedule.t_to_sigma(0.02)), top)
+    assert np.all(np.isfinite(sigmas)) and np.all(np.diff(np.asarray(sigmas)) < 0)
+    np.testing.assert_allclose(sigmas[0], top, rtol=1e-5)
+    x = jnp.ones((2, 4, 3)) * sigmas[0]
+    for name in ALL_NAMES:
+        out = samplers.sample(exact_denoiser, x, sigmas, sampler=name, rng=jax.random.key(0))
+        assert bool(jnp.all(jnp.isfinite(out))), name
+    with pytest.raises(ValueError, match="sigma_max < inf"):
+        schedule.polyexponential_sigmas(10, 0.01, float(schedule.t_to_sigma(1.0)))
+
+
 def test_add_noise_and_v_target_determine_x0_and_noise():
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     x0 = jax.random.normal(k1, (6, 32, 4))
