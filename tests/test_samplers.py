@@ -377,6 +377,21 @@ def test_dpm_fast_orders_and_grid():
     np.testing.assert_allclose(sorted(seen, reverse=True), want, rtol=1e-5)
 
 
+def test_dpm_fast_with_eta_adds_no_noise_on_its_last_step():
+    """The last step ends on sigma_min: its noise slice must not matter (in the reference the
+    grid's end and sigma_min are the same number, so that step's noise scale is exactly 0);
+    the earlier ones must."""
+    sigmas = schedule.polyexponential_sigmas(12, 0.3, 500.0)  # 5 steps
+    x = jax.random.normal(jax.random.key(8), (2, 16, 4)) * sigmas[0]
+    noise = jax.random.normal(jax.random.key(9), (5,) + x.shape)
+    run = jax.jit(lambda noise: samplers.sample_dpm_fast(exact_denoiser, x, sigmas, noise=noise, eta=1.0))
+    base = run(noise)
+    np.testing.assert_array_equal(run(noise.at[-1].multiply(100.0)), base)
+    assert float(jnp.abs(run(noise.at[-2].multiply(2.0)) - base).max()) > 0.1
+    with pytest.raises(ValueError, match=r"noise must have shape \[num_steps, \*x.shape\] = \(5, 2, 16, 4\)"):
+        samplers.sample_dpm_fast(exact_denoiser, x, sigmas, noise=noise[:4], eta=1.0)
+
+
 def test_sampler_traces_the_denoiser_once_as_one_scan():
     calls = []
 

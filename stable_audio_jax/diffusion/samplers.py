@@ -582,8 +582,9 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
     `sigma_min`'s noise, as the reference's does.
 
     With eta > 0 each step moves to `max(sigma_down, sigma_min)` (`_ancestral_step`) and adds
-    `s_noise sqrt(sigma_next^2 - target^2) n`; `noise` (or `rng`) gives the `n`s,
-    `[len(dpm_fast_orders(n)), *x.shape]`, one per step, the last included. eta = 0 (the
+    `s_noise sqrt(sigma_next^2 - target^2) n`, except on the last step, which ends on
+    `sigma_min`; `noise` (or `rng`) gives the `n`s, `[len(dpm_fast_orders(n)), *x.shape]`,
+    one per step (the last unused). eta = 0 (the
     reference's and `sample_k`'s default) is deterministic. `callback` is called once per
     denoiser call (indices 0 .. n-1), as the reference's progress bar counts.
     """
@@ -620,7 +621,10 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
         x_new = jax.lax.switch(s["order"], [branch(o) for o in (1, 2, 3)], x, denoised, sigma, target,
                                s["first_call"])
         if stochastic:
-            sigma_up = jnp.sqrt(jnp.maximum(sigma_next**2 - target**2, 0.0))
+            # The last step ends on sigma_min itself: no noise (as in the reference, whose grid
+            # ends on it exactly), which an ulp between two copies of the grid's end would add.
+            sigma_up = jnp.where(s["index"] < len(orders) - 1, jnp.sqrt(jnp.maximum(sigma_next**2 - target**2, 0.0)),
+                                 0.0)
             x_new = x_new + (s_noise * sigma_up) * s["noise"]
         return x_new.astype(x.dtype)
 
