@@ -375,9 +375,17 @@ def _dpm_solver_3_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sig
     return x - sigma_to * jnp.expm1(h) * eps - (sigma_to / r2) * (jnp.expm1(h) / h - 1.0) * (eps_2 - eps)
 
 
-def _check_noise_options(name: str, eta: float, s_noise: float) -> None:
+def _eta_noise(name: str, eta: float, s_noise: float, rng: Optional[jax.Array], noise: Optional[jax.Array],
+               x: jax.Array, sigmas: jax.Array) -> Optional[jax.Array]:
+    """The noise of a sampler with an `eta` option: `_draw_noise`'s `[num_steps, *x.shape]`
+    for eta > 0, None for eta = 0 (deterministic, so given noise is an error)."""
     if eta < 0 or s_noise < 0:
         raise ValueError(f"sampler {name!r}: eta and s_noise must be >= 0, got eta={eta}, s_noise={s_noise}")
+    if eta > 0:
+        return _draw_noise(rng, noise, x, sigmas, name)
+    if noise is not None:
+        raise ValueError(f"sampler {name!r} with eta = 0 is deterministic and takes no noise")
+    return None
 
 
 def _ancestral_step(sigma: jax.Array, sigma_next: jax.Array, eta: float) -> tuple[jax.Array, jax.Array]:
@@ -403,13 +411,9 @@ def _sample_moves(move: Move, name: str, denoise: Denoiser, x_init: jax.Array, s
     `sigma_next > 0`, `+ s_noise sigma_up n`. `noise` (or `rng`) gives the `n`s,
     `[num_steps, *x.shape]`; with eta = 0 there is none.
     """
-    _check_noise_options(name, eta, s_noise)
     x, sigmas = _prepare(x_init, sigmas)
-    stochastic = eta > 0
-    if stochastic:
-        noise = _draw_noise(rng, noise, x, sigmas, name)
-    elif noise is not None:
-        raise ValueError(f"sampler {name!r} with eta = 0 is deterministic and takes no noise")
+    noise = _eta_noise(name, eta, s_noise, rng, noise, x, sigmas)
+    stochastic = noise is not None
 
     def step(x, s):
         sigma, sigma_next = s["sigma"], s["sigma_next"]
@@ -423,7 +427,7 @@ def _sample_moves(move: Move, name: str, denoise: Denoiser, x_init: jax.Array, s
             x_new = jnp.where(sigma_next > 0, x_new + (s_noise * sigma_up) * s["noise"], x_new)
         return x_new.astype(x.dtype)
 
-    return _scan_steps(step, x, sigmas, noise if stochastic else None, callback)
+    return _scan_steps(step, x, sigmas, noise, callback)
 
 
 def _move_sampler(move: Move, name: str, doc: str, *, ancestral: bool) -> Callable[..., jax.Array]:
@@ -588,16 +592,12 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
     reference's and `sample_k`'s default) is deterministic. `callback` is called once per
     denoiser call (indices 0 .. n-1), as the reference's progress bar counts.
     """
-    _check_noise_options("dpm_fast", eta, s_noise)
     x, sigmas = _prepare(x_init, sigmas)
     orders = dpm_fast_orders(sigmas.shape[0] - 1)
     sigma_min = jnp.min(jnp.where(sigmas > 0, sigmas, jnp.inf))
     grid = jnp.exp(-jnp.linspace(-jnp.log(sigmas[0]), -jnp.log(sigma_min), len(orders) + 1))
-    stochastic = eta > 0
-    if stochastic:
-        noise = _draw_noise(rng, noise, x, grid, "dpm_fast")
-    elif noise is not None:
-        raise ValueError("sampler 'dpm_fast' with eta = 0 is deterministic and takes no noise")
+    noise = _eta_noise("dpm_fast", eta, s_noise, rng, noise, x, grid)
+    stochastic = noise is not None
     per_step = {"order": jnp.asarray(orders, jnp.int32) - 1,
                 "first_call": jnp.asarray(np.cumsum((0,) + orders[:-1]), jnp.int32)}
 
@@ -628,7 +628,7 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
             x_new = x_new + (s_noise * sigma_up) * s["noise"]
         return x_new.astype(x.dtype)
 
-    return _scan_steps(step, x, grid, noise if stochastic else None, None, per_step)
+    return _scan_steps(step, x, grid, noise, None, per_step)
 
 
 # ----------------------------------------------------------------------------- registry
