@@ -13,8 +13,9 @@ what they share:
   A Lightning `{"state_dict": ...}` wrapper is unwrapped.
 - `StateDictReader`: hands out tensors by name and remembers which were used, so a
   missing key, a shape mismatch or a tensor that maps nowhere is an error naming it.
-- Layout helpers for the PyTorch -> linen conventions (SPEC.md 6.3) and `check_tree`,
-  which compares a converted tree with the module's `jax.eval_shape` tree.
+- Layout helpers for the PyTorch -> linen conventions (Linear `[out, in]` -> Dense
+  `[in, out]`, Conv1d channels last, weight norm folded) and `check_tree`, which compares
+  a converted tree with the module's `jax.eval_shape` tree.
 """
 
 from __future__ import annotations
