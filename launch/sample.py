@@ -43,7 +43,9 @@ _WINDOW_SECONDS = flags.DEFINE_float("window_seconds", None, "Generate a shorter
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the model's, 100).")
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale, 1: off (default: the model's).")
 _RESCALE_PHI = flags.DEFINE_float("rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).")
-_SAMPLER = flags.DEFINE_string("sampler", None, "dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, euler or ddim "
+_SAMPLER = flags.DEFINE_string("sampler", None, "dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, euler, ddim, heun, lms, "
+                               "dpm_2, dpm_fast, euler_ancestral, dpm_2_ancestral or dpmpp_2s_ancestral, or "
+                               "stable-audio-tools' spelling (k-heun, k-dpm-fast, v-ddim, ...) "
                                "(default: the model's).")
 _SIGMA_MIN = flags.DEFINE_float("sigma_min", None, "Smallest noise level of the schedule (default: the model's).")
 _SIGMA_MAX = flags.DEFINE_float("sigma_max", None, "Largest noise level of the schedule (default: the model's).")

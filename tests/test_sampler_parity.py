@@ -1,11 +1,11 @@
-"""Parity of the schedule, the v-denoiser and the DPM-Solver++ samplers with k-diffusion.
+"""Parity of the schedule, the v-denoiser and the samplers with k-diffusion.
 
 tests/fixtures/sampler_reference.npz was written by tests/reference/make_sampler_reference.py
 with k-diffusion 0.1.1 (what stable-audio-tools' `sample_k` calls) on torch 2.13 CPU, for the
 analytic v-model `v(x, t) = tanh(x @ W + t b)` behind `K.external.VDenoiser`, 12 steps, on
-SAO's model-card range sigma 0.3..500 and `sample_k`'s default 0.01..100. The SDE samplers
-were handed a pre-drawn noise sequence (one `x`-shaped slice per step) in place of their
-Brownian tree; our samplers take the same sequence through `noise=`.
+SAO's model-card range sigma 0.3..500 and `sample_k`'s default 0.01..100. The stochastic
+samplers were handed a pre-drawn noise sequence (one `x`-shaped slice per step) in place of
+their Brownian tree or fresh normals; our samplers take the same sequence through `noise=`.
 
 Tolerance (float32 on both sides): max |jax - torch| <= 1e-4 * max(1, max |torch|).
 """
@@ -23,8 +23,13 @@ from tests.parity import assert_parity
 
 REF = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "sampler_reference.npz"))
 SCHEDULES = ("sao", "default")
-# Our names; the reference's are `K.sampling.sample_<name>` (SAT: "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde").
-SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
+# Our names, which are also k-diffusion's (`K.sampling.sample_<name>`); SAT's spellings are
+# `samplers.REFERENCE_NAMES` ("dpmpp-3m-sde", "k-heun", ...).
+SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "heun", "lms", "dpm_2", "dpm_fast", "euler_ancestral",
+            "dpm_2_ancestral", "dpmpp_2s_ancestral")
+# Reference runs with non-default options: fixture name -> (sampler function, options).
+VARIANTS = {"dpmpp_2s_ancestral_eta05": (samplers.sample_dpmpp_2s_ancestral, {"eta": 0.5, "s_noise": 0.7}),
+            "dpm_fast_eta1": (samplers.sample_dpm_fast, {"eta": 1.0})}
 
 
 def tanh_v_model(x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
@@ -60,9 +65,31 @@ def test_sampler_matches_k_diffusion(name, sampler):
     assert_parity(got, REF[f"{name}_{sampler}"], f"{name} {sampler}")
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_sampler_options_match_k_diffusion(name, variant):
+    fn, options = VARIANTS[variant]
+    x_init, sigmas = REF[f"{name}_x_init"], REF[f"{name}_sigmas"]
+    steps = len(samplers.dpm_fast_orders(len(sigmas) - 1)) if fn is samplers.sample_dpm_fast else len(sigmas) - 1
+    got = fn(DENOISE, x_init, sigmas, noise=REF["noise"][:steps], **options)
+    assert_parity(got, REF[f"{name}_{variant}"], f"{name} {variant}")
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_lms_coefficients_match_k_diffusion_quadrature(name):
+    got = samplers.lms_coefficients(REF[f"{name}_sigmas"], order=4)
+    assert_parity(got, REF[f"{name}_lms_coeffs"], f"{name} lms coefficients")
+    np.testing.assert_allclose(got, REF[f"{name}_lms_coeffs"], rtol=1e-5, atol=1e-6)
+
+
 def test_reference_sampler_spellings_map_to_ours():
     for ours in SAMPLERS:
         assert samplers.canonical_sampler_name(ours.replace("_", "-")) == ours
+    # stable-audio-tools' `sample_k` names.
+    for spelling, ours in (("k-heun", "heun"), ("k-lms", "lms"), ("k-dpm-2", "dpm_2"), ("k-dpm-fast", "dpm_fast"),
+                           ("k-dpmpp-2s-ancestral", "dpmpp_2s_ancestral"), ("k-euler-ancestral", "euler_ancestral"),
+                           ("k-dpm-2-ancestral", "dpm_2_ancestral"), ("dpmpp-3m-sde", "dpmpp_3m_sde")):
+        assert samplers.canonical_sampler_name(spelling) == ours
 
 
 def test_noise_argument_is_checked():

@@ -20,8 +20,11 @@ from stable_audio_jax.diffusion import guidance, samplers, schedule
 
 MU, S = 0.7, 0.5  # toy data: every element of x0 is N(MU, S^2), independently
 
-SAMPLER_NAMES = ("euler", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")
-STOCHASTIC = {"dpmpp_2m_sde", "dpmpp_3m_sde"}
+SAMPLER_NAMES = ("euler", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde")  # those with a NumPy loop below
+# The k-diffusion ports checked against k-diffusion itself in tests/test_sampler_parity.py.
+K_DIFFUSION_NAMES = ("heun", "lms", "dpm_2", "dpm_fast", "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral")
+ALL_NAMES = SAMPLER_NAMES + K_DIFFUSION_NAMES
+STOCHASTIC = {"dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral"}
 
 
 # ----------------------------------------------------------------------------- toy models
@@ -148,6 +151,7 @@ REFERENCES = {
 def jitted_sampler(name: str, denoiser_kind: str):
     denoise = {
         "wobbly": wobbly_denoiser,
+        "exact": exact_denoiser,
         "v": samplers.v_denoiser(exact_v_model),
     }[denoiser_kind]
     return jax.jit(lambda x, sigmas, rng: samplers.sample(denoise, x, sigmas, sampler=name, rng=rng))
@@ -178,13 +182,42 @@ def test_time_sigma_round_trip_and_cosine_schedule():
     np.testing.assert_allclose(schedule.sigma_to_t(schedule.t_to_sigma(t)), t, atol=1e-6)
     sigma = jnp.array([0.0, 0.01, 0.3, 1.0, 100.0, 500.0])
     np.testing.assert_allclose(schedule.t_to_sigma(schedule.sigma_to_t(sigma)), sigma, rtol=1e-4)
-    # Reference values quoted in SPEC 4.2.
+    # The SAO model card's sigma range 0.3..500 in model time.
     np.testing.assert_allclose(schedule.sigma_to_t(500.0), 0.9987, atol=1e-4)
     np.testing.assert_allclose(schedule.sigma_to_t(0.3), 0.1855, atol=1e-4)
     alpha, sig = schedule.alpha_sigma(t)
     np.testing.assert_allclose(alpha**2 + sig**2, 1.0, atol=1e-6)
     # VE sigma is the VP noise-to-signal ratio.
     np.testing.assert_allclose(sig / alpha, schedule.t_to_sigma(t), rtol=1e-4)
+
+
+def test_t_to_sigma_is_infinite_at_one_and_never_negative():
+    """float32 pi/2 rounds above pi/2, where a plain tan is about -2.3e7; t = 1 is +inf."""
+    assert float(schedule.t_to_sigma(1.0)) == math.inf
+    assert float(schedule.t_to_sigma(jnp.float32(1.0))) == math.inf
+    assert float(schedule.sigma_to_t(schedule.t_to_sigma(1.0))) == 1.0
+    t = jnp.linspace(0.0, 1.0, 100_001)  # includes 0.5, the switch between the two forms
+    sigma = np.asarray(schedule.t_to_sigma(t), np.float64)
+    assert sigma[0] == 0.0 and np.all(np.diff(sigma) >= 0) and np.all(np.isfinite(sigma[:-1]))
+    exact = np.tan(0.5 * np.pi * np.asarray(t, np.float64)[:-1])
+    np.testing.assert_allclose(sigma[:-1], exact, rtol=1e-6)
+    near_one = jnp.float32(1.0) - jnp.finfo(jnp.float32).epsneg  # the largest float32 below 1
+    np.testing.assert_allclose(float(schedule.t_to_sigma(near_one)), 1.0 / np.tan(0.5 * np.pi * 2.0**-24), rtol=1e-6)
+
+
+def test_sigma_grids_from_model_times():
+    """A grid built from model times up to just below 1 is finite and decreasing; t = 1
+    (sigma = inf) is refused by name instead of turning the grid into inf/NaN."""
+    top = float(schedule.t_to_sigma(0.9995))
+    sigmas = schedule.polyexponential_sigmas(10, float(schedule.t_to_sigma(0.02)), top)
+    assert np.all(np.isfinite(sigmas)) and np.all(np.diff(np.asarray(sigmas)) < 0)
+    np.testing.assert_allclose(sigmas[0], top, rtol=1e-5)
+    x = jnp.ones((2, 4, 3)) * sigmas[0]
+    for name in ALL_NAMES:
+        out = samplers.sample(exact_denoiser, x, sigmas, sampler=name, rng=jax.random.key(0))
+        assert bool(jnp.all(jnp.isfinite(out))), name
+    with pytest.raises(ValueError, match="sigma_max < inf"):
+        schedule.polyexponential_sigmas(10, 0.01, float(schedule.t_to_sigma(1.0)))
 
 
 def test_add_noise_and_v_target_determine_x0_and_noise():
@@ -251,13 +284,14 @@ def test_sampler_matches_float64_numpy_reference(name):
     assert np.all(np.isfinite(got))
 
 
-@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_sampler_converges_to_data_distribution(name):
     """8192 samples, 100 steps, sigma 80 -> 0.01 -> 0, through v_denoiser: mean and std within 0.03.
 
     100 steps as in the reference; the first-order samplers (Euler = DDIM here) shrink the
     std by a deterministic 0.011 at 100 steps (0.022 at 50), the 2nd/3rd-order ones by < 0.002;
-    the Monte-Carlo error of the estimates is about 0.005.
+    the Monte-Carlo error of the estimates is about 0.005. Euler ancestral is first order too.
+    dpm_fast stops at sigma 0.01 (its std is sqrt(S^2 + 0.01^2), 0.0001 above S).
     """
     steps, shape = 100, (64, 32, 4)
     sigmas = schedule.polyexponential_sigmas(steps, 0.01, 80.0)
@@ -266,6 +300,96 @@ def test_sampler_converges_to_data_distribution(name):
     out = np.asarray(jitted_sampler(name, "v")(x_init, sigmas, k_noise))
     assert abs(out.mean() - MU) < 0.03, (name, out.mean())
     assert abs(out.std() - S) < 0.03, (name, out.std())
+
+
+# Deterministic ports, on the toy Gaussian whose probability-flow ODE is solved in closed form:
+# x(sigma) = MU + (x(sigma_max) - MU) sqrt(S^2 + sigma^2) / sqrt(S^2 + sigma_max^2).
+# Max |error| over 512 elements at 25 steps, sigma 80 -> 0.01 -> 0, was measured as heun 3.2e-2,
+# lms 2.1e-2, dpm_2 1.5e-2, dpm_fast 2.7e-3 (Euler, first order: 1.5e-1); at 50 steps each
+# shrinks 4.5 to 10 times (Euler: 2 times). The tolerances leave 1.5x headroom.
+ODE_TOLERANCES = {"heun": 5e-2, "lms": 3e-2, "dpm_2": 2.5e-2, "dpm_fast": 4e-3}
+
+
+@pytest.mark.parametrize("name", sorted(ODE_TOLERANCES))
+def test_deterministic_sampler_solves_the_gaussian_ode(name):
+    shape, sigma_max, sigma_min = (8, 16, 4), 80.0, 0.01
+    x_init = jax.random.normal(jax.random.key(30), shape) * sigma_max
+    errors = []
+    for steps in (25, 50):
+        sigmas = schedule.polyexponential_sigmas(steps, sigma_min, sigma_max)
+        x_init_s = x_init * (sigmas[0] / sigma_max)
+        # dpm_fast ends on its own grid at sigma_min; the others take the final step to 0.
+        sigma_end = sigma_min if name == "dpm_fast" else 0.0
+        exact = MU + (np.asarray(x_init_s, np.float64) - MU) * math.sqrt(S**2 + sigma_end**2) / math.sqrt(
+            S**2 + float(sigmas[0]) ** 2)
+        got = np.asarray(jitted_sampler(name, "exact")(x_init_s, sigmas, jax.random.key(0)), np.float64)
+        errors.append(np.abs(got - exact).max())
+    assert errors[0] < ODE_TOLERANCES[name], (name, errors)
+    assert errors[1] < errors[0] / 3, (name, errors)  # higher than first order (2nd order: / 4)
+
+
+def test_ancestral_samplers_with_eta_zero_are_their_deterministic_versions():
+    sigmas = schedule.polyexponential_sigmas(12, 0.03, 50.0)
+    x = jax.random.normal(jax.random.key(5), (2, 8, 3)) * sigmas[0]
+    denoise = functools.partial(wobbly_denoiser, np_module=jnp)
+    for ancestral, plain in ((samplers.sample_euler_ancestral, samplers.sample_euler),
+                             (samplers.sample_dpm_2_ancestral, samplers.sample_dpm_2)):
+        np.testing.assert_allclose(ancestral(denoise, x, sigmas, eta=0.0), plain(denoise, x, sigmas), atol=2e-5)
+    # s_noise scales only the added noise: with zero noise, eta still moves the step to sigma_down.
+    zero = jnp.zeros((12,) + x.shape)
+    a = samplers.sample_dpmpp_2s_ancestral(denoise, x, sigmas, noise=zero)
+    b = samplers.sample_dpmpp_2s_ancestral(denoise, x, sigmas, noise=jnp.ones_like(zero), s_noise=0.0)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="eta = 0 is deterministic"):
+        samplers.sample_euler_ancestral(denoise, x, sigmas, eta=0.0, noise=zero)
+    with pytest.raises(ValueError, match="eta and s_noise must be >= 0"):
+        samplers.sample_euler_ancestral(denoise, x, sigmas, eta=-1.0, noise=zero)
+
+
+def test_dpm_fast_orders_and_grid():
+    # k-diffusion's rule: nfe // 3 + 1 steps, orders summing to the call budget.
+    assert samplers.dpm_fast_orders(1) == (1,)
+    assert samplers.dpm_fast_orders(2) == (2,)
+    assert samplers.dpm_fast_orders(3) == (2, 1)
+    assert samplers.dpm_fast_orders(10) == (3, 3, 3, 1)
+    assert samplers.dpm_fast_orders(11) == (3, 3, 3, 2)
+    assert samplers.dpm_fast_orders(12) == (3, 3, 3, 2, 1)
+    assert all(sum(samplers.dpm_fast_orders(n)) == n for n in range(1, 200))
+    with pytest.raises(ValueError, match="at least 1"):
+        samplers.dpm_fast_orders(0)
+    # It calls the denoiser exactly len(sigmas) - 1 times, at sigmas log-uniform from
+    # sigmas[0] down to the smallest positive one; the other sigmas do not matter.
+    seen = []
+
+    def recording(x, sigma):
+        jax.debug.callback(lambda s: seen.append(float(s)), sigma)
+        return exact_denoiser(x, sigma)
+
+    sigmas = jnp.array([20.0, 7.0, 6.0, 5.0, 0.2, 0.0, 0.0, 0.0])  # odd on purpose; 7 calls
+    samplers.sample_dpm_fast(recording, jnp.ones((1, 2, 1)), sigmas).block_until_ready()
+    jax.effects_barrier()
+    # 7 // 3 + 1 = 3 equal steps in log sigma, orders (3, 3, 1); the order-3 steps evaluate
+    # at 0, 1/3 and 2/3 of the step.
+    grid = np.geomspace(20.0, 0.2, 4)
+    ratio = grid[1] / grid[0]
+    want = [grid[0], grid[0] * ratio ** (1 / 3), grid[0] * ratio ** (2 / 3),
+            grid[1], grid[1] * ratio ** (1 / 3), grid[1] * ratio ** (2 / 3), grid[2]]
+    np.testing.assert_allclose(sorted(seen, reverse=True), want, rtol=1e-5)
+
+
+def test_dpm_fast_with_eta_adds_no_noise_on_its_last_step():
+    """The last step ends on sigma_min: its noise slice must not matter (in the reference the
+    grid's end and sigma_min are the same number, so that step's noise scale is exactly 0);
+    the earlier ones must."""
+    sigmas = schedule.polyexponential_sigmas(12, 0.3, 500.0)  # 5 steps
+    x = jax.random.normal(jax.random.key(8), (2, 16, 4)) * sigmas[0]
+    noise = jax.random.normal(jax.random.key(9), (5,) + x.shape)
+    run = jax.jit(lambda noise: samplers.sample_dpm_fast(exact_denoiser, x, sigmas, noise=noise, eta=1.0))
+    base = run(noise)
+    np.testing.assert_array_equal(run(noise.at[-1].multiply(100.0)), base)
+    assert float(jnp.abs(run(noise.at[-2].multiply(2.0)) - base).max()) > 0.1
+    with pytest.raises(ValueError, match=r"noise must have shape \[num_steps, \*x.shape\] = \(5, 2, 16, 4\)"):
+        samplers.sample_dpm_fast(exact_denoiser, x, sigmas, noise=noise[:4], eta=1.0)
 
 
 def test_sampler_traces_the_denoiser_once_as_one_scan():
@@ -283,6 +407,28 @@ def test_sampler_traces_the_denoiser_once_as_one_scan():
     assert [e.primitive.name for e in jaxpr.jaxpr.eqns].count("scan") == 1
 
 
+# Denoiser traces per sampler program: once per call site (a step's first call, then each
+# cond/switch branch's own), whatever the number of steps.
+TRACES = {"heun": 2, "lms": 1, "dpm_2": 2, "dpm_fast": 4, "euler_ancestral": 1, "dpm_2_ancestral": 2,
+          "dpmpp_2s_ancestral": 2}
+
+
+@pytest.mark.parametrize("name", K_DIFFUSION_NAMES)
+def test_k_diffusion_ports_are_one_scan_of_fixed_size(name):
+    for steps in (9, 30):
+        calls = []
+
+        def counting_denoiser(x, sigma):
+            calls.append(1)
+            return exact_denoiser(x, sigma)
+
+        sigmas = schedule.polyexponential_sigmas(steps, 0.01, 80.0)
+        jaxpr = jax.make_jaxpr(lambda x, k: samplers.sample(counting_denoiser, x, sigmas, sampler=name, rng=k))(
+            jnp.zeros((2, 8, 4)), jax.random.key(0))
+        assert len(calls) == TRACES[name], (name, steps, len(calls))
+        assert [e.primitive.name for e in jaxpr.jaxpr.eqns].count("scan") == 1, name
+
+
 def test_callback_sees_every_step():
     seen = []
     sigmas = schedule.polyexponential_sigmas(6, 0.1, 10.0)
@@ -291,16 +437,30 @@ def test_callback_sees_every_step():
     run(jnp.ones((2, 4, 3))).block_until_ready()
     jax.effects_barrier()
     assert sorted(seen) == list(range(6))
+    # dpm_fast reports each of its 6 denoiser calls (2 steps, orders 3 and 2), as the
+    # reference's progress bar counts them; heun one per step, like the reference's.
+    for name in ("dpm_fast", "heun"):
+        seen.clear()
+        jax.jit(lambda x: samplers.sample(exact_denoiser, x, sigmas, sampler=name,
+                                          callback=lambda i: seen.append(int(i))))(jnp.ones((2, 4, 3)))
+        jax.effects_barrier()
+        assert sorted(seen) == list(range(6)), name
 
 
 def test_sampler_names_and_errors():
-    assert set(samplers.SAMPLERS) == set(SAMPLER_NAMES)
+    from stable_audio_jax.errors import UserError
+    assert set(samplers.SAMPLERS) == set(ALL_NAMES)
+    assert samplers.STOCHASTIC_SAMPLERS == STOCHASTIC
     assert samplers.canonical_sampler_name("dpmpp-3m-sde") == "dpmpp_3m_sde"
     assert samplers.canonical_sampler_name("v-ddim") == "ddim"
+    assert samplers.canonical_sampler_name("K-LMS") == "lms"
     sigmas = schedule.polyexponential_sigmas(3, 0.1, 10.0)
     x = jnp.ones((1, 4, 2))
-    with pytest.raises(ValueError, match="known samplers: .*dpmpp_3m_sde"):
-        samplers.sample(exact_denoiser, x, sigmas, sampler="k-lms")
+    with pytest.raises(UserError) as info:
+        samplers.sample(exact_denoiser, x, sigmas, sampler="k-dpm-adaptive")
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    for name in ALL_NAMES:  # every sampler, in both spellings
+        assert f"{name} ({samplers.REFERENCE_NAMES[name]})" in str(info.value)
     for name in STOCHASTIC:
         with pytest.raises(ValueError, match="rng"):
             samplers.sample(exact_denoiser, x, sigmas, sampler=name)

@@ -132,6 +132,11 @@ def test_generator_samples_with_sao_defaults_sharded(converted):
     assert short.shape == (1, 69 * 64, 2)
     with pytest.raises(ValueError, match=r"seconds_total must be in \(0, 0.10\]"):
         generator.generate(["warm pads"], seconds_total=0.15, window_seconds=0.1, steps=2)
+    # stable-audio-tools' names for the k-diffusion samplers are accepted (a two-call
+    # ancestral one and dpm_fast, which walks its own grid).
+    for name in ("k-dpmpp-2s-ancestral", "k-dpm-fast"):
+        other = generator.generate(["warm pads"], seconds_total=0.05, window_seconds=0.1, steps=2, sampler=name)
+        assert other.shape == (1, round(0.05 * 44100), 2) and np.all(np.isfinite(other)), name
 
 
 def test_sample_script_with_pretrained(converted, tmp_path):

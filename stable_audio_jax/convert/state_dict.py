@@ -7,11 +7,15 @@ what they share:
 - `load_state_dict(path)`: `.safetensors` directly; `.ckpt` / `.bin` / `.pt` (PyTorch's
   zip format) with a restricted unpickler that rebuilds tensors from their storages and
   never imports or calls anything else, so a checkpoint cannot execute code on load.
+  Every storage is checked against its declared type and length, and every tensor view
+  (offset, size, stride) against its storage before anything is copied out of it, so a
+  crafted file is refused with one `ConversionError` line instead of reading other memory.
   A Lightning `{"state_dict": ...}` wrapper is unwrapped.
 - `StateDictReader`: hands out tensors by name and remembers which were used, so a
   missing key, a shape mismatch or a tensor that maps nowhere is an error naming it.
-- Layout helpers for the PyTorch -> linen conventions (SPEC.md 6.3) and `check_tree`,
-  which compares a converted tree with the module's `jax.eval_shape` tree.
+- Layout helpers for the PyTorch -> linen conventions (Linear `[out, in]` -> Dense
+  `[in, out]`, Conv1d channels last, weight norm folded) and `check_tree`, which compares
+  a converted tree with the module's `jax.eval_shape` tree.
 """
 
 from __future__ import annotations
@@ -44,8 +48,28 @@ _STORAGE_DTYPES = {
 class _StorageType:
     """Stands for `torch.<X>Storage` in a pickle: only its element dtype matters."""
 
-    def __init__(self, dtype: Any):
-        self.dtype = np.dtype(dtype)
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = np.dtype(_STORAGE_DTYPES[name]) if name in _STORAGE_DTYPES else None
+
+
+class _Storage:
+    """One storage file of a zip checkpoint (`<root>/data/<key>`): its elements, flat."""
+
+    def __init__(self, key: str, data: np.ndarray):
+        self.key = key
+        self.data = data
+
+
+class _TensorView:
+    """The arguments of `torch._utils._rebuild_tensor_v2` exactly as the pickle gave them.
+
+    Nothing is read from the storage while unpickling; `_materialize` checks the view once
+    the tensor's name is known, so a refusal can name it.
+    """
+
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
 class _Opaque:
@@ -65,31 +89,94 @@ class _Opaque:
         return _Opaque(*args)
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
-                    *unused: Any) -> np.ndarray:
-    """A tensor view (`torch._utils._rebuild_tensor_v2`) copied out of its storage."""
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride))
-    return np.array(view)
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *unused: Any) -> _TensorView:
+    """Stands for `torch._utils._rebuild_tensor_v2` (and `_rebuild_tensor`)."""
+    return _TensorView(storage, offset, size, stride)
 
 
-def _rebuild_parameter(data: np.ndarray, *unused: Any) -> np.ndarray:
+def _rebuild_parameter(data: Any, *unused: Any) -> Any:
     return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_tuple(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
+        return tuple(value)
+    return None
+
+
+_MAX_DIMS = 64  # NumPy's limit
+
+
+def _view_problem(view: _TensorView) -> str | None:
+    """Why `view` cannot be read from its storage without going out of bounds, or None.
+
+    A strided view reads the elements `offset + sum_i k_i stride_i`, `0 <= k_i < size_i`;
+    with non-negative strides the largest is `offset + sum_i (size_i - 1) stride_i`, which
+    must lie inside the storage. A view with more elements than its storage (a stride-0
+    broadcast, which no state dict holds) is refused too: copying it could take any amount
+    of memory.
+    """
+    if not isinstance(view.storage, _Storage):
+        return "its storage is not a storage record of this file"
+    numel = view.storage.data.shape[0]
+    size, stride, offset = _int_tuple(view.size), _int_tuple(view.stride), view.offset
+    if size is None or stride is None or not _is_int(offset):
+        return f"size {view.size!r}, stride {view.stride!r} and offset {view.offset!r} must be integers"
+    if len(size) != len(stride):
+        return f"size {size} and stride {stride} have different lengths"
+    if len(size) > _MAX_DIMS:
+        return f"it has {len(size)} dimensions, more than {_MAX_DIMS}"
+    if offset < 0:
+        return f"storage offset {offset} is negative"
+    if any(n < 0 for n in size):
+        return f"size {size} has a negative entry"
+    if any(s < 0 for s in stride):
+        return f"stride {stride} has a negative entry"
+    elements = int(np.prod(size, dtype=object))
+    if elements == 0:
+        return f"storage offset {offset} is past the storage's {numel} elements" if offset > numel else None
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= numel:
+        return (f"size {size}, stride {stride} and offset {offset} reach element {last}, "
+                f"past the storage's {numel} elements")
+    if elements > numel:
+        return f"its {elements} elements are more than the storage's {numel}"
+    return None
+
+
+def _materialize(view: _TensorView, name: str, source: str) -> np.ndarray:
+    """A checked copy of the tensor `name` (`ConversionError` naming it and its storage)."""
+    problem = _view_problem(view)
+    if problem is not None:
+        storage = f" (storage {view.storage.key!r})" if isinstance(view.storage, _Storage) else ""
+        raise ConversionError(f"{source}: tensor {name!r}{storage} is not a valid view of its storage: {problem}")
+    data = view.storage.data
+    size = tuple(view.size)
+    if 0 in size:
+        return np.zeros(size, data.dtype)
+    # Within bounds (checked above); a size-1 axis never moves, so its stride is irrelevant
+    # and is zeroed rather than handed to NumPy however large it is.
+    strides = tuple(0 if n == 1 else s * data.dtype.itemsize for n, s in zip(size, view.stride))
+    return np.array(np.lib.stride_tricks.as_strided(data[view.offset:], shape=size, strides=strides))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only the globals a tensor checkpoint needs; everything else is `_Opaque`."""
 
-    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str):
+    def __init__(self, file: Any, archive: zipfile.ZipFile, root: str, source: str):
         super().__init__(file)
         self._archive = archive
         self._root = root
-        self._storages: dict[str, np.ndarray] = {}
+        self._source = source
+        self._storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and name.endswith("Storage"):
+            return _StorageType(name)
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
             return _rebuild_tensor
         if module == "torch._utils" and name == "_rebuild_parameter":
@@ -100,36 +187,59 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return lambda text, encoding="latin1": text.encode(encoding)
         return _Opaque
 
-    def persistent_load(self, pid: Any) -> np.ndarray:
-        kind, storage_type, key, _location, numel = pid
-        if kind != "storage" or not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        if key not in self._storages:
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise ConversionError(f"{self._source}: unsupported persistent id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        key = str(key)
+        if key in self._storages:
+            return self._storages[key]
+        problem = f"{self._source}: storage {key!r}"
+        if not isinstance(storage_type, _StorageType):
+            raise ConversionError(f"{problem} has no storage type (found {type(storage_type).__name__})")
+        if storage_type.dtype is None:
+            raise ConversionError(f"{problem} has the unsupported type torch.{storage_type.name}")
+        try:
             raw = self._archive.read(f"{self._root}/data/{key}")
-            self._storages[key] = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"), count=numel)
+        except KeyError:
+            raise ConversionError(f"{problem} is missing from the archive") from None
+        itemsize = storage_type.dtype.itemsize
+        if len(raw) % itemsize:
+            raise ConversionError(f"{problem}: {len(raw)} bytes is not a whole number of "
+                                  f"{itemsize}-byte {storage_type.name} elements")
+        if not _is_int(numel) or numel != len(raw) // itemsize:
+            raise ConversionError(f"{problem} holds {len(raw) // itemsize} elements, "
+                                  f"the pickle says {numel!r} (truncated or altered)")
+        data = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"))
+        self._storages[key] = _Storage(key, data)
         return self._storages[key]
 
 
 def _load_torch_zip(path: str) -> Any:
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise ConversionError(f"{path} is not a PyTorch zip checkpoint (no single data.pkl inside); "
-                                  "legacy (pre-1.6) torch.save files are not supported")
-        root = pickles[0][: -len("/data.pkl")]
-        byteorder = f"{root}/byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise ConversionError(f"{path}: big-endian checkpoints are not supported")
-        with archive.open(pickles[0]) as f:
-            return _RestrictedUnpickler(f, archive, root).load()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise ConversionError(f"{path} is not a PyTorch zip checkpoint (no single data.pkl inside); "
+                                      "legacy (pre-1.6) torch.save files are not supported")
+            root = pickles[0][: -len("/data.pkl")]
+            byteorder = f"{root}/byteorder"
+            if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
+                raise ConversionError(f"{path}: big-endian checkpoints are not supported")
+            with archive.open(pickles[0]) as f:
+                return _RestrictedUnpickler(f, archive, root, path).load()
+    except ConversionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle or zip can fail in many ways; one clear line
+        raise ConversionError(f"cannot read {path}: {type(e).__name__}: {e}") from e
 
 
-def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
-    if isinstance(tree, np.ndarray):
-        yield prefix[:-1], tree
+def _flatten(tree: Any, source: str, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+    if isinstance(tree, _TensorView):
+        yield prefix[:-1], _materialize(tree, prefix[:-1], source)
     elif isinstance(tree, Mapping):
         for k, v in tree.items():
-            yield from _flatten(v, f"{prefix}{k}.")
+            yield from _flatten(v, source, f"{prefix}{k}.")
 
 
 class _LazySafetensors(Mapping):
@@ -183,7 +293,7 @@ def load_state_dict(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-    return dict(_flatten(obj))
+    return dict(_flatten(obj, path))
 
 
 # ----------------------------------------------------------------------------- reading

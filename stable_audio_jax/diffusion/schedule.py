@@ -1,8 +1,9 @@
 """The cosine ("v-diffusion") noise schedule, the v-objective and sampling sigmas.
 
-Training (SPEC 4.1) works in the variance-preserving form `x_t = alpha x0 + sigma eps` with
-`alpha = cos(pi t/2)`, `sigma = sin(pi t/2)` and target `v = alpha eps - sigma x0`. Sampling
-(SPEC 4.2) works in the variance-exploding form `x = x0 + sigma_ve eps`; the two describe the
+Training works in the variance-preserving form `x_t = alpha x0 + sigma eps` with
+`alpha = cos(pi t/2)`, `sigma = sin(pi t/2)` and target `v = alpha eps - sigma x0`
+(stable-audio-tools' `diffusion` training wrapper). Sampling works in k-diffusion's
+variance-exploding form `x = x0 + sigma_ve eps`; the two describe the
 same process with `sigma_ve = sigma / alpha = tan(pi t/2)`, so `t_to_sigma`/`sigma_to_t` move
 between them. All functions are pure and jit-friendly.
 """
@@ -23,8 +24,19 @@ def alpha_sigma(t: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def t_to_sigma(t: jax.Array) -> jax.Array:
-    """Variance-exploding noise level for time `t` in [0, 1): `tan(pi t/2)` (infinite at t=1)."""
-    return jnp.tan(0.5 * math.pi * jnp.asarray(t))
+    """Variance-exploding noise level for time `t` in [0, 1]: `tan(pi t/2)`, shape of `t`.
+
+    At t = 1 (pure noise, no signal left) the result is `+inf`, the limit, and
+    `sigma_to_t(inf) = 1` inverts it; it is not clipped, because any finite stand-in would be
+    an arbitrary noise level. Samplers need a finite top: `polyexponential_sigmas` refuses an
+    infinite `sigma_max`. Written naively, `tan` at float32 `pi/2` (which rounds above pi/2)
+    is about -2.3e7; here the upper half of [0, 1] uses `1/tan(pi (1 - t)/2)`, where
+    `1 - t` is exact, so the result is non-negative and increasing on all of [0, 1].
+    """
+    t = jnp.asarray(t)
+    upper = t > 0.5
+    angle = 0.5 * math.pi * jnp.where(upper, 1.0 - t, t)  # in [0, pi/4]
+    return jnp.where(upper, 1.0 / jnp.tan(angle), jnp.tan(angle))
 
 
 def sigma_to_t(sigma: jax.Array) -> jax.Array:
@@ -85,8 +97,8 @@ def polyexponential_sigmas(steps: int, sigma_min: float, sigma_max: float,
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if not 0.0 < sigma_min <= sigma_max:
-        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+    if not 0.0 < sigma_min <= sigma_max < math.inf:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max < inf, got {sigma_min}, {sigma_max}")
     ramp = jnp.linspace(1.0, 0.0, steps, dtype=jnp.float32)  # [1.] when steps == 1
     log_min, log_max = math.log(sigma_min), math.log(sigma_max)
     sigmas = jnp.exp(ramp**rho * (log_max - log_min) + log_min)
