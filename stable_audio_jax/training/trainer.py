@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from stable_audio_jax import parallel
+from stable_audio_jax import config_lib, parallel
 from stable_audio_jax.training.checkpointing import Checkpointer
 from stable_audio_jax.training.task import Task
 
@@ -137,6 +137,7 @@ class Trainer:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task, mesh: Mesh | None = None):
+        config_lib.validate(config)  # out-of-range loop fields fail here, not after compiling
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.task = task
