@@ -23,11 +23,13 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
 from stable_audio_jax.input_pipeline import tfds_builder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="train split: audio folder, manifest.jsonl or .csv")
     parser.add_argument("--valid_input", default=None, help="optional validation split input")
     parser.add_argument("--data_dir", required=True, help="tfds data_dir to write into")
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = {"train": args.input}
     if args.valid_input:
         inputs["valid"] = args.valid_input
+    for split, path in inputs.items():
+        if not os.path.exists(path):
+            raise UserError(f"--{'input' if split == 'train' else 'valid_input'}={path}: no such file or folder")
     builder = tfds_builder.StableAudioCaptions(
         data_dir=args.data_dir,
         input_path=inputs,
@@ -57,7 +62,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    cli.run(main, absl_flags=False)
