@@ -22,9 +22,6 @@ if _REPO_ROOT not in sys.path:
 from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
-# The task each run-directory flag takes.
-_RUN_FLAGS = {"vae_dir": "vae", "clap_dir": "clap"}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,20 +52,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     except FileNotFoundError as e:
         raise UserError(f"--input={args.input}: {e}") from None
     cli.check_output_dir(args.output_dir, "--output_dir")
-    from stable_audio_jax.inference.checkpoints import run_task  # JAX and Orbax: after the cheap checks
-
-    tasks = {}
-    for flag in _RUN_FLAGS:
-        try:
-            tasks[flag] = run_task(getattr(args, flag))
-        except FileNotFoundError as e:
-            raise UserError(f"--{flag}={getattr(args, flag)}: {e}") from None
-    if tasks == {"vae_dir": "clap", "clap_dir": "vae"}:
-        raise UserError(f"--vae_dir={args.vae_dir} is a clap run and --clap_dir={args.clap_dir} a vae run: "
-                        "the two flags are swapped")
-    for flag, task in _RUN_FLAGS.items():
-        if tasks[flag] != task:
-            raise UserError(f"--{flag}={getattr(args, flag)} is a {tasks[flag] or 'task-less'} run, not a {task} run")
+    cli.check_run_tasks({"vae_dir": (args.vae_dir, "vae"), "clap_dir": (args.clap_dir, "clap")})
 
 
 def main(argv: list[str] | None = None) -> dict:

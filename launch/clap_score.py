@@ -35,6 +35,7 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    cli.check_run_tasks({"clap_dir": (_CLAP_DIR.value, "clap")})
     from stable_audio_jax.inference.clap import CLAPEncoder
     from stable_audio_jax.input_pipeline.shard_writer import discover_audio
     from stable_audio_jax.metrics.clap_score import clap_score

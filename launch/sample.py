@@ -84,12 +84,14 @@ def _check_inputs() -> list[str]:
     prompts = _prompts()
     if (_DIFFUSION_DIR.value is None) == (_PRETRAINED.value is None):
         raise UserError("give exactly one of --diffusion_dir (a training run) and --pretrained (a converted model)")
-    for flag in (_DIFFUSION_DIR, _PRETRAINED, _VAE_DIR, _CLAP_DIR):
-        if flag.value is not None and not os.path.isdir(flag.value):
-            raise UserError(f"--{flag.name}={flag.value}: no such directory")
+    if _PRETRAINED.value is not None and not os.path.isdir(_PRETRAINED.value):
+        raise UserError(f"--pretrained={_PRETRAINED.value} does not exist")
     if _INIT_AUDIO.value and not os.path.isfile(_INIT_AUDIO.value):
         raise UserError(f"--init_audio={_INIT_AUDIO.value}: no such file")
     cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")
+    if _DIFFUSION_DIR.value is not None:  # a converted --pretrained directory is no training run
+        cli.check_run_tasks({"diffusion_dir": (_DIFFUSION_DIR.value, "diffusion"), "vae_dir": (_VAE_DIR.value, "vae"),
+                             "clap_dir": (_CLAP_DIR.value, "clap")})
     return prompts
 
 

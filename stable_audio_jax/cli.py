@@ -15,10 +15,12 @@ bad value, a missing required flag, a missing `--config` file or a misspelt
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Mapping
 from typing import Any, Callable, NoReturn
 
 from absl import app, flags
@@ -141,6 +143,31 @@ def config_flag_problem(argv: list[str]) -> UserError | None:
                 hint = f"; did you mean --{flag.name}.{closest}?" if closest else ""
                 return UserError(f"--{flag.name}.{key}: {path} has no key {key}{hint}")
     return None
+
+
+# ------------------------------------------------------------------------------- run directories
+def check_run_tasks(runs: Mapping[str, tuple[str | None, str]]) -> None:
+    """Fail unless each run-directory flag names a run of its task, before any model loads.
+
+    runs: flag name -> (the directory given, or None when the flag is unset; the task it must
+      hold, e.g. "vae"). Two flags given each other's kind of run are reported as swapped.
+    """
+    from stable_audio_jax.inference.checkpoints import run_task  # JAX and Orbax: after the cheap checks
+
+    found = {}
+    for flag, (path, _) in runs.items():
+        if path is not None:
+            try:
+                found[flag] = run_task(path)
+            except FileNotFoundError as e:
+                raise UserError(f"--{flag}={path}: {e}") from None
+    wrong = [flag for flag, task in found.items() if task != runs[flag][1]]
+    for a, b in itertools.combinations(wrong, 2):
+        if found[a] == runs[b][1] and found[b] == runs[a][1]:
+            raise UserError(f"--{a}={runs[a][0]} is a {found[a]} run and --{b}={runs[b][0]} a {found[b]} run: "
+                            "the two flags are swapped")
+    for flag in wrong:
+        raise UserError(f"--{flag}={runs[flag][0]} is a {found[flag] or 'task-less'} run, not a {runs[flag][1]} run")
 
 
 # ------------------------------------------------------------------------------- output paths
