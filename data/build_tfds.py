@@ -23,9 +23,11 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+import tensorflow_datasets as tfds  # noqa: E402
+
 from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
-from stable_audio_jax.input_pipeline import tfds_builder  # noqa: E402
+from stable_audio_jax.input_pipeline import shard_writer, tfds_builder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,15 +47,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.valid_input:
         inputs["valid"] = args.valid_input
     for split, path in inputs.items():
+        flag = "--input" if split == "train" else "--valid_input"
         if not os.path.exists(path):
-            raise UserError(f"--{'input' if split == 'train' else 'valid_input'}={path}: no such file or folder")
+            raise UserError(f"{flag}={path}: no such file or folder")
+        if not shard_writer.discover_audio(path):  # before tfds creates its folders
+            raise UserError(f"{flag}={path}: no audio files")
+    # tfds logs at INFO and draws progress bars: keep them to terminals, as make_shards does.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()
     builder = tfds_builder.StableAudioCaptions(
         data_dir=args.data_dir,
         input_path=inputs,
         target_sample_rate=args.target_sample_rate,
         num_workers=args.num_workers,
     )
-    builder.download_and_prepare()
+    builder.download_and_prepare()  # a split without decodable audio fails here (UserError)
     for split, report in builder.reports.items():
         with open(os.path.join(builder.data_dir, f"{split}_report.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

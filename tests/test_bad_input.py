@@ -135,7 +135,7 @@ def run_dirs(tmp_path_factory) -> dict[str, str]:
     return {task: str(root / task) for task in ("vae", "clap")}
 
 
-def test_pre_encode_wrong_run_directories(run_dirs, tmp_path):
+def test_wrong_run_directories(run_dirs, tmp_path):
     shards = tmp_path / "shards"
     with records.ShardWriter(shards, "train", 1) as writer:
         writer.write(b"record")
@@ -149,6 +149,11 @@ def test_pre_encode_wrong_run_directories(run_dirs, tmp_path):
                                                                            "vae run"], [out]),
         Case("data/pre_encode.py", pre(str(tmp_path / "missing"), run_dirs["clap"]), ["--vae_dir", "missing"], [out]),
         Case("data/pre_encode.py", [*pre(run_dirs["vae"], run_dirs["clap"])[:-1]], ["--clap_dir"], [out]),
+        # The same check in the scripts that load runs.
+        Case("launch/sample.py", [f"--diffusion_dir={run_dirs['vae']}", "--prompt=x", f"--output_dir={out}"],
+             [f"--diffusion_dir={run_dirs['vae']}", "vae run", "diffusion"], [out]),
+        Case("launch/clap_score.py", [f"--clap_dir={run_dirs['vae']}", f"--input={shards}"],
+             [f"--clap_dir={run_dirs['vae']}", "vae run"]),
     ])
 
 
@@ -170,6 +175,8 @@ def test_make_shards_without_decodable_audio(tmp_path):
         Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={out}", "--num_shards=0"], ["--num_shards"]),
         Case("data/build_tfds.py", [f"--input={tmp_path / 'nope'}", f"--data_dir={out}"], ["--input", "nope"],
              [str(tmp_path / "out")]),
+        # Found but undecodable: tfds has made its empty downloads/ folder by then, nothing else.
+        Case("data/build_tfds.py", [f"--input={bad}", f"--data_dir={tmp_path / 'tfds'}"], [str(bad)]),
         Case("data/train_tokenizer.py", [f"--manifest={tmp_path / 'nope.jsonl'}", f"--output={out}"],
              ["--manifest", "nope.jsonl"], [str(tmp_path / "out")]),
         Case("data/render_demo.py", [f"--output_dir={out}", "--num_clips=many"], ["--num_clips"],

@@ -163,14 +163,15 @@ class ConversionReport:
                 (kind, self.repaired[kind]), (f"{kind}_examples", list(self.repaired_examples[kind])))},
         }
 
-    def skipped_summary(self) -> str:
-        """What was skipped, on one line (for the error of an input with nothing to write)."""
+    def nothing_written(self, input_path: str | os.PathLike, num_files: int) -> UserError:
+        """The error for an input of which no file could be decoded, with what was skipped."""
         report = self.as_dict()
-        if not report["skipped"]:
-            return "nothing skipped"
-        reasons = ", ".join(f"{count} {reason}" for reason, count in report["skipped"].items())
-        examples = [path for paths in report["skipped_examples"].values() for path in paths][:2]
-        return f"skipped {reasons}, e.g. {', '.join(examples)}"
+        message = f"no decodable audio in {os.fspath(input_path)}: {num_files} audio file(s)"
+        if report["skipped"]:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in report["skipped"].items())
+            examples = [path for paths in report["skipped_examples"].values() for path in paths][:2]
+            message += f", skipped {reasons}, e.g. {', '.join(examples)}"
+        return UserError(message)
 
     def log(self) -> None:
         """Logs a summary; anything skipped or uncaptioned is a warning."""
@@ -499,7 +500,7 @@ def write_shards(
     report = ConversionReport()
     items = discover_audio(input_path, report)
     if not items:
-        raise UserError(f"no audio files in {os.fspath(input_path)} ({report.skipped_summary()})")
+        raise report.nothing_written(input_path, 0)
     with records.ShardWriter(output_dir, prefix, num_shards) as writer:
         for example in iter_prepared_examples(
             items,
@@ -511,8 +512,7 @@ def write_shards(
         ):
             writer.write(records.encode_record(example.flac_bytes, example.metadata))
         if not report.written:  # raised inside the `with`: the writer deletes its partial shards
-            raise UserError(f"no decodable audio in {os.fspath(input_path)}: {len(items)} file(s), "
-                            f"{report.skipped_summary()}")
+            raise report.nothing_written(input_path, len(items))
     result = {
         "input": os.fspath(input_path),
         "num_inputs": len(items),
