@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError(f"{flag}={path}: no such file or folder")
         if not shard_writer.discover_audio(path):  # before tfds creates its folders
             raise UserError(f"{flag}={path}: no audio files")
+    cli.check_output_dir(args.data_dir, "--data_dir")
     # tfds logs at INFO and draws progress bars: keep them to terminals, as make_shards does.
     logging.getLogger("absl").setLevel(logging.WARNING)
     if not sys.stderr.isatty():

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not os.path.exists(args.input):
         raise UserError(f"--input={args.input}: no such file or folder")
+    cli.check_output_dir(args.output_dir, "--output_dir")
     report = shard_writer.write_shards(
         args.input,
         args.output_dir,

@@ -43,6 +43,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse_args(argv)
+    cli.check_output_dir(args.output_dir, "--output_dir")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.synthetic:
         from stable_audio_jax.datasets.synthetic import write_synthetic_dataset

@@ -173,6 +173,7 @@ def test_make_shards_without_decodable_audio(tmp_path):
         Case("data/make_shards.py", [f"--input={tmp_path / 'nope'}", f"--output_dir={out}"], ["--input", "nope"],
              [str(tmp_path / "out")]),
         Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={out}", "--num_shards=0"], ["--num_shards"]),
+        Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={manifest}"], ["--output_dir", str(manifest)]),
         Case("data/build_tfds.py", [f"--input={tmp_path / 'nope'}", f"--data_dir={out}"], ["--input", "nope"],
              [str(tmp_path / "out")]),
         # Found but undecodable: tfds has made its empty downloads/ folder by then, nothing else.
@@ -181,6 +182,7 @@ def test_make_shards_without_decodable_audio(tmp_path):
              ["--manifest", "nope.jsonl"], [str(tmp_path / "out")]),
         Case("data/render_demo.py", [f"--output_dir={out}", "--num_clips=many"], ["--num_clips"],
              [str(tmp_path / "out")]),
+        Case("data/render_demo.py", [f"--output_dir={manifest / 'sub'}", "--synthetic"], ["--output_dir"]),
     ])
     assert os.listdir(existing) == []
 
