@@ -23,11 +23,15 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from stable_audio_jax.input_pipeline import tfds_builder  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
+from stable_audio_jax.input_pipeline import shard_writer, tfds_builder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="train split: audio folder, manifest.jsonl or .csv")
     parser.add_argument("--valid_input", default=None, help="optional validation split input")
     parser.add_argument("--data_dir", required=True, help="tfds data_dir to write into")
@@ -42,13 +46,24 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = {"train": args.input}
     if args.valid_input:
         inputs["valid"] = args.valid_input
+    for split, path in inputs.items():
+        flag = "--input" if split == "train" else "--valid_input"
+        if not os.path.exists(path):
+            raise UserError(f"{flag}={path}: no such file or folder")
+        if not shard_writer.discover_audio(path):  # before tfds creates its folders
+            raise UserError(f"{flag}={path}: no audio files")
+    cli.check_output_dir(args.data_dir, "--data_dir")
+    # tfds logs at INFO and draws progress bars: keep them to terminals, as make_shards does.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()
     builder = tfds_builder.StableAudioCaptions(
         data_dir=args.data_dir,
         input_path=inputs,
         target_sample_rate=args.target_sample_rate,
         num_workers=args.num_workers,
     )
-    builder.download_and_prepare()
+    builder.download_and_prepare()  # a split without decodable audio fails here (UserError)
     for split, report in builder.reports.items():
         with open(os.path.join(builder.data_dir, f"{split}_report.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
@@ -57,7 +72,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    cli.run(main, absl_flags=False)

@@ -6,7 +6,8 @@ Usage:
 `--input` is a folder of audio files with optional `x.txt` / `x.json` caption sidecars, a JSONL
 manifest (objects with "path" relative to the manifest and "caption"), or a CSV manifest (columns
 path, caption, ...). Writes `<prefix>-<i:05d>-of-<N:05d>.array_record` files plus
-`<prefix>_report.json` (written/skipped counts) to `--output_dir`.
+`<prefix>_report.json` (written/skipped/repaired counts) to `--output_dir`. An input without
+any decodable audio exits with status 2 and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
 from stable_audio_jax.input_pipeline import shard_writer  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="audio folder, manifest.jsonl or manifest.csv")
     parser.add_argument("--output_dir", required=True, help="where shards and the report are written")
     parser.add_argument("--num_shards", type=int, default=4, help="number of ArrayRecord files")
@@ -35,12 +38,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--short_seconds", type=float, default=1.0, help="report files shorter than this")
     parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="decoding threads")
     parser.add_argument("--no_progress", action="store_true", help="disable the progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("num_shards", "num_workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not os.path.exists(args.input):
+        raise UserError(f"--input={args.input}: no such file or folder")
+    cli.check_output_dir(args.output_dir, "--output_dir")
     report = shard_writer.write_shards(
         args.input,
         args.output_dir,
@@ -56,7 +66,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    cli.run(main, absl_flags=False)

@@ -19,9 +19,12 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="audio shards (folder, glob or file) from data/make_shards.py")
     parser.add_argument("--output_dir", required=True, help="where the latent shards are written")
     parser.add_argument("--vae_dir", required=True, help="run directory of the trained VAE")
@@ -32,22 +35,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_shards", type=int, default=1)
     parser.add_argument("--prefix", default="train")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("sample_size", "num_crops", "batch_size", "num_shards"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Fail before any model loads: missing shards, an unwritable output, a run directory that
+    is missing or of another task (e.g. --vae_dir and --clap_dir swapped)."""
+    from stable_audio_jax.input_pipeline import records
+
+    try:
+        records.list_shards(args.input)
+    except FileNotFoundError as e:
+        raise UserError(f"--input={args.input}: {e}") from None
+    cli.check_output_dir(args.output_dir, "--output_dir")
+    cli.check_run_tasks({"vae_dir": (args.vae_dir, "vae"), "clap_dir": (args.clap_dir, "clap")})
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    check_inputs(args)
     from stable_audio_jax.inference.pre_encode import pre_encode
 
     try:
         report = pre_encode(args.input, args.output_dir, vae_dir=args.vae_dir, clap_dir=args.clap_dir,
                             sample_size=args.sample_size, num_crops=args.num_crops, batch_size=args.batch_size,
                             num_shards=args.num_shards, prefix=args.prefix, seed=args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (FileNotFoundError, ValueError) as e:  # e.g. a window the VAE cannot encode
+        raise UserError(str(e)) from None
     print(json.dumps({k: v for k, v in report.items() if k != "shards"}, indent=2))
     return report
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, absl_flags=False)

@@ -20,8 +20,11 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 
+from stable_audio_jax import cli  # noqa: E402
+
+
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", required=True, help="folder for audio/ and the JSONL manifests")
     parser.add_argument("--num_clips", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
@@ -40,6 +43,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse_args(argv)
+    cli.check_output_dir(args.output_dir, "--output_dir")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.synthetic:
         from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
@@ -63,4 +67,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, absl_flags=False)

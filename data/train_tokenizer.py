@@ -26,6 +26,8 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
 from stable_audio_jax.input_pipeline import records  # noqa: E402
 from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer  # noqa: E402
 
@@ -33,7 +35,7 @@ from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer  # noq
 def captions_from_manifest(path: str) -> Iterator[str]:
     """The non-empty `caption` strings of a JSONL manifest."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"manifest {path!r} not found")
+        raise UserError(f"--manifest={path}: no such file")
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -41,7 +43,7 @@ def captions_from_manifest(path: str) -> Iterator[str]:
             try:
                 row = json.loads(line)
             except ValueError as e:
-                raise ValueError(f"{path}:{line_no}: not JSON: {e}") from e
+                raise UserError(f"--manifest={path}: line {line_no} is not JSON: {e}") from None
             caption = row.get("caption") if isinstance(row, dict) else None
             if isinstance(caption, str) and caption.strip():
                 yield caption
@@ -51,14 +53,19 @@ def captions_from_shards(path_or_glob: str) -> Iterator[str]:
     """The non-empty `caption` metadata of every record in the shards at `path_or_glob`."""
     from array_record.python.array_record_module import ArrayRecordReader
 
-    for shard in records.list_shards(path_or_glob):
+    try:
+        shards = records.list_shards(path_or_glob)
+    except FileNotFoundError as e:
+        raise UserError(f"--shards={path_or_glob}: {e}") from None
+    for shard in shards:
         reader = ArrayRecordReader(shard)
         try:
             for _ in range(reader.num_records()):
                 try:
                     _, metadata = records.decode_record(reader.read())
                 except records.RecordFormatError as e:
-                    raise ValueError(f"{shard}: {e} (only shards written by data/make_shards.py are read)") from e
+                    raise UserError(f"--shards: {shard}: {e} (only shards written by data/make_shards.py "
+                                    "are read)") from None
                 caption = metadata.get("caption")
                 if isinstance(caption, str) and caption.strip():
                     yield caption
@@ -77,7 +84,7 @@ def collect_captions(manifests: Sequence[str] = (), shards: Sequence[str] = ()) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", action="append", default=[], help="JSONL manifest with a caption field (repeatable)")
     parser.add_argument("--shards", action="append", default=[], help="ArrayRecord shard folder, glob or file (repeatable)")
     parser.add_argument("--output", required=True, help="tokenizer.json path, or a folder to write it into")
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     captions = collect_captions(args.manifest, args.shards)
     if not captions:
-        raise ValueError(f"no captions found in manifests {args.manifest} / shards {args.shards}")
+        raise UserError(f"no captions found in manifests {args.manifest} / shards {args.shards}")
     tokenizer = train_bpe_tokenizer(captions, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                                     max_length=args.max_length)
     path = tokenizer.save(args.output)
@@ -111,7 +118,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    cli.run(main, absl_flags=False)

@@ -120,10 +120,11 @@ from typing import Any, Callable, Sequence
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from stable_audio_jax import peak_flops  # noqa: E402  (pure Python: no backend starts at import)
+from stable_audio_jax import cli, peak_flops  # noqa: E402  (pure Python: no backend starts at import)
+from stable_audio_jax.errors import UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _PARAMS_ONLY = flags.DEFINE_bool("params_only", False, "Print the parameter counts (no allocation) and exit.")
@@ -169,8 +170,8 @@ _REFERENCE_THREADS = flags.DEFINE_integer("reference_threads", 0,
 
 
 # --------------------------------------------------------------------------- options
-class BenchmarkUsageError(ValueError):
-    """A flag or config value that makes the requested benchmark impossible."""
+class BenchmarkUsageError(UserError, ValueError):
+    """A flag or config value that makes the requested benchmark impossible (one line, exit 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1280,13 +1281,13 @@ def format_comparison(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", n
 
 
 def compare_main(paths: Sequence[str]) -> None:
-    """`--compare A.json B.json`: print the comparison; one error line and exit 1 on a bad file."""
+    """`--compare A.json B.json`: print the comparison; one error line and exit 2 on a bad file."""
     if len(paths) != 2:
-        raise app.UsageError(f"--compare takes two report files (A.json B.json), got {len(paths)}: {list(paths)}")
+        raise UserError(f"--compare takes two report files (A.json B.json), got {len(paths)}: {list(paths)}")
     try:
         a, b = (load_report(p) for p in paths)
     except CompareError as e:
-        raise SystemExit(f"benchmark --compare: {e}") from None
+        raise UserError(f"benchmark --compare: {e}") from None
     print(format_comparison(a, b, *paths), flush=True)
 
 
@@ -1393,14 +1394,14 @@ def memory_estimate_main(config: Any) -> None:
 def main(argv):
     if _COMPARE.value:
         if _CONFIG.value is not None:
-            raise app.UsageError("--compare reads two reports and measures nothing: drop --config")
+            raise UserError("--compare reads two reports and measures nothing: drop --config")
         compare_main(argv[1:])
         return
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UserError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     if config is None:
-        raise app.UsageError("--config=configs/<name>.py is required (or --compare A.json B.json)")
+        raise UserError("--config=configs/<name>.py is required (or --compare A.json B.json)")
     try:
         if _MEMORY_ESTIMATE.value:
             memory_estimate_main(config)
@@ -1412,8 +1413,6 @@ def main(argv):
             print(format_params(counts), flush=True)
             return
         report = run_benchmark(config, options_from_flags())
-    except BenchmarkUsageError as e:
-        raise app.UsageError(str(e)) from e
     except ReferenceRunError as e:
         raise SystemExit(f"benchmark: {e}") from None
     import jax
@@ -1431,4 +1430,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,20 +18,24 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
 
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "Run directory of a trained CLAP.", required=True)
 _INPUT = flags.DEFINE_string("input", None, "Audio folder with caption sidecars, or a JSONL/CSV manifest.",
                              required=True)
-_LIMIT = flags.DEFINE_integer("limit", 0, "Score at most this many files (0: all).")
+_LIMIT = flags.DEFINE_integer("limit", 0, "Score at most this many files (0: all).", lower_bound=0)
 _OUTPUT = flags.DEFINE_string("output_json", "", "Also write the result (with per-file scores) here.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the shuffled-pairs baseline.")
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UserError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    cli.check_run_tasks({"clap_dir": (_CLAP_DIR.value, "clap")})
     from stable_audio_jax.inference.clap import CLAPEncoder
     from stable_audio_jax.input_pipeline.shard_writer import discover_audio
     from stable_audio_jax.metrics.clap_score import clap_score
@@ -40,12 +44,12 @@ def main(argv):
         items = discover_audio(_INPUT.value)
         encoder = CLAPEncoder.from_run(_CLAP_DIR.value)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        raise UserError(str(e)) from None
     captioned = [item for item in items if item.caption]
     if _LIMIT.value:
         captioned = captioned[:_LIMIT.value]
     if not captioned:
-        sys.exit(f"error: no captioned audio files found in {_INPUT.value}")
+        raise UserError(f"--input={_INPUT.value}: no captioned audio files")
     result = clap_score(encoder, [i.caption for i in captioned], [i.path for i in captioned], seed=_SEED.value)
     result["files"] = [i.rel_path for i in captioned]
     result["skipped_without_caption"] = len(items) - len([i for i in items if i.caption])
@@ -63,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -19,7 +19,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.safetensors or model.ckpt of the SAO model.",
                                   required=True)
@@ -30,16 +33,17 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the pretrained dire
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")  # before the minutes of reading weights
     from stable_audio_jax.convert.sao_checkpoint import convert_sao_checkpoint
     from stable_audio_jax.convert.state_dict import ConversionError
 
     try:
         summary = convert_sao_checkpoint(_CHECKPOINT.value, _MODEL_CONFIG.value, _T5_DIR.value, _OUTPUT_DIR.value)
     except (FileNotFoundError, FileExistsError, ConversionError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        raise UserError(str(e)) from None
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -28,7 +28,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax.errors import UserError  # noqa: E402
 
 _DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of the diffusion model.")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A converted pretrained directory (instead of --diffusion_dir).")
@@ -40,9 +43,11 @@ _SECONDS_TOTAL = flags.DEFINE_float("seconds_total", None, "Length to generate (
 _SECONDS_START = flags.DEFINE_float("seconds_start", 0.0, "Timing conditioning: where the clip starts.")
 _WINDOW_SECONDS = flags.DEFINE_float("window_seconds", None, "Generate a shorter (or longer) window than the "
                                      "model's (DiT only: it has no absolute positions); default: the model's.")
-_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the model's, 100).")
-_CFG_SCALE = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale, 1: off (default: the model's).")
-_RESCALE_PHI = flags.DEFINE_float("rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).")
+_STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the model's, 100).", lower_bound=1)
+_CFG_SCALE = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale, 1: off (default: the model's).",
+                                lower_bound=0.0)
+_RESCALE_PHI = flags.DEFINE_float("rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).",
+                                  lower_bound=0.0, upper_bound=1.0)
 _SAMPLER = flags.DEFINE_string("sampler", None, "dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, euler, ddim, heun, lms, "
                                "dpm_2, dpm_fast, euler_ancestral, dpm_2_ancestral or dpmpp_2s_ancestral, or "
                                "stable-audio-tools' spelling (k-heun, k-dpm-fast, v-ddim, ...) "
@@ -50,11 +55,14 @@ _SAMPLER = flags.DEFINE_string("sampler", None, "dpmpp_3m_sde, dpmpp_2m_sde, dpm
 _SIGMA_MIN = flags.DEFINE_float("sigma_min", None, "Smallest noise level of the schedule (default: the model's).")
 _SIGMA_MAX = flags.DEFINE_float("sigma_max", None, "Largest noise level of the schedule (default: the model's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (each batch adds its index).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts generated together.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts generated together.", lower_bound=1)
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.")
 _INIT_AUDIO = flags.DEFINE_string("init_audio", None, "Audio file to start from (audio-to-audio).")
-_INIT_NOISE = flags.DEFINE_float("init_noise_level", 1.0, "Noise level added to --init_audio.")
+_INIT_NOISE = flags.DEFINE_float("init_noise_level", 1.0, "Noise level added to --init_audio.", lower_bound=0.0)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "samples", "Where the files are written.")
+# Lengths must be positive: 0 would otherwise mean "the model's default".
+for _name in ("seconds_total", "window_seconds"):
+    flags.register_validator(_name, lambda value: value is None or value > 0, message="must be > 0")
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -64,31 +72,43 @@ def _slug(text: str, limit: int = 40) -> str:
 def _prompts() -> list[str]:
     prompts = list(_PROMPT.value)
     if _PROMPTS_FILE.value:
-        if not os.path.exists(_PROMPTS_FILE.value):
-            raise FileNotFoundError(f"prompts file not found: {_PROMPTS_FILE.value}")
+        if not os.path.isfile(_PROMPTS_FILE.value):
+            raise UserError(f"--prompts_file={_PROMPTS_FILE.value}: no such file")
         with open(_PROMPTS_FILE.value) as f:
             prompts += [line.strip() for line in f if line.strip()]
     if not prompts:
-        raise ValueError("give at least one --prompt or a --prompts_file")
+        raise UserError("give at least one --prompt or a --prompts_file")
+    return prompts
+
+
+def _check_inputs() -> list[str]:
+    """The checks that need no model, so bad input fails before anything loads; the prompts."""
+    prompts = _prompts()
+    if (_DIFFUSION_DIR.value is None) == (_PRETRAINED.value is None):
+        raise UserError("give exactly one of --diffusion_dir (a training run) and --pretrained (a converted model)")
+    if _PRETRAINED.value is not None and not os.path.isdir(_PRETRAINED.value):
+        raise UserError(f"--pretrained={_PRETRAINED.value} does not exist")
+    if _INIT_AUDIO.value and not os.path.isfile(_INIT_AUDIO.value):
+        raise UserError(f"--init_audio={_INIT_AUDIO.value}: no such file")
+    cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")
+    if _DIFFUSION_DIR.value is not None:  # a converted --pretrained directory is no training run
+        cli.check_run_tasks({"diffusion_dir": (_DIFFUSION_DIR.value, "diffusion"), "vae_dir": (_VAE_DIR.value, "vae"),
+                             "clap_dir": (_CLAP_DIR.value, "clap")})
     return prompts
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UserError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    prompts = _check_inputs()
     from stable_audio_jax.diffusion.samplers import canonical_sampler_name
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
 
     try:
-        prompts = _prompts()
-        if (_DIFFUSION_DIR.value is None) == (_PRETRAINED.value is None):
-            raise ValueError("give exactly one of --diffusion_dir (a training run) and --pretrained (a converted model)")
         if _SAMPLER.value is not None:
             canonical_sampler_name(_SAMPLER.value)  # an unknown name fails before any loading
-        if _BATCH_SIZE.value < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {_BATCH_SIZE.value}")
         if _PRETRAINED.value:
             generator = AudioGenerator.from_pretrained(_PRETRAINED.value)
         else:
@@ -101,18 +121,16 @@ def main(argv):
         if _WINDOW_SECONDS.value is not None and generator.model.config.backbone != "dit":
             raise ValueError("--window_seconds needs a DiT model; a U-Net generates the window it was trained on")
         window_seconds = _WINDOW_SECONDS.value or generator.window_seconds
-        seconds_total = _SECONDS_TOTAL.value or window_seconds
+        seconds_total = window_seconds if _SECONDS_TOTAL.value is None else _SECONDS_TOTAL.value
         if not 0 < seconds_total <= window_seconds + 1e-6:
             raise ValueError(f"--seconds_total={seconds_total} is outside (0, {window_seconds:.2f}], "
                              "the window" + ("" if _WINDOW_SECONDS.value else " the model was trained on"))
         init_audio = None
         if _INIT_AUDIO.value:
-            if not os.path.exists(_INIT_AUDIO.value):
-                raise FileNotFoundError(f"--init_audio file not found: {_INIT_AUDIO.value}")
             audio, rate = decode_audio(_INIT_AUDIO.value)
             init_audio = to_stereo(resample(audio, rate, generator.sample_rate))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (FileNotFoundError, ValueError) as e:  # a run directory or a setting the model rejects
+        raise UserError(str(e)) from None
 
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     model_dir = _PRETRAINED.value or _DIFFUSION_DIR.value
@@ -144,4 +162,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -21,11 +21,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from stable_audio_jax import cli  # noqa: E402
-from stable_audio_jax.errors import EXIT_PREEMPTED  # noqa: E402
+from stable_audio_jax.errors import EXIT_PREEMPTED, UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, eval audio.")
@@ -38,16 +38,26 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from stable_audio_jax import parallel
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    from stable_audio_jax import config_lib, parallel
+    from stable_audio_jax.input_pipeline import records
+
+    # Bad input fails here, before JAX starts or anything is built.
+    config = _CONFIG.value
+    config_lib.validate(config)
+    if not config.data.train_shards:
+        raise UserError("no training data: set --config.data.train_shards=<folder or glob of "
+                        ".array_record shards> (make them with data/make_shards.py)")
+    for key in ("train_shards", "eval_shards"):
+        if config.data.get(key):
+            try:
+                records.list_shards(config.data[key])
+            except FileNotFoundError as e:
+                raise UserError(f"--config.data.{key}: {e}") from None
     from stable_audio_jax.training.registry import build_task
     from stable_audio_jax.training.trainer import Trainer
 
     parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = _CONFIG.value
-    if not config.data.train_shards:
-        raise app.UsageError("no training data: set --config.data.train_shards=<folder or glob of "
-                             ".array_record shards> (make them with data/make_shards.py)")
     summary = Trainer(config, _WORKDIR.value, build_task(config)).train()
     logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "history"}))
     if "interrupted_at" in summary:

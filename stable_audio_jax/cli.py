@@ -1,35 +1,190 @@
-"""The launch scripts' entry point: absl flags, then `main`, with one-line user errors.
+"""The launch and data scripts' entry point: arguments, then `main`, with one-line user errors.
 
     from stable_audio_jax import cli
     if __name__ == "__main__":
-        cli.run(main)
+        cli.run(main)                    # absl flags (launch/*.py)
+        cli.run(main, absl_flags=False)  # argparse via `cli.ArgumentParser` (data/*.py)
 
 A `UserError` raised anywhere under `main` prints `error: <message>` on stderr and exits with
-its code (no traceback); other exceptions are bugs and keep Python's traceback.
+its code (no traceback); other exceptions are bugs and keep Python's traceback. Bad
+command-line arguments are user errors too, caught before `main` runs: an unknown flag, a
+bad value, a missing required flag, a missing `--config` file or a misspelt
+`--config.<key>` override (named with the closest valid key).
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import os
+import re
 import sys
-from typing import Callable
+import tempfile
+from collections.abc import Mapping
+from typing import Any, Callable, NoReturn
 
-from absl import app
+from absl import app, flags
 
 from stable_audio_jax.errors import UserError
 
 
-def fail(error: UserError) -> None:
+def fail(error: UserError) -> NoReturn:
     """Print `error` as one line on stderr and exit with its code."""
     sys.stderr.write(f"error: {error}\n")
     sys.stderr.flush()
     sys.exit(error.exit_code)
 
 
-def run(main: Callable[[list[str]], object]) -> None:
-    """`absl.app.run(main)`, turning a `UserError` into one stderr line and its exit code."""
-    def guarded(argv):
+def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    def guarded(argv: list[str]) -> Any:
         try:
             return main(argv)
         except UserError as error:
             fail(error)
-    app.run(guarded)
+    return guarded
+
+
+def run(main: Callable[[list[str]], Any], *, absl_flags: bool = True) -> None:
+    """Run `main` as a script, turning a `UserError` into one stderr line and its exit code.
+
+    absl_flags: `absl.app.run(main)`, with flag errors as user errors (see `parse_flags`).
+      False: `main` parses its own arguments (with `ArgumentParser`) and gets `sys.argv[1:]`;
+      its return value is not an exit status (the data scripts return their report).
+    """
+    if absl_flags:
+        app.run(_guarded(main), flags_parser=parse_flags)
+    else:
+        _guarded(main)(sys.argv[1:])
+        sys.exit(0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose usage errors are `UserError`s (one line, exit 2)
+    instead of a usage block; `--help` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
+
+
+# ------------------------------------------------------------------------------- absl flags
+def _one_line(message: str) -> str:
+    """absl flag errors are one line, except a config file's own exception, which carries its
+    traceback text: keep the first line (the flag) and the last (the exception)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0] if len(lines) < 2 else f"{lines[0]} {lines[-1]}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """`absl.flags.FLAGS(argv)`, failing with one line on any bad command-line argument."""
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as error:
+        fail(UserError(_one_line(str(error))))
+    except Exception:  # config_flags raises plain errors for an override of a key it lacks
+        problem = config_flag_problem(argv)
+        if problem is None:
+            raise
+        fail(problem)
+    # config_flags defers a config file's load error until the config is first read.
+    for flag in _config_flags():
+        if flag.value is None:  # not given
+            continue
+        path = flag.config_filename.split(":", 1)[0]
+        if not os.path.isfile(path):
+            fail(_no_config_file(flag.name, path))
+    return remaining
+
+
+def _config_flags() -> list[flags.Flag]:
+    """The `config_flags.DEFINE_config_file` flags (their parser loads the file)."""
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+    found = {name: flags.FLAGS[name] for name in flags.FLAGS}  # aliases too: keep each flag once
+    return [flag for name, flag in found.items()
+            if name == flag.name and isinstance(flag.parser, ConfigFileFlagParser)]
+
+
+def _no_config_file(name: str, path: str) -> UserError:
+    return UserError(f"--{name}={path}: no such config file")
+
+
+def _flag_argument(argv: list[str], name: str) -> str | None:
+    """The value given to `--name` in `argv` (`--name=v` or `--name v`; the last one wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        match = re.fullmatch(rf"--?{re.escape(name)}(?:=(.*))?", arg, flags=re.DOTALL)
+        if match and match.group(1) is not None:
+            value = match.group(1)
+        elif match:
+            value = argv[i + 1] if i + 1 < len(argv) else None
+    return value
+
+
+def config_flag_problem(argv: list[str]) -> UserError | None:
+    """Why `argv` cannot configure a config-file flag: its file is missing, or an override
+    `--<flag>.<key>` names a key the config lacks. None when neither is the case."""
+    from stable_audio_jax import config_lib
+
+    for flag in _config_flags():
+        filename = _flag_argument(argv, flag.name)
+        if filename is None:
+            continue
+        path = filename.split(":", 1)[0]
+        if not os.path.isfile(path):
+            return _no_config_file(flag.name, path)
+        overrides = [m.group(1) for arg in argv
+                     if (m := re.match(rf"--?(?:no)?{re.escape(flag.name)}\.([^=]+)", arg))]
+        if not overrides:
+            continue
+        config = flag.parser.parse(filename)
+        for key in overrides:
+            if not config_lib.has_key(config, key):
+                closest = config_lib.closest_key(config, key)
+                hint = f"; did you mean --{flag.name}.{closest}?" if closest else ""
+                return UserError(f"--{flag.name}.{key}: {path} has no key {key}{hint}")
+    return None
+
+
+# ------------------------------------------------------------------------------- run directories
+def check_run_tasks(runs: Mapping[str, tuple[str | None, str]]) -> None:
+    """Fail unless each run-directory flag names a run of its task, before any model loads.
+
+    runs: flag name -> (the directory given, or None when the flag is unset; the task it must
+      hold, e.g. "vae"). Two flags given each other's kind of run are reported as swapped.
+    """
+    from stable_audio_jax.inference.checkpoints import run_task  # JAX and Orbax: after the cheap checks
+
+    found = {}
+    for flag, (path, _) in runs.items():
+        if path is not None:
+            try:
+                found[flag] = run_task(path)
+            except FileNotFoundError as e:
+                raise UserError(f"--{flag}={path}: {e}") from None
+    wrong = [flag for flag, task in found.items() if task != runs[flag][1]]
+    for a, b in itertools.combinations(wrong, 2):
+        if found[a] == runs[b][1] and found[b] == runs[a][1]:
+            raise UserError(f"--{a}={runs[a][0]} is a {found[a]} run and --{b}={runs[b][0]} a {found[b]} run: "
+                            "the two flags are swapped")
+    for flag in wrong:
+        raise UserError(f"--{flag}={runs[flag][0]} is a {found[flag] or 'task-less'} run, not a {runs[flag][1]} run")
+
+
+# ------------------------------------------------------------------------------- output paths
+def check_output_dir(path: str, flag: str) -> None:
+    """Fail unless `path` is, or can be created as, a writable directory; creates nothing.
+
+    Checked before any model loads, so a bad `--output_dir` costs no loading time; the probe
+    writes (and removes) a temporary file in the nearest existing ancestor.
+    """
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(path) else f"is under the file {existing}"
+        raise UserError(f"{flag}={path} {what}, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag}={path} is not writable: {e.strerror or e}") from None

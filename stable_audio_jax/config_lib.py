@@ -7,9 +7,13 @@ silently ignored.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterator, Mapping
+
 import ml_collections
 
 from stable_audio_jax import parallel
+from stable_audio_jax.errors import UserError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,6 +49,64 @@ def base_config() -> ml_collections.ConfigDict:
     c.trainer.on_nonfinite = "stop"  # or "skip": drop a NaN/inf update, up to max_nonfinite_skips times
     c.trainer.max_nonfinite_skips = 10
     return c
+
+
+# Lower bounds of the loop and data fields every config has (`base_config`): below them a run
+# fails late and obscurely (a division by zero after compiling, an empty batch).
+_MINIMUMS = {
+    "trainer.num_steps": 1,
+    "trainer.log_every": 1,
+    "trainer.eval_every": 0,  # 0 disables evaluation
+    "trainer.checkpoint_every": 1,
+    "trainer.max_checkpoints": 1,
+    "data.batch_size": 1,
+    "data.sample_size": 1,
+    "data.sample_rate": 1,
+    "data.worker_count": 0,  # 0 decodes in the training process
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check the trainer and data fields of a training config before anything is built.
+
+    Raises:
+      UserError: naming every field out of range, e.g. `config.trainer.checkpoint_every=0`.
+    """
+    problems = []
+    for key, minimum in _MINIMUMS.items():
+        section, name = key.split(".")
+        value = config[section][name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            problems.append(f"config.{key}={value!r} (must be an integer >= {minimum})")
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems))
+
+
+_SECTION = (Mapping, ml_collections.ConfigDict)  # a ConfigDict is no Mapping
+
+
+def _keys(config: Mapping, prefix: str = "") -> Iterator[str]:
+    """Every dotted key of `config`, sections included."""
+    for name, value in config.items():
+        yield prefix + name
+        if isinstance(value, _SECTION):
+            yield from _keys(value, prefix + name + ".")
+
+
+def has_key(config: Mapping, key: str) -> bool:
+    """Whether the dotted `key` (`trainer.num_steps`) names a field or section of `config`."""
+    node = config
+    for name in key.split("."):
+        if not isinstance(node, _SECTION) or name not in node:
+            return False
+        node = node[name]
+    return True
+
+
+def closest_key(config: Mapping, key: str) -> str | None:
+    """The dotted key of `config` most like `key` (a misspelling or a missing section), if any."""
+    matches = difflib.get_close_matches(key, list(_keys(config)), n=1)
+    return matches[0] if matches else None
 
 
 def adamw_config(lr: float, *, b1: float = 0.8, b2: float = 0.99, weight_decay: float = 1e-3,

@@ -426,10 +426,11 @@ def test_compare_bad_file_is_one_error_line(report_files, tmp_path, problem):
     elif problem == "not_a_report":
         bad.write_text('{"hardware": {}}')
     proc = _run(SCRIPT, "--compare", report_files[0], str(bad), timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("benchmark --compare: ") and str(bad) in errors[0], proc.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: benchmark --compare: "), proc.stderr
+    assert str(bad) in errors[0]
 
 
 def test_compare_usage_errors(report_files):

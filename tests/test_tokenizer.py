@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from stable_audio_jax.errors import UserError
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer, train_bpe_tokenizer
 
 GENRES = ["Baroque chorale", "Synth pop", "Ambient drone", "Jazz trio", "Folk ballad", "Techno"]
@@ -147,7 +148,7 @@ def test_train_tokenizer_cli(tmp_path, capsys):
     assert tok.max_length == 32 and tok.vocab_size <= 500
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"path": "a.flac", "caption": ""}) + "\n")
-    with pytest.raises(ValueError, match="no captions found"):
+    with pytest.raises(UserError, match="no captions found"):
         train_tokenizer.main([f"--manifest={empty}", f"--output={tmp_path / 'x'}"])
 
 

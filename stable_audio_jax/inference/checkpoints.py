@@ -17,7 +17,6 @@ import ml_collections
 from stable_audio_jax import parallel
 from stable_audio_jax.errors import UserError
 from stable_audio_jax.training.checkpointing import CheckpointDamaged, Checkpointer
-from stable_audio_jax.training.registry import build_task
 from stable_audio_jax.training.task import Task
 from stable_audio_jax.training.train_state import TrainState
 
@@ -40,6 +39,36 @@ def _tuples(x: Any) -> Any:
     return x
 
 
+def _checkpointer(run_dir: str) -> Checkpointer:
+    """The run's checkpoints, read-only use. Raises FileNotFoundError: not a run directory."""
+    run_dir = os.path.abspath(run_dir)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {checkpoint_dir} does not exist")
+    return Checkpointer(checkpoint_dir, async_save=False, writer=False)
+
+
+def _newest_step(checkpointer: Checkpointer, run_dir: str) -> int:
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(os.path.abspath(run_dir), 'checkpoints')}")
+    return step
+
+
+def run_task(run_dir: str) -> str:
+    """The `task` of a run ("vae", "clap", "diffusion"), from its newest checkpoint's saved
+    config; reads no weights, so a wrong directory is caught before any model loads.
+
+    Raises:
+      FileNotFoundError: no run directory or no checkpoint in it.
+    """
+    checkpointer = _checkpointer(run_dir)
+    try:
+        return str(checkpointer.restore_config(_newest_step(checkpointer, run_dir)).get("task", ""))
+    finally:
+        checkpointer.close()
+
+
 def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
              rules: parallel.Rules = parallel.DEFAULT_RULES,
              edit_config: Callable[[ml_collections.ConfigDict], None] | None = None) -> LoadedRun:
@@ -56,19 +85,15 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
     Raises:
       FileNotFoundError: no run directory or no checkpoint in it.
     """
-    run_dir = os.path.abspath(run_dir)
-    checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(f"{run_dir} is not a run directory: {checkpoint_dir} does not exist")
-    checkpointer = Checkpointer(checkpoint_dir, async_save=False, writer=False)
+    checkpointer = _checkpointer(run_dir)
     try:
-        available = checkpointer.latest_step()
-        if available is None:
-            raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+        available = _newest_step(checkpointer, run_dir)
         step = available if step is None else step
         config = ml_collections.ConfigDict(_tuples(checkpointer.restore_config(step)))
         if edit_config is not None:
             edit_config(config)
+        from stable_audio_jax.training.registry import build_task  # every model: seconds that run_task skips
+
         task = build_task(config)
         mesh = mesh or parallel.create_mesh((-1, 1, 1))
         abstract, _ = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0),

@@ -106,12 +106,22 @@ def shard_paths(output_dir: str | os.PathLike, prefix: str, num_shards: int) -> 
     ]
 
 
+def _partial_path(path: str) -> str:
+    """Where a shard is written until it is complete: hidden, so `list_shards` never reads it."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.partial")
+
+
 class ShardWriter:
     """Writes records into N ArrayRecord files, balancing them by bytes.
 
     Each record goes to the shard holding the fewest bytes so far (ties: lowest index), which keeps
     shards close in size when file lengths vary a lot; the assignment is deterministic for a given
     record order. `group_size:1` makes every record individually addressable for random access.
+
+    Shards are written under hidden `.<name>.partial` names and renamed only by `close()`, so
+    an error inside the `with` block (which calls `abort()`) or a crash leaves no half-written
+    shard where `list_shards` would find it.
 
     Usage:
       with ShardWriter(out_dir, "train", 4) as w:
@@ -125,9 +135,14 @@ class ShardWriter:
         # Imported here so that reading records does not need the writer extension loaded.
         from array_record.python.array_record_module import ArrayRecordWriter
 
+        self._created_dirs = []  # deepest first: what `abort` removes again
+        folder = os.path.abspath(output_dir)
+        while not os.path.exists(folder):
+            self._created_dirs.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(output_dir, exist_ok=True)
         self.paths = shard_paths(output_dir, prefix, num_shards)
-        self._writers = [ArrayRecordWriter(p, "group_size:1") for p in self.paths]
+        self._writers = [ArrayRecordWriter(_partial_path(p), "group_size:1") for p in self.paths]
         self.bytes_per_shard = [0] * num_shards
         self.records_per_shard = [0] * num_shards
         self._closed = False
@@ -147,14 +162,32 @@ class ShardWriter:
         if not self._closed:
             for writer in self._writers:
                 writer.close()
+            for path in self.paths:
+                os.replace(_partial_path(path), path)
             self._closed = True
         return self.paths
+
+    def abort(self) -> None:
+        """Closes and deletes the unfinished shards (and the folders this writer created)."""
+        if not self._closed:
+            for writer, path in zip(self._writers, self.paths):
+                writer.close()
+                os.remove(_partial_path(path))
+            for folder in self._created_dirs:
+                try:
+                    os.rmdir(folder)
+                except OSError:  # something else was put there meanwhile: keep it
+                    break
+            self._closed = True
 
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def list_shards(path_or_glob: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

@@ -8,10 +8,19 @@ Inputs:
     absolute), "caption" and any extra keys;
   * a CSV manifest with a header row: columns `path`, `caption`, and any extra columns.
 
-Bad inputs never stop a conversion. Missing, unreadable or empty (0-sample) files and silent
+Bad files never stop a conversion. Missing, unreadable or empty (0-sample) files and silent
 files (peak < `SILENCE_PEAK`) are skipped and counted per reason. Mono, wrong-rate, multichannel
 and short files are stored unchanged, because the Grain pipeline converts them at read time;
-they are only counted. Every file is stored losslessly, at its original rate and channel count.
+they are only counted. Every file is stored losslessly, at its original rate and channel count,
+with two repairs, each counted in the report with example paths and logged as a warning:
+
+  * `peak_normalised`: a float file whose peak exceeds full scale (1.0) would be clipped by
+    FLAC's integer samples, so it is scaled by 1/peak instead (its waveform is kept; its
+    level drops), and the record's metadata holds that `gain`;
+  * `not_utf8`: a caption sidecar `.txt` or manifest line that is not valid UTF-8 is kept
+    with each undecodable byte replaced by U+FFFD (the rest of the caption is still useful).
+
+An input with no decodable audio at all is a `UserError` and writes nothing.
 
 The discovery and conversion steps (`discover_audio`, `iter_prepared_examples`) are shared with
 the tfds builder in `tfds_builder.py`.
@@ -23,6 +32,7 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -32,6 +42,7 @@ from typing import Any, TypeVar
 import soundfile as sf
 import tqdm
 
+from stable_audio_jax.errors import UserError
 from stable_audio_jax.input_pipeline import audio_io
 from stable_audio_jax.input_pipeline import records
 
@@ -52,6 +63,11 @@ SILENCE_PEAK = 1e-6
 SKIP_REASONS = ("missing", "unreadable", "empty", "silent", "encode_failed", "bad_manifest_entry")
 # Kept-but-converted-at-read-time categories (the Grain pipeline resamples, forces stereo, pads).
 CONVERTED_LATER = ("mono", "multichannel", "resample_needed", "short")
+# Kept-but-repaired categories (see the module docstring), with the warning each logs.
+REPAIRED = {
+    "peak_normalised": "file(s) above full scale were scaled to peak 1.0 instead of clipped",
+    "not_utf8": "caption(s) were not UTF-8; undecodable bytes became U+FFFD",
+}
 
 _MAX_EXAMPLE_PATHS = 5
 
@@ -83,6 +99,7 @@ class PreparedExample:
     flac_bytes: bytes
     metadata: dict[str, Any]
     notes: tuple[str, ...]  # subset of CONVERTED_LATER
+    peak_normalised: bool = False
 
 
 class SkipExample(Exception):
@@ -104,6 +121,14 @@ class ConversionReport:
         self.converted_later: collections.Counter[str] = collections.Counter({k: 0 for k in CONVERTED_LATER})
         self.missing_caption = 0
         self.missing_caption_examples: list[str] = []
+        self.repaired: collections.Counter[str] = collections.Counter({k: 0 for k in REPAIRED})
+        self.repaired_examples: dict[str, list[str]] = {k: [] for k in REPAIRED}
+
+    def add_repaired(self, kind: str, path: str) -> None:
+        """Counts a file kept after a repair of `kind` (a key of `REPAIRED`)."""
+        self.repaired[kind] += 1
+        if len(self.repaired_examples[kind]) < _MAX_EXAMPLE_PATHS:
+            self.repaired_examples[kind].append(path)
 
     def add_skip(self, reason: str, path: str, message: str) -> None:
         self.skipped[reason] += 1
@@ -120,6 +145,8 @@ class ConversionReport:
         self.written += 1
         self.total_seconds += float(example.metadata["duration_seconds"])
         self.converted_later.update(example.notes)
+        if example.peak_normalised:
+            self.add_repaired("peak_normalised", example.metadata["source_path"])
 
     def as_dict(self) -> dict[str, Any]:
         reasons = [r for r in SKIP_REASONS if self.skipped[r]] + sorted(set(self.skipped) - set(SKIP_REASONS))
@@ -132,7 +159,19 @@ class ConversionReport:
             "converted_later": {k: self.converted_later[k] for k in CONVERTED_LATER},
             "missing_caption": self.missing_caption,
             "missing_caption_examples": list(self.missing_caption_examples),
+            **{key: value for kind in REPAIRED for key, value in (
+                (kind, self.repaired[kind]), (f"{kind}_examples", list(self.repaired_examples[kind])))},
         }
+
+    def nothing_written(self, input_path: str | os.PathLike, num_files: int) -> UserError:
+        """The error for an input of which no file could be decoded, with what was skipped."""
+        report = self.as_dict()
+        message = f"no decodable audio in {os.fspath(input_path)}: {num_files} audio file(s)"
+        if report["skipped"]:
+            reasons = ", ".join(f"{count} {reason}" for reason, count in report["skipped"].items())
+            examples = [path for paths in report["skipped_examples"].values() for path in paths][:2]
+            message += f", skipped {reasons}, e.g. {', '.join(examples)}"
+        return UserError(message)
 
     def log(self) -> None:
         """Logs a summary; anything skipped or uncaptioned is a warning."""
@@ -151,6 +190,9 @@ class ConversionReport:
                 self.missing_caption,
                 self.missing_caption_examples,
             )
+        for kind, what in REPAIRED.items():
+            if self.repaired[kind]:
+                logger.warning("%d %s, e.g. %s", self.repaired[kind], what, self.repaired_examples[kind])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,15 +200,31 @@ class ConversionReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def _sidecar_caption(audio_path: str) -> tuple[str | None, dict[str, Any]]:
+def _decode_utf8(data: bytes) -> tuple[str, bool]:
+    """`data` as text, undecodable bytes replaced by U+FFFD; whether any were."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), True
+
+
+def _utf8(data: bytes, where: str, report: ConversionReport) -> str:
+    """`data` decoded as UTF-8; with undecodable bytes, `where` counts as `not_utf8`."""
+    text, lossy = _decode_utf8(data)
+    if lossy:
+        report.add_repaired("not_utf8", where)
+    return text
+
+
+def _sidecar_caption(audio_path: str, rel_path: str, report: ConversionReport) -> tuple[str | None, dict[str, Any]]:
     """Caption and extra metadata from `x.json` (preferred) or `x.txt` next to `x.<ext>`."""
     stem = os.path.splitext(audio_path)[0]
     caption: str | None = None
     extra: dict[str, Any] = {}
     if os.path.isfile(stem + ".json"):
         try:
-            with open(stem + ".json", encoding="utf-8") as f:
-                obj = json.load(f)
+            with open(stem + ".json", "rb") as f:
+                obj = json.loads(_utf8(f.read(), rel_path, report))
             if not isinstance(obj, dict):
                 raise ValueError("sidecar JSON is not an object")
             extra = {k: v for k, v in obj.items() if k not in ("caption", "path")}
@@ -176,8 +234,8 @@ def _sidecar_caption(audio_path: str) -> tuple[str | None, dict[str, Any]]:
             logger.warning("ignoring unreadable sidecar %s: %s", stem + ".json", e)
     if caption is None and os.path.isfile(stem + ".txt"):
         try:
-            with open(stem + ".txt", encoding="utf-8", errors="replace") as f:
-                caption = f.read().strip()
+            with open(stem + ".txt", "rb") as f:
+                caption = _utf8(f.read(), rel_path, report).strip()
         except OSError as e:
             logger.warning("ignoring unreadable sidecar %s: %s", stem + ".txt", e)
     return caption, extra
@@ -191,8 +249,9 @@ def _discover_folder(root: str, report: ConversionReport) -> list[AudioItem]:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
                 continue
             path = os.path.join(dirpath, name)
-            caption, extra = _sidecar_caption(path)
-            items.append(AudioItem(path, os.path.relpath(path, root).replace(os.sep, "/"), caption, extra))
+            rel_path = os.path.relpath(path, root).replace(os.sep, "/")
+            caption, extra = _sidecar_caption(path, rel_path, report)
+            items.append(AudioItem(path, rel_path, caption, extra))
     return items
 
 
@@ -210,13 +269,13 @@ def _manifest_item(row: dict[str, Any], base: str, where: str, report: Conversio
 def _discover_jsonl(manifest: str, report: ConversionReport) -> list[AudioItem]:
     base = os.path.dirname(os.path.abspath(manifest))
     items = []
-    with open(manifest, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(manifest, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             where = f"{manifest}:{line_no}"
             try:
-                row = json.loads(line)
+                row = json.loads(_utf8(raw, where, report))
             except ValueError as e:
                 report.add_skip("bad_manifest_entry", where, f"invalid JSON: {e}")
                 continue
@@ -232,14 +291,20 @@ def _discover_jsonl(manifest: str, report: ConversionReport) -> list[AudioItem]:
 def _discover_csv(manifest: str, report: ConversionReport) -> list[AudioItem]:
     base = os.path.dirname(os.path.abspath(manifest))
     items = []
-    with open(manifest, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ValueError(f"CSV manifest {manifest!r} needs a header row with a 'path' column")
-        for row_no, row in enumerate(reader, start=2):
-            item = _manifest_item(row, base, f"{manifest}:{row_no}", report)
-            if item is not None:
-                items.append(item)
+    with open(manifest, "rb") as f:
+        data = f.read()
+    # Decoded whole (a quoted field may span lines); then each row with a U+FFFD is counted.
+    text, lossy = _decode_utf8(data)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "path" not in reader.fieldnames:
+        raise ValueError(f"CSV manifest {manifest!r} needs a header row with a 'path' column")
+    for row_no, row in enumerate(reader, start=2):
+        where = f"{manifest}:{row_no}"
+        if lossy and any(isinstance(v, str) and "\ufffd" in v for v in row.values()):
+            report.add_repaired("not_utf8", where)
+        item = _manifest_item(row, base, where, report)
+        if item is not None:
+            items.append(item)
     return items
 
 
@@ -262,7 +327,7 @@ def discover_audio(input_path: str | os.PathLike, report: ConversionReport | Non
     if ext == ".csv":
         return _discover_csv(path, report)
     if ext in AUDIO_EXTENSIONS:
-        caption, extra = _sidecar_caption(path)
+        caption, extra = _sidecar_caption(path, os.path.basename(path), report)
         return [AudioItem(path, os.path.basename(path), caption, extra)]
     raise ValueError(f"input {path!r} is neither a folder, a .jsonl/.csv manifest, nor an audio file")
 
@@ -272,10 +337,31 @@ def discover_audio(input_path: str | os.PathLike, report: ConversionReport | Non
 # ----------------------------------------------------------------------------------------------
 
 
+def _encode_flac(f: sf.SoundFile, path: str, gain: float = 1.0) -> tuple[bytes, int, float]:
+    """FLAC bytes of the open file `f` times `gain`, streamed in blocks; its sample count and
+    peak (before `gain`)."""
+    try:
+        encoder = audio_io.FlacEncoder(int(f.samplerate), int(f.channels), audio_io.flac_subtype_for(f.subtype))
+    except (sf.SoundFileError, RuntimeError, ValueError) as e:
+        raise SkipExample("encode_failed", f"cannot FLAC-encode {path!r}: {e}") from e
+    num_samples, peak = 0, 0.0
+    try:
+        for block in audio_io.iter_blocks(f):
+            num_samples += block.shape[0]
+            peak = max(peak, float(abs(block).max()))
+            encoder.write(block if gain == 1.0 else block * gain)
+        return encoder.finish(), num_samples, peak
+    except (sf.SoundFileError, RuntimeError, ValueError) as e:
+        raise SkipExample("unreadable", f"error while decoding {path!r}: {e}") from e
+
+
 def prepare_example(
     item: AudioItem, *, target_sample_rate: int = 44100, short_seconds: float = 1.0
 ) -> PreparedExample:
     """Reads one file and re-encodes it losslessly to FLAC, streaming in blocks.
+
+    A float file whose peak exceeds full scale is encoded again, scaled by 1/peak, because
+    FLAC would clip it (`PreparedExample.peak_normalised`; the metadata's `gain` is 1/peak).
 
     Raises:
       SkipExample: the file is missing, unreadable, empty, silent, or cannot be FLAC-encoded.
@@ -286,21 +372,14 @@ def prepare_example(
         f = audio_io.open_audio(item.path)
     except audio_io.AudioDecodeError as e:
         raise SkipExample(e.reason, str(e)) from e
+    gain = 1.0
     with f:
         sample_rate, channels = int(f.samplerate), int(f.channels)
-        try:
-            encoder = audio_io.FlacEncoder(sample_rate, channels, audio_io.flac_subtype_for(f.subtype))
-        except (sf.SoundFileError, RuntimeError, ValueError) as e:
-            raise SkipExample("encode_failed", f"cannot FLAC-encode {item.path!r}: {e}") from e
-        num_samples, peak = 0, 0.0
-        try:
-            for block in audio_io.iter_blocks(f):
-                num_samples += block.shape[0]
-                peak = max(peak, float(abs(block).max()))
-                encoder.write(block)
-            flac_bytes = encoder.finish()
-        except (sf.SoundFileError, RuntimeError, ValueError) as e:
-            raise SkipExample("unreadable", f"error while decoding {item.path!r}: {e}") from e
+        flac_bytes, num_samples, peak = _encode_flac(f, item.path)
+        if peak > 1.0:  # only known at the end of the stream: a second pass, for these files only
+            gain = 1.0 / peak
+            f.seek(0)
+            flac_bytes, _, _ = _encode_flac(f, item.path, gain)
     if num_samples == 0:
         raise SkipExample("empty", f"{item.path!r} has no samples")
     if peak < SILENCE_PEAK:
@@ -317,6 +396,7 @@ def prepare_example(
         "duration_seconds": duration,
         "id": str(item.extra.get("id", default_id)),
         "source_path": item.rel_path,
+        **({"gain": gain} if gain != 1.0 else {}),
     }
     notes = []
     if channels == 1:
@@ -327,7 +407,7 @@ def prepare_example(
         notes.append("resample_needed")
     if duration < short_seconds:
         notes.append("short")
-    return PreparedExample(flac_bytes, metadata, tuple(notes))
+    return PreparedExample(flac_bytes, metadata, tuple(notes), peak_normalised=gain != 1.0)
 
 
 def _ordered_map(fn: Callable[[T], R], items: Iterable[T], num_workers: int) -> Iterator[R]:
@@ -370,7 +450,9 @@ def iter_prepared_examples(
 
     results = _ordered_map(convert, items, num_workers)
     for item, result in tqdm.tqdm(
-        zip(items, results), total=len(items), disable=not progress, unit="file", desc="audio -> records"
+        # None: no bar unless stderr is a terminal (a log file or pipe gets only the report).
+        zip(items, results), total=len(items), disable=None if progress else True, unit="file",
+        desc="audio -> records",
     ):
         if isinstance(result, SkipExample):
             report.add_skip(result.reason, item.rel_path, str(result))
@@ -413,11 +495,12 @@ def write_shards(
 
     Raises:
       FileNotFoundError: `input_path` does not exist.
+      UserError: no file of `input_path` could be decoded; nothing is written.
     """
     report = ConversionReport()
     items = discover_audio(input_path, report)
     if not items:
-        logger.warning("no audio files found under %s", os.fspath(input_path))
+        raise report.nothing_written(input_path, 0)
     with records.ShardWriter(output_dir, prefix, num_shards) as writer:
         for example in iter_prepared_examples(
             items,
@@ -428,6 +511,8 @@ def write_shards(
             progress=progress,
         ):
             writer.write(records.encode_record(example.flac_bytes, example.metadata))
+        if not report.written:  # raised inside the `with`: the writer deletes its partial shards
+            raise report.nothing_written(input_path, len(items))
     result = {
         "input": os.fspath(input_path),
         "num_inputs": len(items),

@@ -128,5 +128,7 @@ class StableAudioCaptions(tfds.core.GeneratorBasedBuilder):
         # Keys only need to be unique; tfds shuffles examples by key hash at write time.
         for index, example in enumerate(examples):
             yield f"{index:09d}", to_tfds_example(example)
+        if not report.written:  # tfds deletes its unfinished split files when the build fails
+            raise report.nothing_written(input_path, len(items))
         report.log()
         self.reports[split] = {"input": os.fspath(input_path), **report.as_dict()}

@@ -37,7 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from stable_audio_jax import parallel
+from stable_audio_jax import config_lib, parallel
 from stable_audio_jax.errors import EXIT_NONFINITE, UserError
 from stable_audio_jax.training.checkpointing import CheckpointDamaged, Checkpointer
 from stable_audio_jax.training.run_lock import RunLock
@@ -194,6 +194,7 @@ class Trainer:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task, mesh: Mesh | None = None):
+        config_lib.validate(config)  # out-of-range loop fields fail here, not after compiling
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.task = task
