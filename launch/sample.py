@@ -6,6 +6,8 @@
         --sampler=dpmpp_3m_sde --negative_prompt="noise" --batch_size=4 --seed=1
     # a converted Stable Audio Open (launch/convert_sao.py): DiT, T5 and VAE in one directory
     python launch/sample.py --pretrained=pretrained/sao --prompt="128 BPM tech house drum loop" --seconds_total=10
+    # a run fine-tuned from it (config.init_from): the run's DiT with the directory's T5 and VAE
+    python launch/sample.py --pretrained=pretrained/sao --diffusion_dir=runs/sao_finetune --prompt="..."
 
 Sampling settings left unset take the model's defaults (its config's `sampling` section:
 for SAO 100 steps of dpmpp_3m_sde, CFG 7, sigma 0.3..500). A batch is split over all
@@ -33,8 +35,10 @@ from absl import flags, logging  # noqa: E402
 from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
-_DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of the diffusion model.")
-_PRETRAINED = flags.DEFINE_string("pretrained", None, "A converted pretrained directory (instead of --diffusion_dir).")
+_DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of the diffusion model (with --pretrained: "
+                                      "one fine-tuned from it).")
+_PRETRAINED = flags.DEFINE_string("pretrained", None, "A converted pretrained directory (with --diffusion_dir: only "
+                                  "its VAE and text encoder).")
 _VAE_DIR = flags.DEFINE_string("vae_dir", None, "VAE run (default: the one named in the diffusion config).")
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "CLAP run (default: the one named in the diffusion config).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A text prompt (repeatable).")
@@ -84,8 +88,11 @@ def _prompts() -> list[str]:
 def _check_inputs() -> list[str]:
     """The checks that need no model, so bad input fails before anything loads; the prompts."""
     prompts = _prompts()
-    if (_DIFFUSION_DIR.value is None) == (_PRETRAINED.value is None):
-        raise UserError("give exactly one of --diffusion_dir (a training run) and --pretrained (a converted model)")
+    if _DIFFUSION_DIR.value is None and _PRETRAINED.value is None:
+        raise UserError("give --diffusion_dir (a training run), --pretrained (a converted model), or both "
+                        "(a run fine-tuned from the converted model)")
+    if _PRETRAINED.value is not None and (_VAE_DIR.value or _CLAP_DIR.value):
+        raise UserError("--vae_dir and --clap_dir do not go with --pretrained (the VAE and text encoder are its own)")
     if _PRETRAINED.value is not None and not os.path.isdir(_PRETRAINED.value):
         raise UserError(f"--pretrained={_PRETRAINED.value} does not exist")
     if _INIT_AUDIO.value and not os.path.isfile(_INIT_AUDIO.value):
@@ -110,7 +117,7 @@ def main(argv):
         if _SAMPLER.value is not None:
             canonical_sampler_name(_SAMPLER.value)  # an unknown name fails before any loading
         if _PRETRAINED.value:
-            generator = AudioGenerator.from_pretrained(_PRETRAINED.value)
+            generator = AudioGenerator.from_pretrained(_PRETRAINED.value, diffusion_dir=_DIFFUSION_DIR.value)
         else:
             generator = AudioGenerator.from_runs(_DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value,
                                                  clap_dir=_CLAP_DIR.value)
@@ -133,8 +140,9 @@ def main(argv):
         raise UserError(str(e)) from None
 
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    model_dir = _PRETRAINED.value or _DIFFUSION_DIR.value
-    settings = {"pretrained" if _PRETRAINED.value else "diffusion_dir": os.path.abspath(model_dir),
+    model_dirs = {name: os.path.abspath(flag.value) for name, flag in (("pretrained", _PRETRAINED),
+                                                                      ("diffusion_dir", _DIFFUSION_DIR)) if flag.value}
+    settings = {**model_dirs,
                 "prompts": prompts, "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value,
                 "window_seconds": window_seconds, **settings,
                 "seed": _SEED.value, "negative_prompt": _NEGATIVE.value, "init_audio": _INIT_AUDIO.value,

@@ -24,18 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from stable_audio_jax import parallel
-from stable_audio_jax.convert.sao_checkpoint import abstract_diffusion_params
-from stable_audio_jax.convert.sao_vae import abstract_autoencoder_params
-from stable_audio_jax.convert.t5_checkpoint import abstract_params as abstract_t5_params
 from stable_audio_jax.diffusion import guidance, samplers, schedule
-from stable_audio_jax.inference import pretrained
+from stable_audio_jax.inference import pretrained, pretrained_parts
 from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.inference.clap import CLAPEncoder
-from stable_audio_jax.inference.t5 import T5TextEncoder
-from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
-from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
-from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
-from stable_audio_jax.models.t5 import T5Config
+from stable_audio_jax.models.autoencoder import AudioAutoencoder
+from stable_audio_jax.models.latent_diffusion import LatentDiffusionModel
 
 
 # Used where a model's config names no sampling settings.
@@ -113,28 +107,33 @@ class AudioGenerator:
                    sampling=config.sampling.to_dict() if "sampling" in config else None)
 
     @classmethod
-    def from_pretrained(cls, directory: str, *, mesh: jax.sharding.Mesh | None = None,
+    def from_pretrained(cls, directory: str, *, diffusion_dir: str | None = None, step: int | None = None,
+                        mesh: jax.sharding.Mesh | None = None,
                         rules: parallel.Rules = parallel.DEFAULT_RULES) -> "AudioGenerator":
         """Load a converted pretrained directory (e.g. Stable Audio Open) onto `mesh`
-        (default: every device on the data axis)."""
+        (default: every device on the data axis).
+
+        diffusion_dir: a diffusion run fine-tuned from `directory` (`config.init_from`): its
+          EMA weights (at `step`, default the newest) and window replace the directory's
+          diffusion model; the VAE, text encoder and sampling defaults stay the directory's.
+        """
         config = pretrained.read_pretrained_config(directory)
-        text = config["text_encoder"]
-        if text.get("kind") != "t5":
-            raise ValueError(f"{directory}: unsupported text encoder {text.get('kind')!r} (only 't5')")
         mesh = mesh or parallel.create_mesh((-1, 1, 1))
-        model = LatentDiffusionModel(LatentDiffusionConfig.from_dict(config["model"]))
-        autoencoder = AudioAutoencoder(AutoencoderConfig.from_dict(config["autoencoder"]))
-        t5_config = T5Config.from_dict(config["text_encoder"]["config"])
-        abstract = {"diffusion": abstract_diffusion_params(model.config),
-                    "autoencoder": abstract_autoencoder_params(autoencoder.config),
-                    "text_encoder": abstract_t5_params(t5_config)}
-        params = pretrained.restore_pretrained_params(directory, parallel.with_shardings(abstract, mesh, rules)[0])
-        tokenizer = TextTokenizer.from_file(os.path.join(directory, pretrained.TOKENIZER_FILE),
-                                            max_length=int(text["max_length"]))
-        encoder = T5TextEncoder(t5_config, params["text_encoder"], tokenizer, mesh=mesh, rules=rules)
-        return cls(model=model, params=params["diffusion"], autoencoder=autoencoder,
+        parts = pretrained.PARTS if diffusion_dir is None else ("autoencoder", "text_encoder")
+        params = pretrained_parts.restore_parts(directory, config, parts, mesh, rules)
+        encoder = pretrained_parts.text_encoder(directory, config, params["text_encoder"], mesh, rules)
+        if diffusion_dir is None:
+            model, diffusion_params = pretrained_parts.diffusion_model(config), params["diffusion"]
+            window = config["sample_size"]
+        else:
+            run = load_run(diffusion_dir, step=step, mesh=mesh, rules=rules)
+            if run.config.task != "diffusion":
+                raise ValueError(f"{diffusion_dir} holds a {run.config.task!r} run, not a diffusion run")
+            model, diffusion_params = run.task.model, run.state.ema_params["diffusion"]
+            window = int(run.config.data.sample_size)
+        return cls(model=model, params=diffusion_params, autoencoder=pretrained_parts.autoencoder(config),
                    vae_params=params["autoencoder"], text_encoder=encoder, mesh=mesh,
-                   sample_rate=config["sample_rate"], window_samples=config["sample_size"],
+                   sample_rate=config["sample_rate"], window_samples=window,
                    latent_scale=config.get("latent_scale", 1.0), sampling=config.get("sampling"), rules=rules)
 
     def _on_step(self, step_index) -> None:

@@ -57,6 +57,9 @@ def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"pretrained model directory {directory!r} does not exist")
+    if not os.path.isfile(path) and os.path.isdir(os.path.join(directory, "checkpoints")):
+        raise FileNotFoundError(f"{directory!r} is a training run directory, not a pretrained model directory "
+                                "(one written by launch/convert_sao.py)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory!r} is not a pretrained model directory (no {CONFIG_FILE}; "
                                 "an interrupted conversion leaves none)")
@@ -69,15 +72,30 @@ def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 def restore_pretrained_params(directory: str | os.PathLike, abstract_params: dict[str, Any]) -> dict[str, Any]:
     """The params of `directory`, restored onto the shardings of `abstract_params`
-    (`{part: tree of jax.ShapeDtypeStruct with .sharding}`)."""
+    (`{part: tree of jax.ShapeDtypeStruct with .sharding}`); any subset of the parts."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        return checkpointer.restore(_params_dir(directory), args=ocp.args.PyTreeRestore(
+            abstract_params, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
+            partial_restore=True))
+    finally:
+        checkpointer.close()
+
+
+def pretrained_params_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """`{part: tree of array metadata (.shape, .dtype)}` as stored, reading no weights."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        return checkpointer.metadata(_params_dir(directory)).item_metadata.tree
+    finally:
+        checkpointer.close()
+
+
+def _params_dir(directory: str | os.PathLike) -> str:
     params_dir = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
     if not os.path.isdir(params_dir):
         raise FileNotFoundError(f"no {PARAMS_DIR}/ in pretrained model directory {os.fspath(directory)!r}")
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-        return checkpointer.restore(params_dir, abstract_params)
-    finally:
-        checkpointer.close()
+    return params_dir
 
 
 def count_params(tree: Any) -> int:

@@ -1,0 +1,71 @@
+"""The parts of a pretrained directory rebuilt as modules, and restored one by one.
+
+    config = pretrained.read_pretrained_config("pretrained/sao")
+    params = restore_parts("pretrained/sao", config, ("autoencoder", "text_encoder"), mesh)
+    vae = autoencoder(config)                       # AudioAutoencoder
+    t5 = text_encoder("pretrained/sao", config, params["text_encoder"], mesh)
+
+Sampling needs every part; pre-encoding only the VAE and the text encoder; fine-tuning
+only the part it trains. Only the requested parts are read, so pre-encoding for a 1B DiT
+never holds the DiT's weights.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+
+from stable_audio_jax import parallel
+from stable_audio_jax.convert.sao_checkpoint import abstract_diffusion_params
+from stable_audio_jax.convert.sao_vae import abstract_autoencoder_params
+from stable_audio_jax.convert.t5_checkpoint import abstract_params as abstract_t5_params
+from stable_audio_jax.inference import pretrained
+from stable_audio_jax.inference.t5 import T5TextEncoder
+from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
+from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
+from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
+from stable_audio_jax.models.t5 import T5Config
+
+
+def diffusion_model(config: Mapping[str, Any]) -> LatentDiffusionModel:
+    return LatentDiffusionModel(LatentDiffusionConfig.from_dict(config["model"]))
+
+
+def autoencoder(config: Mapping[str, Any]) -> AudioAutoencoder:
+    return AudioAutoencoder(AutoencoderConfig.from_dict(config["autoencoder"]))
+
+
+def t5_config(config: Mapping[str, Any]) -> T5Config:
+    """The text encoder's config; only T5 is a pretrained directory's text encoder so far."""
+    kind = config["text_encoder"].get("kind")
+    if kind != "t5":
+        raise ValueError(f"unsupported text encoder {kind!r} in a pretrained directory (only 't5')")
+    return T5Config.from_dict(config["text_encoder"]["config"])
+
+
+def abstract_part(config: Mapping[str, Any], part: str) -> Any:
+    """The parameter shapes of one part (a key of `pretrained.PARTS`), allocating nothing."""
+    if part == "diffusion":
+        return abstract_diffusion_params(diffusion_model(config).config)
+    if part == "autoencoder":
+        return abstract_autoencoder_params(autoencoder(config).config)
+    if part == "text_encoder":
+        return abstract_t5_params(t5_config(config))
+    raise ValueError(f"unknown pretrained part {part!r}; parts: {pretrained.PARTS}")
+
+
+def restore_parts(directory: str | os.PathLike, config: Mapping[str, Any], parts: Sequence[str],
+                  mesh: jax.sharding.Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES) -> dict[str, Any]:
+    """`{part: params}` for `parts` of `directory`, placed on `mesh` by the logical rules."""
+    abstract = {part: abstract_part(config, part) for part in parts}
+    return pretrained.restore_pretrained_params(directory, parallel.with_shardings(abstract, mesh, rules)[0])
+
+
+def text_encoder(directory: str | os.PathLike, config: Mapping[str, Any], params: Any,
+                 mesh: jax.sharding.Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES) -> T5TextEncoder:
+    """The frozen prompt encoder of `directory` (its tokenizer and `params`), as sampling runs it."""
+    tokenizer = TextTokenizer.from_file(os.path.join(os.fspath(directory), pretrained.TOKENIZER_FILE),
+                                        max_length=int(config["text_encoder"]["max_length"]))
+    return T5TextEncoder(t5_config(config), params, tokenizer, mesh=mesh, rules=rules)
