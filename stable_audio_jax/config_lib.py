@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dtype = "float32"  # compute dtype
     c.param_dtype = "float32"
+    # A pretrained directory or run directory whose weights a new run starts from
+    # (fine-tuning; `training/init_from.py`). Ignored when the run directory has checkpoints.
+    c.init_from = ""
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
@@ -66,13 +69,20 @@ _MINIMUMS = {
 }
 
 
+# The value of a field that a config leaves to the command line (e.g. `init_from` of a
+# fine-tuning config): `validate` fails until an override sets it.
+REQUIRED = "<required>"
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Check the trainer and data fields of a training config before anything is built.
 
     Raises:
-      UserError: naming every field out of range, e.g. `config.trainer.checkpoint_every=0`.
+      UserError: naming every field out of range, e.g. `config.trainer.checkpoint_every=0`,
+        and every field still `REQUIRED`.
     """
-    problems = []
+    problems = [f"config.{key} is required (set --config.{key}=...)" for key in _keys(config)
+                if _value(config, key) == REQUIRED]
     for key, minimum in _MINIMUMS.items():
         section, name = key.split(".")
         value = config[section][name]
@@ -91,6 +101,13 @@ def _keys(config: Mapping, prefix: str = "") -> Iterator[str]:
         yield prefix + name
         if isinstance(value, _SECTION):
             yield from _keys(value, prefix + name + ".")
+
+
+def _value(config: Mapping, key: str) -> object:
+    node = config
+    for name in key.split("."):
+        node = node[name]
+    return node
 
 
 def has_key(config: Mapping, key: str) -> bool:

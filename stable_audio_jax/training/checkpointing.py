@@ -81,16 +81,17 @@ class CheckpointDamaged(Exception):
     """A checkpoint step that cannot be restored as written; the message says why."""
 
 
-def _shape_mismatch(metadata_tree: Any, abstract: Any) -> str | None:
+def shape_mismatch(metadata_tree: Any, abstract: Any, *, check_dtypes: bool = True) -> str | None:
     """The first difference between a checkpoint's array metadata and the abstract state:
-    a missing/extra path, or a shape/dtype, described in one phrase; None when they agree."""
+    a missing/extra path, or a shape/dtype (shape only without `check_dtypes`), described in
+    one phrase; None when they agree."""
     saved = dict(zip(integrity.leaf_paths(metadata_tree), jax.tree.leaves(metadata_tree)))
     wanted = dict(zip(integrity.leaf_paths(abstract), jax.tree.leaves(abstract)))
     for path, leaf in wanted.items():
         if path not in saved:
             return f"{path} (shape {tuple(leaf.shape)}) is not in the checkpoint"
         meta = saved[path]
-        if tuple(meta.shape) != tuple(leaf.shape) or np.dtype(meta.dtype) != np.dtype(leaf.dtype):
+        if tuple(meta.shape) != tuple(leaf.shape) or (check_dtypes and np.dtype(meta.dtype) != np.dtype(leaf.dtype)):
             return (f"{path} is {np.dtype(meta.dtype).name}{list(meta.shape)} in the checkpoint but "
                     f"{np.dtype(leaf.dtype).name}{list(leaf.shape)} in this config")
     for path in saved:
@@ -204,7 +205,7 @@ class Checkpointer:
         """Restore `state` (sharded like `abstract_state`) and, in place, the data iterator;
         check it against the checksums recorded at save time. Raises `CheckpointDamaged`, or
         `UserError` when the checkpoint's arrays do not fit `abstract_state` (another model)."""
-        mismatch = _shape_mismatch(self._read(step, "state metadata", self._manager.item_metadata, step)
+        mismatch = shape_mismatch(self._read(step, "state metadata", self._manager.item_metadata, step)
                                    ["state"].tree, abstract_state)
         if mismatch is not None:
             raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this config: "

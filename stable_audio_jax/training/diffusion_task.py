@@ -40,6 +40,7 @@ def build_diffusion_model(config: ml_collections.ConfigDict) -> LatentDiffusionM
 class DiffusionTask(Task):
     name = "diffusion"
     progress_keys = ("loss",)
+    pretrained_parts = ("diffusion",)
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

@@ -26,6 +26,9 @@ class Task(abc.ABC):
 
     name: str = "task"
     progress_keys: tuple[str, ...] = ("loss",)  # metrics shown on the progress bar
+    # Keys of `params` / `ema_params` that `config.init_from` fills from existing weights (the
+    # parts of a pretrained directory of the same names, or another run's EMA); () for none.
+    pretrained_parts: tuple[str, ...] = ()
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

@@ -229,18 +229,28 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def initial_state(self, data_iterator: Any | None):
-        """Restore the newest intact checkpoint of the run directory, or create a fresh state."""
+        """Restore the newest intact checkpoint of the run directory, or create a fresh state
+        (from the weights of `config.init_from` when set: `init_from.py`)."""
         rng = jax.random.PRNGKey(self.config.seed)
         abstract, shardings = parallel.abstract_with_shardings(
             self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
         self._abstract = abstract
         restored = self.checkpointer.restore_latest(abstract, data_iterator)
+        init_from = self.config.get("init_from", "")
         if restored is not None:
             step, state = restored
             logging.info("resuming from step %d", step)
+            if init_from:
+                logging.info("the run directory has checkpoints: config.init_from=%s is ignored", init_from)
             self.logger.truncate_after(step)
         else:
-            state, _ = parallel.init_sharded(self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
+            if init_from:
+                from stable_audio_jax.training.init_from import init_state_from
+
+                state = init_state_from(init_from, self.task, abstract, rng, mesh=self.mesh, rules=self.rules)
+                logging.info("initialised %s from %s", ", ".join(self.task.pretrained_parts), init_from)
+            else:
+                state, _ = parallel.init_sharded(self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
             self.logger.truncate_after(0)  # rows of a run whose checkpoints were all removed
         return state, shardings
 

@@ -55,6 +55,7 @@ def _split_batch(tree: Any) -> tuple[Any, Any]:
 class VAETask(Task):
     name = "vae"
     progress_keys = ("spectral", "kl", "discriminator_loss")
+    pretrained_parts = ("autoencoder",)
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
