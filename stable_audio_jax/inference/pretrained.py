@@ -9,7 +9,9 @@ set of inference weights and what is needed to rebuild the modules:
     <dir>/tokenizer.json    the text encoder's tokenizer
 
 `convert/sao_checkpoint.py` writes one from a stable-audio-tools checkpoint;
-`AudioGenerator.from_pretrained` and `launch/sample.py --pretrained=<dir>` read it.
+`AudioGenerator.from_pretrained` and `launch/sample.py --pretrained=<dir>` read it, and so do
+`data/pre_encode.py --pretrained=<dir>` (its VAE and T5) and `config.init_from=<dir>`
+(fine-tuning, `training/init_from.py`), each reading only the parts it needs.
 Restoring takes an abstract tree whose leaves carry the target shardings, so the weights
 land directly in their place on any mesh.
 """
