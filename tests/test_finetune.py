@@ -17,7 +17,8 @@ import pytest
 
 from stable_audio_jax import config_lib, parallel
 from stable_audio_jax.errors import UserError
-from stable_audio_jax.inference import pretrained, pretrained_parts
+from stable_audio_jax.convert import sao_checkpoint
+from stable_audio_jax.inference import pretrained
 from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.training.diffusion_task import DiffusionTask
 from stable_audio_jax.training.trainer import Trainer
@@ -31,10 +32,8 @@ BATCH = 8  # global batch: one row per device of the (2, 4) mesh
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> str:
-    from stable_audio_jax.convert.sao_checkpoint import convert_sao_checkpoint
-
     out = str(tmp_path_factory.mktemp("finetune") / "pretrained")
-    convert_sao_checkpoint(CHECKPOINT, MODEL_CONFIG, T5_DIR, out, log=lambda _: None)
+    sao_checkpoint.convert_sao_checkpoint(CHECKPOINT, MODEL_CONFIG, T5_DIR, out, log=lambda _: None)
     return out
 
 
@@ -48,10 +47,17 @@ def latents(converted, synthetic_shards, tmp_path_factory) -> tuple[str, dict]:
     return out, report
 
 
-def _restored(directory: str, part: str) -> dict:
-    config = pretrained.read_pretrained_config(directory)
-    mesh = parallel.create_mesh((-1, 1, 1))
-    return jax.device_get(pretrained_parts.restore_parts(directory, config, (part,), mesh)[part])
+def _converted(part: str) -> dict:
+    """The converter's params of `part` straight from the fixture's state dict (no Orbax)."""
+    from stable_audio_jax.convert import sao_vae
+    from stable_audio_jax.convert.state_dict import StateDictReader, load_state_dict
+
+    with open(MODEL_CONFIG) as f:
+        arch = sao_checkpoint.architecture_from_model_config(json.load(f))
+    reader = StateDictReader(load_state_dict(CHECKPOINT), source=CHECKPOINT)
+    if part == "diffusion":
+        return sao_checkpoint.diffusion_params_from_state_dict(reader, arch)
+    return sao_vae.autoencoder_params_from_state_dict(reader.scoped(sao_vae.DIFFUSION_PREFIX), arch.autoencoder)
 
 
 def finetune_config(pretrained_dir: str, shards: str, init_from: str | None = None,
@@ -116,7 +122,7 @@ def test_finetune_starts_from_the_weights_learns_and_resumes(converted, latents,
     shards, _ = latents
     config = finetune_config(converted, shards)
     task = DiffusionTask(config)
-    weights = _restored(converted, "diffusion")
+    weights = _converted("diffusion")
     state = _initial_state(config, str(tmp_path / "run"), task)
     _assert_trees_equal(state.params["diffusion"], weights)
     _assert_trees_equal(state.ema_params["diffusion"], weights)
@@ -165,7 +171,7 @@ def test_vae_starts_from_the_pretrained_autoencoder(converted, tmp_path):
     config.model = ml_collections.ConfigDict({**config.model.to_dict(), **autoencoder})
     config.init_from = converted
     state = _initial_state(config, str(tmp_path / "vae"), VAETask(config))
-    weights = _restored(converted, "autoencoder")
+    weights = _converted("autoencoder")
     _assert_trees_equal(state.params["autoencoder"], weights)
     _assert_trees_equal(state.ema_params["autoencoder"], weights)
     fresh = _initial_state(micro_config(), str(tmp_path / "fresh"), VAETask(micro_config()))
