@@ -40,6 +40,7 @@ from jax.sharding import Mesh
 from stable_audio_jax import config_lib, parallel
 from stable_audio_jax.errors import EXIT_NONFINITE, UserError
 from stable_audio_jax.training.checkpointing import CheckpointDamaged, Checkpointer
+from stable_audio_jax.training.init_from import init_state_from
 from stable_audio_jax.training.run_lock import RunLock
 from stable_audio_jax.training.task import Task
 
@@ -245,8 +246,6 @@ class Trainer:
             self.logger.truncate_after(step)
         else:
             if init_from:
-                from stable_audio_jax.training.init_from import init_state_from
-
                 state = init_state_from(init_from, self.task, abstract, rng, mesh=self.mesh, rules=self.rules)
                 logging.info("initialised %s from %s", ", ".join(self.task.pretrained_parts), init_from)
             else:
