@@ -2,7 +2,8 @@
 
 Overrides: `--config.data.train_shards=shards/ --config.trainer.num_steps=1000`.
 A run directory that already has checkpoints resumes from the newest intact one (model state
-and data iterator). SIGTERM or Ctrl-C saves a checkpoint and exits with code 143; run the same
+and data iterator); otherwise `--config.init_from=<pretrained or run directory>` starts the run
+from those weights (fine-tuning, e.g. `configs/dit_sao_finetune.py`). SIGTERM or Ctrl-C saves a checkpoint and exits with code 143; run the same
 command again to resume. Exit codes: `stable_audio_jax/errors.py` (and the README's "Faults and
 recovery").
 
