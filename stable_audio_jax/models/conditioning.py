@@ -203,5 +203,11 @@ def build_context(text_features: jax.Array, text_mask: jax.Array,
         raise ValueError(f"text_mask {text_mask.shape} does not match text_features {text_features.shape}")
     dtype = jnp.result_type(text_features, timing_tokens)
     context = jnp.concatenate([text_features.astype(dtype), timing_tokens.astype(dtype)], axis=1)
-    timing_mask = jnp.ones(timing_tokens.shape[:2], bool)
-    return context, jnp.concatenate([text_mask.astype(bool), timing_mask], axis=1)
+    return context, context_mask(text_mask, timing_tokens.shape[1])
+
+
+def context_mask(text_mask: jax.Array, timing_tokens: int = 2) -> jax.Array:
+    """The mask of `build_context`'s context: `[batch, text_length]` -> `[batch, text_length
+    + timing_tokens]` bool, the timing tokens always real."""
+    timing_mask = jnp.ones((text_mask.shape[0], timing_tokens), bool)
+    return jnp.concatenate([jnp.asarray(text_mask).astype(bool), timing_mask], axis=1)
