@@ -99,10 +99,10 @@ def test_bad_inputs_give_one_line(tmp_path, converted):
     save_file(tensors, str(broken))
     result = _run("convert_sao.py", f"--checkpoint={broken}", f"--model_config={MODEL_CONFIG}",
                   f"--t5_dir={T5_DIR}", f"--output_dir={tmp_path / 'x'}")
-    assert result.returncode == 1 and "error:" in result.stderr and "'model.model.extra.weight'" in result.stderr
+    assert result.returncode == 2 and "error:" in result.stderr and "'model.model.extra.weight'" in result.stderr
     result = _run("convert_sao.py", f"--checkpoint={CHECKPOINT}", f"--model_config={MODEL_CONFIG}",
                   f"--t5_dir={T5_DIR}", f"--output_dir={out}")
-    assert result.returncode == 1 and "already exists" in result.stderr
+    assert result.returncode == 2 and "already exists" in result.stderr
     result = _run("sample.py", f"--pretrained={tmp_path / 'nowhere'}", "--prompt=x")
     assert result.returncode == 1 and "does not exist" in result.stderr.strip().splitlines()[-1]
 
