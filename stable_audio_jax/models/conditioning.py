@@ -1,7 +1,7 @@
 """Timing conditioning: `seconds_start` / `seconds_total` embeddings and the context they join.
 
 Both reference models condition on two numbers per clip, the crop's start second and the
-whole file's length in seconds (SPEC 2.1):
+whole file's length in seconds (stable-audio-tools `models/conditioners.py`):
 
 - SAO (`NumberConditioner`): clamp to [0, 512], normalise to u in [0, 1], learned Fourier
   features `[u, sin(2 pi u w), cos(2 pi u w)]` (257 dims for 256), Dense to 768 with bias.
