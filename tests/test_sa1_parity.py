@@ -89,6 +89,14 @@ def test_architecture_of_the_sa1_model_config(imported):
     assert arch.autoencoder.downsampling_ratio == 8 and arch.autoencoder.final_tanh
 
 
+def test_timing_defaults_follow_the_conditioner_type():
+    """An `int` conditioner without `max_val` has SAT's default 512 rows (a `number` one: 1)."""
+    config = copy.deepcopy(_model_config())
+    for c in config["model"]["conditioning"]["configs"][1:]:
+        c["config"] = {}
+    assert sao_checkpoint.architecture_from_model_config(config).diffusion.max_seconds == 512
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda c: c["model"]["pretransform"]["config"]["encoder"].update(type="dac"), "pretransform.config.encoder.type"),
     (lambda c: c["model"]["diffusion"]["config"].update(use_xattn_time=True), "diffusion.config.use_xattn_time"),

@@ -171,6 +171,10 @@ def _unet(diffusion: Mapping[str, Any]) -> UNetConfig:
         raise ConversionError(f"model_config: diffusion.config does not describe a supported U-Net: {e}") from e
 
 
+# SAT's default `max_val` per timing conditioner type (NumberConditioner, IntConditioner).
+_TIMING_MAX_DEFAULTS = {"number": 1, "int": 512}
+
+
 def _timing(conditioners: Mapping[str, Any], kind: str) -> int:
     """The shared `max_val` of the two timing conditioners of SAT type `kind`."""
     max_seconds = None
@@ -178,7 +182,7 @@ def _timing(conditioners: Mapping[str, Any], kind: str) -> int:
         c = conditioners[name]
         _require(c.get("type"), kind, f"conditioning {name} type")
         _require(float(c.get("config", {}).get("min_val", 0)), 0.0, f"conditioning {name} min_val")
-        value = int(c.get("config", {}).get("max_val", 512))
+        value = int(c.get("config", {}).get("max_val", _TIMING_MAX_DEFAULTS[kind]))
         _require(max_seconds if max_seconds is not None else value, value, f"conditioning {name} max_val")
         max_seconds = value
     return max_seconds
