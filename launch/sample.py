@@ -10,8 +10,9 @@
     python launch/sample.py --pretrained=pretrained/sao --diffusion_dir=runs/sao_finetune --prompt="..."
 
 Sampling settings left unset take the model's defaults (its config's `sampling` section:
-for SAO 100 steps of dpmpp_3m_sde, CFG 7, sigma 0.3..500). A batch is split over all
-local devices.
+for SAO 100 steps of dpmpp_3m_sde, CFG 7, sigma 0.3..500; for a converted SA 1.0, 100 steps
+of dpmpp_2m_sde, CFG 6 with rescale 0.4, sigma 0.01..100). A batch is split over all local
+devices.
 
 Writes, per prompt, `<i>_<slug>.wav` (44.1 kHz stereo, cut to --seconds_total), a spectrogram
 `<i>_<slug>.png`, the prompt as `<i>_<slug>.txt` (so `launch/clap_score.py --input=<dir>` can

@@ -1,5 +1,6 @@
 """Timing conditioning and the SA 1.0 U-Net: shapes, parameter counts, CFG null context, masking."""
 
+import dataclasses
 import math
 import re
 
@@ -154,6 +155,10 @@ def test_config_dict_roundtrip_and_validation():
         UNetConfig(resnet_groups=48)
     with pytest.raises(ValueError, match=r"unknown remat_policy 'dots'; choose one of \['none', 'full'"):
         UNetConfig(remat_policy="dots")
+    with pytest.raises(ValueError, match=r"mask_semantics must be one of \('strict', 'reference'\)"):
+        UNetConfig(mask_semantics="sat")
+    reference = dataclasses.replace(config, mask_semantics="reference")
+    assert UNetConfig.from_dict(reference.to_dict()) == reference and config.mask_semantics == "strict"
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +232,30 @@ def test_tiny_forward_null_context_and_mask(tiny):
     np.testing.assert_allclose(v_plain[:2], v[:2], atol=1e-5)
     v_t = apply(params, x, jnp.full((4,), 0.7), context, mask, use_null)
     assert float(jnp.max(jnp.abs(v_t - v))) > 1e-3
+
+
+def test_reference_mask_semantics_keep_padding_in_the_softmax(tiny):
+    """Same params as strict: padded tokens' contents still do not matter (their k, v are
+    zeroed), but their number does (logit-0 keys in the softmax), and null rows follow the
+    prompt's mask instead of attending to every learned token."""
+    config, _, params, _ = tiny
+    reference = UNet1D(dataclasses.replace(config, mask_semantics="reference"))
+    length = config.context_length
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    x = jnp.broadcast_to(jax.random.normal(k1, (1, 16, config.in_channels)), (3, 16, config.in_channels))
+    ctx = jax.random.normal(k2, (length, config.context_features))
+    positions = jnp.arange(length)
+    short, longer = ((positions < n) | (positions >= length - 2) for n in (3, 6))
+    ctx_other = jnp.where(short[:, None], ctx, jax.random.normal(k3, ctx.shape))
+    context, mask = jnp.stack([ctx, ctx_other, ctx]), jnp.stack([short, short, longer])
+    args = (x, jnp.full((3,), 0.4), context, mask)
+    v = reference.apply(params, *args)
+    np.testing.assert_allclose(v[1], v[0], atol=1e-5)
+    v_strict = UNet1D(config).apply(params, *args)
+    assert float(jnp.max(jnp.abs(v[0] - v_strict[0]))) > 1e-3  # masked keys stay in the softmax
+    null = reference.apply(params, *args, jnp.ones((3,), bool))
+    assert float(jnp.max(jnp.abs(null[0] - null[2]))) > 1e-3  # the null rows keep each row's mask
+    np.testing.assert_allclose(null[1], null[0], atol=1e-5)
 
 
 def test_length_must_be_multiple_of_downsampling_factor(tiny):

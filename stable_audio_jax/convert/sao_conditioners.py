@@ -1,15 +1,20 @@
-"""Import SAO's timing conditioners (`NumberConditioner` x 2) from a stable-audio-tools checkpoint.
+"""Import the timing conditioners (`seconds_start`, `seconds_total`) of a stable-audio-tools checkpoint.
 
-Reference keys (SPEC.md 6.1), for `id` in `seconds_start`, `seconds_total`:
+Reference keys (`models/conditioners.py`), for `id` in `seconds_start`, `seconds_total`:
 
+    SAO, `NumberConditioner` (kind 'number'):
     conditioner.conditioners.<id>.embedder.embedding.0.weights   [fourier_dim / 2]
     conditioner.conditioners.<id>.embedder.embedding.1.weight    [features, fourier_dim + 1]
     conditioner.conditioners.<id>.embedder.embedding.1.bias      [features]
 
+    SA 1.0, `IntConditioner` (kind 'table'):
+    conditioner.conditioners.<id>.int_embedder.weight            [max_seconds + 1, features]
+
 `embedding.0` is the learned Fourier features and `embedding.1` the Linear, which map onto
 `models.conditioning.TimingConditioner(kind='number')` as
 `<id>/embedding/fourier/weights` and `<id>/embedding/proj/{kernel, bias}` (kernel
-transposed). The clamp range [0, 512] is not stored; it is the conditioner's `max_seconds`.
+transposed); the integer table is `<id>/embedding` of `kind='table'`. The number clamp
+range [0, 512] is not stored; it is the conditioner's `max_seconds`.
 """
 
 from __future__ import annotations
@@ -39,23 +44,38 @@ def _number_embedder(reader: StateDictReader, features: int) -> Params:
                                    "bias": np.asarray(bias, np.float32)}}}
 
 
-def timing_params_from_state_dict(reader: StateDictReader, features: int | None = None) -> Params:
-    """The `TimingConditioner(features, kind='number')` params, float32.
+def _table_embedder(reader: StateDictReader, features: int, max_seconds: int) -> Params:
+    return {"embedding": np.asarray(reader.take("int_embedder.weight", (max_seconds + 1, features)), np.float32)}
+
+
+def timing_params_from_state_dict(reader: StateDictReader, features: int | None = None, *,
+                                  kind: str = "number", max_seconds: int = 512) -> Params:
+    """The `TimingConditioner(features, kind, max_seconds)` params, float32.
 
     Args:
       reader: scoped to the checkpoint root (the keys are looked up under
         `CONDITIONER_PREFIX`). Only the two timing conditioners' tensors are taken; the
         caller decides when to `finish()`.
-      features: the embedding width (768 for SAO); None reads it from the checkpoint.
+      features: the embedding width (768 for SAO and SA 1.0); None reads it from the
+        checkpoint.
+      kind: 'number' (SAO's `NumberConditioner`) or 'table' (SA 1.0's `IntConditioner`).
+      max_seconds: the table's last row (512); the number embedder's clamp is not stored.
 
     Raises:
       ConversionError naming the key for a missing tensor or a wrong shape.
     """
     scoped = reader.scoped(CONDITIONER_PREFIX)
+    if kind not in ("number", "table"):
+        raise ValueError(f"kind must be 'number' or 'table', got {kind!r}")
     if features is None:
-        features = int(np.shape(scoped.take(f"{TIMING_IDS[0]}.embedder.embedding.1.bias"))[0])
-    params = {name: _number_embedder(scoped.scoped(f"{name}."), features) for name in TIMING_IDS}
+        probe = "embedder.embedding.1.bias" if kind == "number" else "int_embedder.weight"
+        features = int(np.shape(scoped.take(f"{TIMING_IDS[0]}.{probe}"))[-1])
+    if kind == "number":
+        params = {name: _number_embedder(scoped.scoped(f"{name}."), features) for name in TIMING_IDS}
+    else:
+        params = {name: _table_embedder(scoped.scoped(f"{name}."), features, max_seconds) for name in TIMING_IDS}
     seconds = jax.ShapeDtypeStruct((1,), jnp.float32)
-    abstract = jax.eval_shape(TimingConditioner(features, kind="number").init, jax.random.key(0), seconds, seconds)
+    abstract = jax.eval_shape(TimingConditioner(features, kind=kind, max_seconds=max_seconds).init,
+                              jax.random.key(0), seconds, seconds)
     check_tree(params, abstract["params"], "timing conditioner")
     return params

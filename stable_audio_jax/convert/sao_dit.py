@@ -4,7 +4,7 @@
     params = dit_params_from_state_dict(StateDictReader(tensors, "model.safetensors"), DiTConfig.sao())
     check_dit_params(params, DiTConfig.sao())                  # same leaves and shapes as the module
 
-Key mapping (SPEC.md 6.1, 6.3; `P = model.model.`, `L = P + transformer.layers.{i}.`):
+Key mapping (stable-audio-tools' `DiTWrapper` state dict; `P = model.model.`, `L = P + transformer.layers.{i}.`):
 
     P timestep_features.weight (half, 1)          -> timestep_features/kernel (1, half)
     P to_{timestep,cond,global}_embed.{0,2}.*     -> to_..._embed_{0,2}/kernel (in, out) [, bias]
@@ -33,24 +33,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader, check_tree, linear_kernel
+from stable_audio_jax.convert.state_dict import (
+    ConversionError,
+    StateDictReader,
+    check_tree,
+    dense_params,
+    head_kernel,
+    linear_kernel,
+)
 from stable_audio_jax.models.dit import DiffusionTransformer, DiTConfig
 
 DIT_PREFIX = "model.model."  # the backbone inside an (unwrapped) diffusion_cond checkpoint
 
 Params = dict[str, Any]
-
-
-def _dense(reader: StateDictReader, key: str, fan_in: int, fan_out: int, bias: bool) -> Params:
-    out = {"kernel": linear_kernel(reader.take(f"{key}.weight", (fan_out, fan_in)))}
-    if bias:
-        out["bias"] = reader.take(f"{key}.bias", (fan_out,))
-    return out
-
-
-def _heads(weight: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
-    """A projection `[heads * head_dim, in]` -> kernel `[in, heads, head_dim]`."""
-    return linear_kernel(weight).reshape(weight.shape[1], heads, head_dim)
 
 
 def _norm(reader: StateDictReader, key: str, width: int) -> Params:
@@ -68,17 +63,17 @@ def _block(reader: StateDictReader, c: DiTConfig) -> Params:
     ff_in = reader.take("ff.ff.0.proj.weight", (2 * inner, e))
     return {
         "pre_norm": _norm(reader, "pre_norm", e),
-        "self_attn": {"query": {"kernel": _heads(q, h, d)}, "key": {"kernel": _heads(k_self, h, d)},
-                      "value": {"kernel": _heads(v, h, d)},
+        "self_attn": {"query": {"kernel": head_kernel(q, h, d)}, "key": {"kernel": head_kernel(k_self, h, d)},
+                      "value": {"kernel": head_kernel(v, h, d)},
                       "out": {"kernel": out_kernel("self_attn.to_out.weight")}},
         "cross_attend_norm": _norm(reader, "cross_attend_norm", e),
-        "cross_attn": {"query": {"kernel": _heads(reader.take("cross_attn.to_q.weight", (e, e)), h, d)},
-                       "key": {"kernel": _heads(k_cross, k, d)}, "value": {"kernel": _heads(v_cross, k, d)},
+        "cross_attn": {"query": {"kernel": head_kernel(reader.take("cross_attn.to_q.weight", (e, e)), h, d)},
+                       "key": {"kernel": head_kernel(k_cross, k, d)}, "value": {"kernel": head_kernel(v_cross, k, d)},
                        "out": {"kernel": out_kernel("cross_attn.to_out.weight")}},
         "ff_norm": _norm(reader, "ff_norm", e),
         "ff": {"kernel": linear_kernel(ff_in).reshape(e, 2, inner),
                "bias": reader.take("ff.ff.0.proj.bias", (2 * inner,)).reshape(2, inner),
-               "out": _dense(reader, "ff.ff.2", inner, e, bias=True)},
+               "out": dense_params(reader, "ff.ff.2", inner, e, bias=True)},
     }
 
 
@@ -107,18 +102,18 @@ def dit_params_from_state_dict(reader: StateDictReader, config: DiTConfig, *, pr
     conv = lambda key: dit.take(key, (io, io, 1))[:, :, 0].T  # noqa: E731  (out, in, 1) -> (in, out)
     params: Params = {
         "timestep_features": {"kernel": dit.take("timestep_features.weight", (c.timestep_features_dim // 2, 1)).T},
-        "to_timestep_embed_0": _dense(dit, "to_timestep_embed.0", c.timestep_features_dim, e, bias=True),
-        "to_timestep_embed_2": _dense(dit, "to_timestep_embed.2", e, e, bias=True),
-        "to_cond_embed_0": _dense(dit, "to_cond_embed.0", c.cond_token_dim, c.cond_token_dim, bias=False),
-        "to_cond_embed_2": _dense(dit, "to_cond_embed.2", c.cond_token_dim, c.cond_token_dim, bias=False),
+        "to_timestep_embed_0": dense_params(dit, "to_timestep_embed.0", c.timestep_features_dim, e, bias=True),
+        "to_timestep_embed_2": dense_params(dit, "to_timestep_embed.2", e, e, bias=True),
+        "to_cond_embed_0": dense_params(dit, "to_cond_embed.0", c.cond_token_dim, c.cond_token_dim, bias=False),
+        "to_cond_embed_2": dense_params(dit, "to_cond_embed.2", c.cond_token_dim, c.cond_token_dim, bias=False),
         "preprocess_conv": {"kernel": conv("preprocess_conv.weight")},
         "postprocess_conv": {"kernel": conv("postprocess_conv.weight")},
-        "project_in": _dense(dit, "transformer.project_in", io, e, bias=False),
-        "project_out": _dense(dit, "transformer.project_out", e, io, bias=False),
+        "project_in": dense_params(dit, "transformer.project_in", io, e, bias=False),
+        "project_out": dense_params(dit, "transformer.project_out", e, io, bias=False),
     }
     if c.global_cond_dim:
-        params["to_global_embed_0"] = _dense(dit, "to_global_embed.0", c.global_cond_dim, e, bias=False)
-        params["to_global_embed_2"] = _dense(dit, "to_global_embed.2", e, e, bias=False)
+        params["to_global_embed_0"] = dense_params(dit, "to_global_embed.0", c.global_cond_dim, e, bias=False)
+        params["to_global_embed_2"] = dense_params(dit, "to_global_embed.2", e, e, bias=False)
     _check_inv_freq(dit, c)
     for i in range(c.depth):
         params[f"layers_{i}"] = _block(dit.scoped(f"transformer.layers.{i}."), c)

@@ -13,9 +13,9 @@ what they share:
   A Lightning `{"state_dict": ...}` wrapper is unwrapped.
 - `StateDictReader`: hands out tensors by name and remembers which were used, so a
   missing key, a shape mismatch or a tensor that maps nowhere is an error naming it.
-- Layout helpers for the PyTorch -> linen conventions (Linear `[out, in]` -> Dense
-  `[in, out]`, Conv1d channels last, weight norm folded) and `check_tree`, which compares
-  a converted tree with the module's `jax.eval_shape` tree.
+- Layout helpers for the PyTorch -> linen conventions (Linear and Conv1d weights
+  transposed, weight norm folded, attention heads split) and `check_tree`,
+  which compares a converted tree with the module's `jax.eval_shape` tree.
 """
 
 from __future__ import annotations
@@ -376,6 +376,20 @@ class StateDictReader:
 def linear_kernel(weight: np.ndarray) -> np.ndarray:
     """`nn.Linear.weight` `[out, in]` -> `nn.Dense` kernel `[in, out]`."""
     return np.ascontiguousarray(np.asarray(weight).T)
+
+
+def head_kernel(weight: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
+    """An attention projection's `nn.Linear.weight` `[heads * head_dim, in]` -> kernel
+    `[in, heads, head_dim]` (heads are contiguous `(h d)` blocks of the output dim)."""
+    return linear_kernel(weight).reshape(weight.shape[1], heads, head_dim)
+
+
+def dense_params(reader: "StateDictReader", key: str, fan_in: int, fan_out: int, bias: bool = True) -> dict:
+    """`{kernel [in, out][, bias [out]]}` of the `nn.Linear` `key`, shapes checked."""
+    out = {"kernel": linear_kernel(reader.take(f"{key}.weight", (fan_out, fan_in)))}
+    if bias:
+        out["bias"] = reader.take(f"{key}.bias", (fan_out,))
+    return out
 
 
 def conv1d_kernel(weight: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
     generator = AudioGenerator.from_runs("outputs/demo/diffusion")   # finds its VAE and CLAP runs
     generator = AudioGenerator.from_pretrained("pretrained/sao")      # converted SAO: DiT, T5, VAE
+    generator = AudioGenerator.from_pretrained("pretrained/sa1")      # converted SA 1.0: U-Net, CLAP text
     audio = generator.generate(["drum groove, 120 BPM"], seconds_total=3.0)  # [1, samples, 2], cut
 
 The device part (`_generate`: guided DPM-Solver++/Euler/DDIM loop in one `lax.scan`, then
@@ -9,7 +10,7 @@ the VAE decoder) is one jitted program per (batch, window, steps, sampler) shape
 batch split over the mesh's batch axes; the prompts' features come from the frozen text
 encoder (CLAP's penultimate layer, `inference/clap.py`, or T5, `inference/t5.py`). The
 model always generates its full window; `seconds_total` tells it where the content ends
-and the output is cut there (SPEC.md 4.4).
+and the output is cut there (stable-audio-tools' Gradio `cut_to_seconds_total`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,31 @@ DEFAULT_SAMPLING = {"steps": 100, "cfg_scale": 6.0, "sampler": "dpmpp_3m_sde", "
                     "sigma_max": 500.0, "rescale_phi": 0.0}
 
 
+def guidance_conditioning(text_features: jax.Array, text_mask: jax.Array, negative_features: jax.Array,
+                          negative_mask: jax.Array, use_negative: jax.Array, seconds_start: jax.Array,
+                          seconds_total: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """The conditional and unconditional inputs of `apply_model` for classifier-free guidance.
+
+    Args: the prompts' features `[batch, tokens, width]` and mask `[batch, tokens]`, the
+    negative prompts' (any values on rows without one), `use_negative` `[batch]` bool, and
+    the timing `[batch]`. The unconditional row is the negative prompt where given, else the
+    null context (the U-Net's learned one, the DiT's zeros). Both rows carry the prompt's
+    mask as `prompt_mask`: the U-Net's reference mask semantics attend with it on the
+    unconditional row too.
+    """
+    shared = {"start": seconds_start, "total": seconds_total, "prompt_mask": text_mask}
+    cond = dict(shared, features=text_features, mask=text_mask, null=jnp.zeros(use_negative.shape, bool))
+    uncond = dict(shared, features=negative_features, mask=negative_mask, null=~use_negative)
+    return cond, uncond
+
+
+def apply_model(model: LatentDiffusionModel, params: Any, x: jax.Array, t: jax.Array,
+                cond: Mapping[str, jax.Array]) -> jax.Array:
+    """v of `model` for one of `guidance_conditioning`'s input dicts."""
+    return model.apply({"params": params}, x, t, cond["features"], cond["mask"], cond["start"], cond["total"],
+                       cond["null"], cond["prompt_mask"])
+
+
 class TextEncoder(Protocol):
     """What the generator needs of a frozen text encoder (CLAP or T5)."""
 
@@ -48,7 +74,8 @@ class AudioGenerator:
     """A diffusion model's inference weights with its VAE and text encoder, on one mesh.
 
     `from_runs` loads the EMA weights of trained run directories (U-Net or DiT, CLAP);
-    `from_pretrained` a converted directory (`inference/pretrained.py`, e.g. SAO: DiT, T5).
+    `from_pretrained` a converted directory (`inference/pretrained.py`: SAO's DiT and T5, or
+    SA 1.0's U-Net and CLAP text branch).
     """
 
     def __init__(self, *, model: LatentDiffusionModel, params: Any, autoencoder: AudioAutoencoder,
@@ -152,19 +179,12 @@ class AudioGenerator:
                   sampler: str, use_cfg: bool):
         """Guided sampling + VAE decode; the batch arguments (from `text_features` on) are
         split over the mesh's batch axes. Returns audio `[batch, window_samples, 2]`."""
-        batch = x_init.shape[0]
 
-        def model_fn(x, t, cond):
-            return self.model.apply({"params": params}, x, t, cond["features"], cond["mask"], cond["start"],
-                                    cond["total"], cond["null"])
-
-        timing = {"start": seconds_start, "total": seconds_total}
-        cond = dict(timing, features=text_features, mask=text_mask, null=jnp.zeros((batch,), bool))
-        # The unconditional branch: the negative prompt where given, else the null context
-        # (the U-Net's learned one, the DiT's zeros).
-        uncond = dict(timing, features=negative_features, mask=negative_mask, null=~use_negative)
+        cond, uncond = guidance_conditioning(text_features, text_mask, negative_features, negative_mask,
+                                             use_negative, seconds_start, seconds_total)
         with nn.logical_axis_rules(self.rules):
-            v_model = guidance.guided_v_model(model_fn, cond, uncond, cfg_scale if use_cfg else 1.0, rescale_phi)
+            v_model = guidance.guided_v_model(functools.partial(apply_model, self.model, params), cond, uncond,
+                                              cfg_scale if use_cfg else 1.0, rescale_phi)
             latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler=sampler, rng=rng,
                                       callback=self._on_step)
             latents = latents / self.latent_scale

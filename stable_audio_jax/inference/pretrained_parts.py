@@ -18,15 +18,21 @@ from typing import Any, Mapping, Sequence
 import jax
 
 from stable_audio_jax import parallel
+from stable_audio_jax.convert.clap_text_checkpoint import abstract_params as abstract_clap_text_params
 from stable_audio_jax.convert.sao_checkpoint import abstract_diffusion_params
 from stable_audio_jax.convert.sao_vae import abstract_autoencoder_params
 from stable_audio_jax.convert.t5_checkpoint import abstract_params as abstract_t5_params
 from stable_audio_jax.inference import pretrained
+from stable_audio_jax.inference.clap_text import CLAPTextEncoder
+from stable_audio_jax.inference.frozen_text import FrozenTextEncoder
 from stable_audio_jax.inference.t5 import T5TextEncoder
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
 from stable_audio_jax.models.t5 import T5Config
+from stable_audio_jax.models.text_encoder import TextEncoderConfig
+
+TEXT_ENCODER_KINDS = ("t5", "clap_text")  # SAO's T5; SA 1.0's CLAP text branch
 
 
 def diffusion_model(config: Mapping[str, Any]) -> LatentDiffusionModel:
@@ -37,12 +43,17 @@ def autoencoder(config: Mapping[str, Any]) -> AudioAutoencoder:
     return AudioAutoencoder(AutoencoderConfig.from_dict(config["autoencoder"]))
 
 
-def t5_config(config: Mapping[str, Any]) -> T5Config:
-    """The text encoder's config; only T5 is a pretrained directory's text encoder so far."""
+def text_encoder_kind(config: Mapping[str, Any]) -> str:
     kind = config["text_encoder"].get("kind")
-    if kind != "t5":
-        raise ValueError(f"unsupported text encoder {kind!r} in a pretrained directory (only 't5')")
-    return T5Config.from_dict(config["text_encoder"]["config"])
+    if kind not in TEXT_ENCODER_KINDS:
+        raise ValueError(f"unsupported text encoder {kind!r} in a pretrained directory (one of {TEXT_ENCODER_KINDS})")
+    return kind
+
+
+def text_encoder_config(config: Mapping[str, Any]) -> T5Config | TextEncoderConfig:
+    """The text encoder's architecture: a T5 encoder or a RoBERTa-shaped CLAP text tower."""
+    kind = text_encoder_kind(config)
+    return (T5Config if kind == "t5" else TextEncoderConfig).from_dict(config["text_encoder"]["config"])
 
 
 def abstract_part(config: Mapping[str, Any], part: str) -> Any:
@@ -52,7 +63,8 @@ def abstract_part(config: Mapping[str, Any], part: str) -> Any:
     if part == "autoencoder":
         return abstract_autoencoder_params(autoencoder(config).config)
     if part == "text_encoder":
-        return abstract_t5_params(t5_config(config))
+        abstract = abstract_t5_params if text_encoder_kind(config) == "t5" else abstract_clap_text_params
+        return abstract(text_encoder_config(config))
     raise ValueError(f"unknown pretrained part {part!r}; parts: {pretrained.PARTS}")
 
 
@@ -64,8 +76,12 @@ def restore_parts(directory: str | os.PathLike, config: Mapping[str, Any], parts
 
 
 def text_encoder(directory: str | os.PathLike, config: Mapping[str, Any], params: Any,
-                 mesh: jax.sharding.Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES) -> T5TextEncoder:
+                 mesh: jax.sharding.Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES) -> FrozenTextEncoder:
     """The frozen prompt encoder of `directory` (its tokenizer and `params`), as sampling runs it."""
+    text = config["text_encoder"]
     tokenizer = TextTokenizer.from_file(os.path.join(os.fspath(directory), pretrained.TOKENIZER_FILE),
-                                        max_length=int(config["text_encoder"]["max_length"]))
-    return T5TextEncoder(t5_config(config), params, tokenizer, mesh=mesh, rules=rules)
+                                        max_length=int(text["max_length"]))
+    if text_encoder_kind(config) == "t5":
+        return T5TextEncoder(text_encoder_config(config), params, tokenizer, mesh=mesh, rules=rules)
+    return CLAPTextEncoder(text_encoder_config(config), params, tokenizer, feature_layer=int(text["feature_layer"]),
+                           mesh=mesh, rules=rules)

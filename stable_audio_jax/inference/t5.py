@@ -1,4 +1,4 @@
-"""A frozen T5 encoder: the prompt conditioning of Stable Audio Open (SPEC.md 2.2).
+"""A frozen T5 encoder: the prompt conditioning of Stable Audio Open (SAT `T5Conditioner`).
 
     encoder = T5TextEncoder.from_pretrained("/models/t5-base")   # HF folder, read offline
     features, mask = encoder.text_conditioning(["lo-fi piano, 80 BPM", ""])
@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stable_audio_jax import parallel
 from stable_audio_jax.convert.t5_checkpoint import T5_MAX_LENGTH, abstract_params, load_t5_checkpoint
+from stable_audio_jax.inference.frozen_text import FrozenTextEncoder
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.t5 import T5Config, T5Encoder
 from stable_audio_jax.training.trainer import with_rules
 
 
-class T5TextEncoder:
-    """T5 weights placed on a mesh, the tokenizer, and the jitted conditioning function."""
+class T5TextEncoder(FrozenTextEncoder):
+    """T5 weights placed on a mesh, the tokenizer, and the jitted conditioning function:
+    `text_conditioning(prompts)` gives `(features [batch, 128, d_model] float32, zero on
+    padded tokens; mask bool)`."""
 
     def __init__(self, config: T5Config, params: Any, tokenizer: TextTokenizer,
                  mesh: jax.sharding.Mesh | None = None, dtype: Any = jnp.float32,
@@ -61,10 +63,6 @@ class T5TextEncoder:
         return cls(config, params, tokenizer, mesh=mesh, dtype=dtype, rules=rules)
 
     @property
-    def max_length(self) -> int:
-        return self.tokenizer.max_length
-
-    @property
     def features(self) -> int:
         return self.config.d_model
 
@@ -75,18 +73,3 @@ class T5TextEncoder:
             return hidden.astype(jnp.float32) * mask[..., None], mask
 
         return jax.jit(with_rules(conditioning, self.rules))
-
-    def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """ids int32 and mask bool, both `[batch, max_length]` (`</s>` appended, truncated, padded with 0)."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, not one string")
-        return self.tokenizer(list(prompts))
-
-    def text_conditioning(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
-        """Conditioning tokens for the diffusion model.
-
-        Returns `(features [batch, max_length, d_model] float32, mask [batch, max_length]
-        bool)`: T5's last hidden state with padded positions zeroed, and the padding mask,
-        as arrays split over the mesh's batch axes.
-        """
-        return parallel.run_batch_on_mesh(self._conditioning_fn, self.params, self.tokenize(prompts), self.mesh, self.rules)

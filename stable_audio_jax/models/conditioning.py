@@ -1,7 +1,7 @@
 """Timing conditioning: `seconds_start` / `seconds_total` embeddings and the context they join.
 
 Both reference models condition on two numbers per clip, the crop's start second and the
-whole file's length in seconds (SPEC 2.1):
+whole file's length in seconds (stable-audio-tools `models/conditioners.py`):
 
 - SAO (`NumberConditioner`): clamp to [0, 512], normalise to u in [0, 1], learned Fourier
   features `[u, sin(2 pi u w), cos(2 pi u w)]` (257 dims for 256), Dense to 768 with bias.
@@ -203,5 +203,11 @@ def build_context(text_features: jax.Array, text_mask: jax.Array,
         raise ValueError(f"text_mask {text_mask.shape} does not match text_features {text_features.shape}")
     dtype = jnp.result_type(text_features, timing_tokens)
     context = jnp.concatenate([text_features.astype(dtype), timing_tokens.astype(dtype)], axis=1)
-    timing_mask = jnp.ones(timing_tokens.shape[:2], bool)
-    return context, jnp.concatenate([text_mask.astype(bool), timing_mask], axis=1)
+    return context, context_mask(text_mask, timing_tokens.shape[1])
+
+
+def context_mask(text_mask: jax.Array, timing_tokens: int = 2) -> jax.Array:
+    """The mask of `build_context`'s context: `[batch, text_length]` -> `[batch, text_length
+    + timing_tokens]` bool, the timing tokens always real."""
+    timing_mask = jnp.ones((text_mask.shape[0], timing_tokens), bool)
+    return jnp.concatenate([jnp.asarray(text_mask).astype(bool), timing_mask], axis=1)

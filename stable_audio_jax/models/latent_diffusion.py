@@ -9,12 +9,15 @@
 SA 1.0 appends the two timing tokens to the 77 text tokens (79 in all) and uses no global
 conditioning (`global_timing=True` adds it: the tiny demo model needs it to learn timing in
 a few CPU minutes); a sample whose conditioning is dropped (10% in training, the
-unconditional half of CFG) sees the U-Net's learned null context instead.
+unconditional half of CFG) sees the U-Net's learned null context instead. How the U-Net
+masks padded text tokens, on the null and negative-prompt rows too, is its
+`mask_semantics` ("reference" for imported checkpoints, "strict" by default).
 
 SAO (the DiT) appends them to 128 T5 tokens (130) and also feeds `[start || total]` as
 global conditioning (`global_timing=True`). It attends to every context token, so padded
 text tokens are zeroed (as the reference's T5 conditioner does), and a dropped sample's
-whole context (text and timing tokens) is zero while its global timing is kept (SPEC 2.4).
+whole context (text and timing tokens) is zero while its global timing is kept
+(stable-audio-tools `models/dit.py`, `DiffusionTransformer.forward`).
 A negative prompt in the unconditional branch is its features with padding zeroed.
 """
 
@@ -27,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stable_audio_jax.models.conditioning import TimingConditioner, build_context, seconds_left_features
+from stable_audio_jax.models.conditioning import TimingConditioner, build_context, context_mask, seconds_left_features
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.dit import DiffusionTransformer, DiTConfig
 from stable_audio_jax.models.unet import UNet1D, UNetConfig
@@ -145,11 +148,14 @@ class LatentDiffusionModel(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, text_features: jax.Array, text_mask: jax.Array,
                  seconds_start: jax.Array, seconds_total: jax.Array,
-                 use_null_context: jax.Array | None = None) -> jax.Array:
+                 use_null_context: jax.Array | None = None, prompt_mask: jax.Array | None = None) -> jax.Array:
         """x `[batch, frames, latent_dim]` (noisy latents), t `[batch]` in [0, 1],
         text_features `[batch, text_length, text_dim]`, text_mask `[batch, text_length]`,
         seconds `[batch]`, use_null_context `[batch]` bool (rows whose cross-attention context
-        is the null one: the U-Net's learned embedding, the DiT's zeros) -> v
+        is the null one: the U-Net's learned embedding, the DiT's zeros), prompt_mask
+        `[batch, text_length]` or None (the text mask of the prompt a guidance row belongs
+        to, e.g. the prompt's on a negative-prompt row; used by the U-Net's "reference"
+        mask semantics, see `models/unet.py`; the DiT has no key mask) -> v
         `[batch, frames, latent_dim]`, float32 whatever `dtype` (the loss, CFG and the
         sampler's updates then run in float32)."""
         c = self.config
@@ -178,7 +184,9 @@ class LatentDiffusionModel(nn.Module):
             if c.unet.frame_features:
                 frame_cond = seconds_left_features(seconds_start, seconds_total, x.shape[1], c.frame_seconds,
                                                    c.unet.frame_features)
-            v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context, global_cond, frame_cond)
+            prompt_context_mask = None if prompt_mask is None else context_mask(prompt_mask, tokens.shape[1])
+            v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context, global_cond, frame_cond,
+                                                  prompt_context_mask)
         else:
             # The DiT has no key mask: padded text tokens must be zero vectors, as T5's are.
             text_features = jnp.where(jnp.asarray(text_mask, bool)[..., None], text_features, 0)

@@ -1,8 +1,9 @@
 """The Stable Audio 1.0 diffusion backbone: ADP's 1-D U-Net with cross-attention (`UNetCFG1d`).
 
 Channels last throughout: latents `[batch, frames, channels]`, context tokens
-`[batch, context_length, context_features]`. Structure (SPEC 3.1), with C the width of a
-level and M = `channels * mapping_multiplier` the mapping width:
+`[batch, context_length, context_features]`. Structure (stable-audio-tools
+`models/adp.py`, `UNet1d` / `UNetCFG1d`), with C the width of a level and M =
+`channels * mapping_multiplier` the mapping width:
 
 - time mapping: learned Fourier features of t (`channels + 1` dims) -> Dense(M) -> GELU,
   [+ Dense(M) -> GELU of the global conditioning, when `global_features` > 0,]
@@ -27,6 +28,17 @@ width changes. Transformer1d: GroupNorm(32, eps 1e-6) -> 1x1 conv -> blocks of
 For classifier-free guidance a learned null context `fixed_embedding`
 `[context_length, context_features]` replaces the context of the rows flagged by
 `use_null_context` (training dropout and the unconditional branch at sampling).
+
+How the context mask enters cross-attention is `UNetConfig.mask_semantics`:
+
+- "strict" (models trained here): padded tokens are removed from the softmax (a key
+  mask), so padding changes nothing; a null row attends to all of its learned tokens; a
+  negative prompt attends with its own mask.
+- "reference" (imported stable-audio-tools checkpoints; `adp.py` `Attention.forward` and
+  `UNetCFG1d.forward`): the keys and values of padded tokens are multiplied by 0, so they
+  stay in the softmax with logit 0 and value 0; every row, null and negative ones
+  included, attends with the mask of the prompt it guides (`prompt_mask`), and a
+  negative prompt's own padded tokens are replaced by the null embedding.
 
 The `sa1()` preset has exactly 906,679,744 parameters, as the reference.
 
@@ -58,6 +70,7 @@ from stable_audio_jax.models.remat import check_remat_policy, maybe_remat
 
 Dtype = Any
 
+MASK_SEMANTICS = ("strict", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +107,11 @@ class UNetConfig:
     # Rematerialisation of the ResNet and transformer blocks, one of `REMAT_CHOICES`
     # ("none": keep every activation). Changes memory and speed, never the parameters.
     remat_policy: str = "none"
+    # Cross-attention masking, one of MASK_SEMANTICS (see the module docstring): "strict"
+    # removes padded tokens from the softmax; "reference" reproduces stable-audio-tools
+    # (padded k/v zeroed but kept in the softmax, the prompt's mask on the null and
+    # negative rows). Same parameters either way.
+    mask_semantics: str = "strict"
 
     def __post_init__(self):
         levels = len(self.factors)
@@ -131,6 +149,8 @@ class UNetConfig:
         if min(self.in_channels, self.context_features, self.context_length) < 1:
             raise ValueError("in_channels, context_features and context_length must be positive")
         check_remat_policy(self.remat_policy)
+        if self.mask_semantics not in MASK_SEMANTICS:
+            raise ValueError(f"mask_semantics must be one of {MASK_SEMANTICS}, got {self.mask_semantics!r}")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -299,9 +319,13 @@ class Attention(nn.Module):
     context (keys/values; on x itself for self-attention), then `MultiHeadAttention`.
 
     x `[batch, L, C]`, context `[batch, M, D]` or None, context_mask `[batch, M]` -> `[batch, L, C]`.
+    `mask_semantics` "strict": masked tokens are left out of the softmax (an all-masked row
+    attends uniformly); "reference": their keys and values are zeroed, so they stay in the
+    softmax with logit 0 and value 0 (stable-audio-tools `adp.py`, `Attention.forward`).
     """
 
     num_heads: int
+    mask_semantics: str = "strict"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -312,11 +336,13 @@ class Attention(nn.Module):
         context = x if context is None else context
         q_in = _layer_norm("norm", **kw)(x)
         kv_in = _layer_norm("norm_context", **kw)(context)
-        # Masking: the reference multiplies k and v by the mask, so padded tokens stay in the
-        # softmax with logit 0 and value 0. Here they are masked out of the softmax instead
-        # (`key_mask`), so padding changes nothing; an all-masked row attends uniformly.
+        key_mask = context_mask
+        if context_mask is not None and self.mask_semantics == "reference":
+            # k and v are bias-free projections of kv_in, so zeroing kv_in zeroes them.
+            kv_in = kv_in * context_mask[..., None].astype(kv_in.dtype)
+            key_mask = None
         return MultiHeadAttention(self.num_heads, use_bias=False, out_bias=True, name="attention", **kw)(
-            q_in, kv_in, key_mask=context_mask)
+            q_in, kv_in, key_mask=key_mask)
 
 
 class TransformerBlock(nn.Module):
@@ -324,6 +350,7 @@ class TransformerBlock(nn.Module):
 
     num_heads: int
     multiplier: int
+    mask_semantics: str = "strict"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -331,7 +358,8 @@ class TransformerBlock(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x + Attention(self.num_heads, name="attention", **kw)(x)
-        x = x + Attention(self.num_heads, name="cross_attention", **kw)(x, context, context_mask)
+        x = x + Attention(self.num_heads, self.mask_semantics, name="cross_attention", **kw)(
+            x, context, context_mask)
         # ADP's MLP has no pre-norm: Dense(C -> C * multiplier) -> GELU -> Dense(C).
         return x + FeedForward(x.shape[-1] * self.multiplier, activation="gelu", kernel_init=torch_conv_init,
                                name="feed_forward", **kw)(x)
@@ -348,6 +376,7 @@ class Transformer1d(nn.Module):
     multiplier: int
     num_groups: int = 32
     remat_policy: str = "none"  # applied to each TransformerBlock (see `models/remat.py`)
+    mask_semantics: str = "strict"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -359,7 +388,8 @@ class Transformer1d(nn.Module):
         x = Conv1d(channels, 1, name="to_in", **kw)(x)
         block = maybe_remat(TransformerBlock, self.remat_policy)
         for j in range(self.num_layers):
-            x = block(self.num_heads, self.multiplier, name=f"blocks_{j}", **kw)(x, context, context_mask)
+            x = block(self.num_heads, self.multiplier, self.mask_semantics, name=f"blocks_{j}", **kw)(
+                x, context, context_mask)
         return _constrain(Conv1d(channels, 1, name="to_out", **kw)(x))
 
 
@@ -373,12 +403,18 @@ class UNet1D(nn.Module):
       context: `[batch, context_length, context_features]` text tokens + timing tokens.
       context_mask: `[batch, context_length]` bool, True for real tokens (None: all True).
       use_null_context: `[batch]` bool or None; True rows get the learned null context
-        (`fixed_embedding`) with an all-True mask. (The reference keeps the text mask on
-        the null context; attending to all of its learned rows is the cleaner null.)
+        (`fixed_embedding`). Strict semantics attend to all of its rows; reference
+        semantics keep `prompt_mask` on it, as stable-audio-tools does.
       global_cond: `[batch, global_features]`, required iff `config.global_features` > 0;
         zeroed on the `use_null_context` rows, so the unconditional branch sees none.
       frame_cond: `[batch, frames, frame_features]`, required iff `config.frame_features` > 0;
         zeroed on the `use_null_context` rows as well.
+      prompt_mask: `[batch, context_length]` bool or None (= `context_mask`): the mask of
+        the prompt a row belongs to in classifier-free guidance, which differs from
+        `context_mask` on a negative-prompt row. Only reference semantics use it: every
+        row attends with it, and tokens that are False in the row's own `context_mask`
+        take the null embedding (visible where `prompt_mask` is True: a negative prompt
+        shorter than the prompt). Strict semantics attend with `context_mask` alone.
     Returns v: `[batch, frames, in_channels]`.
     """
 
@@ -389,7 +425,7 @@ class UNet1D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array, context_mask: jax.Array | None = None,
                  use_null_context: jax.Array | None = None, global_cond: jax.Array | None = None,
-                 frame_cond: jax.Array | None = None) -> jax.Array:
+                 frame_cond: jax.Array | None = None, prompt_mask: jax.Array | None = None) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, frames, in_channels = x.shape
@@ -411,11 +447,23 @@ class UNet1D(nn.Module):
         null = self.param("fixed_embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                                                           (None, "embed")),
                           (c.context_length, c.context_features), self.param_dtype)
+        null = null[None, :length].astype(self.dtype)
         context = context.astype(self.dtype)
+        if c.mask_semantics == "reference":
+            # stable-audio-tools' UNetCFG1d.forward: a negative prompt's padded tokens become
+            # the null embedding, and every row (null rows too) keeps the prompt's mask. On a
+            # prompt's own row the swapped tokens are masked, so nothing changes there.
+            context = jnp.where(context_mask[..., None], context, null)
+            if prompt_mask is not None:
+                prompt_mask = jnp.asarray(prompt_mask).astype(bool)
+                if prompt_mask.shape != (batch, length):
+                    raise ValueError(f"prompt_mask must be {(batch, length)}, got {prompt_mask.shape}")
+                context_mask = prompt_mask
         if use_null_context is not None:
             drop = jnp.asarray(use_null_context).astype(bool).reshape(batch)
-            context = jnp.where(drop[:, None, None], null[None, :length].astype(self.dtype), context)
-            context_mask = jnp.where(drop[:, None], True, context_mask)
+            context = jnp.where(drop[:, None, None], null, context)
+            if c.mask_semantics == "strict":
+                context_mask = jnp.where(drop[:, None], True, context_mask)
         context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
         if (global_cond is None) != (c.global_features == 0):
             raise ValueError(f"global_cond must be given exactly when config.global_features > 0 "
@@ -447,7 +495,7 @@ class UNet1D(nn.Module):
 
         def transformer(num_layers: int, name: str) -> Transformer1d:
             return Transformer1d(num_layers, c.attention_heads, c.attention_multiplier, c.transformer_groups,
-                                 c.remat_policy, name=name, **kw)
+                                 c.remat_policy, c.mask_semantics, name=name, **kw)
 
         resnet_block = maybe_remat(ResnetBlock1d, c.remat_policy)
 
