@@ -33,7 +33,7 @@ BATCH = 8  # global batch: one row per device of the (2, 4) mesh
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("finetune") / "pretrained")
-    sao_checkpoint.convert_sao_checkpoint(CHECKPOINT, MODEL_CONFIG, T5_DIR, out, log=lambda _: None)
+    sao_checkpoint.convert_checkpoint(CHECKPOINT, MODEL_CONFIG, out, t5_dir=T5_DIR, log=lambda _: None)
     return out
 
 
