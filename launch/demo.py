@@ -98,9 +98,8 @@ def stop_if_interrupted(name: str, summary: dict) -> None:
     """End the demo after a training stage that SIGTERM/SIGINT cut short (its checkpoint is
     saved): later stages must not use an unfinished model."""
     if "interrupted_at" in summary:
-        sys.stderr.write(f"demo interrupted while training {name} (checkpoint saved at step "
-                         f"{summary['interrupted_at']}); run it again to resume\n")
-        sys.exit(EXIT_PREEMPTED)
+        cli.exit_with_line(f"demo interrupted while training {name} (checkpoint saved at step "
+                           f"{summary['interrupted_at']}); run it again to resume", EXIT_PREEMPTED)
 
 
 def train_tokenizer(out: str) -> dict:

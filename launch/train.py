@@ -62,9 +62,8 @@ def main(argv):
     summary = Trainer(config, _WORKDIR.value, build_task(config)).train()
     logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "history"}))
     if "interrupted_at" in summary:
-        sys.stderr.write(f"interrupted at step {summary['interrupted_at']} after saving a checkpoint; "
-                         f"run the same command to resume\n")
-        sys.exit(EXIT_PREEMPTED)
+        cli.exit_with_line(f"interrupted at step {summary['interrupted_at']} after saving a checkpoint; "
+                           f"run the same command to resume", EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

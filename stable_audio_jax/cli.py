@@ -30,9 +30,22 @@ from stable_audio_jax.errors import UserError
 
 def fail(error: UserError) -> NoReturn:
     """Print `error` as one line on stderr and exit with its code."""
-    sys.stderr.write(f"error: {error}\n")
+    exit_with_line(f"error: {error}", error.exit_code)
+
+
+def exit_with_line(line: str, code: int) -> NoReturn:
+    """Print `line` on stderr as the process's last word and exit with `code`.
+
+    Background threads (Orbax's and TensorStore's event loops) can print tracebacks such as
+    "Event loop is closed" while the interpreter shuts down after an error; stderr is
+    pointed at /dev/null once the line is out, so the line stays the last thing a user reads.
+    """
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
-    sys.exit(error.exit_code)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    sys.stderr = open(os.devnull, "w")
+    sys.exit(code)
 
 
 def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
