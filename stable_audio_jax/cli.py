@@ -64,11 +64,36 @@ def run(main: Callable[[list[str]], Any], *, absl_flags: bool = True) -> None:
       False: `main` parses its own arguments (with `ArgumentParser`) and gets `sys.argv[1:]`;
       its return value is not an exit status (the data scripts return their report).
     """
+    _ignore_closed_event_loop_reports()
     if absl_flags:
         app.run(_guarded(main), flags_parser=parse_flags)
     else:
         _guarded(main)(sys.argv[1:])
         sys.exit(0)
+
+
+def _is_closed_event_loop(error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _ignore_closed_event_loop_reports() -> None:
+    """Drop one known, harmless report: after a failed checkpoint read (a damaged file),
+    TensorStore still completes the read's other futures and their callbacks post to the
+    asyncio loop that Orbax has already closed, which prints a "RuntimeError: Event loop is
+    closed" traceback from a background thread. Every other exception is reported as before."""
+    import threading
+
+    previous_excepthook, previous_thread_hook = sys.excepthook, threading.excepthook
+
+    def excepthook(kind, error, traceback):
+        if not _is_closed_event_loop(error):
+            previous_excepthook(kind, error, traceback)
+
+    def thread_hook(args):
+        if not _is_closed_event_loop(args.exc_value):
+            previous_thread_hook(args)
+
+    sys.excepthook, threading.excepthook = excepthook, thread_hook
 
 
 class ArgumentParser(argparse.ArgumentParser):
