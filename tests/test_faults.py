@@ -108,6 +108,13 @@ def resumed_from(stderr: str) -> int | None:
     return None
 
 
+def line_starting(stderr: str, prefix: str) -> str:
+    """The stderr line that starts with `prefix` (library threads may print around it)."""
+    lines = [line for line in stderr.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
 def assert_no_traceback_of_ours(stderr: str) -> None:
     """No traceback through the project's code (library threads' own reports are not ours)."""
     for block in stderr.split("Traceback (most recent call last):")[1:]:
@@ -222,7 +229,7 @@ def test_sigterm_saves_and_exits_143(setup):
     process.send_signal(signal.SIGTERM)
     code, stderr = finish(process)
     assert code == 143, stderr[-3000:]
-    assert "after saving a checkpoint; run the same command to resume" in stderr.strip().splitlines()[-1]
+    assert "after saving a checkpoint; run the same command to resume" in line_starting(stderr, "interrupted at step")
     stopped = checkpoint_steps(workdir)[-1]
     assert stopped == last_logged_step(workdir), "SIGTERM must checkpoint the step it stopped at"
     code, stderr = run(workdir, setup["shards"])
@@ -298,8 +305,8 @@ def test_every_checkpoint_damaged_is_one_line_and_exit_4(setup):
         DAMAGE[kind](os.path.join(workdir, "checkpoints", str(step)))
     code, stderr = run(workdir, setup["shards"])
     assert code == 4, stderr[-3000:]
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: no intact checkpoint in") and "[2, 4, 6]" in last, last
+    last = line_starting(stderr, "error: no intact checkpoint in")
+    assert "[2, 4, 6]" in last, last
     assert_no_traceback_of_ours(stderr)
     report("every checkpoint damaged", exit_code=code, line=last[:100])
 
@@ -317,8 +324,8 @@ def test_exploding_learning_rate_stops_without_saving_nonfinite_state(setup):
     code, stderr = run(workdir, setup["shards"], NUM_STEPS, "--config.optimizer.lr=1e30",
                        "--config.trainer.checkpoint_every=1")
     assert code == 3, stderr[-3000:]
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: training stopped at step ") and "non-finite" in last, last
+    last = line_starting(stderr, "error: training stopped at step ")
+    assert "non-finite" in last, last
     assert_no_traceback_of_ours(stderr)
     stopped = int(last.split("training stopped at step ")[1].split(":")[0])
     steps = checkpoint_steps(workdir)
@@ -336,8 +343,7 @@ def test_second_trainer_on_the_same_workdir_is_turned_away(setup):
     wait_for(lambda: os.path.exists(lock) and os.path.getsize(lock) > 0, first, "the lock")
     code, stderr = run(workdir, setup["shards"])
     assert code == 75, stderr[-3000:]
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: run directory {workdir} is in use by pid {first.pid}"), last
+    line_starting(stderr, f"error: run directory {workdir} is in use by pid {first.pid}")
     assert_no_traceback_of_ours(stderr)
     code, first_stderr = finish(first)
     assert code == 0, first_stderr[-3000:]
@@ -367,8 +373,7 @@ def test_disk_too_small_for_the_next_checkpoint(setup, small_disk):
         workdir = str(small_disk / "run")
         code, stderr = run(workdir, setup["shards"], NUM_STEPS, "--config.trainer.max_checkpoints=5")
         assert code == 2, stderr[-3000:]
-        last = stderr.strip().splitlines()[-1]
-        assert last.startswith("error: not enough disk space for the checkpoint of step"), last
+        last = line_starting(stderr, "error: not enough disk space for the checkpoint of step")
         assert_no_traceback_of_ours(stderr)
         steps = checkpoint_steps(workdir)
         assert steps and steps[-1] < NUM_STEPS
