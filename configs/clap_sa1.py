@@ -1,4 +1,4 @@
-"""Paper-size CLAP (Stable Audio 1.0, SPEC.md 2.3): RoBERTa-base text tower + HTSAT audio tower.
+"""Paper-size CLAP (Stable Audio 1.0, arXiv 2402.04825): RoBERTa-base text tower + HTSAT audio tower.
 
 The paper gives CLAP as HTSAT 31M + RoBERTa 110M. HTSAT-tiny (embed 96, depths 2/2/6/2)
 is 27.5M without the AudioSet head that CLAP does not use (30.2M with it), so it is the

@@ -1,9 +1,9 @@
-"""Stable Audio 1.0 latent diffusion (SPEC.md 3.1, 5): the 906,679,744-parameter U-Net.
+"""Stable Audio 1.0 latent diffusion (arXiv 2402.04825): the 906,679,744-parameter U-Net.
 
 95.1 s window = 4,194,304 samples = 4096 latents at the SA 1.0 VAE's 1024x; 64 latent
 channels; context = 77 CLAP tokens (768-d, penultimate layer) + 2 per-second timing
 tokens (learned 513-row tables). v-objective, cosine schedule, 10% conditioning dropout,
-sampling with DPM-Solver++ (100 steps), CFG 6 with rescale 0.4 (SPEC.md 4.3).
+sampling with DPM-Solver++ (100 steps), CFG 6 with rescale 0.4 (the paper's sampling settings).
 
 Memory and speed: bfloat16 compute with float32 params, Adam state and EMA (the loss and
 the sampler's arithmetic stay float32), and every ResNet / transformer block rematerialised

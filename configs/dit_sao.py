@@ -1,11 +1,11 @@
-"""Stable Audio Open latent diffusion (SPEC.md 2.1, 3.2, 5): the 1,056,828,544-parameter DiT.
+"""Stable Audio Open latent diffusion (stable-audio-tools models/dit.py, SAO's model_config.json): the 1,056,828,544-parameter DiT.
 
 47.55 s window = 2,097,152 samples = 1024 latents at the SAO VAE's 2048x; 64 latent
 channels; context = 128 T5-base tokens (768-d, padding zeroed) + 2 timing tokens (SAO's
 learned-Fourier number embedders), and `[start || total]` (1536-d) as the global token.
 v-objective, cosine schedule, 10% conditioning dropout (an all-zero context), AdamW 5e-5
 with InverseLR(inv_gamma 1e6, power 0.5, warmup 0.99); sampling with DPM-Solver++(3M) SDE,
-100 steps, CFG 7 without rescale (SPEC.md 4.2, 4.3).
+100 steps, CFG 7 without rescale (SAO's model_config.json).
 
 Memory and speed: bfloat16 compute with float32 params, Adam state and EMA (the loss and
 the sampler's arithmetic stay float32), and every transformer block rematerialised

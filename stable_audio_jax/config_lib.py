@@ -128,7 +128,7 @@ def closest_key(config: Mapping, key: str) -> str | None:
 
 def adamw_config(lr: float, *, b1: float = 0.8, b2: float = 0.99, weight_decay: float = 1e-3,
                  inv_gamma: float = 2e5, power: float = 0.5, warmup: float = 0.999) -> ml_collections.ConfigDict:
-    """AdamW with the reference's InverseLR schedule (SPEC.md 1.5 defaults)."""
+    """AdamW with the reference's InverseLR schedule (stable-audio-tools' InverseLR defaults)."""
     return ml_collections.ConfigDict(dict(lr=lr, b1=b1, b2=b2, weight_decay=weight_decay,
                                           inv_gamma=inv_gamma, power=power, warmup=warmup, grad_clip=0.0))
 
@@ -145,7 +145,7 @@ def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.Con
     """A VAE training config around the autoencoder architecture `model`.
 
     Loss weights, discriminator scales and optimizers follow the SA2/SAO recipe
-    (SPEC.md 1.5); tiny configs override sizes and learning rates. Memory knobs:
+    (stable-audio-tools autoencoder training configs); tiny configs override sizes and learning rates. Memory knobs:
     `model.remat_policy` (default "none"; see `models/remat.py`) rematerialises the encoder
     and decoder blocks, and `optimizer.grad_accum_steps` (default 1) splits each global
     batch into that many micro-batches for both the generator and discriminator updates.
@@ -191,7 +191,7 @@ def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.Con
     return c
 
 
-# The two reference autoencoder shapes (SPEC.md 1.2 and 1.4).
+# The two reference autoencoder shapes (stable-audio-tools' SAO and SA 1.0 VAE configs).
 SAO_AUTOENCODER = dict(
     io_channels=2, latent_dim=64, strides=(2, 4, 4, 8, 8),
     encoder_channels=128, encoder_multipliers=(1, 1, 2, 4, 8, 16),
@@ -229,7 +229,7 @@ def clap_config(text: dict, audio: dict, *, embed_dim: int = 512) -> ml_collecti
                                              remat_policy="none"))
     c.text = ml_collections.ConfigDict(dict(
         tokenizer="",  # tokenizer.json (or a folder with vocab.json+merges.txt / vocab.txt)
-        max_length=77,  # tokens per prompt, padded / truncated (SPEC.md 2.3)
+        max_length=77,  # tokens per prompt, padded / truncated (the CLAP tokenizer's length)
     ))
     c.data.sample_rate = audio_config.sample_rate
     c.data.sample_size = audio_config.num_samples
@@ -264,7 +264,7 @@ def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timin
 
     Training reads pre-encoded shards (`data/pre_encode.py`); `pretransform` names the VAE
     and CLAP runs they were made with, which sampling loads again. Objective and recipe
-    follow SPEC.md 4.1 and 5: v-objective, cosine schedule, continuous t, 10% conditioning
+    follow the paper (arXiv 2402.04825): v-objective, cosine schedule, continuous t, 10% conditioning
     dropout, EMA, AdamW with the InverseLR schedule.
     """
     c = base_config()

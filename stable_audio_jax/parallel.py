@@ -51,7 +51,7 @@ def create_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
     """A mesh of `devices` (default: all) with Auto axis types; one entry may be -1.
 
     Auto axes are required for linen's logical-rule sharding (explicit axes reject the
-    FSDP matmuls, see JAX_NOTES pitfall 1).
+    FSDP matmuls that the rules produce).
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = list(shape)

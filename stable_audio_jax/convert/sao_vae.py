@@ -1,6 +1,6 @@
 """Import the Oobleck VAE of a stable-audio-tools checkpoint (SAO / SA 2.0 layout).
 
-The reference keys (SPEC.md 6.1) are `encoder.layers.*` / `decoder.layers.*` under the
+The reference keys (stable-audio-tools models/autoencoders.py, OobleckEncoder/Decoder) are `encoder.layers.*` / `decoder.layers.*` under the
 prefix of the checkpoint kind: none in a standalone autoencoder checkpoint,
 `pretransform.model.` in a diffusion checkpoint. `autoencoder_params_from_state_dict` reads
 them from a `StateDictReader` scoped to that prefix and returns the param tree of
@@ -8,7 +8,7 @@ them from a `StateDictReader` scoped to that prefix and returns the param tree o
 
 Every Oobleck conv is weight-normed in the reference and in our layers, so the (g, v) pair
 is kept, not folded: the converted model computes the same kernels and fine-tunes with the
-same parameterisation. Layouts (SPEC.md 6.3):
+same parameterisation. Layouts:
 
 - Conv1d: `weight_v` `[out, in, k]` -> `[k, in, out]`; `weight_g` `[out, 1, 1]` -> `[out]`.
 - ConvTranspose1d: `weight_v` `[in, out, k]` -> `[k, in, out]`; `weight_g` `[in, 1, 1]` ->

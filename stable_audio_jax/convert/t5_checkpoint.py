@@ -54,7 +54,7 @@ from stable_audio_jax.models.t5 import T5Config, T5Encoder
 
 Params = dict[str, Any]
 
-T5_MAX_LENGTH = 128  # SAO's T5Conditioner (SPEC.md 2.2)
+T5_MAX_LENGTH = 128  # SAO's T5Conditioner (stable-audio-tools models/conditioners.py, T5Conditioner max_length)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 _IGNORED_PREFIXES = ("decoder.", "lm_head.")

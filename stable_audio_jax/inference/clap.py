@@ -30,7 +30,7 @@ from stable_audio_jax.training.trainer import with_rules
 
 
 def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) -> np.ndarray:
-    """The CLAP-score preprocessing of DATA.md 1.3: resample, peak-normalise to -1 dBFS,
+    """The CLAP-score preprocessing of stable-audio-metrics' CLAP score: resample, peak-normalise to -1 dBFS,
     round-trip through int16. `[time, channels]` or `[time]` -> float32 `[time, channels]`."""
     from stable_audio_jax.input_pipeline.audio_io import resample
 

@@ -1,7 +1,7 @@
 """Pre-encoded diffusion training examples: VAE latents + text features + timing, one record each.
 
 The diffusion model trains on a frozen VAE and a frozen text encoder; running both once,
-offline, turns every step into a pure diffusion step (DESIGN.md: frozen parts stay frozen
+offline, turns every step into a pure diffusion step (frozen parts stay frozen
 and cheap). A record is one crop of one audio file:
 
     magic (8 bytes, b"SAJLAT1\\n") | JSON length (uint32 LE) | JSON metadata | .npz bytes

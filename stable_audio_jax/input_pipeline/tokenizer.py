@@ -9,7 +9,7 @@ mask, the two inputs of `stable_audio_jax.models.text_encoder.TextEncoder`:
 `from_file` understands the usual on-disk layouts of Hugging Face tokenizers:
 
 - a `tokenizer.json` file, or a directory holding one (any model type, e.g. the WordPiece
-  tokenizer shipped with all-MiniLM-L6-v2, see DATA.md 3.1);
+  tokenizer shipped with all-MiniLM-L6-v2);
 - a directory with RoBERTa/GPT-2 style `vocab.json` + `merges.txt` (byte-level BPE, with
   RoBERTa's `<s> ... </s>` framing when those tokens are in the vocabulary);
 - a directory with a BERT WordPiece `vocab.txt` (`[CLS] ... [SEP]`, lower-cased unless a
@@ -18,7 +18,7 @@ mask, the two inputs of `stable_audio_jax.models.text_encoder.TextEncoder`:
   `T5Tokenizer`; needs the `sentencepiece` package to parse the file).
 
 The reference CLAP text tower uses RoBERTa's tokenizer, which is not available offline
-(DATA.md 3.3); `train_bpe_tokenizer` trains a byte-level BPE of the same shape (same
+(its weights are not available offline); `train_bpe_tokenizer` trains a byte-level BPE of the same shape (same
 special tokens, ids and framing) on the dataset captions instead.
 """
 

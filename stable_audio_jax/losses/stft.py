@@ -1,6 +1,6 @@
 """Short-time Fourier transform and the multi-resolution STFT reconstruction loss.
 
-This is the spectral part of the VAE generator loss (SPEC.md section 1.5), following
+This is the spectral part of the VAE generator loss (stable-audio-tools' MultiResolutionSTFTLoss), following
 stable-audio-tools' copy of auraloss:
 
 * per resolution, spectral convergence `||Y - X||_F / ||Y||_F` (one ratio per signal,

@@ -1,6 +1,6 @@
 """CLAP score: cosine similarity of each prompt's text embedding and its audio's embedding.
 
-As in stable-audio-metrics (DATA.md 1.3): the audio is resampled to the CLAP rate,
+As in stable-audio-metrics: the audio is resampled to the CLAP rate,
 peak-normalised to -1 dBFS and round-tripped through int16; the score is the mean over
 prompts of cos(text, audio). The shuffled-pairs score (every prompt against another
 prompt's audio) is the baseline a matched score must beat. Any encoder with

@@ -1,7 +1,7 @@
 """How long generated audio really is: the end of its non-silent part.
 
 The model always generates its whole window and is told by `seconds_total` where the
-content should stop (SPEC.md 4.4); the rest should decode to silence. This measures where
+content should stop (arXiv 2402.04825); the rest should decode to silence. This measures where
 the content stops, to check that timing conditioning works (issue 4's acceptance).
 
 A frame counts as sounding when its RMS is within `relative_db` of the clip's loudest

@@ -42,7 +42,7 @@ class CLAPConfig:
       logit_scale_max: the learned log inverse temperature is clipped to this (log 100,
         as CLIP) so the loss cannot collapse into ever sharper logits.
       feature_layer: which text hidden state conditions the diffusion model (-2: the
-        penultimate layer, SPEC.md 2.3).
+        penultimate layer, arXiv 2402.04825).
       remat_policy: one of `remat.REMAT_CHOICES` ("none", "full", "dots_saveable",
         "dots_with_no_batch_dims_saveable"), applied to every text layer and every Swin
         block: activation memory traded for recomputation in the backward pass, with the

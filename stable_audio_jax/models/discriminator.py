@@ -1,5 +1,5 @@
 """Multi-scale complex-STFT discriminator (EnCodec's MS-STFT-D), as used by the Stable
-Audio VAEs (`type: encodec`, SPEC.md section 1.5).
+Audio VAEs (`type: encodec` in stable-audio-tools' autoencoder configs).
 
 Each scale takes a normalised, uncentred complex STFT of every audio channel, stacks the
 real and imaginary parts as input planes `[batch, frames, freq_bins, 2 * channels]`

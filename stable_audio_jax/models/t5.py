@@ -2,8 +2,8 @@
 
 Reference: SAO conditions its DiT on the `last_hidden_state` of Hugging Face's `t5-base`
 `T5EncoderModel` for prompts tokenized to exactly 128 tokens (EOS appended, padded with
-id 0), padded positions zeroed (SPEC.md 2.2). Real T5 weights are not available offline
-(DATA.md 3.3); `stable_audio_jax.convert.t5_checkpoint` imports any HF T5 folder and the
+id 0), padded positions zeroed (as stable-audio-tools' T5Conditioner). Real T5 weights are not available offline
+(no registry ships them); `stable_audio_jax.convert.t5_checkpoint` imports any HF T5 folder and the
 module also runs with random weights.
 
 Architecture (pre-norm; RMSNorm without mean subtraction or bias; no biases anywhere):

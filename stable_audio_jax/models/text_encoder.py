@@ -2,8 +2,8 @@
 
 Reference: the CLAP text branch of SA 1.0 is a RoBERTa-base encoder whose *penultimate*
 hidden state (768-d, 77 tokens) conditions the diffusion model, with the tokenizer's
-attention mask as key mask (SPEC.md 2.3). RoBERTa-base weights are not available offline
-(DATA.md 3.3), so the same module also loads BERT checkpoints such as all-MiniLM-L6-v2
+attention mask as key mask (arXiv 2402.04825). RoBERTa-base weights are not available offline
+(no registry ships them), so the same module also loads BERT checkpoints such as all-MiniLM-L6-v2
 (`stable_audio_jax.convert.bert_checkpoint`) or trains from scratch (`tiny` preset).
 
 Architecture (post-LN, as BERT and RoBERTa):

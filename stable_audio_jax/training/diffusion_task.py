@@ -1,4 +1,4 @@
-"""Training the latent diffusion model on pre-encoded shards (SPEC.md 4.1).
+"""Training the latent diffusion model on pre-encoded shards (arXiv 2402.04825).
 
 Each step: sample the VAE posterior (`mean + std * eps`, times `latent_scale`), draw
 continuous times t in [0, 1) (stratified), noise with the cosine schedule

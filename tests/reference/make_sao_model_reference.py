@@ -10,7 +10,7 @@ The model comes from stable-audio-tools' own `create_model_from_config` with SAO
 `model_config.json` structure (Oobleck VAE, number conditioners for seconds_start/total,
 continuous-transformer DiT). The reference's T5 conditioner would download `t5-base`, so
 the model is built without the prompt conditioner; that changes no tensor in the
-checkpoint (SAO keeps T5 outside it, SPEC.md 2.2). The written `model_config.json` names
+checkpoint (SAO keeps T5 outside it). The written `model_config.json` names
 the T5 prompt conditioner, as SAO's does. Every parameter is randomised (the
 zero-initialised ones too), `model.safetensors` holds the unwrapped state dict, and the
 script prints the parameter count the converted tree must reproduce.
@@ -36,7 +36,7 @@ FIXTURES = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file_
 
 
 def model_config(size: str) -> dict:
-    """SAO's model_config.json (SPEC.md 8.1), or the same structure at a tiny size."""
+    """SAO's model_config.json, or the same structure at a tiny size."""
     if size == "full":
         vae = dict(channels=128, c_mults=[1, 2, 4, 8, 16], strides=[2, 4, 4, 8, 8], latent_dim=64)
         dit = dict(embed_dim=1536, depth=24, num_heads=24)

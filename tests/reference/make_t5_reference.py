@@ -2,7 +2,7 @@
 
 `tests/test_t5.py` checks that `stable_audio_jax.convert.t5_checkpoint` + `T5Encoder`
 reproduce what Hugging Face transformers computes. Real T5 weights and `spiece.model`
-files are not available offline (DATA.md 3.3), so everything here is made on the spot,
+files are not available offline, so everything here is made on the spot,
 deterministically:
 
 - a T5-style `tokenizer.json` (Unigram trained with `tokenizers` on generated captions;
