@@ -31,8 +31,7 @@ from stable_audio_jax import config_lib  # noqa: E402
 def get_config():
     c = dit_sao.get_config()  # architecture, bf16 compute, remat policy, sampling
     c.init_from = config_lib.REQUIRED
-    c.optimizer = config_lib.diffusion_optimizer_config(5e-6, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e9,
-                                                        power=0.5, warmup=0.99)
+    c.optimizer.update(lr=5e-6, inv_gamma=1e9)  # dit_sao's AdamW otherwise
     c.data.batch_size = 4
     c.data.worker_count = 4
     c.trainer.num_steps = 20_000
