@@ -78,22 +78,18 @@ def _is_closed_event_loop(error: BaseException | None) -> bool:
 
 def _ignore_closed_event_loop_reports() -> None:
     """Drop one known, harmless report: after a failed checkpoint read (a damaged file),
-    TensorStore still completes the read's other futures and their callbacks post to the
-    asyncio loop that Orbax has already closed, which prints a "RuntimeError: Event loop is
-    closed" traceback from a background thread. Every other exception is reported as before."""
-    import threading
+    TensorStore still completes the read's other futures, and their callbacks post to the
+    asyncio loop that Orbax has already closed. TensorStore hands each failure to
+    `sys.unraisablehook`, which would print a bare "RuntimeError: Event loop is closed"
+    traceback from one of its threads, dozens of them interleaved with the error line.
+    Every other unraisable exception is reported as before."""
+    previous_hook = sys.unraisablehook
 
-    previous_excepthook, previous_thread_hook = sys.excepthook, threading.excepthook
+    def unraisable_hook(report) -> None:
+        if not _is_closed_event_loop(report.exc_value):
+            previous_hook(report)
 
-    def excepthook(kind, error, traceback):
-        if not _is_closed_event_loop(error):
-            previous_excepthook(kind, error, traceback)
-
-    def thread_hook(args):
-        if not _is_closed_event_loop(args.exc_value):
-            previous_thread_hook(args)
-
-    sys.excepthook, threading.excepthook = excepthook, thread_hook
+    sys.unraisablehook = unraisable_hook
 
 
 class ArgumentParser(argparse.ArgumentParser):
