@@ -41,5 +41,5 @@ setup(
         "safetensors",  # pretrained text-encoder checkpoint import
         "matplotlib",  # spectrogram images of generated audio
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
 )
