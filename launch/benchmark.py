@@ -1302,7 +1302,8 @@ def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int], global_ba
     import flax.linen as nn
     from stable_audio_jax import memory_estimate
     from stable_audio_jax.models.remat import REMAT_CHOICES
-    from stable_audio_jax.training.diffusion_task import DiffusionTask
+    from stable_audio_jax import lora
+    from stable_audio_jax.training.diffusion_task import ADAPTERS, DiffusionTask
 
     mesh = memory_estimate.abstract_mesh(mesh_shape)
     rules = mesh_rules(config)
@@ -1328,10 +1329,21 @@ def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int], global_ba
 
         with nn.logical_axis_rules(rules):
             state = jax.eval_shape(task.init_state, key)
+            if task.lora.enabled:  # adapters train; the frozen base goes in as an input
+                frozen = nn.meta.unbox(state.frozen["diffusion"])
+                model, merged = ADAPTERS, lora.merged_kernels(state.frozen["diffusion"], task.lora_targets)
+
+                def loss_fn(adapters, inputs, task=task):
+                    return task.v_loss(lora.merge(inputs["frozen"], [(task.adapter(adapters), 1.0)]), inputs["x"])
+
+                def inputs_fn(batch_size: int, make_inputs=make_inputs, frozen=frozen):
+                    return {"frozen": frozen, "x": make_inputs(batch_size)}
+            else:
+                loss_fn, inputs_fn, model, merged = task.v_loss, make_inputs, "diffusion", None
             estimate = memory_estimate.train_memory_estimate(
-                state=state, loss_fn=task.v_loss, make_inputs=make_inputs,
+                state=state, loss_fn=loss_fn, make_inputs=inputs_fn,
                 mesh=mesh, rules=rules, global_batch=global_batch, grad_accum_steps=task.grad_accum_steps,
-                remat_policy=policy, model="diffusion")
+                remat_policy=policy, model=model, merged=merged)
         results.append(estimate.to_json())
     return results
 
@@ -1340,13 +1352,16 @@ def format_memory_estimates(estimates: Sequence[dict[str, Any]]) -> str:
     """One row per remat policy: the parts of the per-device estimate and their total."""
     first = estimates[0]
     parts = ("params", "optimizer", "ema", "gradients", "activations", "total")
+    if any(e.get("frozen") for e in estimates):  # a LoRA run: its frozen base and merged kernels too
+        parts = ("frozen", "merged", *parts)
     size = lambda b: f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"  # noqa: E731
     rows = [[e["remat_policy"]] + [size(e[k]) for k in parts] for e in estimates]
     lines = [f"per-device memory of one train step (estimate from shapes; mesh {first['mesh_shape']}, "
              f"global batch {first['global_batch']}, {first['micro_batch_per_device']} example(s) per device "
              f"per micro-batch, {first['grad_accum_steps']} micro-batch(es))"]
     lines += format_table(["remat policy", *parts], rows)
-    lines += ["params/optimizer/ema/gradients: each device's shards under the logical rules; activations: the "
+    lines += ["params/optimizer/ema/gradients: each device's shards under the logical rules (with LoRA: of the "
+              "adapters; frozen: the base, merged: its adapted kernels in float32); activations: the "
               "residuals saved for the backward pass (jax.vjp under eval_shape) for one micro-batch. "
               "XLA temporaries (the block being recomputed, fusion scratch) come on top: a lower bound."]
     return "\n".join(lines)

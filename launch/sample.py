@@ -8,6 +8,8 @@
     python launch/sample.py --pretrained=pretrained/sao --prompt="128 BPM tech house drum loop" --seconds_total=10
     # a run fine-tuned from it (config.init_from): the run's DiT with the directory's T5 and VAE
     python launch/sample.py --pretrained=pretrained/sao --diffusion_dir=runs/sao_finetune --prompt="..."
+    # LoRA runs trained on it, merged at their scales (0: the base model exactly)
+    python launch/sample.py --pretrained=pretrained/sao --lora=runs/sao_lora:0.8 --lora=runs/other:0.5 --prompt="..."
 
 Sampling settings left unset take the model's defaults (its config's `sampling` section:
 for SAO 100 steps of dpmpp_3m_sde, CFG 7, sigma 0.3..500; for a converted SA 1.0, 100 steps
@@ -40,6 +42,8 @@ _DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of th
                                       "one fine-tuned from it).")
 _PRETRAINED = flags.DEFINE_string("pretrained", None, "A converted pretrained directory (with --diffusion_dir: only "
                                   "its VAE and text encoder).")
+_LORA = flags.DEFINE_multi_string("lora", [], "A LoRA run trained on --pretrained, as run_dir[:scale] (scale 1 "
+                                   "by default; repeatable: the adapters add up).")
 _VAE_DIR = flags.DEFINE_string("vae_dir", None, "VAE run (default: the one named in the diffusion config).")
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "CLAP run (default: the one named in the diffusion config).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A text prompt (repeatable).")
@@ -89,6 +93,8 @@ def _prompts() -> list[str]:
 def _check_inputs() -> list[str]:
     """The checks that need no model, so bad input fails before anything loads; the prompts."""
     prompts = _prompts()
+    if _LORA.value and _PRETRAINED.value is None:
+        raise UserError("--lora needs --pretrained: the directory whose diffusion model the adapters were trained on")
     if _DIFFUSION_DIR.value is None and _PRETRAINED.value is None:
         raise UserError("give --diffusion_dir (a training run), --pretrained (a converted model), or both "
                         "(a run fine-tuned from the converted model)")
@@ -96,6 +102,11 @@ def _check_inputs() -> list[str]:
         raise UserError("--vae_dir and --clap_dir do not go with --pretrained (the VAE and text encoder are its own)")
     if _PRETRAINED.value is not None and not os.path.isdir(_PRETRAINED.value):
         raise UserError(f"--pretrained={_PRETRAINED.value} does not exist")
+    if _LORA.value and _DIFFUSION_DIR.value is not None:
+        raise UserError("--diffusion_dir (a full fine-tuning run) and --lora (adapters over --pretrained) do not go "
+                        "together")
+    for value in _LORA.value:
+        cli.check_run_tasks({"lora": (cli.split_scale(value)[0], "diffusion")})
     if _INIT_AUDIO.value and not os.path.isfile(_INIT_AUDIO.value):
         raise UserError(f"--init_audio={_INIT_AUDIO.value}: no such file")
     cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")
@@ -118,7 +129,8 @@ def main(argv):
         if _SAMPLER.value is not None:
             canonical_sampler_name(_SAMPLER.value)  # an unknown name fails before any loading
         if _PRETRAINED.value:
-            generator = AudioGenerator.from_pretrained(_PRETRAINED.value, diffusion_dir=_DIFFUSION_DIR.value)
+            generator = AudioGenerator.from_pretrained(_PRETRAINED.value, diffusion_dir=_DIFFUSION_DIR.value,
+                                                       adapters=[cli.split_scale(v) for v in _LORA.value])
         else:
             generator = AudioGenerator.from_runs(_DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value,
                                                  clap_dir=_CLAP_DIR.value)
@@ -143,6 +155,8 @@ def main(argv):
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     model_dirs = {name: os.path.abspath(flag.value) for name, flag in (("pretrained", _PRETRAINED),
                                                                       ("diffusion_dir", _DIFFUSION_DIR)) if flag.value}
+    if _LORA.value:
+        model_dirs["lora"] = [[os.path.abspath(path), scale] for path, scale in map(cli.split_scale, _LORA.value)]
     settings = {**model_dirs,
                 "prompts": prompts, "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value,
                 "window_seconds": window_seconds, **settings,

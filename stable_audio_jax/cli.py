@@ -204,6 +204,18 @@ def check_run_tasks(runs: Mapping[str, tuple[str | None, str]]) -> None:
         raise UserError(f"--{flag}={runs[flag][0]} is a {found[flag] or 'task-less'} run, not a {runs[flag][1]} run")
 
 
+def split_scale(value: str) -> tuple[str, float]:
+    """A `path[:scale]` flag value (e.g. `--lora=runs/sao_lora:0.5`) -> `(path, scale)`;
+    the scale is 1 when left out."""
+    path, sep, scale = value.rpartition(":")
+    if not sep:
+        return value, 1.0
+    try:
+        return path, float(scale)
+    except ValueError:
+        return value, 1.0  # a ':' inside the path and no scale
+
+
 # ------------------------------------------------------------------------------- output paths
 def check_output_dir(path: str, flag: str) -> None:
     """Fail unless `path` is, or can be created as, a writable directory; creates nothing.

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 
 import ml_collections
 
-from stable_audio_jax import parallel
+from stable_audio_jax import lora, parallel
 from stable_audio_jax.errors import UserError
 
 
@@ -287,5 +287,14 @@ def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timin
     c.optimizer = diffusion_optimizer_config(4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5,
                                              warmup=0.99)
     c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))
+    c.lora = lora_config()
     c.trainer.eval_every = 1000
     return c
+
+
+def lora_config() -> ml_collections.ConfigDict:
+    """Low-rank adapters (`lora.py`): rank 0 trains the whole model; rank > 0 trains only
+    adapters on the kernels matching `targets` over the frozen weights of `init_from`, kept in
+    `base_dtype`."""
+    return ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=lora.DEFAULT_TARGETS, kind="lora",
+                                          base_dtype="bfloat16"))

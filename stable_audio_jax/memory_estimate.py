@@ -93,10 +93,13 @@ class TrainMemoryEstimate:
     ema: int
     gradients: int
     activations: int
+    frozen: int = 0  # weights the step reads but does not train (a LoRA run's base)
+    merged: int = 0  # the adapted kernels a LoRA step computes from the base (float32)
 
     @property
     def total(self) -> int:
-        return self.params + self.optimizer + self.ema + self.gradients + self.activations
+        return (self.params + self.optimizer + self.ema + self.gradients + self.activations + self.frozen
+                + self.merged)
 
     def to_json(self) -> dict[str, Any]:
         return dict(dataclasses.asdict(self), total=self.total)
@@ -105,12 +108,14 @@ class TrainMemoryEstimate:
 def train_memory_estimate(*, state: PyTree, loss_fn: Callable[[PyTree, PyTree], jax.Array],
                           make_inputs: Callable[[int], PyTree], mesh: AbstractMesh, rules: parallel.Rules,
                           global_batch: int, grad_accum_steps: int = 1, remat_policy: str = "none",
-                          model: str) -> TrainMemoryEstimate:
+                          model: str, merged: PyTree | None = None) -> TrainMemoryEstimate:
     """Estimate for a `TrainState`-shaped abstract (logically boxed) `state` whose trained
     parameters are `state.params[model]`, the first argument of `loss_fn`.
 
     The global batch is split over the mesh's data axes (`batch` rule) and then into
     `grad_accum_steps` micro-batches; the activations are those of one micro-batch.
+    `state.frozen` (if any) counts as frozen weights, and `merged` (a boxed abstract tree: the
+    kernels a LoRA step recomputes from the base) as merged weights.
     """
     data_size = parallel.data_parallel_size(mesh, rules)
     if global_batch % (data_size * grad_accum_steps):
@@ -124,4 +129,6 @@ def train_memory_estimate(*, state: PyTree, loss_fn: Callable[[PyTree, PyTree], 
         grad_accum_steps=grad_accum_steps, remat_policy=remat_policy, params=params_bytes,
         optimizer=bytes_per_device(state.opt_state, mesh, rules), ema=bytes_per_device(state.ema_params, mesh, rules),
         gradients=gradient_copies * bytes_per_device(state.params[model], mesh, rules),
-        activations=activation_bytes(loss_fn, nn.meta.unbox(state.params[model]), make_inputs, micro))
+        activations=activation_bytes(loss_fn, nn.meta.unbox(state.params[model]), make_inputs, micro),
+        frozen=bytes_per_device(getattr(state, "frozen", {}), mesh, rules),
+        merged=bytes_per_device(merged, mesh, rules) if merged is not None else 0)

@@ -4,6 +4,7 @@ benchmark's `--memory_estimate` mode."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from stable_audio_jax import memory_estimate, parallel
+from stable_audio_jax import lora, memory_estimate, parallel
+from stable_audio_jax.training.diffusion_task import DiffusionTask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = 4
@@ -111,3 +113,27 @@ def test_benchmark_memory_estimate_bad_input():
     assert proc.returncode != 0 and "does not split" in proc.stderr
     proc = _benchmark("--config=configs/diffusion_tiny.py", "--memory_estimate", "--remat_policies=some")
     assert proc.returncode != 0 and "unknown policy" in proc.stderr
+
+
+def test_benchmark_memory_estimate_of_a_lora_run(tmp_path):
+    """LoRA: adapters, their Adam and EMA as params/optimizer/ema, the bfloat16 base as frozen,
+    and the float32 adapted kernels each step computes as merged."""
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import dit_tiny
+
+    out = tmp_path / "memory.json"
+    proc = _benchmark("--config=configs/dit_tiny.py", "--memory_estimate", "--batch_size=2", "--memory_mesh=1,1,1",
+                      "--config.init_from=pretrained/none", "--config.lora.rank=4", f"--output_json={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "frozen" in proc.stdout and "merged" in proc.stdout
+    estimate = json.loads(out.read_text())["memory_estimates"][0]
+    config = dit_tiny.get_config()
+    config.init_from, config.lora.rank = "pretrained/none", 4
+    task = DiffusionTask(config)
+    base_count = lora.count_params(jax.eval_shape(task.init_state, jax.random.PRNGKey(0)).frozen)
+    assert estimate["frozen"] == 2 * base_count  # bfloat16
+    assert estimate["merged"] == 4 * sum(math.prod(t.shape) for t in task.lora_targets.values())
+    assert estimate["params"] == estimate["ema"] == estimate["gradients"] == 4 * lora.adapter_size(
+        task.lora_targets, task.lora)
+    assert estimate["total"] == sum(estimate[k] for k in ("frozen", "merged", "params", "optimizer", "ema",
+                                                           "gradients", "activations"))

@@ -58,7 +58,7 @@ def restore(run, mesh) -> tuple:
                                                            rules=RULES)
     checkpointer = Checkpointer(os.path.join(run["workdir"], "checkpoints"), async_save=False)
     try:
-        return checkpointer.restore(2, abstract), shardings
+        return checkpointer.restore(2, abstract.checkpointed()), shardings.checkpointed()
     finally:
         checkpointer.close()
 

@@ -99,7 +99,8 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
         abstract, _ = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0),
                                                        mesh=mesh, rules=rules)
         try:
-            state = checkpointer.restore(step, abstract)
+            # Frozen weights (a LoRA run's base) are not in checkpoints: `state.frozen` is empty.
+            state = TrainState.from_checkpoint(checkpointer.restore(step, abstract.checkpointed()))
         except CheckpointDamaged as error:
             raise UserError(f"checkpoint step {step} of {run_dir} is damaged: {error}; steps there: "
                             f"{checkpointer.all_steps()} (resuming the run's training moves damaged steps aside)"

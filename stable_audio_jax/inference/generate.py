@@ -26,7 +26,7 @@ import numpy as np
 
 from stable_audio_jax import parallel
 from stable_audio_jax.diffusion import guidance, samplers, schedule
-from stable_audio_jax.inference import pretrained, pretrained_parts
+from stable_audio_jax.inference import fine_tuned, pretrained, pretrained_parts
 from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.inference.clap import CLAPEncoder
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
@@ -134,30 +134,24 @@ class AudioGenerator:
                    sampling=config.sampling.to_dict() if "sampling" in config else None)
 
     @classmethod
-    def from_pretrained(cls, directory: str, *, diffusion_dir: str | None = None, step: int | None = None,
-                        mesh: jax.sharding.Mesh | None = None,
+    def from_pretrained(cls, directory: str, *, diffusion_dir: str | None = None,
+                        adapters: Sequence[tuple[str, float]] = (), mesh: jax.sharding.Mesh | None = None,
                         rules: parallel.Rules = parallel.DEFAULT_RULES) -> "AudioGenerator":
         """Load a converted pretrained directory (e.g. Stable Audio Open) onto `mesh`
         (default: every device on the data axis).
 
-        diffusion_dir: a diffusion run fine-tuned from `directory` (`config.init_from`): its
-          EMA weights (at `step`, default the newest) and window replace the directory's
-          diffusion model; the VAE, text encoder and sampling defaults stay the directory's.
+        diffusion_dir: a diffusion run fully fine-tuned from `directory` (`config.init_from`):
+          its newest EMA weights and window replace the directory's diffusion model.
+        adapters: `[(LoRA run directory, scale)]` trained on `directory`'s diffusion model:
+          merged into it (`fine_tuned.diffusion_weights`). The VAE, text encoder and sampling
+          defaults stay the directory's either way.
         """
         config = pretrained.read_pretrained_config(directory)
         mesh = mesh or parallel.create_mesh((-1, 1, 1))
-        parts = pretrained.PARTS if diffusion_dir is None else ("autoencoder", "text_encoder")
-        params = pretrained_parts.restore_parts(directory, config, parts, mesh, rules)
+        params = pretrained_parts.restore_parts(directory, config, ("autoencoder", "text_encoder"), mesh, rules)
         encoder = pretrained_parts.text_encoder(directory, config, params["text_encoder"], mesh, rules)
-        if diffusion_dir is None:
-            model, diffusion_params = pretrained_parts.diffusion_model(config), params["diffusion"]
-            window = config["sample_size"]
-        else:
-            run = load_run(diffusion_dir, step=step, mesh=mesh, rules=rules)
-            if run.config.task != "diffusion":
-                raise ValueError(f"{diffusion_dir} holds a {run.config.task!r} run, not a diffusion run")
-            model, diffusion_params = run.task.model, run.state.ema_params["diffusion"]
-            window = int(run.config.data.sample_size)
+        model, diffusion_params, window = fine_tuned.diffusion_weights(
+            directory, config, diffusion_dir=diffusion_dir, adapters=adapters, mesh=mesh, rules=rules)
         return cls(model=model, params=diffusion_params, autoencoder=pretrained_parts.autoencoder(config),
                    vae_params=params["autoencoder"], text_encoder=encoder, mesh=mesh,
                    sample_rate=config["sample_rate"], window_samples=window,

@@ -8,24 +8,33 @@ replaced by the null context (the U-Net's learned one, the DiT's zeros) with pro
 `diffusion.cfg_dropout` (10%),
 which is what classifier-free guidance needs at sampling time. An EMA of the model is
 what sampling uses.
+
+With `config.lora.rank > 0` only low-rank adapters train (`lora.py`): the model's weights,
+read from `config.init_from`, stay frozen in `state.frozen["diffusion"]` (in
+`lora.base_dtype`), and `params`, `opt_state` and `ema_params` hold the adapters under
+`"diffusion_lora"`, so a checkpoint holds nothing else.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
+from stable_audio_jax import lora
 from stable_audio_jax.diffusion import schedule
+from stable_audio_jax.errors import UserError
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
 from stable_audio_jax.training import accumulate, schedules
 from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
 
+ADAPTERS = "diffusion_lora"  # params key of a LoRA run's adapters
 MODEL_INPUTS = ("latent_mean", "latent_std", "latent_mask", "text_features", "text_mask",
                 "seconds_start", "seconds_total")
 
@@ -59,6 +68,21 @@ class DiffusionTask(Task):
                                  f"pretransform.downsampling_ratio / data.sample_rate = {ratio} / "
                                  f"{config.data.sample_rate} = {frame_seconds} s")
         self.grad_accum_steps = accumulate.config_steps(config)
+        self.lora = lora.LoraSettings.from_config(config.get("lora"))
+        self.base_dtype = jnp.dtype(config.lora.get("base_dtype", "float32")) if self.lora.enabled else None
+        self.lora_targets: dict[str, lora.Target] = {}
+        if self.lora.enabled:
+            if not config.get("init_from"):
+                raise UserError("config.lora.rank > 0 trains adapters over pretrained weights: set "
+                                "--config.init_from to the pretrained or run directory they adapt")
+            boxed = jax.eval_shape(lambda rng: self.model.init(rng, *self.example_inputs())["params"],
+                                   jax.random.PRNGKey(0))
+            self.lora_targets = lora.find_targets(boxed, self.lora)
+            trainable = lora.adapter_size(self.lora_targets, self.lora)
+            total = lora.count_params(boxed)
+            logging.info("LoRA (%s, rank %d) on %d kernels: %d trainable parameters, %.2f%% of %d",
+                         self.lora.kind, self.lora.rank, len(self.lora_targets), trainable, 100 * trainable / total,
+                         total)
 
     # ----------------------------------------------------------------- data
     def make_dataset(self, split: str, *, batch_size: int, shard_index: int, shard_count: int):
@@ -87,9 +111,41 @@ class DiffusionTask(Task):
     def init_state(self, rng: jax.Array) -> TrainState:
         params_rng, state_rng = jax.random.split(rng)
         params = self.model.init(params_rng, *self.example_inputs())["params"]
+        if self.lora.enabled:
+            adapters = lora.init_adapters(jax.random.fold_in(params_rng, 1), self.lora_targets, self.lora)
+            base = jax.tree.map(lambda x: x.astype(self.base_dtype), params)
+            return TrainState(step=jnp.zeros((), jnp.int32), params={ADAPTERS: adapters},
+                              opt_state={ADAPTERS: self.tx.init(adapters)}, ema_params={ADAPTERS: adapters},
+                              rng=state_rng, frozen={"diffusion": base})
         return TrainState(step=jnp.zeros((), jnp.int32), params={"diffusion": params},
                           opt_state={"diffusion": self.tx.init(params)}, ema_params={"diffusion": params},
                           rng=state_rng)
+
+    def pretrained_abstract(self, abstract: TrainState) -> dict[str, Any]:
+        if not self.lora.enabled:
+            return super().pretrained_abstract(abstract)
+        # The base is read at its stored precision (float32), which `lora.fingerprint` hashes.
+        return {"diffusion": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding),
+                                          abstract.frozen["diffusion"])}
+
+    def with_pretrained(self, state: TrainState, weights: dict[str, Any], abstract: TrainState) -> TrainState:
+        if not self.lora.enabled:
+            return super().with_pretrained(state, weights, abstract)
+        frozen = abstract.frozen["diffusion"]
+        place = jax.jit(lambda tree: jax.tree.map(lambda x, a: x.astype(a.dtype), tree, frozen),
+                        out_shardings=jax.tree.map(lambda a: a.sharding, frozen))
+        return state.replace(frozen={"diffusion": place(weights["diffusion"])})
+
+    def adapter(self, adapter_params: Any) -> lora.Adapter:
+        return lora.Adapter(adapter_params, self.lora)
+
+    def model_params(self, state: TrainState, *, ema: bool) -> Any:
+        """The diffusion model's params: the (EMA) model, or with LoRA the frozen base with the
+        (EMA) adapters merged in."""
+        params = state.ema_params if ema else state.params
+        if not self.lora.enabled:
+            return params["diffusion"]
+        return lora.merge(state.frozen["diffusion"], [(self.adapter(params[ADAPTERS]), 1.0)])
 
     # ------------------------------------------------------------------ loss
     def noised_inputs(self, batch: Batch, rng: jax.Array, cfg_dropout: float) -> dict[str, jax.Array]:
@@ -130,17 +186,23 @@ class DiffusionTask(Task):
         """One AdamW + EMA update on the global batch, its gradient accumulated over
         `optimizer.grad_accum_steps` micro-batches (the same update up to rounding)."""
         inputs = self.noised_inputs(batch, state.step_rng(), self.config.diffusion.cfg_dropout)
-        loss, grads = accumulate.accumulated_value_and_grad(self.v_loss, state.params["diffusion"], inputs,
-                                                            self.grad_accum_steps)
-        updates, opt_state = self.tx.update(grads, state.opt_state["diffusion"], state.params["diffusion"])
-        params = optax.apply_updates(state.params["diffusion"], updates)
+        if self.lora.enabled:  # gradients, optimizer and EMA for the adapters only
+            key = ADAPTERS
+
+            def loss_fn(adapters: Any, x: dict[str, jax.Array]) -> jax.Array:
+                return self.v_loss(lora.merge(state.frozen["diffusion"], [(self.adapter(adapters), 1.0)]), x)
+        else:
+            key, loss_fn = "diffusion", self.v_loss
+        loss, grads = accumulate.accumulated_value_and_grad(loss_fn, state.params[key], inputs, self.grad_accum_steps)
+        updates, opt_state = self.tx.update(grads, state.opt_state[key], state.params[key])
+        params = optax.apply_updates(state.params[key], updates)
         decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params["diffusion"], params)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params[key], params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return state.replace(step=state.step + 1, params={"diffusion": params},
-                             opt_state={"diffusion": opt_state}, ema_params={"diffusion": ema}), metrics
+        return state.replace(step=state.step + 1, params={key: params},
+                             opt_state={key: opt_state}, ema_params={key: ema}), metrics
 
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         """The EMA model's v-loss on the eval batch, fully conditioned, with fixed noise."""
-        loss, _ = self.loss(state.ema_params["diffusion"], batch, jax.random.PRNGKey(1234), 0.0)
+        loss, _ = self.loss(self.model_params(state, ema=True), batch, jax.random.PRNGKey(1234), 0.0)
         return {"loss": loss}

@@ -17,7 +17,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from stable_audio_jax import parallel
 from stable_audio_jax.errors import UserError
@@ -28,32 +27,26 @@ from stable_audio_jax.training.train_state import TrainState
 
 
 def init_state_from(source: str, task: Task, abstract: TrainState, rng: jax.Array, *, mesh: jax.sharding.Mesh,
-                    rules: parallel.Rules) -> TrainState:
+                    rules: parallel.Rules) -> tuple[TrainState, dict[str, Any]]:
     """A fresh state of `task` (as `task.init_state(rng)`, sharded like `abstract`) whose
-    exported parts hold the weights of `source`.
+    exported parts hold the weights of `source` (`Task.with_pretrained`), and those weights.
 
     Raises:
       UserError: `source` is neither kind of directory, holds another task's run, or its
         weights do not fit the config (naming the first differing parameter and both shapes).
     """
-    weights = load_weights(source, task, abstract.params, mesh=mesh, rules=rules)
+    weights = load_weights(source, task, task.pretrained_abstract(abstract), mesh=mesh, rules=rules)
     state, _ = parallel.init_sharded(task.init_state, rng, mesh=mesh, rules=rules)
-    # Two copies on the target shardings: the train step donates the state, and params and
-    # EMA may not share buffers.
-    shardings = {part: jax.tree.map(lambda x: x.sharding, abstract.params[part]) for part in weights}
-    place = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
-    return state.replace(params={**state.params, **place(weights)},
-                         ema_params={**state.ema_params, **place(weights)})
+    return task.with_pretrained(state, weights, abstract), weights
 
 
-def load_weights(source: str, task: Task, abstract_params: dict[str, Any], *, mesh: jax.sharding.Mesh,
+def load_weights(source: str, task: Task, wanted: dict[str, Any], *, mesh: jax.sharding.Mesh,
                  rules: parallel.Rules) -> dict[str, Any]:
-    """`{part: params}` of `source` for each of `task.pretrained_parts`, checked against
-    `abstract_params` (the task's `{part: abstract tree}`)."""
+    """`{part: params}` of `source` for each of `task.pretrained_parts`, checked against and
+    read into `wanted` (`Task.pretrained_abstract`: `{part: abstract tree}`)."""
     flag = f"config.init_from={source}"
     if not task.pretrained_parts:
         raise UserError(f"{flag}: a {task.name} run cannot start from weights (only the diffusion and VAE tasks can)")
-    wanted = {part: abstract_params[part] for part in task.pretrained_parts}
     if not os.path.isdir(source):
         raise UserError(f"{flag}: no such directory")
     if os.path.isfile(os.path.join(source, pretrained.CONFIG_FILE)):

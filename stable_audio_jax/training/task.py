@@ -12,6 +12,7 @@ import abc
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -36,6 +37,20 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def init_state(self, rng: jax.Array) -> TrainState:
         """A fresh state from a raw uint32 key; params may carry logical-axis boxes."""
+
+    def pretrained_abstract(self, abstract: TrainState) -> dict[str, Any]:
+        """`{part: abstract tree}` (leaves carry shardings) that the weights of
+        `config.init_from` are read into, for each of `pretrained_parts`."""
+        return {part: abstract.params[part] for part in self.pretrained_parts}
+
+    def with_pretrained(self, state: TrainState, weights: dict[str, Any], abstract: TrainState) -> TrainState:
+        """`state` starting from `weights` (read into `pretrained_abstract(abstract)`): by
+        default they become the params and the EMA, on `abstract`'s shardings (two copies: the
+        train step donates the state, and params and EMA may not share buffers)."""
+        shardings = {part: jax.tree.map(lambda x: x.sharding, abstract.params[part]) for part in weights}
+        place = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
+        return state.replace(params={**state.params, **place(weights)},
+                             ema_params={**state.ema_params, **place(weights)})
 
     @abc.abstractmethod
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:

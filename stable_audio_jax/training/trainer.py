@@ -37,12 +37,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from stable_audio_jax import config_lib, parallel
+from stable_audio_jax import config_lib, lora, parallel
 from stable_audio_jax.errors import EXIT_NONFINITE, UserError
 from stable_audio_jax.training.checkpointing import CheckpointDamaged, Checkpointer
-from stable_audio_jax.training.init_from import init_state_from
+from stable_audio_jax.training.init_from import init_state_from, load_weights
 from stable_audio_jax.training.run_lock import RunLock
 from stable_audio_jax.training.task import Task
+from stable_audio_jax.training.train_state import TrainState
 
 NONFINITE_MODES = ("stop", "skip")
 FINITE_KEY = "_finite"  # the guard's flag among a step's metrics; stripped before logging
@@ -78,9 +79,10 @@ def guard_nonfinite(step_fn: Callable, *, skip: bool) -> Callable:
         checks += [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)
                    if jnp.issubdtype(p.dtype, jnp.inexact)]
         finite = jnp.all(jnp.stack(checks))
-        if skip:
-            kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-            new_state = kept.replace(step=new_state.step)
+        if skip:  # the frozen weights never change: no select over them
+            kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state.checkpointed(),
+                                state.checkpointed())
+            new_state = TrainState.from_checkpoint(kept.replace(step=new_state.step), frozen=new_state.frozen)
         return new_state, dict(metrics, **{FINITE_KEY: finite})
     return guarded
 
@@ -235,23 +237,37 @@ class Trainer:
         rng = jax.random.PRNGKey(self.config.seed)
         abstract, shardings = parallel.abstract_with_shardings(
             self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
-        self._abstract = abstract
-        restored = self.checkpointer.restore_latest(abstract, data_iterator)
+        self._abstract = abstract.checkpointed()
+        restored = self.checkpointer.restore_latest(self._abstract, data_iterator)
         init_from = self.config.get("init_from", "")
         if restored is not None:
-            step, state = restored
+            step, state = restored[0], TrainState.from_checkpoint(restored[1])
             logging.info("resuming from step %d", step)
-            if init_from:
+            if abstract.frozen:  # the frozen base is not in the checkpoint: read it again
+                state = self._with_frozen_base(state, abstract, init_from)
+            elif init_from:
                 logging.info("the run directory has checkpoints: config.init_from=%s is ignored", init_from)
             self.logger.truncate_after(step)
         else:
             if init_from:
-                state = init_state_from(init_from, self.task, abstract, rng, mesh=self.mesh, rules=self.rules)
+                state, weights = init_state_from(init_from, self.task, abstract, rng, mesh=self.mesh,
+                                                 rules=self.rules)
                 logging.info("initialised %s from %s", ", ".join(self.task.pretrained_parts), init_from)
+                if abstract.frozen and self.is_main:
+                    lora.write_base_record(self.workdir, init_from, weights)
             else:
                 state, _ = parallel.init_sharded(self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
             self.logger.truncate_after(0)  # rows of a run whose checkpoints were all removed
         return state, shardings
+
+    def _with_frozen_base(self, state, abstract, init_from: str):
+        """A restored state with its frozen base read again from `init_from`, which must be
+        the base the run started from (`lora.check_base_record`)."""
+        weights = load_weights(init_from, self.task, self.task.pretrained_abstract(abstract), mesh=self.mesh,
+                               rules=self.rules)
+        lora.check_base_record(self.workdir, weights, f"config.init_from={init_from}")
+        logging.info("frozen %s read again from %s", ", ".join(weights), init_from)
+        return self.task.with_pretrained(state, weights, abstract)
 
     def _global(self, host_batch) -> dict[str, jax.Array]:
         return parallel.host_to_global(self.task.model_inputs(host_batch), self.mesh, self.rules)
@@ -356,7 +372,7 @@ class Trainer:
                     summary["eval"] = self.evaluate(state, eval_batch, step)
                 if saving:
                     self._verify(unverified)
-                    self.checkpointer.save(step, state, train_it, config_json)
+                    self.checkpointer.save(step, state.checkpointed(), train_it, config_json)
                     unverified = step
                 if stopping:
                     summary["interrupted_at"] = step

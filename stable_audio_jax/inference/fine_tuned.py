@@ -1,0 +1,99 @@
+"""The diffusion weights of a fine-tuned pretrained model: a full fine-tuning run's EMA, or the
+pretrained weights with LoRA adapters merged in (any number, each with its scale).
+
+    launch/sample.py --pretrained=pretrained/sao --lora=runs/sao_lora:0.8 --lora=runs/other:0.5
+    launch/export.py --pretrained=pretrained/sao --lora=runs/sao_lora --output_dir=pretrained/mine
+
+Adapters are checked against the weights they are merged into: each LoRA run records the
+fingerprint of its base (`lora.write_base_record`), and a different base is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+
+from stable_audio_jax import lora, parallel
+from stable_audio_jax.errors import UserError
+from stable_audio_jax.inference import pretrained, pretrained_parts
+from stable_audio_jax.inference.checkpoints import load_run
+from stable_audio_jax.training.diffusion_task import ADAPTERS
+
+
+def full_run_weights(diffusion_dir: str, *, mesh: jax.sharding.Mesh, rules: parallel.Rules,
+                     step: int | None = None) -> tuple[Any, Any, int]:
+    """`(model, EMA params, window in samples)` of a diffusion run trained without adapters."""
+    run = load_run(diffusion_dir, step=step, mesh=mesh, rules=rules)
+    if run.config.task != "diffusion":
+        raise ValueError(f"{diffusion_dir} holds a {run.config.task!r} run, not a diffusion run")
+    if run.task.lora.enabled:
+        raise UserError(f"{diffusion_dir} is a LoRA run (it holds adapters, not a model): pass it as "
+                        f"--lora={diffusion_dir} with --pretrained=<its base>")
+    return run.task.model, run.state.ema_params["diffusion"], int(run.config.data.sample_size)
+
+
+def merge_adapters(base: Any, adapters: Sequence[tuple[str, float]], *, base_source: str,
+                   mesh: jax.sharding.Mesh, rules: parallel.Rules) -> Any:
+    """`base` (the diffusion params of `base_source`) with the EMA adapters of each LoRA run
+    merged in at its scale (`lora.merge`); each run must have been trained on `base`."""
+    loaded = []
+    for run_dir, scale in adapters:
+        run = load_run(run_dir, mesh=mesh, rules=rules)
+        if run.config.task != "diffusion" or not run.task.lora.enabled:
+            raise UserError(f"--lora={run_dir} is not a LoRA run (a {run.config.task} run with "
+                            f"config.lora.rank={run.config.get('lora', {}).get('rank', 0)})")
+        lora.check_base_record(run_dir, {"diffusion": base}, f"--pretrained={base_source}")
+        loaded.append((run.task.adapter(run.state.ema_params[ADAPTERS]), scale))
+    return lora.merge(base, loaded)
+
+
+def diffusion_weights(directory: str, config: Mapping[str, Any], *, diffusion_dir: str | None = None,
+                      adapters: Sequence[tuple[str, float]] = (), mesh: jax.sharding.Mesh,
+                      rules: parallel.Rules = parallel.DEFAULT_RULES) -> tuple[Any, Any, int]:
+    """`(model, params, window in samples)` of the diffusion model to sample or export: the
+    pretrained directory's, a full fine-tuning run's (`diffusion_dir`) or the directory's with
+    `adapters` (`[(lora run, scale)]`) merged in."""
+    if diffusion_dir is not None and adapters:
+        raise UserError("--diffusion_dir (a full fine-tuning run) and --lora (adapters over --pretrained) "
+                        "do not go together")
+    if diffusion_dir is not None:
+        return full_run_weights(diffusion_dir, mesh=mesh, rules=rules)
+    params = pretrained_parts.restore_parts(directory, config, ("diffusion",), mesh, rules)["diffusion"]
+    if adapters:
+        merged = merge_adapters(params, adapters, base_source=directory, mesh=mesh, rules=rules)
+        # Merged kernels are float32; the rest keeps the directory's dtype.
+        params = jax.tree.map(lambda m, p: m.astype(p.dtype), merged, params)
+    return pretrained_parts.diffusion_model(config), params, int(config["sample_size"])
+
+
+
+def export_pretrained(directory: str, output_dir: str, *, diffusion_dir: str | None = None,
+                      adapters: Sequence[tuple[str, float]] = (),
+                      mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+    """Write a new pretrained directory at `output_dir`: `directory`'s VAE, text encoder and
+    tokenizer with the fine-tuned diffusion weights (`diffusion_weights`), so it samples and
+    fine-tunes like the original. Returns a summary (what went in, parameter counts)."""
+    from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
+
+    if diffusion_dir is None and not adapters:
+        raise UserError("nothing to export: give --lora (adapters over --pretrained) or --diffusion_dir "
+                        "(a full fine-tuning run)")
+    config = pretrained.read_pretrained_config(directory)
+    mesh = mesh or parallel.create_mesh((-1, 1, 1))
+    params = pretrained_parts.restore_parts(directory, config, ("autoencoder", "text_encoder"), mesh,
+                                            parallel.DEFAULT_RULES)
+    _, params["diffusion"], window = diffusion_weights(directory, config, diffusion_dir=diffusion_dir,
+                                                       adapters=adapters, mesh=mesh)
+    provenance = {"pretrained": os.path.abspath(directory),
+                  "diffusion_dir": os.path.abspath(diffusion_dir) if diffusion_dir else None,
+                  "lora": [[os.path.abspath(path), scale] for path, scale in adapters]}
+    exported = {key: value for key, value in config.items() if key != "format"}
+    exported.update(sample_size=window, fine_tuned_from=provenance)
+    tokenizer = TextTokenizer.from_file(os.path.join(directory, pretrained.TOKENIZER_FILE),
+                                      max_length=int(config["text_encoder"]["max_length"]))
+    pretrained.save_pretrained(output_dir, exported, params, tokenizer)
+    return {"output_dir": os.path.abspath(output_dir), **provenance,
+            "params": {part: pretrained.count_params(tree) for part, tree in params.items()}}
