@@ -152,3 +152,25 @@ def test_sample_script_with_pretrained(converted, tmp_path):
         info = sf.info(str(samples / name))
         assert (info.samplerate, info.channels, info.frames) == (44100, 2, round(0.1 * 44100))
         assert (samples / name.replace(".wav", ".png")).exists()
+
+
+def test_changed_generator_settings_are_not_served_a_stale_trace(converted):
+    """The device program takes every setting as an argument: changing `latent_scale` or the
+    rules of a generator that has already sampled gives what a fresh generator with those
+    settings gives (a trace keyed on the generator object would return the old audio)."""
+    from stable_audio_jax.inference.generate import AudioGenerator
+
+    out, _ = converted
+    generator = AudioGenerator.from_pretrained(out)
+    kwargs = dict(seconds_total=0.05, window_seconds=0.1, steps=2, seed=5)
+    first = generator.generate(["warm pads"], **kwargs)
+    generator.latent_scale = 2.0 * generator.latent_scale
+    rescaled = generator.generate(["warm pads"], **kwargs)
+    fresh = AudioGenerator.from_pretrained(out)
+    fresh.latent_scale = generator.latent_scale
+    np.testing.assert_array_equal(rescaled, fresh.generate(["warm pads"], **kwargs))
+    assert not np.allclose(rescaled, first)
+    # Other rules (every logical axis replicated) trace again and give the same audio.
+    generator.latent_scale = fresh.latent_scale = fresh.latent_scale / 2.0
+    generator.rules = tuple((name, None) for name, _ in generator.rules)
+    np.testing.assert_allclose(generator.generate(["warm pads"], **kwargs), first, atol=1e-5)

@@ -5,7 +5,7 @@
     generator = AudioGenerator.from_pretrained("pretrained/sa1")      # converted SA 1.0: U-Net, CLAP text
     audio = generator.generate(["drum groove, 120 BPM"], seconds_total=3.0)  # [1, samples, 2], cut
 
-The device part (`_generate`: guided DPM-Solver++/Euler/DDIM loop in one `lax.scan`, then
+The device part (`sample_and_decode`: guided DPM-Solver++/Euler/DDIM loop in one `lax.scan`, then
 the VAE decoder) is one jitted program per (batch, window, steps, sampler) shape, with the
 batch split over the mesh's batch axes; the prompts' features come from the frozen text
 encoder (CLAP's penultimate layer, `inference/clap.py`, or T5, `inference/t5.py`). The
@@ -15,6 +15,7 @@ and the output is cut there (stable-audio-tools' Gradio `cut_to_seconds_total`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any, Mapping, Protocol, Sequence
@@ -61,6 +62,50 @@ def apply_model(model: LatentDiffusionModel, params: Any, x: jax.Array, t: jax.A
     """v of `model` for one of `guidance_conditioning`'s input dicts."""
     return model.apply({"params": params}, x, t, cond["features"], cond["mask"], cond["start"], cond["total"],
                        cond["null"], cond["prompt_mask"])
+
+
+# The tqdm bar of the `generate` call in progress (None: none shown); the sampler's host
+# callback advances it. A module-level callback keeps the jitted program free of `self`.
+_PROGRESS: list = [None]
+
+
+@contextlib.contextmanager
+def _progress_bar(steps: int):
+    """Show a progress bar over `steps` sampler steps while the block runs (0: none)."""
+    if steps:
+        from tqdm.auto import tqdm
+        _PROGRESS[0] = tqdm(total=steps, desc="sampling", unit="step")
+    try:
+        yield
+    finally:
+        if _PROGRESS[0] is not None:
+            _PROGRESS[0].close()
+        _PROGRESS[0] = None
+
+
+def _advance_progress(step_index) -> None:
+    if _PROGRESS[0] is not None:
+        _PROGRESS[0].update(1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "autoencoder", "rules", "sampler", "use_cfg"))
+def sample_and_decode(params: Any, vae_params: Any, rng: jax.Array, sigmas: jax.Array, cfg_scale: jax.Array,
+                      rescale_phi: jax.Array, latent_scale: jax.Array, text_features: jax.Array,
+                      text_mask: jax.Array, negative_features: jax.Array, negative_mask: jax.Array,
+                      use_negative: jax.Array, seconds_start: jax.Array, seconds_total: jax.Array,
+                      x_init: jax.Array, *, model: LatentDiffusionModel, autoencoder: AudioAutoencoder,
+                      rules: parallel.Rules, sampler: str, use_cfg: bool) -> jax.Array:
+    """Guided sampling from `x_init` `[batch, frames, latent_dim]` over `sigmas`, then the VAE
+    decode: audio `[batch, window_samples, 2]`. Every setting is an argument (the modules,
+    rules and sampler are static and hashable), so no call can reuse another's trace."""
+    cond, uncond = guidance_conditioning(text_features, text_mask, negative_features, negative_mask,
+                                         use_negative, seconds_start, seconds_total)
+    with nn.logical_axis_rules(rules):
+        v_model = guidance.guided_v_model(functools.partial(apply_model, model, params), cond, uncond,
+                                          cfg_scale if use_cfg else 1.0, rescale_phi)
+        latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler=sampler, rng=rng,
+                                  callback=_advance_progress)
+        return autoencoder.apply({"params": vae_params}, latents / latent_scale, method=type(autoencoder).decode)
 
 
 class TextEncoder(Protocol):
@@ -110,7 +155,6 @@ class AudioGenerator:
         self.latent_frames = self.window_samples // autoencoder.config.downsampling_ratio
         self.latent_dim = model.config.latent_dim
         self.sampling = {**DEFAULT_SAMPLING, **dict(sampling or {})}
-        self._progress = None  # a tqdm bar while `generate(progress=True)` runs
 
     @classmethod
     def from_runs(cls, diffusion_dir: str, *, vae_dir: str | None = None, clap_dir: str | None = None,
@@ -157,32 +201,9 @@ class AudioGenerator:
                    sample_rate=config["sample_rate"], window_samples=window,
                    latent_scale=config.get("latent_scale", 1.0), sampling=config.get("sampling"), rules=rules)
 
-    def _on_step(self, step_index) -> None:
-        """Host callback once per sampler step (advances the progress bar of `generate`)."""
-        if self._progress is not None:
-            self._progress.update(1)
-
     @property
     def window_seconds(self) -> float:
         return self.window_samples / self.sample_rate
-
-    # ----------------------------------------------------------------- device
-    @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("sampler", "use_cfg"))
-    def _generate(self, params, vae_params, rng, sigmas, cfg_scale, rescale_phi, text_features, text_mask,
-                  negative_features, negative_mask, use_negative, seconds_start, seconds_total, x_init, *,
-                  sampler: str, use_cfg: bool):
-        """Guided sampling + VAE decode; the batch arguments (from `text_features` on) are
-        split over the mesh's batch axes. Returns audio `[batch, window_samples, 2]`."""
-
-        cond, uncond = guidance_conditioning(text_features, text_mask, negative_features, negative_mask,
-                                             use_negative, seconds_start, seconds_total)
-        with nn.logical_axis_rules(self.rules):
-            v_model = guidance.guided_v_model(functools.partial(apply_model, self.model, params), cond, uncond,
-                                              cfg_scale if use_cfg else 1.0, rescale_phi)
-            latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler=sampler, rng=rng,
-                                      callback=self._on_step)
-            latents = latents / self.latent_scale
-            return self.autoencoder.apply({"params": vae_params}, latents, method=type(self.autoencoder).decode)
 
     # ------------------------------------------------------------------- host
     def generate(self, prompts: Sequence[str], *, seconds_total: float | Sequence[float],
@@ -264,22 +285,17 @@ class AudioGenerator:
         seconds_start_cond = np.floor(starts).astype(np.int32)
 
         def run(params, *batch_arrays):
-            return self._generate(params, self.vae_params, rng_sampler, sigmas, jnp.float32(cfg_scale),
-                                  jnp.float32(rescale_phi), *batch_arrays, sampler=sampler, use_cfg=cfg_scale != 1.0)
+            return sample_and_decode(params, self.vae_params, rng_sampler, sigmas, jnp.float32(cfg_scale),
+                                     jnp.float32(rescale_phi), jnp.float32(self.latent_scale), *batch_arrays,
+                                     model=self.model, autoencoder=self.autoencoder, rules=tuple(self.rules),
+                                     sampler=sampler, use_cfg=cfg_scale != 1.0)
 
-        if progress:
-            from tqdm.auto import tqdm
-            self._progress = tqdm(total=steps, desc="sampling", unit="step")
-        try:
+        with _progress_bar(steps if progress else 0):
             audio = parallel.run_batch_on_mesh(
                 run, self.params, [features, mask, negative_features, negative_mask, use_negative,
                                    seconds_start_cond, seconds_total_cond, x_init.astype(np.float32)],
                 self.mesh, self.rules)
             audio = np.asarray(jax.device_get(audio), np.float32)
-        finally:
-            if self._progress is not None:
-                self._progress.close()
-                self._progress = None
         if not cut:
             return audio
         lengths = [min(audio.shape[1], int(round(s * self.sample_rate))) for s in totals]
