@@ -9,7 +9,7 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 # (XLA compiles on one thread); each needs about 6 GiB.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ demo: install
 
 test: install
 	XLA_FLAGS=$(TEST_XLA_FLAGS) JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) outputs *.egg-info

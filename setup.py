@@ -41,5 +41,5 @@ setup(
         "safetensors",  # pretrained text-encoder checkpoint import
         "matplotlib",  # spectrogram images of generated audio
     ],
-    extras_require={"test": ["pytest", "pytest-xdist"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "ruff==0.17.6"]},
 )

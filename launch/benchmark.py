@@ -379,6 +379,7 @@ def count_params(tree: Any) -> int:
 
 def make_mesh(config: Any, num_devices: int = 0):
     import jax
+
     from stable_audio_jax import parallel
 
     devices = jax.devices()
@@ -386,18 +387,19 @@ def make_mesh(config: Any, num_devices: int = 0):
         if num_devices > len(devices):
             raise BenchmarkUsageError(f"--num_devices={num_devices} but only {len(devices)} devices exist")
         devices = devices[:num_devices]
-    return parallel.create_mesh(tuple(config.mesh.shape), tuple(config.mesh.axis_names), devices=devices)
+    return parallel.mesh_from_config(config.mesh, devices=devices)[0]
 
 
 def mesh_rules(config: Any) -> tuple:
     from stable_audio_jax import parallel
 
-    return tuple(tuple(r) for r in config.mesh.get("rules", parallel.DEFAULT_RULES))
+    return parallel.rules_from_config(config.mesh)
 
 
 def global_array(host: Any, mesh: Any, rules: tuple):
     """A `[batch, ...]` host array (identical on every process) as a batch-sharded global array."""
     import jax
+
     from stable_audio_jax import parallel
 
     sharding = parallel.batch_sharding(mesh, host.ndim, rules)
@@ -416,6 +418,7 @@ def init_for_benchmark(task: Any, model: str, seed: int, skip_train: bool, mesh:
     model's inference fits on the device.
     """
     import jax
+
     from stable_audio_jax import parallel
 
     key = jax.random.PRNGKey(seed)
@@ -453,6 +456,7 @@ def vae_param_counts(config: Any) -> dict[str, int]:
     """Parameter counts from `jax.eval_shape` of `VAETask.init_state` (nothing is allocated)."""
     import flax.linen as nn
     import jax
+
     from stable_audio_jax.training.vae_task import VAETask
 
     abstract = nn.meta.unbox(jax.eval_shape(VAETask(config).init_state, jax.random.PRNGKey(0)))
@@ -502,6 +506,7 @@ def measure_inference(name: str, description: str, fn: Callable, params: Any, pa
     data axes. `batch_size` (default: the inputs' leading dimension) is the item count behind
     clips/s and audio s/s; `input_shapes` defaults to `input_<i>` entries."""
     import jax
+
     from stable_audio_jax import parallel
     from stable_audio_jax.training.trainer import with_rules
 
@@ -517,6 +522,7 @@ def measure_inference(name: str, description: str, fn: Callable, params: Any, pa
 def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
     """Encode, decode and the requested training phases of the VAE config."""
     import numpy as np
+
     from stable_audio_jax.training.vae_task import VAETask
 
     unknown = set(options.train_phases) - set(VAE_TRAIN_PHASES)
@@ -585,6 +591,7 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
 def clap_param_counts(config: Any) -> dict[str, int]:
     """Parameter counts of both towers from `jax.eval_shape` (nothing is allocated)."""
     import jax
+
     from stable_audio_jax.training.clap_task import build_clap
 
     model = build_clap(config)
@@ -655,6 +662,7 @@ def diffusion_param_counts(config: Any) -> dict[str, int]:
     """Parameter counts of the conditioned backbone (U-Net or DiT) from `jax.eval_shape` (nothing
     is allocated)."""
     import jax
+
     from stable_audio_jax.training.diffusion_task import DiffusionTask
 
     task = DiffusionTask(config)
@@ -739,6 +747,7 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
     import jax
     import jax.numpy as jnp
     import numpy as np
+
     from stable_audio_jax import parallel
     from stable_audio_jax.diffusion import guidance, samplers, schedule
     from stable_audio_jax.training.diffusion_task import DiffusionTask
@@ -1297,12 +1306,12 @@ def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int], global_ba
     """`memory_estimate.train_memory_estimate` of the diffusion train step for each remat
     policy in `policies` (backbone's `remat_policy` overridden; none given: the config's),
     on an abstract mesh."""
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import flax.linen as nn
-    from stable_audio_jax import memory_estimate
+
+    from stable_audio_jax import lora, memory_estimate
     from stable_audio_jax.models.remat import REMAT_CHOICES
-    from stable_audio_jax import lora
     from stable_audio_jax.training.diffusion_task import ADAPTERS, DiffusionTask
 
     mesh = memory_estimate.abstract_mesh(mesh_shape)

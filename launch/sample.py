@@ -69,6 +69,8 @@ _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt for th
 _INIT_AUDIO = flags.DEFINE_string("init_audio", None, "Audio file to start from (audio-to-audio).")
 _INIT_NOISE = flags.DEFINE_float("init_noise_level", 1.0, "Noise level added to --init_audio.", lower_bound=0.0)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "samples", "Where the files are written.")
+_MESH = flags.DEFINE_list("mesh", None, "data,fsdp,tensor mesh over the local devices, e.g. 1,8,1 to shard a large "
+                          "model's weights FSDP-style as in training (default: every device on the data axis).")
 # Lengths must be positive: 0 would otherwise mean "the model's default".
 for _name in ("seconds_total", "window_seconds"):
     flags.register_validator(_name, lambda value: value is None or value > 0, message="must be > 0")
@@ -88,6 +90,19 @@ def _prompts() -> list[str]:
     if not prompts:
         raise UserError("give at least one --prompt or a --prompts_file")
     return prompts
+
+
+def _mesh():
+    """The --mesh over the local devices, or None for the default."""
+    if _MESH.value is None:
+        return None
+    from stable_audio_jax import parallel
+
+    try:
+        shape = tuple(int(v) for v in _MESH.value)
+    except ValueError:
+        raise UserError(f"--mesh={','.join(_MESH.value)}: give three integers, data,fsdp,tensor") from None
+    return parallel.create_mesh(shape)
 
 
 def _check_inputs() -> list[str]:
@@ -128,12 +143,13 @@ def main(argv):
     try:
         if _SAMPLER.value is not None:
             canonical_sampler_name(_SAMPLER.value)  # an unknown name fails before any loading
+        mesh = _mesh()
         if _PRETRAINED.value:
             generator = AudioGenerator.from_pretrained(_PRETRAINED.value, diffusion_dir=_DIFFUSION_DIR.value,
-                                                       adapters=[cli.split_scale(v) for v in _LORA.value])
+                                                       adapters=[cli.split_scale(v) for v in _LORA.value], mesh=mesh)
         else:
             generator = AudioGenerator.from_runs(_DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value,
-                                                 clap_dir=_CLAP_DIR.value)
+                                                 clap_dir=_CLAP_DIR.value, mesh=mesh)
         settings = {name: generator.sampling[name] if flag.value is None else flag.value
                     for name, flag in (("steps", _STEPS), ("cfg_scale", _CFG_SCALE), ("rescale_phi", _RESCALE_PHI),
                                        ("sampler", _SAMPLER), ("sigma_min", _SIGMA_MIN), ("sigma_max", _SIGMA_MAX))}

@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.trainer.verify_checkpoints = True  # read each checkpoint back when the next is written
     c.trainer.on_nonfinite = "stop"  # or "skip": drop a NaN/inf update, up to max_nonfinite_skips times
     c.trainer.max_nonfinite_skips = 10
+    c.trainer.profile_steps = (0, 0)  # (first, last): a jax.profiler trace of those steps in <workdir>/profile
     return c
 
 

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -69,6 +70,21 @@ def create_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
                          f"but {len(devices)} are available")
     return jax.make_mesh(tuple(shape), tuple(axis_names), devices=devices,
                          axis_types=(AxisType.Auto,) * len(shape))
+
+
+def rules_from_config(mesh_config: Any) -> Rules:
+    """The logical rules of a config's `mesh` section (a ConfigDict or a dict; default rules
+    when it names none), as tuples."""
+    return tuple(tuple(rule) for rule in (mesh_config.get("rules") or DEFAULT_RULES))
+
+
+def mesh_from_config(mesh_config: Any, *, shape: Sequence[int] | None = None,
+                     devices: Sequence[jax.Device] | None = None) -> tuple[Mesh, Rules]:
+    """`(mesh, rules)` of a config's `mesh` section: its `shape` (or `shape` given here, e.g.
+    a launch script's --mesh) and `axis_names` over `devices` (default: all), and its rules.
+    The one place training, benchmarks and inference build their mesh from a config."""
+    names = tuple(mesh_config.get("axis_names") or MESH_AXES)
+    return create_mesh(tuple(shape or mesh_config["shape"]), names, devices=devices), rules_from_config(mesh_config)
 
 
 def _mesh_axis_size(mesh: Mesh, axes: Any) -> int:

@@ -13,7 +13,6 @@ from stable_audio_jax.models import htsat
 from stable_audio_jax.models.htsat import HTSATConfig, HTSATEncoder, SwinBlock
 from stable_audio_jax.models.mel import log_mel_spectrogram
 
-
 # ---- mel front end ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("sample_rate,hop,win,n_mels", [(48000, 480, 1024, 64), (44100, 441, 800, 32)])

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from stable_audio_jax.errors import EXIT_LOCKED, EXIT_NONFINITE, UserError
 from stable_audio_jax.training import integrity
@@ -126,3 +127,15 @@ def test_resume_with_another_architecture_names_the_first_different_array(shards
     message = str(error.value)
     assert message.startswith("the checkpoint at step 2 in ") and "does not fit this config" in message
     assert "in the checkpoint but" in message and "\n" not in message
+
+
+def test_profile_steps_write_a_trace_of_that_window(shards, tmp_path):
+    config = micro_config(shards, num_steps=3, checkpoint_every=3)
+    config.trainer.profile_steps = (2, 3)
+    Trainer(config, str(tmp_path / "run"), DiffusionTask(config)).train()
+    traces = [f for _, _, files in os.walk(tmp_path / "run" / "profile") for f in files if f.endswith(".xplane.pb")]
+    assert len(traces) == 1, traces
+    config.trainer.profile_steps = (3, 2)
+    with pytest.raises(UserError, match=r"profile_steps=\(3, 2\)"):
+        Trainer(config, str(tmp_path / "bad"), DiffusionTask(config))
+    assert not os.path.exists(tmp_path / "bad")

@@ -115,10 +115,10 @@ def test_clap_score_of_an_ideal_embedder_beats_shuffled_pairs(tmp_path):
 def test_clear_errors_for_missing_tokenizer_and_wrong_sample_rate(captioned_data, tmp_path):
     config = micro_config(dict(captioned_data, tokenizer=""))
     with pytest.raises(ValueError, match="config.text.tokenizer is empty"):
-        CLAPTask(config).tokenizer
+        _ = CLAPTask(config).tokenizer
     config = micro_config(dict(captioned_data, tokenizer=str(tmp_path / "missing.json")))
     with pytest.raises(FileNotFoundError):
-        CLAPTask(config).tokenizer
+        _ = CLAPTask(config).tokenizer
     config = micro_config(captioned_data)
     config.data.sample_rate = 48000
     with pytest.raises(ValueError, match="sample_rate"):
@@ -126,7 +126,7 @@ def test_clear_errors_for_missing_tokenizer_and_wrong_sample_rate(captioned_data
     config = micro_config(captioned_data)
     config.model.text.vocab_size = 300  # smaller than the trained tokenizer's vocabulary
     with pytest.raises(ValueError, match="vocab"):
-        CLAPTask(config).tokenizer
+        _ = CLAPTask(config).tokenizer
 
 
 # --------------------------------------------------------------------------- training

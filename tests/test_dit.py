@@ -18,16 +18,21 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from stable_audio_jax import config_lib, parallel
-from tests.parity import assert_parity
 from stable_audio_jax.convert.sao_dit import check_dit_params, dit_params_from_state_dict
 from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader, load_state_dict
 from stable_audio_jax.diffusion import guidance
 from stable_audio_jax.models.attention import dot_product_attention
 from stable_audio_jax.models.conditioning import TimingConditioner
-from stable_audio_jax.models.dit import (DiffusionTransformer, DiTConfig, apply_rotary, expected_num_params,
-                                         rotary_angles)
+from stable_audio_jax.models.dit import (
+    DiffusionTransformer,
+    DiTConfig,
+    apply_rotary,
+    expected_num_params,
+    rotary_angles,
+)
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
 from stable_audio_jax.models.unet import UNetConfig
+from tests.parity import assert_parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from stable_audio_jax import config_lib, parallel
-from stable_audio_jax.errors import UserError
 from stable_audio_jax.convert import sao_checkpoint
+from stable_audio_jax.errors import UserError
 from stable_audio_jax.inference import pretrained
 from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.training.diffusion_task import DiffusionTask

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The micro shape of tests/test_vae_training.py, as command-line overrides of vae_tiny.

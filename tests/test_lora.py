@@ -280,3 +280,32 @@ def test_the_lora_flow_through_the_launch_scripts(lora_run, converted, latents, 
         Case("launch/export.py", [f"--pretrained={converted}", f"--output_dir={tmp_path / 'e2'}"],
              ["nothing to export"], [str(tmp_path / "e2" / "params")]),
     ])
+
+
+def test_sampling_on_other_meshes_gives_the_same_audio(lora_run, converted):  # noqa: F811
+    """Trained on a (2, 4, 1) mesh; sampled on (1, 8, 1) (weights split FSDP-style over 8
+    devices) and on (8, 1, 1) (replicated): the same audio up to float32 summation order.
+    Loads read only the EMA weights."""
+    from stable_audio_jax import parallel
+    from stable_audio_jax.inference.generate import AudioGenerator
+
+    run = lora_run["workdir"]
+    clips = {}
+    for shape in ((1, 8, 1), (8, 1, 1)):
+        generator = AudioGenerator.from_pretrained(converted, adapters=[(run, 1.0)],
+                                                   mesh=parallel.create_mesh(shape))
+        split = [leaf for leaf in jax.tree.leaves(generator.params) if not leaf.sharding.is_fully_replicated]
+        assert bool(split) == (shape == (1, 8, 1)), shape
+        clips[shape] = generator.generate(["warm pads", "a drum loop"], seconds_total=0.05, window_seconds=0.1,
+                                          steps=2, seed=1)
+    # Equal up to the order of float32 sums, which differs between shardings (the fixture's
+    # random weights give clips of amplitude ~10, so the bound is relative to their peak).
+    difference = np.max(np.abs(clips[(1, 8, 1)] - clips[(8, 1, 1)]))
+    assert difference <= 1e-3 * np.max(np.abs(clips[(8, 1, 1)])), difference
+    # EMA only: no optimizer state or live params are read, and the EMA is the full load's.
+    full, ema_only = load_run(run), load_run(run, ema_only=True)
+    assert ema_only.state.params == {} and ema_only.state.opt_state == {}
+    for x, y in zip(jax.tree.leaves(ema_only.state.ema_params), jax.tree.leaves(full.state.ema_params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    loaded = sum(np.asarray(x).nbytes for x in jax.tree.leaves(ema_only.state))
+    assert loaded * 3 < sum(np.asarray(x).nbytes for x in jax.tree.leaves(full.state))

@@ -18,8 +18,8 @@ from stable_audio_jax.losses.stft import (
     a_weighting_fir,
     apply_fir,
     multi_resolution_stft_loss,
-    stft,
     stereo_stft_losses,
+    stft,
 )
 from stable_audio_jax.models.discriminator import MultiScaleSTFTDiscriminator, stft_planes
 

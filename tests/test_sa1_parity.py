@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.parity import assert_parity
 from stable_audio_jax.convert import sao_checkpoint
 from stable_audio_jax.convert.clap_text_checkpoint import load_clap_text_branch
 from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader, load_state_dict
@@ -29,6 +28,7 @@ from stable_audio_jax.diffusion import guidance
 from stable_audio_jax.inference.generate import apply_model, guidance_conditioning
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
 from stable_audio_jax.models.text_encoder import TextEncoder
+from tests.parity import assert_parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sa1_small")

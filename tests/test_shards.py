@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stable_audio_jax.input_pipeline import audio_io
-from stable_audio_jax.input_pipeline import grain_pipeline
-from stable_audio_jax.input_pipeline import records
-from stable_audio_jax.input_pipeline import shard_writer
+from stable_audio_jax.input_pipeline import audio_io, grain_pipeline, records, shard_writer
 
 SR = 44100
 

@@ -4,9 +4,9 @@ import os
 import pickle
 import zipfile
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -134,7 +134,7 @@ STORAGE = np.arange(12, dtype=np.float32)  # the storage every crafted file shar
 
 
 def _crafted(tmp_path, *, storage_type="FloatStorage", numel=12, offset=0, size=(3, 4), stride=(4, 1),
-             raw=STORAGE.tobytes()):
+             raw=STORAGE.tobytes()):  # noqa: B008 - a constant built once
     path = tmp_path / "crafted.ckpt"
     _write_checkpoint(path, _tensor_pickle(storage_type, "0", numel, offset, size, stride), {"0": raw})
     return path

@@ -10,11 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stable_audio_jax.models.conditioning import (LearnedFourierFeatures, NumberEmbedder, SecondsTableEmbedder,
-                                                  TimingConditioner, build_context, seconds_left_features)
+from stable_audio_jax.models.conditioning import (
+    LearnedFourierFeatures,
+    NumberEmbedder,
+    SecondsTableEmbedder,
+    TimingConditioner,
+    build_context,
+    seconds_left_features,
+)
 from stable_audio_jax.models.remat import REMAT_CHOICES
-from stable_audio_jax.models.unet import (Conv1d, ConvTranspose1d, UNet1D, UNetConfig,
-                                          expected_num_params)
+from stable_audio_jax.models.unet import Conv1d, ConvTranspose1d, UNet1D, UNetConfig, expected_num_params
 
 SA1_PARAMS = 906_679_744
 

@@ -23,7 +23,16 @@ import numpy as np
 from stable_audio_jax.datasets.audio_effects import add_reverb, finish_clip
 from stable_audio_jax.datasets.captions import format_caption
 from stable_audio_jax.datasets.generated_music import (
-    CLAP, CRASH, KICK, OPEN_HAT, RIDE, SIDE_STICK, SNARE, Arrangement, generate_arrangement)
+    CLAP,
+    CRASH,
+    KICK,
+    OPEN_HAT,
+    RIDE,
+    SIDE_STICK,
+    SNARE,
+    Arrangement,
+    generate_arrangement,
+)
 from stable_audio_jax.datasets.manifest import write_dataset
 
 WAVEFORMS = ("sine", "saw", "square")

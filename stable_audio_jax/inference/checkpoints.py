@@ -12,6 +12,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from stable_audio_jax import parallel
@@ -28,6 +29,7 @@ class LoadedRun:
     state: TrainState
     step: int
     mesh: jax.sharding.Mesh
+    rules: parallel.Rules
 
 
 def _tuples(x: Any) -> Any:
@@ -70,8 +72,9 @@ def run_task(run_dir: str) -> str:
 
 
 def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
-             rules: parallel.Rules = parallel.DEFAULT_RULES,
-             edit_config: Callable[[ml_collections.ConfigDict], None] | None = None) -> LoadedRun:
+             rules: parallel.Rules | None = None,
+             edit_config: Callable[[ml_collections.ConfigDict], None] | None = None,
+             ema_only: bool = False) -> LoadedRun:
     """Restore the train state of `run_dir` (newest step by default) onto `mesh`.
 
     Args:
@@ -79,8 +82,12 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
       step: a checkpointed step; None takes the newest.
       mesh: where the state goes; default: all local devices on the data axis (parameters
         replicated, sharded only where the rules put them on `fsdp`/`tensor`).
+      rules: the logical rules that place it; default: the run's own (its config's `mesh`).
       edit_config: called on the saved config before the task is built (e.g. to point at
         the run's own copy of a tokenizer).
+      ema_only: read only the EMA weights, what sampling and encoding use (no optimizer
+        state or live params are read into memory); `state.params` and `state.opt_state`
+        are then empty.
 
     Raises:
       FileNotFoundError: no run directory or no checkpoint in it.
@@ -95,16 +102,23 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
         from stable_audio_jax.training.registry import build_task  # every model: seconds that run_task skips
 
         task = build_task(config)
-        mesh = mesh or parallel.create_mesh((-1, 1, 1))
+        if mesh is None:
+            mesh = parallel.mesh_from_config(config.mesh, shape=(-1, 1, 1))[0]
+        rules = parallel.rules_from_config(config.mesh) if rules is None else rules
         abstract, _ = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0),
                                                        mesh=mesh, rules=rules)
         try:
             # Frozen weights (a LoRA run's base) are not in checkpoints: `state.frozen` is empty.
-            state = TrainState.from_checkpoint(checkpointer.restore(step, abstract.checkpointed()))
+            if ema_only:
+                ema = checkpointer.restore_field(step, abstract.checkpointed(), "ema_params")
+                state = TrainState(step=jnp.asarray(step, jnp.int32), params={}, opt_state={}, ema_params=ema,
+                                   rng=jnp.zeros((2,), jnp.uint32))
+            else:
+                state = TrainState.from_checkpoint(checkpointer.restore(step, abstract.checkpointed()))
         except CheckpointDamaged as error:
             raise UserError(f"checkpoint step {step} of {run_dir} is damaged: {error}; steps there: "
                             f"{checkpointer.all_steps()} (resuming the run's training moves damaged steps aside)"
                             ) from error
     finally:
         checkpointer.close()
-    return LoadedRun(config=config, task=task, state=state, step=step, mesh=mesh)
+    return LoadedRun(config=config, task=task, state=state, step=step, mesh=mesh, rules=rules)

@@ -65,7 +65,7 @@ class CLAPEncoder:
                 raise ValueError(f"{run_dir} holds a {config.get('task')!r} run, not a CLAP run")
             config.text.tokenizer = tokenizer_in_run(os.path.abspath(run_dir)) or config.text.tokenizer
 
-        run = load_run(run_dir, step=step, mesh=mesh, edit_config=use_run_tokenizer)
+        run = load_run(run_dir, step=step, mesh=mesh, edit_config=use_run_tokenizer, ema_only=use_ema)
         return cls(run.task.model, clap_params(run.state, use_ema), run.task.tokenizer, run.mesh)
 
     # ------------------------------------------------------------- helpers

@@ -26,7 +26,7 @@ from stable_audio_jax.training.diffusion_task import ADAPTERS
 def full_run_weights(diffusion_dir: str, *, mesh: jax.sharding.Mesh, rules: parallel.Rules,
                      step: int | None = None) -> tuple[Any, Any, int]:
     """`(model, EMA params, window in samples)` of a diffusion run trained without adapters."""
-    run = load_run(diffusion_dir, step=step, mesh=mesh, rules=rules)
+    run = load_run(diffusion_dir, step=step, mesh=mesh, rules=rules, ema_only=True)
     if run.config.task != "diffusion":
         raise ValueError(f"{diffusion_dir} holds a {run.config.task!r} run, not a diffusion run")
     if run.task.lora.enabled:
@@ -41,7 +41,7 @@ def merge_adapters(base: Any, adapters: Sequence[tuple[str, float]], *, base_sou
     merged in at its scale (`lora.merge`); each run must have been trained on `base`."""
     loaded = []
     for run_dir, scale in adapters:
-        run = load_run(run_dir, mesh=mesh, rules=rules)
+        run = load_run(run_dir, mesh=mesh, rules=rules, ema_only=True)
         if run.config.task != "diffusion" or not run.task.lora.enabled:
             raise UserError(f"--lora={run_dir} is not a LoRA run (a {run.config.task} run with "
                             f"config.lora.rank={run.config.get('lora', {}).get('rank', 0)})")

@@ -33,7 +33,6 @@ from stable_audio_jax.inference.clap import CLAPEncoder
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionModel
 
-
 # Used where a model's config names no sampling settings.
 DEFAULT_SAMPLING = {"steps": 100, "cfg_scale": 6.0, "sampler": "dpmpp_3m_sde", "sigma_min": 0.03,
                     "sigma_max": 500.0, "rescale_phi": 0.0}
@@ -158,9 +157,10 @@ class AudioGenerator:
 
     @classmethod
     def from_runs(cls, diffusion_dir: str, *, vae_dir: str | None = None, clap_dir: str | None = None,
-                  step: int | None = None) -> "AudioGenerator":
-        """Load a diffusion run and, unless given, the VAE and CLAP runs named in its config."""
-        diffusion = load_run(diffusion_dir, step=step)
+                  step: int | None = None, mesh: jax.sharding.Mesh | None = None) -> "AudioGenerator":
+        """Load a diffusion run and, unless given, the VAE and CLAP runs named in its config,
+        onto `mesh` (default: every device on the data axis) with the diffusion run's rules."""
+        diffusion = load_run(diffusion_dir, step=step, mesh=mesh, ema_only=True)
         if diffusion.config.task != "diffusion":
             raise ValueError(f"{diffusion_dir} holds a {diffusion.config.task!r} run, not a diffusion run")
         vae_dir = vae_dir or diffusion.config.pretransform.vae_dir
@@ -168,14 +168,14 @@ class AudioGenerator:
         for name, path in (("VAE", vae_dir), ("CLAP", clap_dir)):
             if not path:
                 raise ValueError(f"the diffusion run does not name its {name} run directory; pass it explicitly")
-        vae = load_run(vae_dir, mesh=diffusion.mesh)
+        vae = load_run(vae_dir, mesh=diffusion.mesh, rules=diffusion.rules, ema_only=True)
         config = diffusion.config
         return cls(model=diffusion.task.model, params=diffusion.state.ema_params["diffusion"],
                    autoencoder=vae.task.autoencoder, vae_params=vae.state.ema_params["autoencoder"],
                    text_encoder=CLAPEncoder.from_run(clap_dir, mesh=diffusion.mesh), mesh=diffusion.mesh,
                    sample_rate=int(vae.config.data.sample_rate), window_samples=int(config.data.sample_size),
                    latent_scale=float(config.pretransform.latent_scale),
-                   sampling=config.sampling.to_dict() if "sampling" in config else None)
+                   sampling=config.sampling.to_dict() if "sampling" in config else None, rules=diffusion.rules)
 
     @classmethod
     def from_pretrained(cls, directory: str, *, diffusion_dir: str | None = None,

@@ -65,7 +65,7 @@ class AudioEncoder:
 
 def run_encoders(vae_dir: str, clap_dir: str) -> tuple[AudioEncoder, TextEncoder, dict[str, str]]:
     """The EMA weights of a VAE run and a CLAP run, and the report entries naming them."""
-    vae = load_run(vae_dir)
+    vae = load_run(vae_dir, ema_only=True)
     audio = AudioEncoder(vae.task.autoencoder, vae.state.ema_params["autoencoder"],
                          int(vae.config.data.sample_rate), vae.mesh)
     return audio, CLAPEncoder.from_run(clap_dir), {"vae_dir": os.path.abspath(vae_dir),

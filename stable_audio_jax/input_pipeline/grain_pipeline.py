@@ -51,8 +51,7 @@ import grain
 import jax
 import numpy as np
 
-from stable_audio_jax.input_pipeline import audio_io
-from stable_audio_jax.input_pipeline import latent_records, records
+from stable_audio_jax.input_pipeline import audio_io, latent_records, records
 
 logger = logging.getLogger(__name__)
 

@@ -43,8 +43,7 @@ import soundfile as sf
 import tqdm
 
 from stable_audio_jax.errors import UserError
-from stable_audio_jax.input_pipeline import audio_io
-from stable_audio_jax.input_pipeline import records
+from stable_audio_jax.input_pipeline import audio_io, records
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from stable_audio_jax.input_pipeline import records
-from stable_audio_jax.input_pipeline import shard_writer
+from stable_audio_jax.input_pipeline import records, shard_writer
 
 
 def make_features() -> tfds.features.FeaturesDict:

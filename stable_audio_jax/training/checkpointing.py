@@ -220,6 +220,21 @@ class Checkpointer:
         logging.info("checkpoint: restored and verified step %d from %s", step, self.directory)
         return restored.state
 
+    def restore_field(self, step: int, abstract_state: Any, field: str) -> Any:
+        """Only `field` of the saved state (e.g. "ema_params" for sampling: no optimizer
+        state is read), sharded like `getattr(abstract_state, field)`, checked against the
+        checksums of its leaves. Raises `CheckpointDamaged`."""
+        wanted = {field: getattr(abstract_state, field)}
+        restored = self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                                         partial_restore=True))).state
+        paths = integrity.leaf_paths(abstract_state)
+        prefix = field + "."
+        positions = [i for i, path in enumerate(paths) if path.startswith(prefix)]
+        actual = np.asarray(self._checksum_fn(restored).addressable_data(0))
+        self._check_checksum(step, restored, actual, positions=positions)
+        return restored[field]
+
     def verify(self, step: int, abstract_state: Any) -> None:
         """Read a finished checkpoint back into host memory and check its checksums; on
         success it becomes the verified step that rotation keeps. Raises `CheckpointDamaged`."""
@@ -237,7 +252,9 @@ class Checkpointer:
         except Exception as error:  # noqa: BLE001 - Orbax/TensorStore/Grain raise many kinds
             raise CheckpointDamaged(f"its {what} cannot be read ({_short(error)})") from error
 
-    def _check_checksum(self, step: int, state: Any, actual: np.ndarray) -> None:
+    def _check_checksum(self, step: int, state: Any, actual: np.ndarray, positions: list[int] | None = None) -> None:
+        """Compare `actual` with the recorded checksums (those at `positions` of the saved
+        state's leaves when only part of it was read)."""
         if not os.path.exists(os.path.join(self.directory, str(step), "integrity")):
             logging.warning("checkpoint step %d has no checksum record (written by an older version): "
                             "restored without verification", step)
@@ -246,6 +263,8 @@ class Checkpointer:
             record = self._manager.restore(step, args=ocp.args.Composite(
                 integrity=ocp.args.JsonRestore())).integrity
             expected = np.asarray(record["checksum"], np.uint32)
+            if positions is not None:
+                expected = expected[positions]
         except Exception as error:  # noqa: BLE001
             raise CheckpointDamaged(f"its checksum record cannot be read ({type(error).__name__})") from error
         bad = integrity.first_mismatch(expected, actual, integrity.leaf_paths(state))

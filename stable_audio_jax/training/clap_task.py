@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.losses.contrastive import contrastive_loss
@@ -125,12 +124,7 @@ class CLAPTask(Task):
         inputs = {k: batch[k] for k in ("audio", "text_ids", "text_mask")}
         (_, metrics), grads = grad_cache.grad_cache_value_and_grad(
             self.embed, self.contrastive, state.params["clap"], inputs, state.step_rng(), self.grad_accum_steps)
-        updates, opt_state = self.tx.update(grads, state.opt_state["clap"], state.params["clap"])
-        params = optax.apply_updates(state.params["clap"], updates)
-        decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params["clap"], params)
-        return state.replace(step=state.step + 1, params={"clap": params}, opt_state={"clap": opt_state},
-                             ema_params={"clap": ema}), metrics
+        return state.apply_gradients(grads, self.tx, "clap", ema=self.config.ema), metrics
 
     def model_inputs(self, batch: Batch) -> dict[str, np.ndarray]:
         ids, mask = self.tokenizer([str(c) for c in batch["caption"]])

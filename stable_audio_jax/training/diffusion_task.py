@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from stable_audio_jax import lora
 from stable_audio_jax.diffusion import schedule
@@ -194,13 +194,8 @@ class DiffusionTask(Task):
         else:
             key, loss_fn = "diffusion", self.v_loss
         loss, grads = accumulate.accumulated_value_and_grad(loss_fn, state.params[key], inputs, self.grad_accum_steps)
-        updates, opt_state = self.tx.update(grads, state.opt_state[key], state.params[key])
-        params = optax.apply_updates(state.params[key], updates)
-        decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params[key], params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        return state.replace(step=state.step + 1, params={key: params},
-                             opt_state={key: opt_state}, ema_params={key: ema}), metrics
+        return state.apply_gradients(grads, self.tx, key, ema=self.config.ema), metrics
 
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
         """The EMA model's v-loss on the eval batch, fully conditioned, with fixed noise."""

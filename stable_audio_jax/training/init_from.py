@@ -89,4 +89,4 @@ def _run_ema_params(source: str, task: Task, mesh: jax.sharding.Mesh, rules: par
     if kind != task.name:
         raise UserError(f"{flag} is a {kind or 'task-less'} run, but this config trains a {task.name} model "
                         f"(config.task={task.name!r})")
-    return load_run(source, mesh=mesh, rules=rules).state.ema_params
+    return load_run(source, mesh=mesh, rules=rules, ema_only=True).state.ema_params

@@ -87,6 +87,42 @@ def guard_nonfinite(step_fn: Callable, *, skip: bool) -> Callable:
     return guarded
 
 
+class ProfileWindow:
+    """A `jax.profiler` trace of train steps `first..last` (1-based, inclusive) written to
+    `directory` (open it with TensorBoard's profile plugin or Perfetto); `(0, 0)`: none."""
+
+    def __init__(self, directory: str, steps: tuple[int, int]):
+        if len(steps) != 2 or steps[0] < 0 or steps[1] < steps[0]:
+            raise UserError(f"config.trainer.profile_steps={steps}: give (first, last) with 1 <= first <= last, "
+                            "or (0, 0) for no trace")
+        self.directory, (self.first, self.last) = directory, steps
+        self.active = False
+
+    def before(self, step: int) -> None:
+        """Called before step `step` runs."""
+        if self.first and step == self.first:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after(self, step: int, metrics: Any) -> None:
+        """Called once step `step` is dispatched: the trace ends when `last` has run."""
+        if self.active and step >= self.last:
+            jax.block_until_ready(metrics)
+            self._stop()
+
+    def _stop(self) -> None:
+        jax.profiler.stop_trace()
+        self.active = False
+        logging.info("profile of steps %d-%d written to %s", self.first, self.last, self.directory)
+
+    def __enter__(self) -> "ProfileWindow":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:  # the run stopped inside the window
+            self._stop()
+
+
 class MetricLogger:
     """Averages step metrics over a window and writes them out.
 
@@ -202,15 +238,17 @@ class Trainer:
         self.workdir = os.path.abspath(workdir)
         self.task = task
         tc = config.trainer
-        self.mesh = mesh if mesh is not None else parallel.create_mesh(tuple(config.mesh.shape),
-                                                                       tuple(config.mesh.axis_names))
-        self.rules = tuple(tuple(r) for r in config.mesh.get("rules", parallel.DEFAULT_RULES))
+        if mesh is None:
+            self.mesh, self.rules = parallel.mesh_from_config(config.mesh)
+        else:
+            self.mesh, self.rules = mesh, parallel.rules_from_config(config.mesh)
         self.is_main = jax.process_index() == 0
         self.on_nonfinite = tc.get("on_nonfinite", "stop")
         if self.on_nonfinite not in NONFINITE_MODES:
             raise UserError(f"config.trainer.on_nonfinite is {self.on_nonfinite!r}; use one of {NONFINITE_MODES}")
         self.max_nonfinite_skips = int(tc.get("max_nonfinite_skips", 10))
         self.verify_checkpoints = bool(tc.get("verify_checkpoints", True))
+        self.profile = ProfileWindow(os.path.join(self.workdir, "profile"), tuple(tc.get("profile_steps", (0, 0))))
         # The lock comes first: nothing in the run directory is touched before it is held.
         self.lock = RunLock(self.workdir) if self.is_main else None
         if self.lock is not None:
@@ -340,7 +378,8 @@ class Trainer:
         unverified = None  # the newest saved step not yet read back
         step = start_step
         t_start = time.time()
-        with _StopFlag() as stop, jax.set_mesh(self.mesh):
+        profile = self.profile
+        with _StopFlag() as stop, jax.set_mesh(self.mesh), profile:
             while step < tc.num_steps:
                 host_batch = next(train_it)
                 batch = self._global(host_batch)
@@ -351,8 +390,10 @@ class Trainer:
                         guard_nonfinite(self.task.train_phases()[phase], skip=self.on_nonfinite == "skip"),
                         mesh=self.mesh, rules=self.rules, state_shardings=state_shardings, example_batch=batch)
                 t0 = time.time()
+                profile.before(step + 1)
                 state, metrics = self._jit_train_steps[phase](state, batch)
                 step += 1
+                profile.after(step, metrics)
                 if first_use:  # wait once per phase to report its compile (+ first run) time
                     jax.block_until_ready(metrics)
                     summary.setdefault("first_step_seconds", {})[phase] = time.time() - t0
@@ -361,11 +402,12 @@ class Trainer:
                 pending = (step, metrics)
                 stopping = stop.requested or self.checkpointer.reached_preemption(step)
                 saving = step % tc.checkpoint_every == 0 or step == tc.num_steps or stopping
-                if step % tc.log_every == 0 or step == tc.num_steps or saving:
+                logging_step = step % tc.log_every == 0 or step == tc.num_steps
+                if logging_step or saving:
                     # Before a save the step's metrics are checked: a non-finite state is never written.
                     self._record(pending, summary, progress)
                     pending = None
-                if step % tc.log_every == 0 or step == tc.num_steps:
+                if logging_step:
                     summary["history"].append({"step": step, **self.logger.flush(step)})
                     self.checkpointer.check_for_errors()  # a failed background save stops the run now
                 if tc.eval_every and step % tc.eval_every == 0:

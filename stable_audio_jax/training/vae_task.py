@@ -26,17 +26,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from stable_audio_jax.losses.adversarial import (feature_matching_loss, hinge_discriminator_loss,
-                                                 hinge_generator_loss)
+from stable_audio_jax.losses.adversarial import feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss
 from stable_audio_jax.losses.stft import STFTLossConfig, stereo_stft_losses
 from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
 from stable_audio_jax.models.discriminator import MultiScaleSTFTDiscriminator
 from stable_audio_jax.training import accumulate, schedules
 from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
-
 
 
 def build_autoencoder(config: ml_collections.ConfigDict) -> AudioAutoencoder:
@@ -176,32 +173,13 @@ class VAETask(Task):
     def _generator_update(self, state: TrainState, batch: Batch, *, adversarial: bool):
         """Autoencoder step: spectral + KL (+ adversarial and feature matching), then EMA."""
         grads, metrics = self.generator_grads(state, batch, adversarial=adversarial)
-        updates, opt_state = self.generator_tx.update(grads, state.opt_state["generator"],
-                                                      state.params["autoencoder"])
-        ae_params = optax.apply_updates(state.params["autoencoder"], updates)
-        decay = schedules.ema_decay(state.step, beta=self.config.ema.beta, power=self.config.ema.power)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                           state.ema_params["autoencoder"], ae_params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=dict(state.params, autoencoder=ae_params),
-            opt_state=dict(state.opt_state, generator=opt_state),
-            ema_params={"autoencoder": ema},
-        )
-        return new_state, metrics
+        return state.apply_gradients(grads, self.generator_tx, "autoencoder", opt_key="generator",
+                                     ema=self.config.ema), metrics
 
     def _discriminator_update(self, state: TrainState, batch: Batch):
         """Discriminator step: hinge loss on reals vs the autoencoder's current reconstructions."""
         grads, metrics = self.discriminator_grads(state, batch)
-        updates, opt_state = self.discriminator_tx.update(grads, state.opt_state["discriminator"],
-                                                          state.params["discriminator"])
-        disc_params = optax.apply_updates(state.params["discriminator"], updates)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=dict(state.params, discriminator=disc_params),
-            opt_state=dict(state.opt_state, discriminator=opt_state),
-        )
-        return new_state, metrics
+        return state.apply_gradients(grads, self.discriminator_tx, "discriminator"), metrics
 
     # ------------------------------------------------------------------ eval
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
