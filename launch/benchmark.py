@@ -508,7 +508,7 @@ def measure_inference(name: str, description: str, fn: Callable, params: Any, pa
     import jax
 
     from stable_audio_jax import parallel
-    from stable_audio_jax.training.trainer import with_rules
+    from stable_audio_jax.parallel import with_rules
 
     in_shardings = (param_shardings,) + tuple(parallel.batch_sharding(mesh, x.ndim, rules) for x in inputs)
     jitted = jax.jit(with_rules(fn, rules), in_shardings=in_shardings)
@@ -750,8 +750,8 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
 
     from stable_audio_jax import parallel
     from stable_audio_jax.diffusion import guidance, samplers, schedule
+    from stable_audio_jax.parallel import with_rules
     from stable_audio_jax.training.diffusion_task import DiffusionTask
-    from stable_audio_jax.training.trainer import with_rules
 
     rules = mesh_rules(config)
     with config.unlocked():

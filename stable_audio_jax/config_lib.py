@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 import ml_collections
 
 from stable_audio_jax import lora, parallel
+from stable_audio_jax.diffusion import sampling_config
 from stable_audio_jax.errors import UserError
 
 
@@ -283,8 +284,7 @@ def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timin
         latent_scale=1.0,  # latents are multiplied by this before diffusion
     ))
     c.diffusion = ml_collections.ConfigDict(dict(cfg_dropout=0.1))
-    c.sampling = ml_collections.ConfigDict(dict(
-        steps=100, cfg_scale=6.0, sampler="dpmpp_3m_sde", sigma_min=0.03, sigma_max=500.0, rescale_phi=0.4))
+    c.sampling = ml_collections.ConfigDict(sampling_config.TRAINING.to_dict())
     c.optimizer = diffusion_optimizer_config(4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5,
                                              warmup=0.99)
     c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))

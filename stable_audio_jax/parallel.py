@@ -72,6 +72,14 @@ def create_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
                          axis_types=(AxisType.Auto,) * len(shape))
 
 
+def with_rules(fn: Callable[..., Any], rules: Rules) -> Callable[..., Any]:
+    """`fn` traced under the logical axis rules (so activation constraints resolve)."""
+    def wrapped(*args):
+        with nn.logical_axis_rules(rules):
+            return fn(*args)
+    return wrapped
+
+
 def rules_from_config(mesh_config: Any) -> Rules:
     """The logical rules of a config's `mesh` section (a ConfigDict or a dict; default rules
     when it names none), as tuples."""

@@ -268,7 +268,8 @@ def test_tiny_dit_trains_with_the_diffusion_task_and_shards():
     """The DiffusionTask trains a micro DiT: the v-loss on a fixed batch of learnable latents
     falls by a fifth in 60 steps (measured 0.76 -> 0.56). On a (data 2, fsdp 2, tensor 2)
     mesh, with the parameters sharded by their logical axes, the loss equals one device's."""
-    from stable_audio_jax.training.trainer import jit_train_step, with_rules
+    from stable_audio_jax.parallel import with_rules
+    from stable_audio_jax.training.trainer import jit_train_step
 
     task = _micro_task()
     rng = np.random.default_rng(0)

@@ -42,19 +42,12 @@ from stable_audio_jax.convert import sa1_unet, sao_conditioners, sao_dit, sao_va
 from stable_audio_jax.convert.clap_text_checkpoint import CLAP_MAX_LENGTH, load_clap_text_branch
 from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader, check_tree, load_state_dict
 from stable_audio_jax.convert.t5_checkpoint import load_t5_checkpoint
+from stable_audio_jax.diffusion import sampling_config
 from stable_audio_jax.inference import pretrained
 from stable_audio_jax.models.autoencoder import AutoencoderConfig
 from stable_audio_jax.models.dit import DiTConfig
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
 from stable_audio_jax.models.unet import UNetConfig
-
-# SAO's sampling settings (the HF model card and SAT's Gradio defaults of the release).
-SAO_SAMPLING = {"steps": 100, "sampler": "dpmpp_3m_sde", "cfg_scale": 7.0, "sigma_min": 0.3, "sigma_max": 500.0}
-# SA 1.0's: 100 steps and CFG 6 (paper, section 4), the sampler and sigma range of SAT's
-# `sample_k` defaults, and the CFG rescale 0.4 that `generate_diffusion_cond` (rescale_cfg=True)
-# gets from `UNetCFG1d.forward`'s default `scale_phi`.
-SA1_SAMPLING = {"steps": 100, "sampler": "dpmpp_2m_sde", "cfg_scale": 6.0, "sigma_min": 0.01, "sigma_max": 100.0,
-                "rescale_phi": 0.4}
 
 # SAT DiT options: ours by name, or a value that must hold because only it is implemented.
 _DIT_RENAMES = {"io_channels": "io_channels", "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads",
@@ -226,7 +219,8 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
             diffusion=LatentDiffusionConfig(dit=dit, timing_kind="number", max_seconds=max_seconds,
                                             global_timing=True, text_tokens=text_max_length),
             text_max_length=text_max_length, text_encoder="t5",
-            text_model_name=str(prompt_config.get("t5_model_name", "t5-base")), sampling=SAO_SAMPLING, **common)
+            text_model_name=str(prompt_config.get("t5_model_name", "t5-base")),
+            sampling=sampling_config.SAO.to_dict(), **common)
     unet = _unet(diffusion)
     _require(prompt.get("type"), "clap_text", "conditioning prompt type")
     _require(prompt_config.get("use_text_features", False), True, "the CLAP conditioner's use_text_features")
@@ -241,7 +235,7 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
     return Architecture(
         diffusion=LatentDiffusionConfig(unet=unet, timing_kind="table", max_seconds=max_seconds),
         text_max_length=CLAP_MAX_LENGTH, text_encoder="clap_text", text_model_name="roberta-base",
-        feature_layer=int(prompt_config.get("feature_layer_ix", -1)), sampling=SA1_SAMPLING, **common)
+        feature_layer=int(prompt_config.get("feature_layer_ix", -1)), sampling=sampling_config.SA1.to_dict(), **common)
 
 
 def _model_prefix(reader: StateDictReader, arch: Architecture) -> StateDictReader:

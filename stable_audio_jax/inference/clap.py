@@ -26,7 +26,6 @@ from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.clap import CLAP
 from stable_audio_jax.training.clap_task import clap_params, tokenizer_in_run
-from stable_audio_jax.training.trainer import with_rules
 
 
 def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) -> np.ndarray:
@@ -75,7 +74,7 @@ class CLAPEncoder:
 
     def _jit(self, fn):
         """jit of `fn` traced under the logical axis rules (activation constraints resolve)."""
-        return jax.jit(with_rules(fn, self.rules))
+        return jax.jit(parallel.with_rules(fn, self.rules))
 
     @functools.cached_property
     def _text_features_fn(self):

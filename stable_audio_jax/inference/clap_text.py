@@ -28,7 +28,6 @@ from stable_audio_jax.convert.clap_text_checkpoint import abstract_params
 from stable_audio_jax.inference.frozen_text import FrozenTextEncoder
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.text_encoder import TextEncoder, TextEncoderConfig
-from stable_audio_jax.training.trainer import with_rules
 
 
 class CLAPTextEncoder(FrozenTextEncoder):
@@ -56,4 +55,4 @@ class CLAPTextEncoder(FrozenTextEncoder):
             hidden = self.model.apply({"params": params}, ids, mask).hidden_states[self.feature_layer]
             return hidden.astype(jnp.float32), mask
 
-        return jax.jit(with_rules(conditioning, self.rules))
+        return jax.jit(parallel.with_rules(conditioning, self.rules))

@@ -27,15 +27,12 @@ import numpy as np
 
 from stable_audio_jax import parallel
 from stable_audio_jax.diffusion import guidance, samplers, schedule
+from stable_audio_jax.diffusion.sampling_config import SamplingConfig
 from stable_audio_jax.inference import fine_tuned, pretrained, pretrained_parts
 from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.inference.clap import CLAPEncoder
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionModel
-
-# Used where a model's config names no sampling settings.
-DEFAULT_SAMPLING = {"steps": 100, "cfg_scale": 6.0, "sampler": "dpmpp_3m_sde", "sigma_min": 0.03,
-                    "sigma_max": 500.0, "rescale_phi": 0.0}
 
 
 def guidance_conditioning(text_features: jax.Array, text_mask: jax.Array, negative_features: jax.Array,
@@ -134,7 +131,7 @@ class AudioGenerator:
           sample_rate, window_samples: the model's audio rate and window (`sample_size`).
           latent_scale: the diffusion model sees VAE latents times this.
           sampling: default `generate` settings (steps, cfg_scale, sampler, sigma_min,
-            sigma_max, rescale_phi); missing ones come from DEFAULT_SAMPLING.
+            sigma_max, rescale_phi), checked; missing ones are `SamplingConfig`'s defaults.
         """
         self.model = model
         self.params = params
@@ -153,7 +150,7 @@ class AudioGenerator:
                              "(the VAE ratio times the backbone's downsampling factor)")
         self.latent_frames = self.window_samples // autoencoder.config.downsampling_ratio
         self.latent_dim = model.config.latent_dim
-        self.sampling = {**DEFAULT_SAMPLING, **dict(sampling or {})}
+        self.sampling = SamplingConfig.from_dict(sampling).to_dict()
 
     @classmethod
     def from_runs(cls, diffusion_dir: str, *, vae_dir: str | None = None, clap_dir: str | None = None,

@@ -31,7 +31,6 @@ from stable_audio_jax.inference.generate import TextEncoder
 from stable_audio_jax.input_pipeline import latent_records, records
 from stable_audio_jax.input_pipeline.grain_pipeline import make_audio_dataset
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
-from stable_audio_jax.training.trainer import with_rules
 
 
 class AudioEncoder:
@@ -53,7 +52,7 @@ class AudioEncoder:
     @functools.cached_property
     def _encode_fn(self):
         method = type(self.autoencoder).encode_posterior
-        return jax.jit(with_rules(lambda p, audio: self.autoencoder.apply({"params": p}, audio, method=method),
+        return jax.jit(parallel.with_rules(lambda p, audio: self.autoencoder.apply({"params": p}, audio, method=method),
                                   self.rules))
 
     def encode(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,6 @@ from stable_audio_jax.convert.t5_checkpoint import T5_MAX_LENGTH, abstract_param
 from stable_audio_jax.inference.frozen_text import FrozenTextEncoder
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.t5 import T5Config, T5Encoder
-from stable_audio_jax.training.trainer import with_rules
 
 
 class T5TextEncoder(FrozenTextEncoder):
@@ -72,4 +71,4 @@ class T5TextEncoder(FrozenTextEncoder):
             hidden = self.model.apply({"params": params}, ids, mask)
             return hidden.astype(jnp.float32) * mask[..., None], mask
 
-        return jax.jit(with_rules(conditioning, self.rules))
+        return jax.jit(parallel.with_rules(conditioning, self.rules))

@@ -29,7 +29,6 @@ import signal
 import time
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -49,20 +48,12 @@ NONFINITE_MODES = ("stop", "skip")
 FINITE_KEY = "_finite"  # the guard's flag among a step's metrics; stripped before logging
 
 
-def with_rules(fn: Callable, rules: parallel.Rules) -> Callable:
-    """`fn` traced under the logical axis rules (so activation constraints resolve)."""
-    def wrapped(*args):
-        with nn.logical_axis_rules(rules):
-            return fn(*args)
-    return wrapped
-
-
 def jit_train_step(step_fn: Callable, *, mesh, rules: parallel.Rules, state_shardings: Any,
                    example_batch: dict[str, Any]) -> Callable:
     """`jax.jit` of a pure `(state, batch) -> (state, metrics)` with the state's shardings,
     the batch split over the data axes, and the old state donated."""
     batch_shardings = {k: parallel.batch_sharding(mesh, np.ndim(v), rules) for k, v in example_batch.items()}
-    return jax.jit(with_rules(step_fn, rules),
+    return jax.jit(parallel.with_rules(step_fn, rules),
                    in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, None),
                    donate_argnums=0)
@@ -315,7 +306,7 @@ class Trainer:
         if eval_batch is None:
             return {}
         if self._jit_eval_step is None:
-            self._jit_eval_step = jax.jit(with_rules(self.task.eval_step, self.rules))
+            self._jit_eval_step = jax.jit(parallel.with_rules(self.task.eval_step, self.rules))
         with jax.set_mesh(self.mesh):
             outputs = self._jit_eval_step(state, self._global(eval_batch))
         outputs = multihost_utils.process_allgather(outputs, tiled=True)
