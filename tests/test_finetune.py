@@ -161,6 +161,16 @@ def test_finetune_starts_from_the_weights_learns_and_resumes(converted, latents,
     audio = generator.generate(["warm pads"], seconds_total=0.05, steps=2)
     assert audio.shape == (1, round(0.05 * 44100), 2) and np.all(np.isfinite(audio))
 
+    # Exported as a pretrained directory of its own: the run's EMA weights, the rest the original's.
+    from stable_audio_jax.inference.fine_tuned import export_pretrained
+
+    exported = str(tmp_path / "exported")
+    summary = export_pretrained(converted, exported, diffusion_dir=str(tmp_path / "run"))
+    assert summary["diffusion_dir"] == os.path.abspath(tmp_path / "run") and summary["lora"] == []
+    shared = AudioGenerator.from_pretrained(exported)
+    _assert_trees_equal(jax.device_get(shared.params), ema)
+    _assert_trees_equal(jax.device_get(shared.vae_params), jax.device_get(generator.vae_params))
+
 
 def test_vae_starts_from_the_pretrained_autoencoder(converted, tmp_path):
     """The VAE task takes the pretrained directory's autoencoder; its discriminator is fresh."""

@@ -13,15 +13,9 @@ import pytest
 import scipy.signal
 
 from stable_audio_jax.losses import adversarial
-from stable_audio_jax.losses.stft import (
-    STFTLossConfig,
-    a_weighting_fir,
-    apply_fir,
-    multi_resolution_stft_loss,
-    stereo_stft_losses,
-    stft,
-)
+from stable_audio_jax.losses.stft import STFTLossConfig, multi_resolution_stft_loss, stereo_stft_losses
 from stable_audio_jax.models.discriminator import MultiScaleSTFTDiscriminator, stft_planes
+from stable_audio_jax.spectral import a_weighting_fir, apply_fir, stft
 
 SAMPLE_RATE = 44100
 SMALL_FFTS = (256, 128, 64)

@@ -25,8 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stable_audio_jax.losses.stft import stft
 from stable_audio_jax.models.layers import WNConv
+from stable_audio_jax.spectral import stft
 
 Dtype = Any
 

@@ -7,7 +7,7 @@ decibels `10 * log10(max(power, 1e-10))`. Equal to `librosa.power_to_db(
 librosa.feature.melspectrogram(..., center=True, pad_mode='reflect', power=2.0),
 ref=1.0, amin=1e-10, top_db=None)`.
 
-The framing is `stable_audio_jax.losses.stft.stft(center=True)`, which already pads
+The framing is `stable_audio_jax.spectral.stft(center=True)`, which already pads
 `n_fft // 2` samples by reflection at both ends and centres a short window inside
 `n_fft`, as librosa does; so there is one STFT in the project.
 
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import librosa
 import numpy as np
 
-from stable_audio_jax.losses.stft import stft
+from stable_audio_jax.spectral import stft
 
 # Floor of the power before the logarithm (torchlibrosa's and librosa's `amin`).
 AMIN = 1e-10
