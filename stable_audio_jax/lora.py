@@ -278,14 +278,14 @@ def read_base_record(run_dir: str) -> dict[str, Any] | None:
 
 
 def check_base_record(run_dir: str, weights: Mapping[str, Any], what: str) -> None:
-    """Raise `UserError` unless `weights` (`{part: params}`, named `what` in the message) are
-    the base the adapters of `run_dir` were trained on."""
+    """Raise `UserError` unless `weights` (`{part: params}`, or `{part: fingerprint}` already
+    computed, named `what` in the message) are the base the adapters of `run_dir` were trained on."""
     record = read_base_record(run_dir)
     if record is None:
         raise UserError(f"{run_dir} has no {BASE_RECORD}: it is not a LoRA run, or it never started")
     for part, params in weights.items():
         expected = record["fingerprints"].get(part)
-        actual = fingerprint(params)
+        actual = params if isinstance(params, str) else fingerprint(params)
         if expected != actual:
             raise UserError(f"{what} is not the base the adapters in {run_dir} were trained on: its {part} "
                             f"weights have fingerprint {actual}, the adapters' base ({record['source']}) "

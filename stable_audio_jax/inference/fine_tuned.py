@@ -23,10 +23,10 @@ from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.training.diffusion_task import ADAPTERS
 
 
-def full_run_weights(diffusion_dir: str, *, mesh: jax.sharding.Mesh, rules: parallel.Rules,
-                     step: int | None = None) -> tuple[Any, Any, int]:
-    """`(model, EMA params, window in samples)` of a diffusion run trained without adapters."""
-    run = load_run(diffusion_dir, step=step, mesh=mesh, rules=rules, ema_only=True)
+def full_run_weights(diffusion_dir: str, *, mesh: jax.sharding.Mesh, rules: parallel.Rules) -> tuple[Any, Any, int]:
+    """`(model, EMA params, window in samples)` of the newest step of a diffusion run trained
+    without adapters."""
+    run = load_run(diffusion_dir, mesh=mesh, rules=rules, ema_only=True)
     if run.config.task != "diffusion":
         raise ValueError(f"{diffusion_dir} holds a {run.config.task!r} run, not a diffusion run")
     if run.task.lora.enabled:
@@ -40,12 +40,13 @@ def merge_adapters(base: Any, adapters: Sequence[tuple[str, float]], *, base_sou
     """`base` (the diffusion params of `base_source`) with the EMA adapters of each LoRA run
     merged in at its scale (`lora.merge`); each run must have been trained on `base`."""
     loaded = []
+    base_fingerprint = {"diffusion": lora.fingerprint(base)}  # once, however many adapters
     for run_dir, scale in adapters:
         run = load_run(run_dir, mesh=mesh, rules=rules, ema_only=True)
         if run.config.task != "diffusion" or not run.task.lora.enabled:
             raise UserError(f"--lora={run_dir} is not a LoRA run (a {run.config.task} run with "
                             f"config.lora.rank={run.config.get('lora', {}).get('rank', 0)})")
-        lora.check_base_record(run_dir, {"diffusion": base}, f"--pretrained={base_source}")
+        lora.check_base_record(run_dir, base_fingerprint, f"--pretrained={base_source}")
         loaded.append((run.task.adapter(run.state.ema_params[ADAPTERS]), scale))
     return lora.merge(base, loaded)
 
@@ -67,7 +68,6 @@ def diffusion_weights(directory: str, config: Mapping[str, Any], *, diffusion_di
         # Merged kernels are float32; the rest keeps the directory's dtype.
         params = jax.tree.map(lambda m, p: m.astype(p.dtype), merged, params)
     return pretrained_parts.diffusion_model(config), params, int(config["sample_size"])
-
 
 
 def export_pretrained(directory: str, output_dir: str, *, diffusion_dir: str | None = None,

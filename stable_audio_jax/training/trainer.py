@@ -83,7 +83,7 @@ class ProfileWindow:
     `directory` (open it with TensorBoard's profile plugin or Perfetto); `(0, 0)`: none."""
 
     def __init__(self, directory: str, steps: tuple[int, int]):
-        if len(steps) != 2 or steps[0] < 0 or steps[1] < steps[0]:
+        if tuple(steps) != (0, 0) and (len(steps) != 2 or not 1 <= steps[0] <= steps[1]):
             raise UserError(f"config.trainer.profile_steps={steps}: give (first, last) with 1 <= first <= last, "
                             "or (0, 0) for no trace")
         self.directory, (self.first, self.last) = directory, steps
@@ -369,8 +369,7 @@ class Trainer:
         unverified = None  # the newest saved step not yet read back
         step = start_step
         t_start = time.time()
-        profile = self.profile
-        with _StopFlag() as stop, jax.set_mesh(self.mesh), profile:
+        with _StopFlag() as stop, jax.set_mesh(self.mesh), self.profile:
             while step < tc.num_steps:
                 host_batch = next(train_it)
                 batch = self._global(host_batch)
@@ -381,10 +380,10 @@ class Trainer:
                         guard_nonfinite(self.task.train_phases()[phase], skip=self.on_nonfinite == "skip"),
                         mesh=self.mesh, rules=self.rules, state_shardings=state_shardings, example_batch=batch)
                 t0 = time.time()
-                profile.before(step + 1)
+                self.profile.before(step + 1)
                 state, metrics = self._jit_train_steps[phase](state, batch)
                 step += 1
-                profile.after(step, metrics)
+                self.profile.after(step, metrics)
                 if first_use:  # wait once per phase to report its compile (+ first run) time
                     jax.block_until_ready(metrics)
                     summary.setdefault("first_step_seconds", {})[phase] = time.time() - t0
