@@ -9,7 +9,7 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 # (XLA compiles on one thread); each needs about 6 GiB.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ demo: install
 
 test: install
 	XLA_FLAGS=$(TEST_XLA_FLAGS) JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
+
+# The unit tests of every package in under 2 minutes on 2 cores: the suite without the tests
+# marked slow, multihost, parity or e2e (markers in pyproject.toml). `make test` runs them all.
+test-fast: install
+	XLA_FLAGS=$(TEST_XLA_FLAGS) JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 \
+		-m "not slow and not multihost and not parity and not e2e" tests
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -10,15 +10,18 @@ and the U-Net demo's 8192-frame window would cost a [batch, 2, 8193, 8193] logit
 per block on a CPU. Pre-encode for it with `data/pre_encode.py --sample_size=65536`, then
 `--config.data.train_shards=<latents>`, `--config.pretransform.vae_dir=...` and
 `--config.pretransform.clap_dir=...`.
+
+`--config=configs/dit_tiny.py:rectified_flow` (or `:rf_denoiser`) trains the same model on the
+rectified-flow objective, sampled with the flow samplers (`diffusion/flow_samplers.py`).
 """
 
 from stable_audio_jax import config_lib
 from stable_audio_jax.models.dit import DiTConfig
 
 
-def get_config():
+def get_config(objective: str = "v"):
     c = config_lib.diffusion_config(dit=DiTConfig.tiny(io_channels=32, cond_token_dim=128).to_dict(),
-                                    timing_kind="number", global_timing=True, text_tokens=77)
+                                    timing_kind="number", global_timing=True, text_tokens=77, objective=objective)
     c.sampling.update(cfg_scale=7.0, rescale_phi=0.0)
     config_lib.tiny_diffusion_recipe(c)
     c.data.sample_size = 65_536

@@ -63,7 +63,7 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise UserError(f"--input={args.input}: {e}") from None
     cli.check_output_dir(args.output_dir, "--output_dir")
     if args.pretrained is not None:
-        from stable_audio_jax.inference.pretrained import read_pretrained_config
+        from stable_audio_jax.pretrained import read_pretrained_config
 
         try:
             read_pretrained_config(args.pretrained)

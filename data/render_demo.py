@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli.check_output_dir(args.output_dir, "--output_dir")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.synthetic:
-        from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
+        from stable_audio_jax.demo_corpus.synthetic import write_synthetic_dataset
 
         summary = write_synthetic_dataset(
             args.output_dir, args.num_clips, seed=args.seed,
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_seconds=3.0 if args.max_seconds is None else args.max_seconds,
             sample_rate=args.sample_rate)
     else:
-        from stable_audio_jax.datasets.demo_music import render_demo_dataset
+        from stable_audio_jax.demo_corpus.demo_music import render_demo_dataset
 
         summary = render_demo_dataset(
             args.output_dir, args.num_clips, seed=args.seed,

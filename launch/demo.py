@@ -59,7 +59,7 @@ _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "Held-out captions used as
 
 
 def render_data(out: str) -> dict:
-    from stable_audio_jax.datasets.demo_music import render_demo_dataset
+    from stable_audio_jax.demo_corpus.demo_music import render_demo_dataset
 
     data_dir = os.path.join(out, "data")
     if os.path.exists(os.path.join(data_dir, "valid.jsonl")):

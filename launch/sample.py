@@ -57,12 +57,13 @@ _CFG_SCALE = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance sca
                                 lower_bound=0.0)
 _RESCALE_PHI = flags.DEFINE_float("rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).",
                                   lower_bound=0.0, upper_bound=1.0)
-_SAMPLER = flags.DEFINE_string("sampler", None, "dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, euler, ddim, heun, lms, "
-                               "dpm_2, dpm_fast, euler_ancestral, dpm_2_ancestral or dpmpp_2s_ancestral, or "
-                               "stable-audio-tools' spelling (k-heun, k-dpm-fast, v-ddim, ...) "
-                               "(default: the model's).")
+_SAMPLER = flags.DEFINE_string("sampler", None, "For v-objective models: dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, "
+                               "euler, ddim, heun, lms, dpm_2, dpm_fast, euler_ancestral, dpm_2_ancestral or "
+                               "dpmpp_2s_ancestral, or stable-audio-tools' spelling (k-heun, k-dpm-fast, v-ddim, ...); "
+                               "for rectified-flow models: euler, rk4, dpmpp or pingpong (default: the model's).")
 _SIGMA_MIN = flags.DEFINE_float("sigma_min", None, "Smallest noise level of the schedule (default: the model's).")
-_SIGMA_MAX = flags.DEFINE_float("sigma_max", None, "Largest noise level of the schedule (default: the model's).")
+_SIGMA_MAX = flags.DEFINE_float("sigma_max", None, "Largest noise level of the schedule; in (0, 1] for a "
+                                 "rectified-flow model (default: the model's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (each batch adds its index).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts generated together.", lower_bound=1)
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.")
@@ -136,13 +137,13 @@ def main(argv):
         raise UserError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     prompts = _check_inputs()
-    from stable_audio_jax.diffusion.samplers import canonical_sampler_name
+    from stable_audio_jax.diffusion.sampling_config import SamplingConfig, check_known_sampler
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
 
     try:
-        if _SAMPLER.value is not None:
-            canonical_sampler_name(_SAMPLER.value)  # an unknown name fails before any loading
+        if _SAMPLER.value is not None:  # a name no model knows fails before any loading
+            check_known_sampler(_SAMPLER.value)
         mesh = _mesh()
         if _PRETRAINED.value:
             generator = AudioGenerator.from_pretrained(_PRETRAINED.value, diffusion_dir=_DIFFUSION_DIR.value,
@@ -153,7 +154,9 @@ def main(argv):
         settings = {name: generator.sampling[name] if flag.value is None else flag.value
                     for name, flag in (("steps", _STEPS), ("cfg_scale", _CFG_SCALE), ("rescale_phi", _RESCALE_PHI),
                                        ("sampler", _SAMPLER), ("sigma_min", _SIGMA_MIN), ("sigma_max", _SIGMA_MAX))}
-        settings["sampler"] = canonical_sampler_name(settings["sampler"])
+        # Checked against the model's objective: a v-sampler on a flow model (or the reverse),
+        # or a flow model's sigma_max above 1, is one line.
+        settings = SamplingConfig.from_dict(settings, objective=generator.objective).to_dict()
         if _WINDOW_SECONDS.value is not None and generator.model.config.backbone != "dit":
             raise ValueError("--window_seconds needs a DiT model; a U-Net generates the window it was trained on")
         window_seconds = _WINDOW_SECONDS.value or generator.window_seconds

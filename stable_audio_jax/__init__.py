@@ -1,12 +1,7 @@
-"""stable-audio-jax: a JAX/Flax (linen) reimplementation of Stable Audio.
+"""stable-audio-jax: Stable Audio (1.0, Open) in JAX/Flax linen, trained and sampled on device meshes.
 
-Sub-packages, one concept each:
-  models/          linen modules (Snake, weight-normed convs, autoencoder, discriminator)
-  losses/          multi-resolution STFT, adversarial, KL
-  input_pipeline/  audio decoding, ArrayRecord shards, Grain pipelines
-  datasets/        demo-data renderers (music21 + soundfont, numpy synthetic)
-  training/        train state, tasks, generic trainer, checkpointing
-  parallel         mesh, logical sharding rules, sharded init, host -> global arrays
+One concept per sub-package; the README's "Layout" section lists them and the direction of
+their imports (checked by tests/test_import_layers.py).
 """
 
 __version__ = "0.1.0"

@@ -186,7 +186,7 @@ def check_run_tasks(runs: Mapping[str, tuple[str | None, str]]) -> None:
     runs: flag name -> (the directory given, or None when the flag is unset; the task it must
       hold, e.g. "vae"). Two flags given each other's kind of run are reported as swapped.
     """
-    from stable_audio_jax.inference.checkpoints import run_task  # JAX and Orbax: after the cheap checks
+    from stable_audio_jax.training.runs import run_task  # JAX and Orbax: after the cheap checks
 
     found = {}
     for flag, (path, _) in runs.items():

@@ -7,6 +7,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterator, Mapping
 
@@ -259,7 +260,7 @@ def tiny_diffusion_recipe(c: ml_collections.ConfigDict) -> None:
 
 def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timing_kind: str = "table",
                      text_features_dim: int | None = None, global_timing: bool = False,
-                     text_tokens: int | None = None) -> ml_collections.ConfigDict:
+                     text_tokens: int | None = None, objective: str = "v") -> ml_collections.ConfigDict:
     """A latent-diffusion training config around the U-Net `unet` (`UNetConfig` fields) or
     the DiT `dit` (`DiTConfig` fields; it also needs `text_tokens`), see
     `LatentDiffusionConfig` for the conditioning options.
@@ -267,7 +268,8 @@ def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timin
     Training reads pre-encoded shards (`data/pre_encode.py`); `pretransform` names the VAE
     and CLAP runs they were made with, which sampling loads again. Objective and recipe
     follow the paper (arXiv 2402.04825): v-objective, cosine schedule, continuous t, 10% conditioning
-    dropout, EMA, AdamW with the InverseLR schedule.
+    dropout, EMA, AdamW with the InverseLR schedule. `objective="rectified_flow"` trains the
+    same network on the straight path instead and samples with the flow samplers.
     """
     c = base_config()
     c.task = "diffusion"
@@ -276,15 +278,21 @@ def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timin
     backbone = dict(unet=dict(unet)) if unet is not None else dict(dit=dict(dit), text_tokens=text_tokens)
     c.model = ml_collections.ConfigDict(dict(**backbone, timing_kind=timing_kind, max_seconds=512,
                                              global_timing=global_timing, text_features_dim=text_features_dim,
-                                             frame_seconds=0.0))
+                                             frame_seconds=0.0, objective=objective))
     c.pretransform = ml_collections.ConfigDict(dict(
         vae_dir="",  # run directory of the VAE that encoded the shards (used by sampling)
         clap_dir="",  # run directory of the CLAP whose text features the shards hold
         downsampling_ratio=1024,  # audio samples per latent frame
         latent_scale=1.0,  # latents are multiplied by this before diffusion
     ))
-    c.diffusion = ml_collections.ConfigDict(dict(cfg_dropout=0.1))
-    c.sampling = ml_collections.ConfigDict(sampling_config.TRAINING.to_dict())
+    # Training times (`diffusion/objective.py`): "uniform" (stratified), "logit_normal",
+    # "trunc_logit_normal" or "log_snr" (mean/std of the log-SNR), then the optional shift.
+    c.diffusion = ml_collections.ConfigDict(dict(
+        cfg_dropout=0.1, timestep_sampler="uniform", mean_logsnr=-1.2, std_logsnr=2.0,
+        distribution_shift=dict(enabled=False, base_shift=0.5, max_shift=1.15, min_length=256, max_length=4096,
+                                use_sine=False)))
+    training_sampling = dataclasses.replace(sampling_config.TRAINING, sampler=None, sigma_max=None, objective=objective)
+    c.sampling = ml_collections.ConfigDict(training_sampling.to_dict())
     c.optimizer = diffusion_optimizer_config(4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5,
                                              warmup=0.99)
     c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))

@@ -234,16 +234,11 @@ def merge(base: Any, adapters: Sequence[tuple[Adapter, float | jax.Array]]) -> A
     return traverse_util.unflatten_dict(merged)
 
 
-def count_params(tree: Any) -> int:
-    """Number of scalars in a tree of arrays or `ShapeDtypeStruct`s."""
-    return sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree))
-
-
 def fingerprint(params: Any) -> str:
     """A short hex digest of a params tree: every leaf's path, shape, dtype and the bit-exact
-    checksum of its values (`training/integrity.py`), so it is the same on any mesh and tells
+    checksum of its values (`integrity.py`), so it is the same on any mesh and tells
     two bases apart even when their shapes agree."""
-    from stable_audio_jax.training import integrity
+    from stable_audio_jax import integrity
 
     flat = traverse_util.flatten_dict(params)
     paths = sorted(flat)

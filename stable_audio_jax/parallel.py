@@ -137,6 +137,17 @@ def with_shardings(abstract: Any, mesh: Mesh, rules: Rules):
     return structs, shardings
 
 
+def abstract_params(module: nn.Module, *example_inputs: Any) -> Any:
+    """The (logically boxed) parameter shapes of `module`, traced on `example_inputs`
+    (arrays or `jax.ShapeDtypeStruct`s, `None` for absent optional inputs), allocating nothing."""
+    return jax.eval_shape(module.init, jax.random.key(0), *example_inputs)["params"]
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a tree of arrays or `ShapeDtypeStruct`s (logical boxes included)."""
+    return sum(math.prod(np.shape(x)) for x in jax.tree.leaves(nn.meta.unbox(tree)))
+
+
 def abstract_with_shardings(init_fn: Callable[..., Any], *args, mesh: Mesh, rules: Rules):
     """`(abstract unboxed tree carrying shardings, shardings)` for `init_fn(*args)`, allocating nothing."""
     with nn.logical_axis_rules(rules):

@@ -39,10 +39,29 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory) -> str:
     """ArrayRecord shards of 10 short synthetic music clips (0.2-1 s), shared by training tests."""
-    from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
+    from stable_audio_jax.demo_corpus.synthetic import write_synthetic_dataset
     from stable_audio_jax.input_pipeline.shard_writer import write_shards
 
     root = tmp_path_factory.mktemp("synthetic_shards")
     write_synthetic_dataset(root / "raw", num_clips=10, seed=1, min_seconds=0.2, max_seconds=1.0)
     write_shards(root / "raw" / "train.jsonl", root / "shards", num_shards=2, progress=False)
     return str(root / "shards")
+
+
+# The tiny SAO fixture converted and pre-encoded, for the fine-tuning tests (test_finetune,
+# test_lora). Module-scoped: each module converts once. test_sao_checkpoint's own `converted`
+# (the launch script's output and log) overrides this one there.
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> str:
+    """`tests/fixtures/sao_small` converted to a pretrained directory (`sao_finetune.convert_fixture`)."""
+    from tests.sao_finetune import convert_fixture
+
+    return convert_fixture(str(tmp_path_factory.mktemp("finetune") / "pretrained"))
+
+
+@pytest.fixture(scope="module")
+def latents(converted, synthetic_shards, tmp_path_factory) -> tuple[str, dict]:
+    """`synthetic_shards` pre-encoded with `converted`: the folder and the pre-encode report."""
+    from tests.sao_finetune import pre_encode_fixture
+
+    return pre_encode_fixture(converted, synthetic_shards, str(tmp_path_factory.mktemp("finetune_latents")))

@@ -1,5 +1,5 @@
 """A micro latent-diffusion run for the multi-host and resharding tests: random latent shards
-(no VAE or CLAP needed) and `test_diffusion`'s micro U-Net cut to one level, on 32 latent
+(no VAE or CLAP needed) and the micro U-Net of `micro_configs` cut to one level, on 32 latent
 frames (a train step compiles in about 10 s on one core instead of 15 s).
 
 Also a config file for `launch/train.py`: `--config=tests/micro_diffusion.py:<shard folder>`.
@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from stable_audio_jax.input_pipeline import latent_records, records
-from tests.test_diffusion import TEXT_LENGTH, micro_diffusion_config
+from tests.micro_configs import TEXT_LENGTH, micro_diffusion_config
 
 FRAMES = 32  # latent frames per example
 LATENT_DIM = 4  # the micro U-Net's in_channels
@@ -43,7 +43,7 @@ def write_latent_shards(directory: str | os.PathLike, num_records: int = 24, num
 
 
 def micro_config(shards: str, **trainer) -> ml_collections.ConfigDict:
-    """`test_diffusion`'s micro config on `shards`, with a `FRAMES`-frame window, global batch 8,
+    """`micro_configs.micro_diffusion_config` on `shards`, with a `FRAMES`-frame window, global batch 8,
     mesh (data 2, fsdp 4) and synchronous checkpoints; `trainer` overrides `config.trainer`.
 
     The U-Net keeps one down level (widths 16 -> 32, a ResNet block, a strided conv) and the

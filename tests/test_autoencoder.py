@@ -37,6 +37,7 @@ def test_full_size_parameter_counts(name, total, encoder, decoder):
 
 
 @pytest.mark.parametrize("shape, ratio", [(config_lib.SAO_AUTOENCODER, 2048), (config_lib.SA1_AUTOENCODER, 1024)])
+@pytest.mark.slow
 def test_full_size_encode_decode_shapes(shape, ratio):
     config = AutoencoderConfig.from_dict(shape)
     assert config.downsampling_ratio == ratio
@@ -50,6 +51,7 @@ def test_full_size_encode_decode_shapes(shape, ratio):
     assert decoded.shape == (batch, length, 2)
 
 
+@pytest.mark.slow
 def test_tiny_roundtrip_shapes_and_length_check():
     config = AutoencoderConfig(latent_dim=4, strides=(2, 4), encoder_channels=4, encoder_multipliers=(1, 2, 4),
                                decoder_channels=4, decoder_multipliers=(1, 2, 4))

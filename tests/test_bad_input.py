@@ -1,70 +1,31 @@
 """Bad input to the launch and data scripts, typed the way a user would: exit status 2, one
 `error: ...` line on stderr naming the flag, key or path, no traceback, nothing written.
 
-The script cases run as subprocesses, a few at a time (most fail before JAX is imported);
-the config validation and the shard report's repair counters are also tested in-process.
+The script cases run as subprocesses through `bad_input.check_cases`, a few at a time (most
+fail before JAX is imported); the config validation and the shard report's repair counters are
+also tested in-process.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from stable_audio_jax import config_lib
-from stable_audio_jax.errors import EXIT_USAGE, UserError
+from stable_audio_jax.errors import UserError
 from stable_audio_jax.input_pipeline import audio_io, records, shard_writer
+from tests.bad_input import Case, check_cases
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_TINY = "--config=configs/vae_tiny.py"
 
 
-@dataclasses.dataclass
-class Case:
-    script: str  # relative to the repository root, e.g. "launch/train.py"
-    args: list[str]
-    names: list[str]  # what the error line must mention
-    not_written: list[str] = dataclasses.field(default_factory=list)  # paths that must not exist after
-
-
-def _run(case: Case) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, case.script, *case.args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
-def check_cases(cases: list[Case]) -> None:
-    """Run `cases` two at a time and assert the one-line contract on each; report all failures."""
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(_run, cases))
-    failures = []
-    for case, proc in zip(cases, results):
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        problems = []
-        if proc.returncode != EXIT_USAGE:
-            problems.append(f"exit {proc.returncode}")
-        if "Traceback" in proc.stderr + proc.stdout:
-            problems.append("a traceback")
-        if len(lines) != 1 or not lines[0].startswith("error: "):
-            problems.append(f"{len(lines)} stderr lines")
-        elif missing := [name for name in case.names if name not in lines[0]]:
-            problems.append(f"the line does not name {missing}")
-        problems += [f"{path} was written" for path in case.not_written if os.path.exists(path)]
-        if problems:
-            failures.append(f"{case.script} {' '.join(case.args)}: {', '.join(problems)}\n"
-                            f"  stderr: {proc.stderr[-1500:]!r}")
-    assert not failures, "\n".join(failures)
-
-
 # ------------------------------------------------------------------------------ launch scripts
+@pytest.mark.slow
 def test_train_bad_flags_and_config(tmp_path):
     workdir = str(tmp_path / "run")
     train = lambda *args: ["--workdir=" + workdir, *args]  # noqa: E731
@@ -84,6 +45,7 @@ def test_train_bad_flags_and_config(tmp_path):
     ])
 
 
+@pytest.mark.slow
 def test_sample_bad_settings_fail_before_loading(tmp_path):
     # The run directory exists but holds no model: every case must fail before loading one.
     model = tmp_path / "diffusion"
@@ -109,6 +71,7 @@ def test_sample_bad_settings_fail_before_loading(tmp_path):
     ])
 
 
+@pytest.mark.slow
 def test_other_launch_scripts(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
@@ -135,6 +98,7 @@ def run_dirs(tmp_path_factory) -> dict[str, str]:
     return {task: str(root / task) for task in ("vae", "clap")}
 
 
+@pytest.mark.slow
 def test_wrong_run_directories(run_dirs, tmp_path):
     shards = tmp_path / "shards"
     with records.ShardWriter(shards, "train", 1) as writer:

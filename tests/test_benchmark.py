@@ -1,35 +1,67 @@
-"""launch/benchmark.py: parameter counts without allocation, a tiny end-to-end run, the
-diffusion forward rows with the reference-timing plumbing (a fake interpreter stands in
-for torch, which CI lacks), the peak-TFLOP/s table behind MFU and the --compare mode.
+"""The benchmark library (`stable_audio_jax.benchmark`): parameter counts without allocation,
+a tiny end-to-end run, the diffusion forward rows with the reference-timing plumbing (a fake
+interpreter stands in for torch, which CI lacks), the peak-TFLOP/s table behind MFU and the
+--compare mode; and `launch/benchmark.py` itself: its flags and its one-line errors.
 
-The script runs in subprocesses (it defines absl flags at import, which would clash with
-other launch scripts imported into this process). They inherit the 8 fake CPU devices of
-conftest.py, so the tiny run also exercises the batch sharding over a real mesh.
+The library runs in this process, on the 8 fake CPU devices of conftest.py, so the tiny run
+also exercises the batch sharding over a real mesh. The script runs in subprocesses (it
+defines absl flags at import, which would clash with other launch scripts imported into
+this process).
 """
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+from typing import Any
 
+import ml_collections
 import pytest
 
-from stable_audio_jax import peak_flops
+from configs import vae_sa1, vae_sao, vae_tiny
+from stable_audio_jax.benchmark import peak_flops
+from stable_audio_jax.benchmark.diffusion_rows import forward_latent_frames
+from stable_audio_jax.benchmark.harness import Measurement, hardware_info, xla_flops
+from stable_audio_jax.benchmark.options import BenchmarkUsageError, Options
+from stable_audio_jax.benchmark.reference import ReferenceRunError, run_reference_script
+from stable_audio_jax.benchmark.report import build_report, compare_main, format_params, format_report
+from stable_audio_jax.benchmark.runner import config_summary, param_counts, run_benchmark
+from stable_audio_jax.benchmark.vae_rows import vae_window_samples
+from stable_audio_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "benchmark.py")
 
 # A shrunken tiny VAE (2 stages, 4 channels, one small FFT per loss) so that compiling the
 # two training phases takes seconds on 2 cores; the code paths are those of the full model.
-TINY_OVERRIDES = [
-    "--config.model.encoder_channels=4", "--config.model.decoder_channels=4",
-    "--config.model.strides=(2,4)", "--config.model.encoder_multipliers=(1,2,4)",
-    "--config.model.decoder_multipliers=(1,2,4)", "--config.model.latent_dim=8",
-    "--config.discriminator.filters=4", "--config.discriminator.n_ffts=(64,)",
-    "--config.discriminator.hop_lengths=(16,)", "--config.discriminator.win_lengths=(64,)",
-    "--config.loss.stft.fft_sizes=(64,)", "--config.loss.stft.hop_sizes=(16,)",
-]
+TINY_OVERRIDES = {
+    "model.encoder_channels": 4, "model.decoder_channels": 4,
+    "model.strides": (2, 4), "model.encoder_multipliers": (1, 2, 4),
+    "model.decoder_multipliers": (1, 2, 4), "model.latent_dim": 8,
+    "discriminator.filters": 4, "discriminator.n_ffts": (64,),
+    "discriminator.hop_lengths": (16,), "discriminator.win_lengths": (64,),
+    "loss.stft.fft_sizes": (64,), "loss.stft.hop_sizes": (16,),
+}
+
+
+def _config(name: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+    """`configs/<name>.py` with `overrides` (dotted keys, as `--config.<key>=` on the command line)."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.update_from_flattened_dict(overrides or {})
+    return config
+
+
+def _benchmark(config: ml_collections.ConfigDict, options: Options) -> tuple[dict[str, Any], str]:
+    """The report of `run_benchmark` as its JSON reads back, and what the script would
+    print: the progress lines, then the formatted report."""
+    progress = io.StringIO()
+    with contextlib.redirect_stdout(progress):
+        result = run_benchmark(config, options)
+    return json.loads(json.dumps(result)), progress.getvalue() + "\n" + format_report(result)
 
 
 def _run(*args, timeout=300):
@@ -44,22 +76,27 @@ def _check(proc):
     return proc.stdout
 
 
+def _param_lines(config_name: str) -> dict[str, str]:
+    """`--params_only`'s lines: parameter name -> its formatted count."""
+    out = format_params(param_counts(_config(config_name)))
+    return {line.split()[0]: line.split()[1] for line in out.splitlines()
+            if line.startswith("  ") and len(line.split()) == 2}
+
+
+@pytest.mark.slow
 def test_params_only_sao():
-    out = _check(_run(SCRIPT, "--config=configs/vae_sao.py", "--params_only"))
-    lines = {line.split()[0]: line.split()[1] for line in out.splitlines()
-             if line.startswith("  ") and len(line.split()) == 2}
+    lines = _param_lines("vae_sao")
     assert lines["autoencoder"] == "156,112,514"
     encoder, decoder = (int(lines[k].replace(",", "")) for k in ("encoder", "decoder"))
     assert encoder + decoder == 156_112_514
     assert int(lines["discriminator"].replace(",", "")) > 0
 
 
+@pytest.mark.slow
 def test_params_only_clap_paper_size():
     """The paper-size text tower is RoBERTa-base's encoder: 124,645,632 parameters with a
     50,265-token vocabulary (see text_encoder.expected_num_params for the formula)."""
-    out = _check(_run(SCRIPT, "--config=configs/clap_sa1.py", "--params_only"))
-    lines = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()
-             if line.startswith("  ") and len(line.split()) == 2}
+    lines = {k: int(v.replace(",", "")) for k, v in _param_lines("clap_sa1").items()}
     assert lines["text_encoder"] == 124_645_632
     assert lines["audio_encoder"] == 27_534_488  # HTSAT-tiny without the AudioSet head
     assert lines["clap"] == sum(lines[k] for k in ("text_encoder", "audio_encoder", "text_projection",
@@ -69,60 +106,42 @@ def test_params_only_clap_paper_size():
 def test_params_only_diffusion_paper_size():
     """The SA 1.0 U-Net: exactly 906,679,744 parameters (arXiv 2402.04825), plus the two
     513-row timing tables (2 x 513 x 768)."""
-    out = _check(_run(SCRIPT, "--config=configs/diffusion_sa1.py", "--params_only"))
-    lines = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()
-             if line.startswith("  ") and len(line.split()) == 2}
+    lines = {k: int(v.replace(",", "")) for k, v in _param_lines("diffusion_sa1").items()}
     assert lines["unet"] == 906_679_744
     assert lines["timing"] == 2 * 513 * 768
     assert lines["diffusion"] == lines["unet"] + lines["timing"]
 
 
-_HELPERS = r"""
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
-bm = importlib.util.module_from_spec(spec); sys.modules["benchmark"] = bm; spec.loader.exec_module(bm)
-from configs import vae_sao, vae_sa1, vae_tiny
+class _FakeCompiled:
+    def __init__(self, analysis):
+        self.analysis = analysis
 
-class Fake:
-    def __init__(self, analysis): self.analysis = analysis
-    def cost_analysis(self): return self.analysis
-
-print(json.dumps({
-    "forward_frames": [bm.forward_latent_frames(s, 44100, 2048, 1) for s in (10, 47, 47.55)]
-                      + [bm.forward_latent_frames(0.5, 44100, 64, 1024)],
-    "sao": bm.vae_window_samples(vae_sao.get_config(), 1.5),
-    "sa1": bm.vae_window_samples(vae_sa1.get_config(), 1.5),
-    "tiny_short": bm.vae_window_samples(vae_tiny.get_config(), 0.01),
-    "flops": [bm.xla_flops(Fake({"flops": 5.0})), bm.xla_flops(Fake([{"flops": 7.0}])),
-              bm.xla_flops(Fake([])), bm.xla_flops(Fake(None))],
-}))
-"""
+    def cost_analysis(self):
+        return self.analysis
 
 
 def test_helpers():
-    out = _check(_run("-c", _HELPERS, SCRIPT))
-    got = json.loads(out.strip().splitlines()[-1])
-    assert got["sao"] == 67584  # ceil(1.5 * 44100) = 66150 -> 33 x 2048
-    assert got["sa1"] == 66560  # -> 65 x 1024
-    assert got["tiny_short"] == 2048  # 441 samples, raised to the largest FFT (2048)
-    assert got["flops"] == [5.0, 7.0, None, None]
+    assert vae_window_samples(vae_sao.get_config(), 1.5) == 67584  # ceil(1.5 * 44100) = 66150 -> 33 x 2048
+    assert vae_window_samples(vae_sa1.get_config(), 1.5) == 66560  # -> 65 x 1024
+    # 441 samples, raised to the largest FFT (2048)
+    assert vae_window_samples(vae_tiny.get_config(), 0.01) == 2048
+    flops = [xla_flops(_FakeCompiled(a)) for a in ({"flops": 5.0}, [{"flops": 7.0}], [], None)]
+    assert flops == [5.0, 7.0, None, None]
     # ceil(s * 44100 / 2048): 215.3 -> 216, 1012.1 -> 1013, 1023.9 -> 1024 (SAO's window); the
     # U-Net rounds 345 frames up to its 1024x downsampling factor.
-    assert got["forward_frames"] == [216, 1013, 1024, 1024]
+    frames = [forward_latent_frames(s, 44100, 2048, 1) for s in (10, 47, 47.55)]
+    assert frames + [forward_latent_frames(0.5, 44100, 64, 1024)] == [216, 1013, 1024, 1024]
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bench") / "tiny.json"
-    proc = _run(SCRIPT, "--config=configs/vae_tiny.py", "--batch_size=8", "--seconds=0.001",
-                "--steps=1", "--warmup=0", "--train_phases=generator,discriminator,generator_warmup",
-                "--peak_tflops=0.5",  # CPU is not in the peak table: the flag gives the MFU column
-                f"--output_json={path}", *TINY_OVERRIDES)
-    out = _check(proc)
-    with open(path) as f:
-        return json.load(f), out
+def tiny_report():
+    return _benchmark(_config("vae_tiny", TINY_OVERRIDES), Options(
+        batch_size=8, seconds=0.001, steps=1, warmup=0,
+        train_phases=("generator", "discriminator", "generator_warmup"),
+        peak_tflops=0.5))  # CPU is not in the peak table: the flag gives the MFU column
 
 
+@pytest.mark.e2e
 def test_tiny_run_json(tiny_report):
     report, _ = tiny_report
     assert report["config"]["task"] == "vae"
@@ -147,6 +166,7 @@ def test_tiny_run_json(tiny_report):
     assert report["options"]["peak_tflops"] == 0.5
 
 
+@pytest.mark.e2e
 def test_tiny_run_table(tiny_report):
     _, out = tiny_report
     assert "measurement" in out and "train/generator" in out and "TFLOP/s/dev" in out
@@ -184,13 +204,11 @@ def forward_report(tmp_path_factory):
     mesh (batch 8, CFG batch 16) and the fake reference."""
     directory = tmp_path_factory.mktemp("forward")
     fake = _fake_interpreter(directory, _FAKE_REFERENCE)
-    path = directory / "forward.json"
-    out = _check(_run(SCRIPT, "--config=configs/dit_tiny.py", "--config.model.dit.depth=1", "--skip_train",
-                      "--sample_steps=0", "--forward_seconds=0.1,0.25", "--batch_size=8", "--steps=2",
-                      "--warmup=0", f"--reference_python={fake}", "--reference_threads=3",
-                      f"--output_json={path}"))
-    with open(path) as f, open(fake + ".json") as g:
-        return json.load(f), out, json.load(g)
+    result, out = _benchmark(_config("dit_tiny", {"model.dit.depth": 1}), Options(
+        skip_train=True, sample_steps=0, forward_seconds=(0.1, 0.25), batch_size=8, steps=2, warmup=0,
+        reference_python=fake, reference_threads=3))
+    with open(fake + ".json") as g:
+        return result, out, json.load(g)
 
 
 def test_forward_rows(forward_report):
@@ -245,43 +263,55 @@ print("RuntimeError: out of memory", file=sys.stderr)
 sys.exit(3)
 """
 
-_RUN_REFERENCE = r"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
-bm = importlib.util.module_from_spec(spec); sys.modules["benchmark"] = bm; spec.loader.exec_module(bm)
-try:
-    bm.run_reference_script(sys.argv[2], {"frames": "4"})
-except bm.ReferenceRunError as e:
-    print("ERROR", e)
-"""
-
 
 @pytest.mark.parametrize("case", ["fails", "no_json", "missing"])
 def test_reference_failure_is_one_line(tmp_path, case):
     body = {"fails": _FAILING_REFERENCE, "no_json": "#!/bin/sh\necho not json; echo warning >&2\n"}.get(case)
     python = _fake_interpreter(tmp_path, body) if body else str(tmp_path / "nope")
-    out = _check(_run("-c", _RUN_REFERENCE, SCRIPT, python)).strip().splitlines()[-1]
-    assert out.startswith(f"ERROR reference timing with {python} ")
+    with pytest.raises(ReferenceRunError) as error:
+        run_reference_script(python, {"frames": "4"})
+    out = str(error.value)
+    assert "\n" not in out
+    assert out.startswith(f"reference timing with {python} ")
     if case == "fails":
         assert out.endswith("failed (exit 3): RuntimeError: out of memory")
     elif case == "no_json":
         assert "printed no JSON result" in out and "'not json'" in out and "'warning'" in out
 
 
+@pytest.mark.slow
+def test_few_step_row_beside_the_sampling_row():
+    """`--flow_steps`: pingpong without CFG on the same backbone beside the CFG sampling row,
+    with the measured speed-up and the ratio of network evaluations (2 x 4 / 2 = 4 here).
+    Sampling rows report no FLOPs: XLA counts the scan over the steps once."""
+    config = _config("dit_tiny", {"model.dit.depth": 1, "data.sample_size": 4096})
+    report, out = _benchmark(config, Options(skip_train=True, sample_steps=4, flow_steps=2, cfg_scale=6.0,
+                                             batch_size=1, steps=1, warmup=0, num_devices=1))
+    by_name = {m["name"]: m for m in report["measurements"]}
+    assert list(by_name) == ["sample/4_steps", "sample/2_steps_pingpong"]
+    assert "pingpong (rectified flow), 2 steps, no CFG" in out
+    shapes = report["shapes"]
+    assert shapes["flow_steps"] == 2 and shapes["few_step_evaluation_ratio"] == 4
+    assert shapes["few_step_speedup"] == pytest.approx(
+        by_name["sample/4_steps"]["median_seconds"] / by_name["sample/2_steps_pingpong"]["median_seconds"])
+    assert all(m["flops_per_device"] is None and m["mfu"] is None for m in by_name.values())
+    with pytest.raises(BenchmarkUsageError, match="--flow_steps must be >= 0"):
+        Options(flow_steps=-1).validate()
+
+
 def test_forward_usage_errors():
-    unet = _run(SCRIPT, "--config=configs/diffusion_tiny.py", "--forward_seconds=1",
-                f"--reference_python={sys.executable}", timeout=120)
-    assert unet.returncode != 0 and "needs a DiT config" in unet.stderr
-    vae = _run(SCRIPT, "--config=configs/vae_tiny.py", "--forward_seconds=1", timeout=120)
-    assert vae.returncode != 0 and "--forward_seconds measures the diffusion model" in vae.stderr
-    alone = _run(SCRIPT, "--config=configs/dit_tiny.py", f"--reference_python={sys.executable}", timeout=120)
-    assert alone.returncode != 0 and "give both" in alone.stderr
+    unet = _config("diffusion_tiny")
+    with pytest.raises(BenchmarkUsageError, match="needs a DiT config"):
+        run_benchmark(unet, Options(forward_seconds=(1.0,), reference_python=sys.executable))
+    with pytest.raises(BenchmarkUsageError, match="--forward_seconds measures the diffusion model"):
+        run_benchmark(_config("vae_tiny"), Options(forward_seconds=(1.0,)))
+    with pytest.raises(BenchmarkUsageError, match="give both"):
+        run_benchmark(_config("dit_tiny"), Options(reference_python=sys.executable))
 
 
 def test_indivisible_batch_is_a_usage_error():
-    proc = _run(SCRIPT, "--config=configs/vae_tiny.py", "--batch_size=3", "--steps=1", timeout=120)
-    assert proc.returncode != 0
-    assert "not divisible" in proc.stdout + proc.stderr
+    with pytest.raises(BenchmarkUsageError, match="not divisible"):
+        run_benchmark(_config("vae_tiny"), Options(batch_size=3, steps=1))
 
 
 # --------------------------------------------------------------------------- peak table
@@ -316,6 +346,8 @@ def test_peak_flag_overrides_table():
     assert peak_flops.resolve_peak(None, "TPU v4") == (275.0, "table: TPU v4 bf16 dense")
 
 
+# --------------------------------------------------------------------------- the script
+# The flags are the script's: it is exec'd in a subprocess and parses them with absl.
 _FLAGS_SCRIPT = r"""
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
@@ -335,42 +367,57 @@ def test_peak_flag_and_its_alias():
     assert json.loads(out.strip().splitlines()[-1]) == [123.0, 45.0, 0.0]
 
 
+@pytest.mark.parametrize("problem", ["missing", "garbled", "not_a_report", "no_config"])
+def test_script_error_is_one_line(report_files, tmp_path, problem):
+    """The script's bad input: `error: <message>` alone on stderr, exit 2, no traceback."""
+    bad = tmp_path / "bad.json"
+    if problem == "garbled":
+        bad.write_text('{"measurements": [')
+    elif problem == "not_a_report":
+        bad.write_text('{"hardware": {}}')
+    if problem == "no_config":
+        proc, expected = _run(SCRIPT, timeout=120), "error: --config=configs/<name>.py is required (or --compare"
+    else:
+        proc = _run(SCRIPT, "--compare", report_files[0], str(bad), timeout=120)
+        expected = "error: benchmark --compare: "
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(expected), proc.stderr
+    if problem != "no_config":
+        assert str(bad) in errors[0]
+
+
 # --------------------------------------------------------------------------- --compare
-# Two reports in the format run_benchmark writes (build_report over Measurement objects, the
-# real hardware_info of this process with the device kind replaced), without compiling anything.
-_WRITE_REPORTS = r"""
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
-bm = importlib.util.module_from_spec(spec); sys.modules["benchmark"] = bm; spec.loader.exec_module(bm)
-from configs import vae_tiny
+def _measurement(name: str, seconds: float, flops: float, peak_bytes: int | None) -> Measurement:
+    return Measurement(name=name, description="test row", batch_size=8, audio_seconds_per_item=1.5,
+                       input_shapes={"audio": [8, 64, 2]}, lower_seconds=0.25, compile_seconds=2.0,
+                       step_seconds=[seconds, seconds * 1.1, seconds * 0.9], flops_per_device=flops,
+                       peak_bytes_in_use=peak_bytes, compiled_memory=None)
 
-def measurement(name, seconds, flops, peak_bytes):
-    return bm.Measurement(name=name, description="test row", batch_size=8, audio_seconds_per_item=1.5,
-                          input_shapes={"audio": [8, 64, 2]}, lower_seconds=0.25, compile_seconds=2.0,
-                          step_seconds=[seconds, seconds * 1.1, seconds * 0.9], flops_per_device=flops,
-                          peak_bytes_in_use=peak_bytes, compiled_memory=None)
 
-def report(device_kind, options, measurements):
-    hardware = dict(bm.hardware_info(), device_kind=device_kind, host_load_average_before=None,
+def _report(device_kind: str, options: Options, measurements: list[Measurement]) -> dict[str, Any]:
+    hardware = dict(hardware_info(), device_kind=device_kind, host_load_average_before=None,
                     host_load_average_after=None)
-    return bm.build_report(hardware, bm.config_summary(vae_tiny.get_config()), options, {"window_samples": 64},
-                           {"autoencoder": 1000}, measurements)
-
-a = report("NVIDIA H100 80GB HBM3", bm.Options(batch_size=8),
-           [measurement("encode", 0.2, 98.9e12, 2**30), measurement("train/generator", 0.4, 3e13, 3 * 2**30)])
-b = report("TPU v5 lite", bm.Options(batch_size=8),
-           [measurement("encode", 0.1, 19.7e12, None), measurement("decode", 0.3, 1e13, None)])
-for path, r in zip(sys.argv[2:], (a, b)):
-    with open(path, "w") as f:
-        json.dump(r, f, indent=2)
-"""
+    config = config_summary(vae_tiny.get_config(), "configs/vae_tiny.py", {})
+    return build_report(hardware, config, options, {"window_samples": 64}, {"autoencoder": 1000}, measurements)
 
 
 @pytest.fixture(scope="module")
 def report_files(tmp_path_factory):
+    """Two reports in the format run_benchmark writes (build_report over Measurement objects, the
+    real hardware_info of this process with the device kind replaced), without compiling anything."""
     directory = tmp_path_factory.mktemp("compare")
     a, b = str(directory / "a.json"), str(directory / "b.json")
-    _check(_run("-c", _WRITE_REPORTS, SCRIPT, a, b))
+    reports = (
+        _report("NVIDIA H100 80GB HBM3", Options(batch_size=8),
+                [_measurement("encode", 0.2, 98.9e12, 2**30), _measurement("train/generator", 0.4, 3e13, 3 * 2**30)]),
+        _report("TPU v5 lite", Options(batch_size=8),
+                [_measurement("encode", 0.1, 19.7e12, None), _measurement("decode", 0.3, 1e13, None)]),
+    )
+    for path, r in zip((a, b), reports):
+        with open(path, "w") as f:
+            json.dump(r, f, indent=2)
     return a, b
 
 
@@ -399,9 +446,10 @@ def test_report_files_have_the_table_peaks(report_files):
     assert encode["mfu"] == pytest.approx(98.9e12 / 0.2 / 1e12 / 989.0)  # 0.5
 
 
-def test_compare(report_files):
+def test_compare(report_files, capsys):
     a, b = report_files
-    out = _check(_run(SCRIPT, "--compare", a, b, timeout=120))
+    compare_main([a, b])
+    out = capsys.readouterr().out
     assert f"A: {a}" in out and f"B: {b}" in out
     assert "device_kind='NVIDIA H100 80GB HBM3'" in out and "device_kind='TPU v5 lite'" in out
     assert "peak: 989 TFLOP/s per device (table: H100 bf16 dense)" in out
@@ -418,23 +466,6 @@ def test_compare(report_files):
     assert rows[("decode", "median step s")] == ["n/a", "0.3000", "n/a"]
 
 
-@pytest.mark.parametrize("problem", ["missing", "garbled", "not_a_report"])
-def test_compare_bad_file_is_one_error_line(report_files, tmp_path, problem):
-    bad = tmp_path / "bad.json"
-    if problem == "garbled":
-        bad.write_text('{"measurements": [')
-    elif problem == "not_a_report":
-        bad.write_text('{"hardware": {}}')
-    proc = _run(SCRIPT, "--compare", report_files[0], str(bad), timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error: benchmark --compare: "), proc.stderr
-    assert str(bad) in errors[0]
-
-
 def test_compare_usage_errors(report_files):
-    one_file = _run(SCRIPT, "--compare", report_files[0], timeout=120)
-    assert one_file.returncode != 0 and "--compare takes two report files" in one_file.stderr
-    neither = _run(SCRIPT, timeout=120)
-    assert neither.returncode != 0 and "--config=configs/<name>.py is required (or --compare" in neither.stderr
+    with pytest.raises(UserError, match="--compare takes two report files"):
+        compare_main([report_files[0]])

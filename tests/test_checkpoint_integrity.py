@@ -13,8 +13,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from stable_audio_jax import integrity
 from stable_audio_jax.errors import EXIT_LOCKED, EXIT_NONFINITE, UserError
-from stable_audio_jax.training import integrity
 from stable_audio_jax.training.diffusion_task import DiffusionTask
 from stable_audio_jax.training.run_lock import RunLock
 from stable_audio_jax.training.trainer import MetricLogger, Trainer
@@ -101,6 +101,7 @@ def shards(tmp_path_factory):
     return write_latent_shards(tmp_path_factory.mktemp("integrity") / "shards")
 
 
+@pytest.mark.slow
 def test_skip_mode_drops_the_nonfinite_update_and_carries_on(shards, tmp_path):
     config = micro_config(shards, num_steps=4, checkpoint_every=2, on_nonfinite="skip", max_nonfinite_skips=1)
     trainer = Trainer(config, str(tmp_path / "run"), PoisonedTask(config, poisoned_steps={2}))
@@ -117,6 +118,7 @@ def test_skip_mode_drops_the_nonfinite_update_and_carries_on(shards, tmp_path):
     assert error.value.exit_code == EXIT_NONFINITE and "training stopped at step 3" in str(error.value)
 
 
+@pytest.mark.slow
 def test_resume_with_another_architecture_names_the_first_different_array(shards, tmp_path):
     config = micro_config(shards, num_steps=2, checkpoint_every=2)
     Trainer(config, str(tmp_path / "run"), DiffusionTask(config)).train()
@@ -129,6 +131,7 @@ def test_resume_with_another_architecture_names_the_first_different_array(shards
     assert "in the checkpoint but" in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace_of_that_window(shards, tmp_path):
     config = micro_config(shards, num_steps=3, checkpoint_every=3)
     config.trainer.profile_steps = (2, 3)

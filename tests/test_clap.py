@@ -1,8 +1,9 @@
 """CLAP: contrastive loss, retrieval metrics, CLAP score, training (sharded, resumable),
 held-out retrieval above chance, and the frozen text conditioner loaded from a run.
 
-Training tests use a micro CLAP (1-layer text tower, a two-stage HTSAT of width 16) on
-synthetic captioned clips, so every compiled step takes a few seconds on 2 cores.
+Training tests use a micro CLAP (`micro_configs.micro_clap_config`: 1-layer text tower, a
+two-stage HTSAT of width 16) on synthetic captioned clips, so every compiled step takes a few
+seconds on 2 cores.
 """
 
 import json
@@ -16,39 +17,15 @@ from stable_audio_jax import config_lib, parallel
 from stable_audio_jax.losses.contrastive import contrastive_loss
 from stable_audio_jax.metrics.clap_score import clap_score, derangement
 from stable_audio_jax.metrics.retrieval import recall_at_k
-from stable_audio_jax.models import htsat
-from stable_audio_jax.models.text_encoder import TextEncoderConfig
 from stable_audio_jax.training.clap_task import CLAPTask
 from stable_audio_jax.training.trainer import Trainer
-
-VOCAB_SIZE = 512
-
-
-def micro_config(data: dict, **trainer):
-    """The micro CLAP on `data` (the `captioned_data` fixture), mesh (2, 4, 1)."""
-    text = dict(TextEncoderConfig.tiny(vocab_size=VOCAB_SIZE).to_dict(), hidden_size=32, num_layers=1,
-                num_heads=2, mlp_dim=64, pooling="mean")
-    audio = htsat.demo(n_mels=16, spec_size=32, freq_ratio=2, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
-                       window_size=4, drop_path_rate=0.0).to_dict()
-    c = config_lib.clap_config(text, audio, embed_dim=32)
-    c.text.tokenizer = data["tokenizer"]
-    c.data.train_shards = data["train"]
-    c.data.eval_shards = data["valid"]
-    c.text.max_length = 32
-    c.data.batch_size = 8
-    c.data.worker_count = 0
-    c.optimizer = config_lib.adamw_config(2e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6, warmup=0.0)
-    c.ema.beta = 0.9
-    c.mesh.shape = (2, 4, 1)
-    c.trainer.update(dict(num_steps=4, log_every=1, eval_every=0, checkpoint_every=100, async_checkpointing=False))
-    c.trainer.update(trainer)
-    return c
+from tests.micro_configs import VOCAB_SIZE, micro_clap_config
 
 
 @pytest.fixture(scope="module")
 def captioned_data(tmp_path_factory):
     """Synthetic captioned clips (train + valid shards) and a BPE tokenizer of the train captions."""
-    from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
+    from stable_audio_jax.demo_corpus.synthetic import write_synthetic_dataset
     from stable_audio_jax.input_pipeline.shard_writer import write_shards
     from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer
 
@@ -113,17 +90,17 @@ def test_clap_score_of_an_ideal_embedder_beats_shuffled_pairs(tmp_path):
 
 # --------------------------------------------------------------------------- config errors
 def test_clear_errors_for_missing_tokenizer_and_wrong_sample_rate(captioned_data, tmp_path):
-    config = micro_config(dict(captioned_data, tokenizer=""))
+    config = micro_clap_config(dict(captioned_data, tokenizer=""))
     with pytest.raises(ValueError, match="config.text.tokenizer is empty"):
         _ = CLAPTask(config).tokenizer
-    config = micro_config(dict(captioned_data, tokenizer=str(tmp_path / "missing.json")))
+    config = micro_clap_config(dict(captioned_data, tokenizer=str(tmp_path / "missing.json")))
     with pytest.raises(FileNotFoundError):
         _ = CLAPTask(config).tokenizer
-    config = micro_config(captioned_data)
+    config = micro_clap_config(captioned_data)
     config.data.sample_rate = 48000
     with pytest.raises(ValueError, match="sample_rate"):
         CLAPTask(config)
-    config = micro_config(captioned_data)
+    config = micro_clap_config(captioned_data)
     config.model.text.vocab_size = 300  # smaller than the trained tokenizer's vocabulary
     with pytest.raises(ValueError, match="vocab"):
         _ = CLAPTask(config).tokenizer
@@ -141,6 +118,7 @@ def _train_losses(workdir):
         return [(r["step"], r["loss"]) for r in map(json.loads, f) if r["split"] == "train"]
 
 
+@pytest.mark.slow
 def test_sharded_training_matches_one_device(captioned_data):
     """The same two steps on a (2, 4) data x fsdp mesh and on one device.
 
@@ -151,7 +129,7 @@ def test_sharded_training_matches_one_device(captioned_data):
     from stable_audio_jax.input_pipeline.grain_pipeline import make_audio_dataset
     from stable_audio_jax.training.trainer import jit_train_step
 
-    config = micro_config(captioned_data)
+    config = micro_clap_config(captioned_data)
     task = CLAPTask(config)
     host = next(iter(make_audio_dataset(captioned_data["train"], sample_rate=config.data.sample_rate,
                                         sample_size=config.data.sample_size, batch_size=8, seed=0, shuffle=False,
@@ -179,11 +157,12 @@ def test_sharded_training_matches_one_device(captioned_data):
     np.testing.assert_allclose(losses["mesh"][1], losses["single"][1], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(captioned_data, tmp_path):
     """2 steps, stop, resume to 5 == 5 uninterrupted steps (losses, params, data order)."""
-    _, straight = _train(tmp_path / "straight", micro_config(captioned_data, num_steps=5))
+    _, straight = _train(tmp_path / "straight", micro_clap_config(captioned_data, num_steps=5))
     for num_steps in (2, 5):
-        summary, resumed = _train(tmp_path / "resumed", micro_config(captioned_data, num_steps=num_steps))
+        summary, resumed = _train(tmp_path / "resumed", micro_clap_config(captioned_data, num_steps=num_steps))
     assert summary["start_step"] == 2
     assert _train_losses(tmp_path / "resumed") == _train_losses(tmp_path / "straight")
     jax.tree.map(np.testing.assert_array_equal, straight.params, resumed.params)
@@ -200,7 +179,7 @@ TRAIN_SET_MARGIN = 0.30
 @pytest.fixture(scope="module")
 def trained_clap(tmp_path_factory):
     """The micro CLAP trained for 400 steps on 350 synthetic clips; 50 held-out clips for scoring."""
-    from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
+    from stable_audio_jax.demo_corpus.synthetic import write_synthetic_dataset
     from stable_audio_jax.input_pipeline.shard_writer import write_shards
     from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer
 
@@ -211,7 +190,7 @@ def trained_clap(tmp_path_factory):
         captions = [json.loads(line)["caption"] for line in f]
     data = {"train": str(root / "shards"), "valid": str(root / "shards"),
             "tokenizer": train_bpe_tokenizer(captions, vocab_size=VOCAB_SIZE).save(str(root / "tokenizer.json"))}
-    config = micro_config(data, num_steps=400, log_every=50)
+    config = micro_clap_config(data, num_steps=400, log_every=50)
     config.data.batch_size = 16
     config.mesh.shape = (-1, 1, 1)
     config.optimizer = config_lib.adamw_config(3e-3, b1=0.9, b2=0.99, weight_decay=0.01, inv_gamma=1e6, warmup=0.9)
@@ -225,6 +204,7 @@ def trained_clap(tmp_path_factory):
 
 
 @pytest.mark.parametrize("split,margin", [("seen", TRAIN_SET_MARGIN), ("heldout", HELDOUT_MARGIN)])
+@pytest.mark.slow
 def test_trained_clap_retrieves_above_chance(trained_clap, split, margin):
     """Text->audio retrieval among 50 fixed clips (training clips, then held-out ones):
     recall@5 beats chance by `margin`, and matched (caption, audio) pairs score higher
@@ -247,6 +227,7 @@ def test_trained_clap_retrieves_above_chance(trained_clap, split, margin):
     assert result["clap_score"] > result["shuffled_clap_score"] + 0.1
 
 
+@pytest.mark.slow
 def test_text_conditioning_from_a_trained_run(trained_clap):
     """[batch, max_length, hidden] penultimate-layer features and the padding mask, jitted on
     the 8-device mesh: odd batch sizes, empty and over-long prompts, batch-independent."""
@@ -275,6 +256,7 @@ def test_text_conditioning_from_a_trained_run(trained_clap):
         encoder.text_conditioning("a single string")
 
 
+@pytest.mark.slow
 def test_clap_score_cli_and_bad_input(trained_clap, tmp_path):
     import subprocess
     import sys

@@ -1,7 +1,7 @@
 """Memory knobs of the CLAP train step: rematerialised tower blocks (`model.remat_policy`)
 and the gradient cache (`optimizer.grad_accum_steps`, `training/grad_cache.py`).
 
-The micro CLAP of `test_clap` (1-layer text tower) with one one-block Swin stage, on a random
+The micro CLAP of `micro_configs` (1-layer text tower) with one one-block Swin stage, on a random
 batch of 16 clips and captions; no tokenizer or data is read. Keys are RBG: threefry's
 XLA:CPU compile costs more than the steps', and nothing here depends on the generator.
 """
@@ -19,15 +19,15 @@ from stable_audio_jax.models.clap import CLAP, CLAPConfig
 from stable_audio_jax.training import grad_cache
 from stable_audio_jax.training.accumulate import split_micro_batches
 from stable_audio_jax.training.clap_task import CLAPTask
-from tests.test_clap import VOCAB_SIZE, micro_config
+from tests.micro_configs import VOCAB_SIZE, micro_clap_config
 
 BATCH, TEXT_LENGTH = 16, 12
 
 
 def knob_config(**overrides):
-    """`test_clap.micro_config` (no data) with `overrides`, dotted keys such as
+    """`micro_configs.micro_clap_config` (no data) with `overrides`, dotted keys such as
     `{"optimizer.grad_accum_steps": 2}`."""
-    config = micro_config({"tokenizer": "", "train": "", "valid": ""})
+    config = micro_clap_config({"tokenizer": "", "train": "", "valid": ""})
     config.model.audio.update(depths=(1,), num_heads=(2,))  # one Swin stage: a quicker compile
     config.text.max_length = TEXT_LENGTH
     config.data.batch_size = BATCH
@@ -124,6 +124,7 @@ def _assert_same_step(got, want, what: str):
 
 
 # --------------------------------------------------------------------------- remat
+@pytest.mark.slow
 def test_remat_keeps_params_outputs_and_gradients(start):
     """Every text layer and Swin block is rematerialised; the param tree, the embeddings
     (dropout on: the same masks) and the train step (gradient, loss, updated params) are the
@@ -163,6 +164,7 @@ def test_remat_keeps_params_outputs_and_gradients(start):
 
 
 # --------------------------------------------------------------------------- gradient cache
+@pytest.mark.slow
 def test_grad_cache_train_step_matches_the_whole_batch(start):
     """A train step with grad_accum_steps 2 and 4 (the gradient cache, k micro-batches of
     16 / k) equals the plain step (k=1, `jax.value_and_grad` of the contrastive loss of the

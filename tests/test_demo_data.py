@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from stable_audio_jax.datasets import demo_music, generated_music, soundfont, synthetic
-from stable_audio_jax.datasets.captions import format_caption
+from stable_audio_jax.demo_corpus import demo_music, generated_music, soundfont, synthetic
+from stable_audio_jax.demo_corpus.captions import format_caption
 
 SR = 44100
 MIN_SECONDS, MAX_SECONDS = 2.0, 4.0

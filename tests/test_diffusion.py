@@ -14,43 +14,23 @@ import jax
 import numpy as np
 import pytest
 
-from stable_audio_jax import config_lib, parallel
-from stable_audio_jax.models.unet import UNetConfig
+from stable_audio_jax import parallel
 from stable_audio_jax.training.diffusion_task import DiffusionTask
 from stable_audio_jax.training.trainer import Trainer, jit_train_step
+from tests.micro_configs import TEXT_LENGTH, WINDOW, micro_clap_config, micro_diffusion_config, micro_vae_config
+
+pytestmark = pytest.mark.e2e
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WINDOW = 8192  # samples: 1024 latent frames of the micro VAE (8x)
-TEXT_LENGTH = 16
-
-
-def micro_diffusion_config(data: dict, **trainer):
-    unet = UNetConfig.tiny(in_channels=4, text_length=TEXT_LENGTH, context_features=32).to_dict()
-    unet.update(channels=16, resnet_groups=4, transformer_groups=16, attention_heads=2)
-    c = config_lib.diffusion_config(unet)
-    c.pretransform.update(vae_dir=data["vae"], clap_dir=data["clap"], downsampling_ratio=8)
-    c.data.train_shards = data["latents"]
-    c.data.sample_size = WINDOW
-    c.data.batch_size = 8
-    c.data.worker_count = 0
-    c.optimizer = config_lib.diffusion_optimizer_config(2e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6,
-                                                        warmup=0.0)
-    c.ema.beta = 0.9
-    c.mesh.shape = (2, 4, 1)
-    c.trainer.update(dict(num_steps=4, log_every=1, eval_every=0, checkpoint_every=100, async_checkpointing=False))
-    c.trainer.update(trainer)
-    return c
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Micro VAE and CLAP runs, and latent shards of synthetic clips pre-encoded with them."""
-    from stable_audio_jax.datasets.synthetic import write_synthetic_dataset
+    from stable_audio_jax.demo_corpus.synthetic import write_synthetic_dataset
     from stable_audio_jax.inference.pre_encode import pre_encode
     from stable_audio_jax.input_pipeline.shard_writer import write_shards
     from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer
-    from tests.test_clap import micro_config as micro_clap_config
-    from tests.test_vae_training import micro_config as micro_vae_config
 
     root = tmp_path_factory.mktemp("diffusion")
     write_synthetic_dataset(root / "raw", num_clips=16, seed=5, min_seconds=0.3, max_seconds=1.0)

@@ -1,7 +1,7 @@
 """Memory and speed knobs of the diffusion train step: bfloat16 compute with float32 params,
 and gradient accumulation over micro-batches.
 
-A one-level micro U-Net (the micro config of `test_diffusion`, shallower) trains on a fixed
+A one-level micro U-Net (the micro config of `micro_configs`, shallower) trains on a fixed
 batch of random latents. Keys are RBG: threefry's XLA:CPU compile costs more than the
 train step's, and nothing here depends on the generator.
 """
@@ -16,7 +16,9 @@ import pytest
 from stable_audio_jax.diffusion import guidance, samplers
 from stable_audio_jax.training import accumulate
 from stable_audio_jax.training.diffusion_task import DiffusionTask
-from tests.test_diffusion import TEXT_LENGTH, micro_diffusion_config
+from tests.micro_configs import TEXT_LENGTH, micro_diffusion_config
+
+pytestmark = pytest.mark.slow
 
 FRAMES, LATENT_DIM, TEXT_DIM, BATCH = 32, 4, 32, 8
 STEPS = 40

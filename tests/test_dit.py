@@ -70,7 +70,7 @@ def _dit_inputs(c: DiTConfig, batch: int = 2, frames: int = 8, tokens: int = 5, 
 
 
 def test_sao_parameter_count_by_eval_shape():
-    """configs/dit_sao.py: the DiT alone is exactly 1,056,828,544 (SPEC 3.2), plus the two
+    """configs/dit_sao.py: the DiT alone is exactly 1,056,828,544 (the released SAO DiT's count), plus the two
     number embedders (2 x (128 + 257 x 768 + 768) = 396,544); nothing is allocated."""
     config = _load_config_module("dit_sao").get_config()
     model_config = LatentDiffusionConfig.from_dict(config.model.to_dict())
@@ -187,6 +187,7 @@ def test_zero_init_branches_and_float32_output():
     np.testing.assert_array_equal(v, other)
 
 
+@pytest.mark.slow
 def test_remat_keeps_parameters_and_gradients():
     c = CASES["rope_half"]
     x, t, context, global_cond = _dit_inputs(c)
@@ -210,6 +211,7 @@ def _tiny_model(**overrides):
     return LatentDiffusionModel(config)
 
 
+@pytest.mark.slow
 def test_null_context_is_an_all_zero_context_with_the_global_timing():
     """`use_null_context` zeroes the whole cross-attention context (text and timing tokens),
     keeps `[start || total]` as global conditioning, and padded text tokens are zeros."""
@@ -264,6 +266,7 @@ def _micro_task(text_length: int = 16):
     return DiffusionTask(config)
 
 
+@pytest.mark.slow
 def test_tiny_dit_trains_with_the_diffusion_task_and_shards():
     """The DiffusionTask trains a micro DiT: the v-loss on a fixed batch of learnable latents
     falls by a fifth in 60 steps (measured 0.76 -> 0.56). On a (data 2, fsdp 2, tensor 2)
@@ -370,6 +373,7 @@ def reference(request):
 
 
 @pytest.mark.parametrize("output", ["v_plain", "v_cfg6", "v_cfg6_neg_rescale"])
+@pytest.mark.parity
 def test_parity_with_the_reference(reference, output):
     """Our DiT (+ `guidance.guided_v_model` for the CFG rows) against the reference DiT's
     forward with `cfg_scale` 1, 6, and 6 with `scale_phi` 0.7 and a negative context."""

@@ -35,6 +35,8 @@ import pytest
 
 from tests.micro_diffusion import write_latent_shards
 
+pytestmark = pytest.mark.e2e
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "micro_diffusion.py")
 NUM_STEPS = 8

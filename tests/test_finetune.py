@@ -1,6 +1,7 @@
 """Fine-tuning from public weights: convert -> pre-encode with the pretrained directory ->
 train from `init_from` -> resume, on the tiny SAO-layout fixture (`fixtures/sao_small/` +
-the tiny T5 of `fixtures/t5_relu/`, see test_sao_checkpoint.py).
+the tiny T5 of `fixtures/t5_relu/`, see test_sao_checkpoint.py). The fixtures `converted` and
+`latents` are conftest's; configs and the converter's params come from `sao_finetune`.
 """
 
 from __future__ import annotations
@@ -15,69 +16,18 @@ import ml_collections
 import numpy as np
 import pytest
 
-from stable_audio_jax import config_lib, parallel
-from stable_audio_jax.convert import sao_checkpoint
+from stable_audio_jax import parallel, pretrained
 from stable_audio_jax.errors import UserError
-from stable_audio_jax.inference import pretrained
-from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.training.diffusion_task import DiffusionTask
+from stable_audio_jax.training.runs import load_run
 from stable_audio_jax.training.trainer import Trainer
 from stable_audio_jax.training.vae_task import VAETask
-from tests.test_bad_input import Case, check_cases
-from tests.test_sao_checkpoint import CHECKPOINT, MODEL_CONFIG, T5_DIR
+from tests.bad_input import Case, check_cases
+from tests.fixture_paths import T5_DIR
+from tests.micro_configs import micro_vae_config
+from tests.sao_finetune import BATCH, WINDOW, converted_params, finetune_config
 
-WINDOW = 4096  # samples: 64 latent frames of the fixture's 64x VAE
-BATCH = 8  # global batch: one row per device of the (2, 4) mesh
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("finetune") / "pretrained")
-    sao_checkpoint.convert_checkpoint(CHECKPOINT, MODEL_CONFIG, out, t5_dir=T5_DIR, log=lambda _: None)
-    return out
-
-
-@pytest.fixture(scope="module")
-def latents(converted, synthetic_shards, tmp_path_factory) -> tuple[str, dict]:
-    from stable_audio_jax.inference.pre_encode import pre_encode
-
-    out = str(tmp_path_factory.mktemp("finetune_latents"))
-    report = pre_encode(synthetic_shards, out, pretrained_dir=converted, sample_size=WINDOW, num_crops=1,
-                        batch_size=BATCH, progress=False)
-    return out, report
-
-
-def _converted(part: str) -> dict:
-    """The converter's params of `part` straight from the fixture's state dict (no Orbax)."""
-    from stable_audio_jax.convert import sao_vae
-    from stable_audio_jax.convert.state_dict import StateDictReader, load_state_dict
-
-    with open(MODEL_CONFIG) as f:
-        arch = sao_checkpoint.architecture_from_model_config(json.load(f))
-    reader = StateDictReader(load_state_dict(CHECKPOINT), source=CHECKPOINT)
-    if part == "diffusion":
-        return sao_checkpoint.diffusion_params_from_state_dict(reader, arch)
-    return sao_vae.autoencoder_params_from_state_dict(reader.scoped(sao_vae.DIFFUSION_PREFIX), arch.autoencoder)
-
-
-def finetune_config(pretrained_dir: str, shards: str, init_from: str | None = None,
-                    **trainer) -> ml_collections.ConfigDict:
-    """A diffusion config of the pretrained directory's architecture, on a (2, 4) mesh, started
-    from `init_from` (default: that directory)."""
-    model = pretrained.read_pretrained_config(pretrained_dir)["model"]
-    c = config_lib.diffusion_config(dit=model["dit"], timing_kind=model["timing_kind"],
-                                    global_timing=model["global_timing"], text_tokens=model["text_tokens"])
-    c.model.max_seconds = model["max_seconds"]
-    c.init_from = pretrained_dir if init_from is None else init_from
-    c.pretransform.downsampling_ratio = 64
-    c.data.update(train_shards=shards, sample_size=WINDOW, batch_size=BATCH, worker_count=0)
-    c.diffusion.cfg_dropout = 0.0
-    c.optimizer = config_lib.diffusion_optimizer_config(3e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6,
-                                                        warmup=0.0)
-    c.mesh.shape = (2, 4, 1)
-    c.trainer.update(dict(num_steps=8, log_every=1, eval_every=0, checkpoint_every=4, async_checkpointing=False))
-    c.trainer.update(trainer)
-    return c
+pytestmark = pytest.mark.slow
 
 
 def _initial_state(config, workdir: str, task):
@@ -116,13 +66,14 @@ def test_pre_encode_with_the_pretrained_directory(converted, latents):
     assert np.all(batch["seconds_total"] >= 1) and np.all(batch["seconds_start"] >= 0)
 
 
+@pytest.mark.e2e
 def test_finetune_starts_from_the_weights_learns_and_resumes(converted, latents, tmp_path, caplog):
     from stable_audio_jax.input_pipeline.grain_pipeline import make_latent_dataset
 
     shards, _ = latents
     config = finetune_config(converted, shards)
     task = DiffusionTask(config)
-    weights = _converted("diffusion")
+    weights = converted_params("diffusion")
     state = _initial_state(config, str(tmp_path / "run"), task)
     _assert_trees_equal(state.params["diffusion"], weights)
     _assert_trees_equal(state.ema_params["diffusion"], weights)
@@ -174,17 +125,15 @@ def test_finetune_starts_from_the_weights_learns_and_resumes(converted, latents,
 
 def test_vae_starts_from_the_pretrained_autoencoder(converted, tmp_path):
     """The VAE task takes the pretrained directory's autoencoder; its discriminator is fresh."""
-    from tests.test_vae_training import micro_config
-
-    config = micro_config()
+    config = micro_vae_config()
     autoencoder = pretrained.read_pretrained_config(converted)["autoencoder"]
     config.model = ml_collections.ConfigDict({**config.model.to_dict(), **autoencoder})
     config.init_from = converted
     state = _initial_state(config, str(tmp_path / "vae"), VAETask(config))
-    weights = _converted("autoencoder")
+    weights = converted_params("autoencoder")
     _assert_trees_equal(state.params["autoencoder"], weights)
     _assert_trees_equal(state.ema_params["autoencoder"], weights)
-    fresh = _initial_state(micro_config(), str(tmp_path / "fresh"), VAETask(micro_config()))
+    fresh = _initial_state(micro_vae_config(), str(tmp_path / "fresh"), VAETask(micro_vae_config()))
     _assert_trees_equal(state.params["discriminator"], fresh.params["discriminator"])
     assert int(state.step) == 0 and not any(np.any(x) for x in jax.tree.leaves(state.opt_state))
 

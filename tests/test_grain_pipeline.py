@@ -158,7 +158,7 @@ def test_deterministic_given_seed(dataset):
     assert any(not np.array_equal(x["audio"], y["audio"]) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("worker_count", [0, 2])
+@pytest.mark.parametrize("worker_count", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_iterator_state_restore(dataset, worker_count):
     it = iter(_make(dataset["shards"], seed=1, worker_count=worker_count))
     for _ in range(3):

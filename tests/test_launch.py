@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The micro shape of tests/test_vae_training.py, as command-line overrides of vae_tiny.
+# The micro VAE of tests/micro_configs.py, as command-line overrides of vae_tiny.
 MICRO = [
     "--config.model.latent_dim=4", "--config.model.strides=(2,4)",
     "--config.model.encoder_channels=4", "--config.model.encoder_multipliers=(1,2,4)",
@@ -27,6 +29,7 @@ def run_train(*args, timeout=400):
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.e2e
 def test_train_script_runs_evaluates_and_resumes(synthetic_shards, tmp_path):
     workdir = str(tmp_path / "run")
     first = run_train(f"--workdir={workdir}", f"--config.data.train_shards={synthetic_shards}",
@@ -50,6 +53,7 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     assert "sample_sise" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_training_data_is_a_clear_error(tmp_path):
     result = run_train(f"--workdir={tmp_path}", timeout=120)
     assert result.returncode != 0

@@ -1,6 +1,7 @@
 """LoRA and DoRA adapters (`lora.py`): the merge algebra on the tiny models, the trainable share
 of the full-size SAO DiT, and LoRA fine-tuning of the converted tiny SAO fixture
-(`test_finetune.py`) through the trainer, sampling, export and the launch scripts."""
+(conftest's `converted` and `latents`, as in `test_finetune.py`) through the trainer, sampling,
+export and the launch scripts."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from stable_audio_jax import lora
+from stable_audio_jax import lora, parallel, pretrained
 from stable_audio_jax.errors import UserError
-from stable_audio_jax.inference import pretrained
-from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.training.diffusion_task import ADAPTERS, DiffusionTask
+from stable_audio_jax.training.runs import load_run
 from stable_audio_jax.training.trainer import Trainer
-from tests.test_bad_input import Case, check_cases
-from tests.test_finetune import converted, finetune_config, latents  # noqa: F401 - module fixtures
+from tests.bad_input import Case, check_cases
+from tests.sao_finetune import converted_params, lora_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -55,6 +55,7 @@ def _max_difference(a, b) -> float:
 
 
 @pytest.mark.parametrize("config_name", ["dit_tiny", "diffusion_tiny"])
+@pytest.mark.slow
 def test_targets_cover_attention_and_mlp_projections(config_name):
     _, boxed = _tiny(config_name)
     targets = lora.find_targets(boxed, lora.LoraSettings(rank=4))
@@ -64,6 +65,7 @@ def test_targets_cover_attention_and_mlp_projections(config_name):
     assert out.in_axes == 2 and out.names[:2] == ("heads", "kv")  # [heads, head_dim, embed]: two input axes
 
 
+@pytest.mark.slow
 def test_merge_algebra_on_the_tiny_dit():
     params, boxed = _tiny("dit_tiny")
     first, second = _random_adapter(boxed, 1), _random_adapter(boxed, 2)
@@ -108,6 +110,7 @@ def test_bad_settings_are_one_line():
         lora.LoraSettings.from_config({"rank": 4, "kind": "qlora"})
 
 
+@pytest.mark.slow
 def test_rank_16_on_the_sao_dit_trains_a_few_percent():
     """Counted from `eval_shape` of the full-size Stable Audio Open DiT (nothing allocated)."""
     import dit_sao
@@ -117,7 +120,7 @@ def test_rank_16_on_the_sao_dit_trains_a_few_percent():
     config.lora.rank = 16
     task = DiffusionTask(config)
     state = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))
-    base, adapters = lora.count_params(state.frozen["diffusion"]), lora.count_params(state.params[ADAPTERS])
+    base, adapters = parallel.count_params(state.frozen["diffusion"]), parallel.count_params(state.params[ADAPTERS])
     print(f"SAO DiT: {adapters / 1e6:.2f} M LoRA-16 parameters over {len(task.lora_targets)} kernels, "
           f"{100 * adapters / base:.2f}% of {base / 1e9:.3f} B")
     assert 1.0e9 < base < 1.1e9 and 0.005 < adapters / base < 0.05
@@ -126,7 +129,7 @@ def test_rank_16_on_the_sao_dit_trains_a_few_percent():
 
 
 @pytest.fixture(scope="module")
-def lora_run(converted, latents, tmp_path_factory):  # noqa: F811 - fixtures from test_finetune
+def lora_run(converted, latents, tmp_path_factory):
     """A rank-4 LoRA run of the converted fixture: 6 steps, checkpoints at 3 and 6."""
     shards, _ = latents
     workdir = str(tmp_path_factory.mktemp("lora") / "run")
@@ -151,19 +154,12 @@ def _at(tree, keys):
     return tree
 
 
-def lora_config(converted: str, shards: str, **lora_fields):  # noqa: F811
-    config = finetune_config(converted, shards, num_steps=6, checkpoint_every=3)
-    config.lora.update(dict(rank=4, alpha=4.0, **lora_fields))
-    return config
-
-
-def test_lora_training_changes_only_the_adapters(lora_run, converted):  # noqa: F811
-    from tests.test_finetune import _converted
-
+@pytest.mark.slow
+def test_lora_training_changes_only_the_adapters(lora_run, converted):
     initial, summary = lora_run["initial"], lora_run["summary"]
     assert summary["end_step"] == 6
     # The frozen base is the converted model in bfloat16, and only adapters train.
-    base = _converted("diffusion")
+    base = converted_params("diffusion")
     for x, y in zip(jax.tree.leaves(initial.frozen["diffusion"]), jax.tree.leaves(base)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y).astype(jnp.bfloat16))
     assert set(initial.params) == {ADAPTERS}
@@ -180,9 +176,9 @@ def test_lora_training_changes_only_the_adapters(lora_run, converted):  # noqa: 
     b_before = [x for p, x in jax.tree_util.tree_flatten_with_path(initial.params)[0] if p[-1].key == "b"]
     b_after = [x for p, x in jax.tree_util.tree_flatten_with_path(run.state.params)[0] if p[-1].key == "b"]
     assert not any(np.any(b) for b in b_before) and all(np.any(np.asarray(b)) for b in b_after)
-    trained = lora.count_params(run.state.params)
-    print(f"LoRA-4 on the fixture DiT: {trained} trainable of {lora.count_params(base)}")
-    assert trained < 0.2 * lora.count_params(base)
+    trained = parallel.count_params(run.state.params)
+    print(f"LoRA-4 on the fixture DiT: {trained} trainable of {parallel.count_params(base)}")
+    assert trained < 0.2 * parallel.count_params(base)
     # The checkpoint holds adapters, Adam and EMA: a fraction of the base's bytes.
     step_dir = os.path.join(lora_run["workdir"], "checkpoints", "6")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(step_dir) for f in fs)
@@ -191,7 +187,8 @@ def test_lora_training_changes_only_the_adapters(lora_run, converted):  # noqa: 
     assert record["source"] == os.path.abspath(converted)
 
 
-def test_lora_resumes_and_refuses_another_base(lora_run, converted, latents, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_lora_resumes_and_refuses_another_base(lora_run, converted, latents, tmp_path):
     from stable_audio_jax.inference.fine_tuned import export_pretrained
 
     shards, _ = latents
@@ -208,7 +205,8 @@ def test_lora_resumes_and_refuses_another_base(lora_run, converted, latents, tmp
         Trainer(wrong, lora_run["workdir"], DiffusionTask(wrong)).train()
 
 
-def test_export_and_runtime_adapters_agree(lora_run, converted, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_export_and_runtime_adapters_agree(lora_run, converted, tmp_path):
     from stable_audio_jax.inference.fine_tuned import export_pretrained
     from stable_audio_jax.inference.generate import AudioGenerator
 
@@ -240,14 +238,15 @@ def _script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_the_lora_flow_through_the_launch_scripts(lora_run, converted, latents, tmp_path):  # noqa: F811
+@pytest.mark.e2e
+def test_the_lora_flow_through_the_launch_scripts(lora_run, converted, latents, tmp_path):
     """train.py with --config.lora.* -> sample.py --lora -> export.py, as a user types them,
     and the bad inputs of that flow, each one line."""
     shards, _ = latents
     workdir, samples, exported = (str(tmp_path / name) for name in ("run", "samples", "exported"))
     config_file = str(tmp_path / "lora_fixture.py")
     with open(config_file, "w") as f:
-        f.write("import sys\nsys.path.insert(0, %r)\nfrom tests.test_lora import lora_config\n\n"
+        f.write("import sys\nsys.path.insert(0, %r)\nfrom tests.sao_finetune import lora_config\n\n"
                 "def get_config(arg):\n    converted, shards = arg.split(',')\n"
                 "    return lora_config(converted, shards)\n" % ROOT)
     config = f"--config={config_file}:{converted},{shards}"
@@ -282,7 +281,8 @@ def test_the_lora_flow_through_the_launch_scripts(lora_run, converted, latents, 
     ])
 
 
-def test_sampling_on_other_meshes_gives_the_same_audio(lora_run, converted):  # noqa: F811
+@pytest.mark.slow
+def test_sampling_on_other_meshes_gives_the_same_audio(lora_run, converted):
     """Trained on a (2, 4, 1) mesh; sampled on (1, 8, 1) (weights split FSDP-style over 8
     devices) and on (8, 1, 1) (replicated): the same audio up to float32 summation order.
     Loads read only the EMA weights."""

@@ -1,23 +1,22 @@
-"""The shape-only per-device memory estimate (`stable_audio_jax/memory_estimate.py`) and the
-benchmark's `--memory_estimate` mode."""
+"""The shape-only per-device memory estimate (`stable_audio_jax/benchmark/memory_estimate.py`) and
+the benchmark's `--memory_estimate` mode (`stable_audio_jax/benchmark/diffusion_memory.py`)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from stable_audio_jax import lora, memory_estimate, parallel
+from configs import diffusion_tiny, dit_tiny
+from stable_audio_jax import lora, parallel
+from stable_audio_jax.benchmark import memory_estimate
+from stable_audio_jax.benchmark.diffusion_memory import diffusion_memory_estimates, format_memory_estimates
+from stable_audio_jax.benchmark.options import BenchmarkUsageError
 from stable_audio_jax.training.diffusion_task import DiffusionTask
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = 4
 
 
@@ -74,20 +73,14 @@ def test_activation_bytes_count_what_the_backward_pass_keeps(remat):
         memory_estimate.activation_bytes(fn, w, make, 0)
 
 
-def _benchmark(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "benchmark.py"), *args], cwd=ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
-
-
-def test_benchmark_memory_estimate_of_the_tiny_diffusion_model(tmp_path):
+@pytest.mark.e2e
+def test_benchmark_memory_estimate_of_the_tiny_diffusion_model():
     """`--memory_estimate` on the demo's U-Net: remat shrinks the activations only, FSDP over
     8 devices holds about 1/8 of the state, and the parts add up to the total."""
-    out = tmp_path / "memory.json"
-    proc = _benchmark("--config=configs/diffusion_tiny.py", "--memory_estimate", "--batch_size=16",
-                      "--memory_mesh=2,8,1", "--remat_policies=none,full", f"--output_json={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "remat policy" in proc.stdout and "lower bound" in proc.stdout
-    none, full = json.loads(out.read_text())["memory_estimates"]
+    estimates = diffusion_memory_estimates(diffusion_tiny.get_config(), (2, 8, 1), 16, ["none", "full"])
+    table = format_memory_estimates(estimates)
+    assert "remat policy" in table and "lower bound" in table
+    none, full = estimates
     assert (none["remat_policy"], full["remat_policy"]) == ("none", "full")
     assert none["micro_batch_per_device"] == 1 and none["mesh_shape"] == {"data": 2, "fsdp": 8, "tensor": 1}
     for e in (none, full):
@@ -99,38 +92,33 @@ def test_benchmark_memory_estimate_of_the_tiny_diffusion_model(tmp_path):
 
     # The same model on one device: the FSDP shards are between 1/8 and 1/4 of the whole
     # (norms, biases and the narrow output convs are replicated).
-    proc = _benchmark("--config=configs/diffusion_tiny.py", "--memory_estimate", "--batch_size=1",
-                      "--memory_mesh=1,1,1", f"--output_json={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    whole = json.loads(out.read_text())["memory_estimates"][0]
+    whole = diffusion_memory_estimates(diffusion_tiny.get_config(), (1, 1, 1), 1)[0]
     assert whole["params"] / 8 <= none["params"] < whole["params"] / 4
     assert whole["activations"] == pytest.approx(none["activations"], rel=0.01)  # 1 example per device both
 
 
+@pytest.mark.slow
 def test_benchmark_memory_estimate_bad_input():
-    proc = _benchmark("--config=configs/diffusion_tiny.py", "--memory_estimate", "--batch_size=3",
-                      "--memory_mesh=1,2,1")
-    assert proc.returncode != 0 and "does not split" in proc.stderr
-    proc = _benchmark("--config=configs/diffusion_tiny.py", "--memory_estimate", "--remat_policies=some")
-    assert proc.returncode != 0 and "unknown policy" in proc.stderr
+    """As the flags give them: `--memory_mesh=1,2,1 --batch_size=3`, then `--remat_policies=some`
+    with the default mesh (1,8,1) and batch (1)."""
+    with pytest.raises(BenchmarkUsageError, match="does not split"):
+        diffusion_memory_estimates(diffusion_tiny.get_config(), ["1", "2", "1"], 3)
+    with pytest.raises(BenchmarkUsageError, match="unknown policy"):
+        diffusion_memory_estimates(diffusion_tiny.get_config(), ["1", "8", "1"], 1, ["some"])
 
 
-def test_benchmark_memory_estimate_of_a_lora_run(tmp_path):
+@pytest.mark.slow
+def test_benchmark_memory_estimate_of_a_lora_run():
     """LoRA: adapters, their Adam and EMA as params/optimizer/ema, the bfloat16 base as frozen,
     and the float32 adapted kernels each step computes as merged."""
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import dit_tiny
-
-    out = tmp_path / "memory.json"
-    proc = _benchmark("--config=configs/dit_tiny.py", "--memory_estimate", "--batch_size=2", "--memory_mesh=1,1,1",
-                      "--config.init_from=pretrained/none", "--config.lora.rank=4", f"--output_json={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "frozen" in proc.stdout and "merged" in proc.stdout
-    estimate = json.loads(out.read_text())["memory_estimates"][0]
     config = dit_tiny.get_config()
     config.init_from, config.lora.rank = "pretrained/none", 4
+    estimates = diffusion_memory_estimates(config, (1, 1, 1), 2)
+    table = format_memory_estimates(estimates)
+    assert "frozen" in table and "merged" in table
+    estimate = estimates[0]
     task = DiffusionTask(config)
-    base_count = lora.count_params(jax.eval_shape(task.init_state, jax.random.PRNGKey(0)).frozen)
+    base_count = parallel.count_params(jax.eval_shape(task.init_state, jax.random.PRNGKey(0)).frozen)
     assert estimate["frozen"] == 2 * base_count  # bfloat16
     assert estimate["merged"] == 4 * sum(math.prod(t.shape) for t in task.lora_targets.values())
     assert estimate["params"] == estimate["ema"] == estimate["gradients"] == 4 * lora.adapter_size(

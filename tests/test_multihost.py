@@ -27,6 +27,8 @@ from stable_audio_jax import parallel
 from stable_audio_jax.input_pipeline.grain_pipeline import ProcessBlocks
 from tests.micro_diffusion import write_latent_shards
 
+pytestmark = pytest.mark.multihost
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "micro_diffusion.py")
 RTOL = 1e-5  # measured: the 2-process losses match 1 process to ~1e-7 (gloo vs in-process reductions)

@@ -23,6 +23,8 @@ from stable_audio_jax.training.diffusion_task import DiffusionTask
 from stable_audio_jax.training.trainer import Trainer
 from tests.micro_diffusion import micro_config, write_latent_shards
 
+pytestmark = pytest.mark.slow
+
 RULES = parallel.DEFAULT_RULES
 RTOL = 1e-5  # one step on another mesh: only the reduction order changes
 

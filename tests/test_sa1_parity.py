@@ -30,6 +30,8 @@ from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, Late
 from stable_audio_jax.models.text_encoder import TextEncoder
 from tests.parity import assert_parity
 
+pytestmark = pytest.mark.parity
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sa1_small")
 CHECKPOINT = os.path.join(FIXTURE, "model.safetensors")

@@ -21,6 +21,8 @@ import pytest
 from stable_audio_jax.diffusion import samplers, schedule
 from tests.parity import assert_parity
 
+pytestmark = pytest.mark.parity
+
 REF = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "sampler_reference.npz"))
 SCHEDULES = ("sao", "default")
 # Our names, which are also k-diffusion's (`K.sampling.sample_<name>`); SAT's spellings are

@@ -205,6 +205,7 @@ def test_t_to_sigma_is_infinite_at_one_and_never_negative():
     np.testing.assert_allclose(float(schedule.t_to_sigma(near_one)), 1.0 / np.tan(0.5 * np.pi * 2.0**-24), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigma_grids_from_model_times():
     """A grid built from model times up to just below 1 is finite and decreasing; t = 1
     (sigma = inf) is refused by name instead of turning the grid into inf/NaN."""

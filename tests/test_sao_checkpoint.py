@@ -23,12 +23,9 @@ import soundfile as sf
 
 from stable_audio_jax.convert import sao_checkpoint
 from stable_audio_jax.convert.state_dict import ConversionError, load_state_dict
+from tests.fixture_paths import CHECKPOINT, MODEL_CONFIG, T5_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-CHECKPOINT = os.path.join(FIXTURES, "sao_small", "model.safetensors")
-MODEL_CONFIG = os.path.join(FIXTURES, "sao_small", "model_config.json")
-T5_DIR = os.path.join(FIXTURES, "t5_relu")
 BUFFERS = ("rotary_pos_emb.inv_freq", "_norm.beta", "pre_norm.beta")  # state-dict tensors that are not parameters
 
 
@@ -78,6 +75,7 @@ def test_unsupported_model_configs_name_the_field(edit, message):
         sao_checkpoint.architecture_from_model_config(config)
 
 
+@pytest.mark.e2e
 def test_conversion_keeps_every_parameter(converted):
     """The converted tree holds exactly the reference's parameters: every state-dict tensor
     but the buffers, element for element."""
@@ -90,6 +88,7 @@ def test_conversion_keeps_every_parameter(converted):
                                                    if k.startswith("pretransform."))
 
 
+@pytest.mark.e2e
 def test_bad_inputs_give_one_line(tmp_path, converted):
     out, _ = converted
     broken = tmp_path / "model.safetensors"
@@ -107,6 +106,7 @@ def test_bad_inputs_give_one_line(tmp_path, converted):
     assert result.returncode == 2 and "does not exist" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.e2e
 def test_generator_samples_with_sao_defaults_sharded(converted):
     from stable_audio_jax.inference.generate import AudioGenerator
 
@@ -139,6 +139,7 @@ def test_generator_samples_with_sao_defaults_sharded(converted):
         assert other.shape == (1, round(0.05 * 44100), 2) and np.all(np.isfinite(other)), name
 
 
+@pytest.mark.e2e
 def test_sample_script_with_pretrained(converted, tmp_path):
     out, _ = converted
     samples = tmp_path / "samples"
@@ -154,6 +155,7 @@ def test_sample_script_with_pretrained(converted, tmp_path):
         assert (samples / name.replace(".wav", ".png")).exists()
 
 
+@pytest.mark.e2e
 def test_changed_generator_settings_are_not_served_a_stale_trace(converted):
     """The device program takes every setting as an argument: changing `latent_scale` or the
     rules of a generator that has already sampled gives what a fresh generator with those

@@ -26,6 +26,8 @@ from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderCon
 from stable_audio_jax.models.conditioning import TimingConditioner
 from tests.parity import assert_parity
 
+pytestmark = pytest.mark.parity
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 VAE_STATE = os.path.join(FIXTURES, "sao_vae_state.safetensors")
 TIMING_STATE = os.path.join(FIXTURES, "sao_timing_state.safetensors")

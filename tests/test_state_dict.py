@@ -16,6 +16,7 @@ from stable_audio_jax.convert import state_dict as sd
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
+@pytest.mark.parity
 def test_torch_zip_checkpoint_loads_without_torch():
     tensors = sd.load_state_dict(os.path.join(FIXTURES, "state_dict_lightning.ckpt"))
     expected = np.load(os.path.join(FIXTURES, "state_dict_expected.npz"))

@@ -99,6 +99,7 @@ def bucket_numpy(relative_position: np.ndarray, num_buckets: int, max_distance: 
 
 
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 20)])
+@pytest.mark.parity
 def test_relative_position_bucket(ref, num_buckets, max_distance):
     relative = ref["relative_positions"]
     ours = np.asarray(relative_position_bucket(jnp.asarray(relative), num_buckets, max_distance))
@@ -122,6 +123,7 @@ def test_config_from_hf_and_errors():
 # -------------------------------------------------------------------- tokenizer
 
 
+@pytest.mark.parity
 def test_tokenizer_matches_hf(ref):
     """Same ids as transformers' T5TokenizerFast; `</s>` appended, kept on truncation, pad 0."""
     tokenizer = load_t5_tokenizer(RELU_DIR)
@@ -137,6 +139,7 @@ def test_tokenizer_matches_hf(ref):
         assert row_mask[:n].all()
 
 
+@pytest.mark.parity
 def test_spiece_tokenizer_matches_hf(ref):
     tokenizer = load_t5_tokenizer(SPIECE_DIR)
     ids, mask = tokenizer(prompts(ref))
@@ -150,6 +153,7 @@ def test_spiece_tokenizer_matches_hf(ref):
 
 @pytest.mark.parametrize("folder,key,weights", [(RELU_DIR, "relu_hidden", "model.safetensors"),
                                                  (GATED_DIR, "gated_hidden", "pytorch_model.bin")])
+@pytest.mark.parity
 def test_matches_transformers(ref, folder, key, weights):
     assert os.path.isfile(os.path.join(folder, weights))
     config, params, tokenizer = load_t5_checkpoint(folder)
@@ -220,6 +224,7 @@ def test_tokenizer_must_be_t5_shaped(tmp_path):
 # ------------------------------------------------------------- inference
 
 
+@pytest.mark.parity
 def test_text_conditioning_wrapper(ref):
     encoder = T5TextEncoder.from_pretrained(RELU_DIR)
     assert encoder.mesh.size == 8
@@ -243,6 +248,7 @@ def test_text_conditioning_wrapper(ref):
     np.testing.assert_allclose(np.asarray(features_sharded), features, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parity
 def test_bfloat16_conditioning(ref):
     """Reduced precision runs end to end (measured max error 0.026 (relu) vs the float32 reference;
     float16 is what SAO uses, but XLA:CPU's attention has no float16 dot, so CPU tests bf16)."""

@@ -178,6 +178,7 @@ def test_minilm_config(minilm):
     assert num_params(params) == expected_num_params(config) == 22_713_216
 
 
+@pytest.mark.parity
 def test_minilm_matches_hf_reference(minilm):
     path, config, params = minilm
     ref = np.load(FIXTURE)

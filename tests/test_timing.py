@@ -55,6 +55,7 @@ def _timing_dataset(rng: np.random.Generator, batch: int) -> tuple[np.ndarray, n
     return x * (np.arange(FRAMES)[None, :, None] < total[:, None, None] * FPS), total
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_to_end_content_at_seconds_total():
     # The demo model's design (configs/diffusion_tiny.py) at a smaller scale: timing as
     # tokens, as global conditioning and per frame (seconds left), plus frame positions.

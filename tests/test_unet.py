@@ -239,6 +239,7 @@ def test_tiny_forward_null_context_and_mask(tiny):
     assert float(jnp.max(jnp.abs(v_t - v))) > 1e-3
 
 
+@pytest.mark.slow
 def test_reference_mask_semantics_keep_padding_in_the_softmax(tiny):
     """Same params as strict: padded tokens' contents still do not matter (their k, v are
     zeroed), but their number does (logit-0 keys in the softmax), and null rows follow the
@@ -277,6 +278,7 @@ def test_bfloat16_compute_shape(tiny):
     assert out.shape == (2, 16, config.in_channels) and out.dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_global_conditioning_enters_the_mapping_and_is_nulled_with_the_context():
     config = UNetConfig(**{**UNetConfig.tiny().to_dict(), "global_features": 6})
     model = UNet1D(config)
@@ -314,6 +316,7 @@ def test_seconds_left_features_change_sign_at_the_requested_end():
         seconds_left_features(jnp.zeros(1), jnp.ones(1), frames=4, frame_seconds=0.0, features=2)
 
 
+@pytest.mark.slow
 def test_frame_conditioning_is_added_per_frame_and_nulled_with_the_context():
     config = UNetConfig(**{**UNetConfig.tiny().to_dict(), "frame_features": 3})
     model = UNet1D(config)
@@ -382,6 +385,7 @@ def _remat_value_and_grad(model: UNet1D):
 
 
 @pytest.mark.parametrize("policy", ["full", "dots_with_no_batch_dims_saveable"])
+@pytest.mark.slow
 def test_remat_gives_the_same_outputs_and_gradients(remat_reference, policy):
     """Every ResNet and transformer block is a `checkpoint` in the traced forward, and
     recomputation changes nothing: v and the gradients equal the plain model's (tolerance

@@ -2,7 +2,7 @@
 (`model.remat_policy`) and gradient accumulation over micro-batches
 (`optimizer.grad_accum_steps`) for both the generator and the discriminator update.
 
-The task uses the micro config of `test_vae_training` (4-channel Oobleck, 8x
+The task uses the micro VAE config of `micro_configs` (4-channel Oobleck, 8x
 downsampling), cut to one residual unit per block, one discriminator scale and two STFT
 loss resolutions (every compiled program here is a different one, so compile time is
 what counts), on a batch of 8 crops of 512 samples. The init key is RBG: with threefry
@@ -19,15 +19,15 @@ import pytest
 from stable_audio_jax.models.autoencoder import AudioAutoencoder, AutoencoderConfig
 from stable_audio_jax.models.remat import REMAT_POLICIES
 from stable_audio_jax.training.vae_task import VAETask
-from tests.test_vae_training import fixed_batch, micro_config
+from tests.micro_configs import fixed_batch, micro_vae_config
 
 LENGTH = 512  # samples per crop: a multiple of the 8x ratio, >= the discriminator's FFT (128)
 
 
 def knob_config(grad_accum_steps: int = 1, convergence_over: str = "batch", remat_policy: str = "none"):
-    """`micro_config()`, smaller (see the module docstring), on LENGTH-sample crops, with
+    """`micro_vae_config()`, smaller (see the module docstring), on LENGTH-sample crops, with
     the given knobs."""
-    config = micro_config()
+    config = micro_vae_config()
     config.data.sample_size = LENGTH
     config.model.update(dilations=(1,), remat_policy=remat_policy)
     config.discriminator.update(n_ffts=(128,), hop_lengths=(32,), win_lengths=(128,))
@@ -63,6 +63,7 @@ def _relative_error(got, want) -> float:
     return float(np.linalg.norm(flat(got) - flat(want)) / np.linalg.norm(flat(want)))
 
 
+@pytest.mark.slow
 def test_remat_policies_keep_params_outputs_and_gradients(start):
     """Every policy wraps the 2 encoder and 2 decoder blocks in a checkpoint with its policy
     and keeps the param tree; "full" and "dots_saveable" (the two distinct sets of saved
@@ -109,6 +110,7 @@ def test_remat_policies_keep_params_outputs_and_gradients(start):
         assert _relative_error(got_grads, want_grads) < 1e-6, policy
 
 
+@pytest.mark.slow
 def test_generator_accumulation_averages_micro_batch_losses(start):
     """grad_accum_steps=2: the generator's gradient and metrics are the means of those of
     micro-batches 0::2 and 1::2 (posterior noise sliced from the whole batch's draw).
@@ -146,6 +148,7 @@ def test_generator_accumulation_averages_micro_batch_losses(start):
     assert max(errors.values()) < 1e-5
 
 
+@pytest.mark.slow
 def test_discriminator_accumulation_matches_the_whole_batch(start):
     """grad_accum_steps=2 gives the discriminator gradient of the whole batch: the hinge loss
     is a mean over equal-sized examples, and each micro-batch is reconstructed with its slice

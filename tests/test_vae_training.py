@@ -1,8 +1,8 @@
 """Training the VAE: learning, sharding over a (data, fsdp) mesh, resume, preemption.
 
-All tests use one very small config (4-channel Oobleck, 8x downsampling, two
-discriminator scales, 2048-sample crops) so the compiled step is shared through the
-persistent compilation cache set up in conftest.py.
+All tests use one very small config (`micro_configs.micro_vae_config`: 4-channel Oobleck,
+8x downsampling, two discriminator scales, 2048-sample crops) so the compiled step is shared
+through the persistent compilation cache set up in conftest.py.
 """
 
 import json
@@ -15,43 +15,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from stable_audio_jax import config_lib, parallel
-from stable_audio_jax.datasets.synthetic import synth_clip
+from stable_audio_jax import parallel
 from stable_audio_jax.training.trainer import Trainer, jit_train_step
 from stable_audio_jax.training.vae_task import VAETask
+from tests.micro_configs import fixed_batch, micro_vae_config
 
-SAMPLE_SIZE = 2048
-
-
-def micro_config(**trainer):
-    model = dict(config_lib.SAO_AUTOENCODER, latent_dim=4, strides=(2, 4), encoder_channels=4,
-                 encoder_multipliers=(1, 2, 4), decoder_channels=4, decoder_multipliers=(1, 2, 4))
-    c = config_lib.vae_config(model, discriminator_filters=4)
-    c.discriminator.n_ffts = (256, 128)
-    c.discriminator.hop_lengths = (64, 32)
-    c.discriminator.win_lengths = (256, 128)
-    c.loss.stft.fft_sizes = (256, 128, 64)
-    c.loss.stft.hop_sizes = (64, 32, 16)
-    c.loss.warmup_steps = 2  # so the adversarial branch and discriminator steps run too
-    c.optimizer.generator = config_lib.adamw_config(3e-3, warmup=0.0)
-    c.optimizer.discriminator = config_lib.adamw_config(1e-3, warmup=0.0)
-    c.ema.beta = 0.9
-    c.data.sample_size = SAMPLE_SIZE
-    c.data.batch_size = 8
-    c.data.worker_count = 0
-    c.mesh.shape = (2, 4, 1)
-    c.trainer.update(dict(num_steps=4, log_every=1, eval_every=0, checkpoint_every=100,
-                          async_checkpointing=False))
-    c.trainer.update(trainer)
-    return c
-
-
-def fixed_batch(batch_size=8, seed=0):
-    """A deterministic batch of synthetic music crops, `[batch, SAMPLE_SIZE, 2]`."""
-    rng = np.random.default_rng(seed)
-    clips = [synth_clip(rng, seconds=0.3)[0] for _ in range(batch_size)]
-    return {"audio": np.stack([c[2000:2000 + SAMPLE_SIZE] for c in clips]).astype(np.float32)}
+pytestmark = pytest.mark.slow
 
 
 def _init(task, mesh):
@@ -76,7 +47,7 @@ def run_steps(task, state, shardings, mesh, batch, num_steps):
 
 def test_tiny_vae_learns_a_fixed_batch():
     """Generator-only steps on one batch: the multi-resolution STFT loss falls by > 40%."""
-    config = micro_config()
+    config = micro_vae_config()
     config.loss.warmup_steps = 10_000  # spectral + KL only: what "learning to reconstruct" means
     config.mesh.shape = (1, 1, 1)
     task = VAETask(config)
@@ -102,7 +73,7 @@ def test_sharded_step_matches_single_device():
     order in those gradients moves a few parameters by up to 2 lr, and the losses after
     such updates drift by ~1e-4 to 1e-3.
     """
-    config = micro_config()
+    config = micro_vae_config()
     batch = fixed_batch()
     results = {}
     for name, shape, devices in (("single", (1, 1, 1), jax.devices()[:1]), ("mesh", (2, 4, 1), jax.devices())):
@@ -152,7 +123,7 @@ def _losses(workdir):
 
 
 def _train(workdir, shards, num_steps, **trainer):
-    config = micro_config(num_steps=num_steps, **trainer)
+    config = micro_vae_config(num_steps=num_steps, **trainer)
     config.data.train_shards = shards
     trainer = Trainer(config, workdir, VAETask(config))
     summary = trainer.train()

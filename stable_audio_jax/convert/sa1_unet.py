@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stable_audio_jax import parallel
 from stable_audio_jax.convert.state_dict import (
     StateDictReader,
     check_tree,
@@ -173,7 +174,7 @@ def abstract_unet_params(config: UNetConfig) -> Params:
               jnp.zeros((1, c.context_length, c.context_features)), None, None,
               jnp.zeros((1, c.global_features)) if c.global_features else None,
               jnp.zeros((1, c.downsampling_factor, c.frame_features)) if c.frame_features else None]
-    return jax.eval_shape(UNet1D(c).init, jax.random.key(0), *inputs)["params"]
+    return parallel.abstract_params(UNet1D(c), *inputs)
 
 
 __all__ = ["UNET_PREFIX", "abstract_unet_params", "unet_params_from_state_dict"]

@@ -25,7 +25,7 @@ else `ConversionError` names the key. Tensor layout: `model.model.*` is the back
 (`convert/sao_conditioners.py`), `pretransform.model.*` the VAE (`convert/sao_vae.py`,
 Oobleck only). Training checkpoints that still wrap the model (`diffusion.` /
 `diffusion_ema.` prefixes) are read from the EMA copy when there is one. The result
-(`inference/pretrained.py`) samples with `launch/sample.py --pretrained=<dir>`.
+(`pretrained.py`) samples with `launch/sample.py --pretrained=<dir>`.
 """
 
 from __future__ import annotations
@@ -36,14 +36,12 @@ import os
 import time
 from typing import Any, Callable, Mapping
 
-import jax
-
+from stable_audio_jax import parallel, pretrained
 from stable_audio_jax.convert import sa1_unet, sao_conditioners, sao_dit, sao_vae
 from stable_audio_jax.convert.clap_text_checkpoint import CLAP_MAX_LENGTH, load_clap_text_branch
 from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader, check_tree, load_state_dict
 from stable_audio_jax.convert.t5_checkpoint import load_t5_checkpoint
 from stable_audio_jax.diffusion import sampling_config
-from stable_audio_jax.inference import pretrained
 from stable_audio_jax.models.autoencoder import AutoencoderConfig
 from stable_audio_jax.models.dit import DiTConfig
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
@@ -146,8 +144,19 @@ def _options(diffusion: Mapping[str, Any], renames: Mapping[str, str], fixed: Ma
     return {ours: cfg[theirs] for theirs, ours in renames.items() if theirs in cfg}
 
 
+def _dit_objective(diffusion: Mapping[str, Any]) -> str:
+    """The DiT's `diffusion_objective`: "v" (SAO 1.0) or a rectified flow ("rectified_flow",
+    "rf_denoiser")."""
+    objective = diffusion.get("diffusion_objective", "v")
+    if objective not in sampling_config.OBJECTIVES:
+        raise ConversionError(f"model_config: diffusion.diffusion_objective is {objective!r}; supported: "
+                              f"{list(sampling_config.OBJECTIVES)}")
+    # The length-dependent shift of training times (and of rk4's grid) is not imported.
+    _require(diffusion.get("distribution_shift_options"), None, "diffusion.distribution_shift_options")
+    return objective
+
+
 def _dit(diffusion: Mapping[str, Any]) -> DiTConfig:
-    _require(diffusion.get("diffusion_objective", "v"), "v", "diffusion.diffusion_objective")
     return DiTConfig(**{k: int(v) for k, v in _options(diffusion, _DIT_RENAMES, _DIT_FIXED).items()})
 
 
@@ -208,7 +217,7 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
     common = dict(autoencoder=autoencoder, latent_scale=latent_scale, sample_rate=int(_get(model_config, "sample_rate")),
                   sample_size=int(_get(model_config, "sample_size")))
     if backbone == "dit":
-        dit = _dit(diffusion)
+        dit, objective = _dit(diffusion), _dit_objective(diffusion)
         _require(prompt.get("type"), "t5", "conditioning prompt type")
         max_seconds = _timing(conditioners, "number")
         _require(list(diffusion.get("global_cond_ids", [])), list(_TIMING_IDS), "diffusion.global_cond_ids")
@@ -217,10 +226,10 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
         text_max_length = int(prompt_config.get("max_length", 128))
         return Architecture(
             diffusion=LatentDiffusionConfig(dit=dit, timing_kind="number", max_seconds=max_seconds,
-                                            global_timing=True, text_tokens=text_max_length),
+                                            global_timing=True, text_tokens=text_max_length, objective=objective),
             text_max_length=text_max_length, text_encoder="t5",
             text_model_name=str(prompt_config.get("t5_model_name", "t5-base")),
-            sampling=sampling_config.SAO.to_dict(), **common)
+            sampling=sampling_config.release_defaults(objective).to_dict(), **common)
     unet = _unet(diffusion)
     _require(prompt.get("type"), "clap_text", "conditioning prompt type")
     _require(prompt_config.get("use_text_features", False), True, "the CLAP conditioner's use_text_features")
@@ -265,8 +274,8 @@ def diffusion_params_from_state_dict(reader: StateDictReader, arch: Architecture
 
 def abstract_diffusion_params(config: LatentDiffusionConfig) -> Any:
     """The diffusion model's parameter shapes, traced without allocating."""
-    inputs = example_inputs(config, frames=config.downsampling_factor)
-    return jax.eval_shape(LatentDiffusionModel(config).init, jax.random.key(0), *inputs)["params"]
+    return parallel.abstract_params(LatentDiffusionModel(config),
+                                    *example_inputs(config, frames=config.downsampling_factor))
 
 
 def _text_encoder(arch: Architecture, t5_dir: str | None, clap_checkpoint: str | None,
@@ -328,6 +337,6 @@ def convert_checkpoint(checkpoint: str, model_config: str, output_dir: str, *, t
     }
     log(f"writing {output_dir}")
     pretrained.save_pretrained(output_dir, config, params, tokenizer)
-    counts = {part: pretrained.count_params(tree) for part, tree in params.items()}
+    counts = {part: parallel.count_params(tree) for part, tree in params.items()}
     return {"output_dir": os.path.abspath(output_dir), "params": counts,
             "seconds": round(time.perf_counter() - start, 1)}

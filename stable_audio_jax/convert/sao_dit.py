@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stable_audio_jax import parallel
 from stable_audio_jax.convert.state_dict import (
     ConversionError,
     StateDictReader,
@@ -125,7 +126,7 @@ def abstract_dit_params(config: DiTConfig) -> Params:
     """The module's parameter shapes (`jax.eval_shape`, nothing allocated)."""
     inputs = (jnp.zeros((1, 2, config.io_channels)), jnp.zeros((1,)), jnp.zeros((1, 1, config.cond_token_dim)),
               jnp.zeros((1, config.global_cond_dim)) if config.global_cond_dim else None)
-    return jax.eval_shape(DiffusionTransformer(config).init, jax.random.key(0), *inputs)["params"]
+    return parallel.abstract_params(DiffusionTransformer(config), *inputs)
 
 
 def check_dit_params(params: Params, config: DiTConfig) -> None:

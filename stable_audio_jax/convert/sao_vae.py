@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stable_audio_jax import parallel
 from stable_audio_jax.convert.state_dict import (
     ConversionError,
     StateDictReader,
@@ -152,7 +153,7 @@ def autoencoder_params_from_state_dict(reader: StateDictReader, config: Autoenco
 def abstract_autoencoder_params(config: AutoencoderConfig) -> Params:
     """The module's param shapes, traced without allocating (dummy audio of one latent frame)."""
     audio = jax.ShapeDtypeStruct((1, config.downsampling_ratio, config.io_channels), jnp.float32)
-    return jax.eval_shape(AudioAutoencoder(config).init, jax.random.key(0), audio)["params"]
+    return parallel.abstract_params(AudioAutoencoder(config), audio)
 
 
 def load_autoencoder_checkpoint(path: str | os.PathLike, config: AutoencoderConfig) -> Params:

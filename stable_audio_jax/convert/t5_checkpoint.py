@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stable_audio_jax import parallel
 from stable_audio_jax.convert.state_dict import (
     ConversionError,
     StateDictReader,
@@ -61,9 +62,9 @@ _IGNORED_PREFIXES = ("decoder.", "lm_head.")
 
 
 def abstract_params(config: T5Config) -> Params:
-    """`jax.eval_shape` of `T5Encoder(config)`'s params (logically boxed)."""
+    """`T5Encoder(config)`'s param shapes (logically boxed), allocating nothing."""
     ids = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda: T5Encoder(config).init(jax.random.key(0), ids, ids == 0))["params"]
+    return parallel.abstract_params(T5Encoder(config), ids, ids == 0)
 
 
 def params_from_state_dict(tensors: Mapping[str, np.ndarray], config: T5Config,

@@ -1,8 +1,10 @@
-"""Classifier-free guidance (CFG) on v-predictions, with optional CFG rescale (SPEC 4.3).
+"""Classifier-free guidance (CFG) on v-predictions, with optional CFG rescale (Lin et al.,
+arXiv 2305.08891, section 3.4).
 
-The reference applies guidance inside the model forward, on the v outputs, before the
-VDenoiser scaling; the conditional and unconditional halves run as one doubled batch so a
-sampling step is a single model call. `guided_v_model` does the same around any
+The reference (stable-audio-tools `models/adp.py` `UNetCFG1d.forward`, `models/dit.py`
+`DiffusionTransformer.forward`) applies guidance inside the model forward, on the v
+outputs, before the VDenoiser scaling; the conditional and unconditional halves run as one
+doubled batch so a sampling step is a single model call. `guided_v_model` does the same around any
 `model_fn(x, t, conditioning)`, returning a plain `v_model(x, t)` for `samplers.v_denoiser`.
 """
 

@@ -95,7 +95,7 @@ def _safe_next(sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
     return jnp.where(sigma_next > 0, sigma_next, 0.5 * sigma)
 
 
-def _scan_steps(step: Callable[[Any, dict], Any], carry: Any, sigmas: jax.Array,
+def scan_steps(step: Callable[[Any, dict], Any], carry: Any, sigmas: jax.Array,
                 noise: Optional[jax.Array], callback: Optional[StepCallback],
                 per_step: Optional[dict[str, jax.Array]] = None) -> Any:
     """Runs `step(carry, xs) -> carry` once per interval of `sigmas` in a single `lax.scan`.
@@ -125,7 +125,7 @@ def _prepare(x_init: jax.Array, sigmas: jax.Array) -> tuple[jax.Array, jax.Array
     return jnp.asarray(x_init), sigmas
 
 
-def _draw_noise(rng: Optional[jax.Array], noise: Optional[jax.Array], x: jax.Array, sigmas: jax.Array,
+def draw_noise(rng: Optional[jax.Array], noise: Optional[jax.Array], x: jax.Array, sigmas: jax.Array,
                 name: str) -> jax.Array:
     """All of a stochastic sampler's noise, `[num_steps, *x.shape]` standard normal: `noise`
     itself when given (shape-checked), else drawn from `rng`."""
@@ -166,7 +166,7 @@ def sample_euler(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
         slope = (x - denoised) / s["sigma"]
         return (x + slope * (s["sigma_next"] - s["sigma"])).astype(x.dtype)
 
-    return _scan_steps(step, x, sigmas, None, callback)
+    return scan_steps(step, x, sigmas, None, callback)
 
 
 def sample_ddim(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
@@ -186,7 +186,7 @@ def sample_ddim(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
         ratio = s["sigma_next"] / s["sigma"]
         return (denoised + ratio * (x - denoised)).astype(x.dtype)
 
-    return _scan_steps(step, x, sigmas, None, callback)
+    return scan_steps(step, x, sigmas, None, callback)
 
 
 def sample_dpmpp_2m(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
@@ -217,7 +217,7 @@ def sample_dpmpp_2m(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
         return x.astype(carry[0].dtype), denoised.astype(carry[0].dtype), h
 
     carry = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
-    return _scan_steps(step, carry, sigmas, None, callback)[0]
+    return scan_steps(step, carry, sigmas, None, callback)[0]
 
 
 def sample_dpmpp_2m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
@@ -233,7 +233,7 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
     `[num_steps, *x.shape]` standard normal (slice i is step i's `n`; the last step's is unused).
     """
     x, sigmas = _prepare(x_init, sigmas)
-    noise = _draw_noise(rng, noise, x, sigmas, "dpmpp_2m_sde")
+    noise = draw_noise(rng, noise, x, sigmas, "dpmpp_2m_sde")
 
     def step(carry, s):
         x, prev_denoised, prev_h = carry
@@ -250,7 +250,7 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
         return x.astype(carry[0].dtype), denoised.astype(carry[0].dtype), h
 
     carry = (x, jnp.zeros_like(x), jnp.ones((), jnp.float32))
-    return _scan_steps(step, carry, sigmas, noise, callback)[0]
+    return scan_steps(step, carry, sigmas, noise, callback)[0]
 
 
 def sample_dpmpp_3m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
@@ -270,7 +270,7 @@ def sample_dpmpp_3m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
     `sample_dpmpp_2m_sde` (`rng` or `noise`).
     """
     x, sigmas = _prepare(x_init, sigmas)
-    noise = _draw_noise(rng, noise, x, sigmas, "dpmpp_3m_sde")
+    noise = draw_noise(rng, noise, x, sigmas, "dpmpp_3m_sde")
 
     def step(carry, s):
         x, denoised_1, denoised_2, h_1, h_2 = carry
@@ -296,7 +296,7 @@ def sample_dpmpp_3m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
 
     one = jnp.ones((), jnp.float32)  # placeholder step sizes, unused until history exists
     carry = (x, jnp.zeros_like(x), jnp.zeros_like(x), one, one)
-    return _scan_steps(step, carry, sigmas, noise, callback)[0]
+    return scan_steps(step, carry, sigmas, noise, callback)[0]
 
 
 # ------------------------------------------------------------- moves of the k-diffusion samplers
@@ -377,12 +377,12 @@ def _dpm_solver_3_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sig
 
 def _eta_noise(name: str, eta: float, s_noise: float, rng: Optional[jax.Array], noise: Optional[jax.Array],
                x: jax.Array, sigmas: jax.Array) -> Optional[jax.Array]:
-    """The noise of a sampler with an `eta` option: `_draw_noise`'s `[num_steps, *x.shape]`
+    """The noise of a sampler with an `eta` option: `draw_noise`'s `[num_steps, *x.shape]`
     for eta > 0, None for eta = 0 (deterministic, so given noise is an error)."""
     if eta < 0 or s_noise < 0:
         raise ValueError(f"sampler {name!r}: eta and s_noise must be >= 0, got eta={eta}, s_noise={s_noise}")
     if eta > 0:
-        return _draw_noise(rng, noise, x, sigmas, name)
+        return draw_noise(rng, noise, x, sigmas, name)
     if noise is not None:
         raise ValueError(f"sampler {name!r} with eta = 0 is deterministic and takes no noise")
     return None
@@ -427,7 +427,7 @@ def _sample_moves(move: Move, name: str, denoise: Denoiser, x_init: jax.Array, s
             x_new = jnp.where(sigma_next > 0, x_new + (s_noise * sigma_up) * s["noise"], x_new)
         return x_new.astype(x.dtype)
 
-    return _scan_steps(step, x, sigmas, noise, callback)
+    return scan_steps(step, x, sigmas, noise, callback)
 
 
 def _move_sampler(move: Move, name: str, doc: str, *, ancestral: bool) -> Callable[..., jax.Array]:
@@ -548,7 +548,7 @@ def sample_lms(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
         return (x + jnp.sum(weights * slopes, axis=0)).astype(x.dtype), slopes
 
     carry = (x, jnp.zeros((order,) + x.shape, x.dtype))
-    return _scan_steps(step, carry, sigmas, None, callback, {"coeffs": coeffs})[0]
+    return scan_steps(step, carry, sigmas, None, callback, {"coeffs": coeffs})[0]
 
 
 # ------------------------------------------------------------------------------ DPM-fast
@@ -628,7 +628,7 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
             x_new = x_new + (s_noise * sigma_up) * s["noise"]
         return x_new.astype(x.dtype)
 
-    return _scan_steps(step, x, grid, noise, None, per_step)
+    return scan_steps(step, x, grid, noise, None, per_step)
 
 
 # ----------------------------------------------------------------------------- registry

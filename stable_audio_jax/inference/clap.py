@@ -22,10 +22,10 @@ import jax
 import numpy as np
 
 from stable_audio_jax import parallel
-from stable_audio_jax.inference.checkpoints import load_run
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.clap import CLAP
 from stable_audio_jax.training.clap_task import clap_params, tokenizer_in_run
+from stable_audio_jax.training.runs import load_run
 
 
 def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) -> np.ndarray:

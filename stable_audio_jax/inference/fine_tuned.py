@@ -12,27 +12,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
-from stable_audio_jax import lora, parallel
+from stable_audio_jax import lora, parallel, pretrained
 from stable_audio_jax.errors import UserError
-from stable_audio_jax.inference import pretrained, pretrained_parts
-from stable_audio_jax.inference.checkpoints import load_run
+from stable_audio_jax.inference import pretrained_parts
 from stable_audio_jax.training.diffusion_task import ADAPTERS
+from stable_audio_jax.training.runs import load_run
 
 
-def full_run_weights(diffusion_dir: str, *, mesh: jax.sharding.Mesh, rules: parallel.Rules) -> tuple[Any, Any, int]:
-    """`(model, EMA params, window in samples)` of the newest step of a diffusion run trained
-    without adapters."""
+class DiffusionWeights(NamedTuple):
+    """A diffusion model to sample or export, and where its weights and settings came from."""
+    model: Any  # the diffusion module
+    params: Any
+    window: int  # samples
+    sampling: dict[str, Any] | None  # the settings of the model's source (None: the defaults)
+
+
+def full_run_weights(diffusion_dir: str, *, mesh: jax.sharding.Mesh, rules: parallel.Rules) -> DiffusionWeights:
+    """The EMA weights of the newest step of a diffusion run trained without adapters, with
+    the run's model, window and sampling section."""
     run = load_run(diffusion_dir, mesh=mesh, rules=rules, ema_only=True)
     if run.config.task != "diffusion":
         raise ValueError(f"{diffusion_dir} holds a {run.config.task!r} run, not a diffusion run")
     if run.task.lora.enabled:
         raise UserError(f"{diffusion_dir} is a LoRA run (it holds adapters, not a model): pass it as "
                         f"--lora={diffusion_dir} with --pretrained=<its base>")
-    return run.task.model, run.state.ema_params["diffusion"], int(run.config.data.sample_size)
+    sampling = run.config.sampling.to_dict() if "sampling" in run.config else None
+    return DiffusionWeights(run.task.model, run.state.ema_params["diffusion"], int(run.config.data.sample_size),
+                            sampling)
 
 
 def merge_adapters(base: Any, adapters: Sequence[tuple[str, float]], *, base_source: str,
@@ -53,21 +63,51 @@ def merge_adapters(base: Any, adapters: Sequence[tuple[str, float]], *, base_sou
 
 def diffusion_weights(directory: str, config: Mapping[str, Any], *, diffusion_dir: str | None = None,
                       adapters: Sequence[tuple[str, float]] = (), mesh: jax.sharding.Mesh,
-                      rules: parallel.Rules = parallel.DEFAULT_RULES) -> tuple[Any, Any, int]:
-    """`(model, params, window in samples)` of the diffusion model to sample or export: the
-    pretrained directory's, a full fine-tuning run's (`diffusion_dir`) or the directory's with
-    `adapters` (`[(lora run, scale)]`) merged in."""
+                      rules: parallel.Rules = parallel.DEFAULT_RULES) -> DiffusionWeights:
+    """The diffusion model to sample or export: the pretrained directory's, a full fine-tuning
+    run's (`diffusion_dir`) or the directory's with `adapters` (`[(lora run, scale)]`) merged
+    in. Sampling settings stay the directory's unless a full run changed the objective (e.g. a
+    v-model fine-tuned as a rectified flow), which brings its own."""
     if diffusion_dir is not None and adapters:
         raise UserError("--diffusion_dir (a full fine-tuning run) and --lora (adapters over --pretrained) "
                         "do not go together")
     if diffusion_dir is not None:
-        return full_run_weights(diffusion_dir, mesh=mesh, rules=rules)
+        run = full_run_weights(diffusion_dir, mesh=mesh, rules=rules)
+        if run.model.config.objective == pretrained_parts.diffusion_model(config).config.objective:
+            run = run._replace(sampling=config.get("sampling"))
+        return run
     params = pretrained_parts.restore_parts(directory, config, ("diffusion",), mesh, rules)["diffusion"]
     if adapters:
         merged = merge_adapters(params, adapters, base_source=directory, mesh=mesh, rules=rules)
         # Merged kernels are float32; the rest keeps the directory's dtype.
         params = jax.tree.map(lambda m, p: m.astype(p.dtype), merged, params)
-    return pretrained_parts.diffusion_model(config), params, int(config["sample_size"])
+    return DiffusionWeights(pretrained_parts.diffusion_model(config), params, int(config["sample_size"]),
+                            config.get("sampling"))
+
+
+class PretrainedWeights(NamedTuple):
+    """Everything a pretrained directory (with its fine-tuning, if any) samples with."""
+    config: dict[str, Any]  # the directory's config.json
+    model: Any  # the diffusion module
+    params: dict[str, Any]  # {"diffusion", "autoencoder", "text_encoder"}, placed on `mesh`
+    window: int  # samples
+    sampling: dict[str, Any] | None  # the diffusion model's sampling settings
+    mesh: jax.sharding.Mesh
+
+
+def pretrained_weights(directory: str, *, diffusion_dir: str | None = None,
+                       adapters: Sequence[tuple[str, float]] = (), mesh: jax.sharding.Mesh | None = None,
+                       rules: parallel.Rules = parallel.DEFAULT_RULES) -> PretrainedWeights:
+    """All parts of `directory` on `mesh` (default: every device on the data axis), the diffusion
+    weights fine-tuned as `diffusion_weights` says."""
+    config = pretrained.read_pretrained_config(directory)
+    mesh = mesh or parallel.create_mesh((-1, 1, 1))
+    params = pretrained_parts.restore_parts(directory, config, ("autoencoder", "text_encoder"), mesh, rules)
+    diffusion = diffusion_weights(directory, config, diffusion_dir=diffusion_dir, adapters=adapters, mesh=mesh,
+                                  rules=rules)
+    params["diffusion"] = diffusion.params
+    return PretrainedWeights(config=config, model=diffusion.model, params=params, window=diffusion.window,
+                             sampling=diffusion.sampling, mesh=mesh)
 
 
 def export_pretrained(directory: str, output_dir: str, *, diffusion_dir: str | None = None,
@@ -81,19 +121,16 @@ def export_pretrained(directory: str, output_dir: str, *, diffusion_dir: str | N
     if diffusion_dir is None and not adapters:
         raise UserError("nothing to export: give --lora (adapters over --pretrained) or --diffusion_dir "
                         "(a full fine-tuning run)")
-    config = pretrained.read_pretrained_config(directory)
-    mesh = mesh or parallel.create_mesh((-1, 1, 1))
-    params = pretrained_parts.restore_parts(directory, config, ("autoencoder", "text_encoder"), mesh,
-                                            parallel.DEFAULT_RULES)
-    _, params["diffusion"], window = diffusion_weights(directory, config, diffusion_dir=diffusion_dir,
-                                                       adapters=adapters, mesh=mesh)
+    weights = pretrained_weights(directory, diffusion_dir=diffusion_dir, adapters=adapters, mesh=mesh)
     provenance = {"pretrained": os.path.abspath(directory),
                   "diffusion_dir": os.path.abspath(diffusion_dir) if diffusion_dir else None,
                   "lora": [[os.path.abspath(path), scale] for path, scale in adapters]}
-    exported = {key: value for key, value in config.items() if key != "format"}
-    exported.update(sample_size=window, fine_tuned_from=provenance)
+    exported = {key: value for key, value in weights.config.items() if key != "format"}
+    # A full run may have trained another objective: its model config and sampling go in.
+    exported.update(model=weights.model.config.to_dict(), sampling=weights.sampling, sample_size=weights.window,
+                    fine_tuned_from=provenance)
     tokenizer = TextTokenizer.from_file(os.path.join(directory, pretrained.TOKENIZER_FILE),
-                                      max_length=int(config["text_encoder"]["max_length"]))
-    pretrained.save_pretrained(output_dir, exported, params, tokenizer)
+                                        max_length=int(weights.config["text_encoder"]["max_length"]))
+    pretrained.save_pretrained(output_dir, exported, weights.params, tokenizer)
     return {"output_dir": os.path.abspath(output_dir), **provenance,
-            "params": {part: pretrained.count_params(tree) for part, tree in params.items()}}
+            "params": {part: parallel.count_params(tree) for part, tree in weights.params.items()}}

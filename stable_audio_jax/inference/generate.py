@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from stable_audio_jax import parallel
-from stable_audio_jax.diffusion import guidance, samplers, schedule
-from stable_audio_jax.diffusion.sampling_config import SamplingConfig
-from stable_audio_jax.inference import fine_tuned, pretrained, pretrained_parts
-from stable_audio_jax.inference.checkpoints import load_run
+from stable_audio_jax.diffusion import flow_samplers, guidance, samplers, schedule
+from stable_audio_jax.diffusion.sampling_config import SamplingConfig, canonical_sampler_for, check_objective, is_flow
+from stable_audio_jax.errors import UserError
+from stable_audio_jax.inference import fine_tuned, pretrained_parts
 from stable_audio_jax.inference.clap import CLAPEncoder
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionModel
+from stable_audio_jax.training.runs import load_run
 
 
 def guidance_conditioning(text_features: jax.Array, text_mask: jax.Array, negative_features: jax.Array,
@@ -84,23 +85,29 @@ def _advance_progress(step_index) -> None:
         _PROGRESS[0].update(1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "autoencoder", "rules", "sampler", "use_cfg"))
+@functools.partial(jax.jit, static_argnames=("model", "autoencoder", "rules", "sampler", "use_cfg", "flow_model"))
 def sample_and_decode(params: Any, vae_params: Any, rng: jax.Array, sigmas: jax.Array, cfg_scale: jax.Array,
                       rescale_phi: jax.Array, latent_scale: jax.Array, text_features: jax.Array,
                       text_mask: jax.Array, negative_features: jax.Array, negative_mask: jax.Array,
                       use_negative: jax.Array, seconds_start: jax.Array, seconds_total: jax.Array,
                       x_init: jax.Array, *, model: LatentDiffusionModel, autoencoder: AudioAutoencoder,
-                      rules: parallel.Rules, sampler: str, use_cfg: bool) -> jax.Array:
-    """Guided sampling from `x_init` `[batch, frames, latent_dim]` over `sigmas`, then the VAE
-    decode: audio `[batch, window_samples, 2]`. Every setting is an argument (the modules,
-    rules and sampler are static and hashable), so no call can reuse another's trace."""
+                      rules: parallel.Rules, sampler: str, use_cfg: bool, flow_model: bool) -> jax.Array:
+    """Guided sampling from `x_init` `[batch, frames, latent_dim]` over `sigmas` (a v-model's
+    noise levels, or a rectified-flow model's times when `flow_model`), then the VAE decode:
+    audio `[batch, window_samples, 2]`. Every setting is an argument (the modules, rules and
+    sampler are static and hashable), so no call can reuse another's trace."""
     cond, uncond = guidance_conditioning(text_features, text_mask, negative_features, negative_mask,
                                          use_negative, seconds_start, seconds_total)
     with nn.logical_axis_rules(rules):
-        v_model = guidance.guided_v_model(functools.partial(apply_model, model, params), cond, uncond,
-                                          cfg_scale if use_cfg else 1.0, rescale_phi)
-        latents = samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler=sampler, rng=rng,
-                                  callback=_advance_progress)
+        # Guidance combines the network's outputs, v or velocity alike (as the reference's DiT does).
+        guided = guidance.guided_v_model(functools.partial(apply_model, model, params), cond, uncond,
+                                         cfg_scale if use_cfg else 1.0, rescale_phi)
+        if flow_model:
+            latents = flow_samplers.sample(guided, x_init, sigmas, sampler=sampler, rng=rng,
+                                           callback=_advance_progress)
+        else:
+            latents = samplers.sample(samplers.v_denoiser(guided), x_init, sigmas, sampler=sampler, rng=rng,
+                                      callback=_advance_progress)
         return autoencoder.apply({"params": vae_params}, latents / latent_scale, method=type(autoencoder).decode)
 
 
@@ -115,7 +122,7 @@ class AudioGenerator:
     """A diffusion model's inference weights with its VAE and text encoder, on one mesh.
 
     `from_runs` loads the EMA weights of trained run directories (U-Net or DiT, CLAP);
-    `from_pretrained` a converted directory (`inference/pretrained.py`: SAO's DiT and T5, or
+    `from_pretrained` a converted directory (`pretrained.py`: SAO's DiT and T5, or
     SA 1.0's U-Net and CLAP text branch).
     """
 
@@ -150,7 +157,8 @@ class AudioGenerator:
                              "(the VAE ratio times the backbone's downsampling factor)")
         self.latent_frames = self.window_samples // autoencoder.config.downsampling_ratio
         self.latent_dim = model.config.latent_dim
-        self.sampling = SamplingConfig.from_dict(sampling).to_dict()
+        self.objective = check_objective(model.config.objective)
+        self.sampling = SamplingConfig.from_dict(sampling, objective=self.objective).to_dict()
 
     @classmethod
     def from_runs(cls, diffusion_dir: str, *, vae_dir: str | None = None, clap_dir: str | None = None,
@@ -160,6 +168,9 @@ class AudioGenerator:
         diffusion = load_run(diffusion_dir, step=step, mesh=mesh, ema_only=True)
         if diffusion.config.task != "diffusion":
             raise ValueError(f"{diffusion_dir} holds a {diffusion.config.task!r} run, not a diffusion run")
+        if diffusion.task.lora.enabled:
+            raise UserError(f"{diffusion_dir} is a LoRA run (adapters, not a model): sample it with "
+                            f"--pretrained=<its base> --lora={diffusion_dir}")
         vae_dir = vae_dir or diffusion.config.pretransform.vae_dir
         clap_dir = clap_dir or diffusion.config.pretransform.clap_dir
         for name, path in (("VAE", vae_dir), ("CLAP", clap_dir)):
@@ -185,18 +196,16 @@ class AudioGenerator:
           its newest EMA weights and window replace the directory's diffusion model.
         adapters: `[(LoRA run directory, scale)]` trained on `directory`'s diffusion model:
           merged into it (`fine_tuned.diffusion_weights`). The VAE, text encoder and sampling
-          defaults stay the directory's either way.
+          defaults stay the directory's either way (but for a run that changed the objective).
         """
-        config = pretrained.read_pretrained_config(directory)
-        mesh = mesh or parallel.create_mesh((-1, 1, 1))
-        params = pretrained_parts.restore_parts(directory, config, ("autoencoder", "text_encoder"), mesh, rules)
-        encoder = pretrained_parts.text_encoder(directory, config, params["text_encoder"], mesh, rules)
-        model, diffusion_params, window = fine_tuned.diffusion_weights(
-            directory, config, diffusion_dir=diffusion_dir, adapters=adapters, mesh=mesh, rules=rules)
-        return cls(model=model, params=diffusion_params, autoencoder=pretrained_parts.autoencoder(config),
-                   vae_params=params["autoencoder"], text_encoder=encoder, mesh=mesh,
-                   sample_rate=config["sample_rate"], window_samples=window,
-                   latent_scale=config.get("latent_scale", 1.0), sampling=config.get("sampling"), rules=rules)
+        weights = fine_tuned.pretrained_weights(directory, diffusion_dir=diffusion_dir, adapters=adapters,
+                                                mesh=mesh, rules=rules)
+        config, params = weights.config, weights.params
+        encoder = pretrained_parts.text_encoder(directory, config, params["text_encoder"], weights.mesh, rules)
+        return cls(model=weights.model, params=params["diffusion"], autoencoder=pretrained_parts.autoencoder(config),
+                   vae_params=params["autoencoder"], text_encoder=encoder, mesh=weights.mesh,
+                   sample_rate=config["sample_rate"], window_samples=weights.window,
+                   latent_scale=config.get("latent_scale", 1.0), sampling=weights.sampling, rules=rules)
 
     @property
     def window_seconds(self) -> float:
@@ -216,12 +225,15 @@ class AudioGenerator:
           prompts: the text prompts (a list; one clip each).
           seconds_total, seconds_start: timing conditioning, one value or one per prompt;
             `seconds_total` may not exceed the model's window.
-          steps, sampler, sigma_min, sigma_max: the sampler and its log-linear sigma schedule.
+          steps, sampler, sigma_min, sigma_max: the sampler and its schedule: log-linear sigmas
+            for a v-model; for a rectified-flow model the reference's time grid from
+            `sigma_max` in (0, 1] (`sigma_min` unused), `sampling_config.sampler_names` says which.
           cfg_scale, rescale_phi: classifier-free guidance (1 disables it) and CFG rescale.
             Every sampling setting left None takes the model's default (`self.sampling`).
           negative_prompt: replaces the null context in the unconditional branch.
           init_audio: `[samples, 2]` at the model's rate for audio-to-audio: its latents plus
-            noise at `init_noise_level` (which then replaces `sigma_max`) start the sampler.
+            noise at `init_noise_level` (which then replaces `sigma_max`) start the sampler
+            (rectified flow: `(1 - level) latents + level noise`, level in (0, 1]).
           window_seconds: generate this window instead of the trained one (rounded up to a
             whole number of latent frames). The DiT has no absolute positions, so a shorter
             window is a cheaper way to get short clips; the U-Net was trained at one length.
@@ -242,7 +254,8 @@ class AudioGenerator:
         rescale_phi = float(defaults["rescale_phi"] if rescale_phi is None else rescale_phi)
         sigma_min = float(defaults["sigma_min"] if sigma_min is None else sigma_min)
         sigma_max = float(defaults["sigma_max"] if sigma_max is None else sigma_max)
-        sampler = samplers.canonical_sampler_name(defaults["sampler"] if sampler is None else sampler)
+        sampler = canonical_sampler_for(defaults["sampler"] if sampler is None else sampler, self.objective)
+        flow_model = is_flow(self.objective)
         window = self.window_samples
         if window_seconds is not None:
             if window_seconds <= 0:
@@ -269,14 +282,16 @@ class AudioGenerator:
         rng_noise, rng_sampler = jax.random.split(jax.random.PRNGKey(seed))
         frames = window // self.autoencoder.config.downsampling_ratio
         noise = np.asarray(jax.random.normal(rng_noise, (batch, frames, self.latent_dim)))
-        top = sigma_max
-        if init_audio is not None:
-            init_latents = np.asarray(self._encode_init(init_audio, batch, window))
-            top = init_noise_level
-            x_init = init_latents + noise * top
+        top = sigma_max if init_audio is None else init_noise_level
+        if flow_model and init_audio is not None and not 0.0 < top <= 1.0:
+            raise UserError(f"init_noise_level must be in (0, 1] for a rectified-flow model, got {top:g}")
+        init_latents = None if init_audio is None else np.asarray(self._encode_init(init_audio, batch, window))
+        if flow_model:  # the reference's `sample_rf`: noise alone, or the point at t = top on the path
+            sigmas = flow_samplers.sampler_times(sampler, steps, top)
+            x_init = noise if init_latents is None else init_latents * (1 - top) + noise * top
         else:
-            x_init = noise * top
-        sigmas = schedule.polyexponential_sigmas(steps, sigma_min, top)
+            sigmas = schedule.polyexponential_sigmas(steps, sigma_min, top)
+            x_init = noise * top if init_latents is None else init_latents + noise * top
         # Seconds are whole numbers for the table embedder (ceil, as training's seconds_total).
         seconds_total_cond = np.ceil(totals).astype(np.int32)
         seconds_start_cond = np.floor(starts).astype(np.int32)
@@ -285,7 +300,7 @@ class AudioGenerator:
             return sample_and_decode(params, self.vae_params, rng_sampler, sigmas, jnp.float32(cfg_scale),
                                      jnp.float32(rescale_phi), jnp.float32(self.latent_scale), *batch_arrays,
                                      model=self.model, autoencoder=self.autoencoder, rules=tuple(self.rules),
-                                     sampler=sampler, use_cfg=cfg_scale != 1.0)
+                                     sampler=sampler, use_cfg=cfg_scale != 1.0, flow_model=flow_model)
 
         with _progress_bar(steps if progress else 0):
             audio = parallel.run_batch_on_mesh(

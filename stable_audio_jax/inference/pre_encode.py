@@ -23,14 +23,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from stable_audio_jax import parallel
-from stable_audio_jax.inference import pretrained, pretrained_parts
-from stable_audio_jax.inference.checkpoints import load_run
+from stable_audio_jax import parallel, pretrained
+from stable_audio_jax.inference import pretrained_parts
 from stable_audio_jax.inference.clap import CLAPEncoder
 from stable_audio_jax.inference.generate import TextEncoder
 from stable_audio_jax.input_pipeline import latent_records, records
 from stable_audio_jax.input_pipeline.grain_pipeline import make_audio_dataset
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
+from stable_audio_jax.training.runs import load_run
 
 
 class AudioEncoder:

@@ -17,12 +17,11 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from stable_audio_jax import parallel
+from stable_audio_jax import parallel, pretrained
 from stable_audio_jax.convert.clap_text_checkpoint import abstract_params as abstract_clap_text_params
 from stable_audio_jax.convert.sao_checkpoint import abstract_diffusion_params
 from stable_audio_jax.convert.sao_vae import abstract_autoencoder_params
 from stable_audio_jax.convert.t5_checkpoint import abstract_params as abstract_t5_params
-from stable_audio_jax.inference import pretrained
 from stable_audio_jax.inference.clap_text import CLAPTextEncoder
 from stable_audio_jax.inference.frozen_text import FrozenTextEncoder
 from stable_audio_jax.inference.t5 import T5TextEncoder

@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from stable_audio_jax.models.config_fields import checked_fields
-from stable_audio_jax.models.layers import Snake, WNConv, WNConvTranspose1d
+from stable_audio_jax.models.layers import Conv1d, Snake, WNConv, WNConvTranspose1d
 from stable_audio_jax.models.remat import check_remat_policy, maybe_remat
+from stable_audio_jax.models.sharding import BATCH_LENGTH_CHANNELS, constrain
 
 Dtype = Any
 
@@ -84,10 +85,6 @@ class AutoencoderConfig:
         return cls(**checked_fields(cls, d, "autoencoder"))
 
 
-def _constrain(x: jax.Array) -> jax.Array:
-    return nn.with_logical_constraint(x, ("batch", "length", "channels"))
-
-
 class ResidualUnit(nn.Module):
     """x + Conv1x1(Snake(Conv7_dilated(Snake(x)))); `[batch, time, C]` -> same."""
 
@@ -125,7 +122,7 @@ class EncoderBlock(nn.Module):
         x = Snake(beta=self.snake_beta, log_scale=self.snake_beta, **kw)(x)
         x = WNConv(self.features, (2 * self.stride,), strides=(self.stride,),
                    padding=(math.ceil(self.stride / 2),), **kw)(x)
-        return _constrain(x)
+        return constrain(x, BATCH_LENGTH_CHANNELS)
 
 
 class DecoderBlock(nn.Module):
@@ -146,7 +143,7 @@ class DecoderBlock(nn.Module):
                               math.ceil(self.stride / 2), **kw)(x)
         for d in self.dilations:
             x = ResidualUnit(d, self.snake_beta, **kw)(x)
-        return _constrain(x)
+        return constrain(x, BATCH_LENGTH_CHANNELS)
 
 
 class OobleckEncoder(nn.Module):
@@ -161,7 +158,7 @@ class OobleckEncoder(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         widths = [c.encoder_channels * m for m in c.encoder_multipliers]
-        x = WNConv(widths[0], (7,), padding=(3,), **kw)(_constrain(x))
+        x = WNConv(widths[0], (7,), padding=(3,), **kw)(constrain(x, BATCH_LENGTH_CHANNELS))
         block = maybe_remat(EncoderBlock, c.remat_policy)
         for i, (width, stride) in enumerate(zip(widths[1:], c.strides)):
             # Named as the plain block would be auto-named, so every policy has one param tree.
@@ -169,7 +166,7 @@ class OobleckEncoder(nn.Module):
         x = Snake(beta=c.snake_beta, log_scale=c.snake_beta, **kw)(x)
         x = WNConv(c.encoder_out_channels or 2 * c.latent_dim, (3,), padding=(1,), **kw)(x)
         if c.encoder_projection:
-            x = WNConv(2 * c.latent_dim, (1,), padding=(0,), weight_norm=False, name="projection", **kw)(x)
+            x = Conv1d(2 * c.latent_dim, 1, padding=0, name="projection", **kw)(x)
         return x
 
 
@@ -185,7 +182,7 @@ class OobleckDecoder(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         widths = [c.decoder_channels * m for m in reversed(c.decoder_multipliers)]
-        x = WNConv(widths[0], (7,), padding=(3,), **kw)(_constrain(z))
+        x = WNConv(widths[0], (7,), padding=(3,), **kw)(constrain(z, BATCH_LENGTH_CHANNELS))
         block = maybe_remat(DecoderBlock, c.remat_policy)
         for i, (width, stride) in enumerate(zip(widths[1:], reversed(c.strides))):
             x = block(width, stride, c.dilations, c.snake_beta, name=f"DecoderBlock_{i}", **kw)(x)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stable_audio_jax.models.layers import torch_bias_init, torch_conv_init
+from stable_audio_jax.models.layers import torch_dense
 
 Dtype = Any
 
@@ -48,14 +48,6 @@ class LearnedFourierFeatures(nn.Module):
         x = x.astype(jnp.float32)[:, None]  # Fourier features in float32: phases need the precision
         freqs = 2.0 * math.pi * x * weights.astype(jnp.float32)[None, :]
         return jnp.concatenate([x, jnp.sin(freqs), jnp.cos(freqs)], axis=-1).astype(self.dtype)
-
-
-def torch_dense(features: int, fan_in: int, axes: tuple[str | None, str | None], name: str,
-                use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nn.Dense:
-    """An `nn.Dense` initialised like PyTorch's `nn.Linear`, with logical axes on kernel and bias."""
-    return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nn.with_logical_partitioning(torch_conv_init, axes),
-                    bias_init=nn.with_logical_partitioning(torch_bias_init(fan_in), (axes[1],)))
 
 
 class TimePositionalEmbedding(nn.Module):

@@ -26,19 +26,18 @@ import jax
 import jax.numpy as jnp
 
 from stable_audio_jax.models.layers import WNConv
+from stable_audio_jax.models.sharding import constrain
 from stable_audio_jax.spectral import stft
 
 Dtype = Any
 
 # One list of feature maps `[batch, frames, bins', filters]` per scale.
 FeatureMaps = list[jax.Array]
+# Logical axes of `[batch, frames, bins, channels]` maps: split over the batch only.
+_MAPS = ("batch", None, None, "channels")
 
 
-def _constrain(x: jax.Array) -> jax.Array:
-    return nn.with_logical_constraint(x, ("batch", None, None, "channels"))
-
-
-def _same_padding(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+def _symmetric_padding(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
     """Symmetric padding keeping an odd, dilated kernel's output length (unstrided)."""
     return tuple((k - 1) * d // 2 for k, d in zip(kernel_size, dilation))
 
@@ -81,7 +80,7 @@ class STFTDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, audio: jax.Array) -> tuple[jax.Array, FeatureMaps]:
         x = stft_planes(audio, self.n_fft, self.hop_length, self.win_length).astype(self.dtype)
-        x = _constrain(x)
+        x = constrain(x, _MAPS)
         kernel = tuple(self.kernel_size)
         square = (kernel[0], kernel[0])
         # (kernel, stride, time dilation) of each hidden conv.
@@ -92,16 +91,16 @@ class STFTDiscriminator(nn.Module):
         for i, (kernel_size, strides, dilation) in enumerate(specs):
             x = WNConv(
                 self.filters, kernel_size, strides=strides, kernel_dilation=(dilation, 1),
-                padding=_same_padding(kernel_size, (dilation, 1)),
+                padding=_symmetric_padding(kernel_size, (dilation, 1)),
                 dtype=self.dtype, param_dtype=self.param_dtype, name=f"convs_{i}",
             )(x)
             x = nn.leaky_relu(x, self.negative_slope)
             features.append(x)
         logits = WNConv(
-            1, square, padding=_same_padding(square, (1, 1)),
+            1, square, padding=_symmetric_padding(square, (1, 1)),
             dtype=self.dtype, param_dtype=self.param_dtype, name="conv_post",
         )(x)
-        return _constrain(logits), features
+        return constrain(logits, _MAPS), features
 
 
 class MultiScaleSTFTDiscriminator(nn.Module):

@@ -1,4 +1,7 @@
-"""The Stable Audio Open diffusion backbone: a pre-norm transformer over latent frames (SPEC 3.2).
+"""The Stable Audio Open diffusion backbone: a pre-norm transformer over latent frames.
+
+It mirrors stable-audio-tools `models/dit.py` `DiffusionTransformer` (its blocks are
+`models/transformer.py`'s) as configured by SAO's `model_config.json`.
 
 Channels last throughout: latents `[batch, frames, io_channels]`, cross-attention tokens
 `[batch, tokens, cond_token_dim]`. With E = `embed_dim`, H heads of D = E / H dims:
@@ -45,14 +48,13 @@ import jax
 import jax.numpy as jnp
 
 from stable_audio_jax.models.attention import HeadProjection, dot_product_attention
-from stable_audio_jax.models.conditioning import torch_dense
 from stable_audio_jax.models.config_fields import checked_fields
-from stable_audio_jax.models.layers import torch_bias_init
+from stable_audio_jax.models.layers import torch_bias_init, torch_dense
 from stable_audio_jax.models.remat import check_remat_policy, maybe_remat
+from stable_audio_jax.models.sharding import BATCH_LENGTH_CHANNELS, constrain
 
 Dtype = Any
 
-_TOKENS = ("batch", "length", "channels")  # residual stream: split over the batch only
 _HEADS = ("batch", "length", "heads", "kv")  # per-head q/k/v: heads over `tensor`
 
 
@@ -217,7 +219,7 @@ class Attention(nn.Module):
         value = HeadProjection((kv_heads, self.head_dim), True, name="value", **kw)(kv_input)
         if rope is not None:
             query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
-        query, key, value = (nn.with_logical_constraint(a, _HEADS) for a in (query, key, value))
+        query, key, value = (constrain(a, _HEADS) for a in (query, key, value))
         out = dot_product_attention(query, key, value)
         return HeadProjection((x.shape[-1],), False, kernel_init=nn.initializers.zeros, name="out", **kw)(out)
 
@@ -243,7 +245,7 @@ class SwiGLU(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(features), (None, "mlp")),
                           (2, self.inner_features), self.param_dtype)
         h = jnp.einsum("...e,egf->...gf", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
-        h = nn.with_logical_constraint(h[..., 0, :] * nn.silu(h[..., 1, :]), ("batch", "length", "mlp"))
+        h = constrain(h[..., 0, :] * nn.silu(h[..., 1, :]), ("batch", "length", "mlp"))
         return nn.Dense(features, name="out", dtype=self.dtype, param_dtype=self.param_dtype,
                         kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp", "embed")),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
@@ -270,7 +272,7 @@ class TransformerBlock(nn.Module):
         x = x + Attention(self.num_heads, head_dim, name="cross_attn", **kw)(
             _layer_norm("cross_attend_norm", **kw)(x), context)
         x = x + SwiGLU(features * self.ff_mult, name="ff", **kw)(_layer_norm("ff_norm", **kw)(x))
-        return nn.with_logical_constraint(x, _TOKENS)
+        return constrain(x, BATCH_LENGTH_CHANNELS)
 
 
 class DiffusionTransformer(nn.Module):
@@ -304,7 +306,7 @@ class DiffusionTransformer(nn.Module):
                              f"(global_cond_dim={c.global_cond_dim}, global_cond given: {global_cond is not None})")
 
         context = _mlp((c.cond_token_dim,) * 2, c.cond_token_dim, False, "to_cond_embed", **kw)(
-            nn.with_logical_constraint(context.astype(self.dtype), _TOKENS))
+            constrain(context.astype(self.dtype), BATCH_LENGTH_CHANNELS))
 
         fourier = FourierFeatures(c.timestep_features_dim, self.param_dtype, name="timestep_features")(t)
         token = _mlp((c.embed_dim,) * 2, c.timestep_features_dim, True, "to_timestep_embed", **kw)(
@@ -315,10 +317,10 @@ class DiffusionTransformer(nn.Module):
             token = token + _mlp((c.embed_dim,) * 2, c.global_cond_dim, False, "to_global_embed", **kw)(
                 global_cond.astype(self.dtype))
 
-        x = nn.with_logical_constraint(x.astype(self.dtype), _TOKENS)
+        x = constrain(x.astype(self.dtype), BATCH_LENGTH_CHANNELS)
         x = x + _conv1x1(c.io_channels, "preprocess_conv", **kw)(x)
         h = torch_dense(c.embed_dim, c.io_channels, ("channels", "embed"), "project_in", use_bias=False, **kw)(x)
-        h = nn.with_logical_constraint(jnp.concatenate([token[:, None, :], h], axis=1), _TOKENS)
+        h = constrain(jnp.concatenate([token[:, None, :], h], axis=1), BATCH_LENGTH_CHANNELS)
 
         cos, sin = rotary_angles(frames + 1, c.rotary_dims, c.rotary_base)
         block = maybe_remat(TransformerBlock, c.remat_policy)
@@ -328,7 +330,7 @@ class DiffusionTransformer(nn.Module):
         out = torch_dense(c.io_channels, c.embed_dim, ("embed", "channels"), "project_out", use_bias=False,
                           **kw)(h[:, 1:])
         out = out + _conv1x1(c.io_channels, "postprocess_conv", **kw)(out)
-        return nn.with_logical_constraint(out.astype(jnp.float32), _TOKENS)
+        return constrain(out.astype(jnp.float32), BATCH_LENGTH_CHANNELS)
 
 
 def _conv1x1(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Dense:

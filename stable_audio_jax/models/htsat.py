@@ -40,6 +40,7 @@ from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.layers import torch_bias_init, torch_conv_init
 from stable_audio_jax.models.mel import log_mel_spectrogram, mel_filterbank
 from stable_audio_jax.models.remat import maybe_remat
+from stable_audio_jax.models.sharding import constrain
 
 Dtype = Any
 
@@ -54,6 +55,8 @@ _MASK_VALUE = -1e9
 # Floor of the per-example variance of the log-mel, in dB^2: a (near) constant input,
 # e.g. digital silence at -100 dB, maps to ~0 instead of amplified noise.
 _STANDARDISE_EPS = 1e-2
+# Logical axes of the `[batch, H, W, embed]` token grid between stages.
+_GRID = ("batch", None, None, "embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,10 +410,6 @@ class PatchMerging(nn.Module):
                         kernel_init=nn.with_logical_partitioning(_dense_init, (None, "embed")))(x)
 
 
-def _constrain(x: jax.Array) -> jax.Array:
-    return nn.with_logical_constraint(x, ("batch", None, None, "embed"))
-
-
 class HTSATEncoder(nn.Module):
     """HTSAT audio encoder: audio -> (pooled embedding, final tokens).
 
@@ -475,7 +474,7 @@ class HTSATEncoder(nn.Module):
         bias_init = nn.with_logical_partitioning(torch_bias_init(p * p), ("embed",))
         x = nn.Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", kernel_init=kernel_init,
                     bias_init=bias_init, name="patch_embed", **kw)(image)
-        x = _constrain(_layer_norm("patch_norm", **kw)(x))  # [batch, H, W, embed_dim]
+        x = constrain(_layer_norm("patch_norm", **kw)(x), _GRID)  # [batch, H, W, embed_dim]
 
         block = maybe_remat(SwinBlock, self.remat_policy)
         for i, (depth, heads, (window, shift), rates) in enumerate(
@@ -485,7 +484,7 @@ class HTSATEncoder(nn.Module):
                           deterministic=deterministic, name=f"stage{i}_block{j}", **kw)(x)
             if i < c.num_stages - 1:
                 x = PatchMerging(name=f"stage{i}_merge", **kw)(x)
-            x = _constrain(x)
+            x = constrain(x, _GRID)
 
         x = _layer_norm("norm", **kw)(x)
         tokens = x.reshape(batch, -1, x.shape[-1])

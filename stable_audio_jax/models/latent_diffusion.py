@@ -7,9 +7,9 @@
     v = DiffusionTransformer(x_t, t, context, global_cond = [start || total])        (SAO)
 
 SA 1.0 appends the two timing tokens to the 77 text tokens (79 in all) and uses no global
-conditioning (`global_timing=True` adds it: the tiny demo model needs it to learn timing in
-a few CPU minutes); a sample whose conditioning is dropped (10% in training, the
-unconditional half of CFG) sees the U-Net's learned null context instead. How the U-Net
+conditioning (`global_timing=True` adds it, as `configs/diffusion_tiny.py` does so that a
+small model learns timing quickly); a sample whose conditioning is dropped (10% in
+training, the unconditional half of CFG) sees the U-Net's learned null context instead. How the U-Net
 masks padded text tokens, on the null and negative-prompt rows too, is its
 `mask_semantics` ("reference" for imported checkpoints, "strict" by default).
 
@@ -59,6 +59,9 @@ class LatentDiffusionConfig:
         sample rate). Needed by `unet.frame_features` > 0, which then gets
         `conditioning.seconds_left_features` at every frame (not in SA 1.0: the tiny demo
         model learns where to stop within its CPU budget with it).
+      objective: what the output means: "v" (the paper's v-prediction) or "rectified_flow" /
+        "rf_denoiser" (the velocity `noise - x0`). The network is the same; training and
+        sampling read it (`diffusion/sampling_config.py` checks the name).
     """
 
     unet: UNetConfig | None = None
@@ -69,6 +72,7 @@ class LatentDiffusionConfig:
     dit: DiTConfig | None = None
     text_tokens: int | None = None
     frame_seconds: float = 0.0
+    objective: str = "v"
 
     def __post_init__(self):
         if (self.unet is None) == (self.dit is None):

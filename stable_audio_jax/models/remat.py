@@ -1,8 +1,11 @@
 """Rematerialisation (activation checkpointing) of a model's repeated blocks, by config name.
 
-The U-Net and the DiT take a `remat_policy` string; `maybe_remat` turns a block class into
-its `nn.remat` lift under the matching `jax.checkpoint` policy, with the same parameter
-names, so a checkpoint loads whatever the policy.
+Every trained model takes a `remat_policy` string: the U-Net (`UNetConfig`: ResNet and
+transformer blocks), the DiT (`DiTConfig`: transformer blocks), the VAE
+(`AutoencoderConfig`: encoder and decoder blocks) and CLAP (`CLAPConfig`, passed on to the
+`TextEncoder` layers and the `HTSATEncoder` Swin blocks). `maybe_remat` turns a block class
+into its `nn.remat` lift under the matching `jax.checkpoint` policy, with the same
+parameter names, so a checkpoint loads whatever the policy.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Callable
 import flax.linen as nn
 import jax
 
-# A `remat_policy` config value (U-Net, DiT) -> the `jax.checkpoint` policy: which intermediates of a remat'ed
+# A `remat_policy` config value -> the `jax.checkpoint` policy: which intermediates of a remat'ed
 # block are saved for the backward pass (everything else is recomputed). "full" saves only
 # the block's inputs; "dots_with_no_batch_dims_saveable" keeps the projection / MLP matmul
 # outputs but recomputes convolutions, norms and the [batch, heads, L, L] attention logits.

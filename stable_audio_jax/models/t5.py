@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from stable_audio_jax.models.attention import MultiHeadAttention
 from stable_audio_jax.models.config_fields import checked_fields
+from stable_audio_jax.models.sharding import BATCH_LENGTH_HIDDEN, constrain
 
 Dtype = Any
 
@@ -213,7 +214,7 @@ class T5Layer(nn.Module):
         x = _clamp_half(x + h)
         h = RMSNorm(c.layer_norm_epsilon, name="mlp_norm", **kw)(x)
         x = _clamp_half(x + T5FeedForward(c, name="mlp", **kw)(h))
-        return nn.with_logical_constraint(x, ("batch", "length", None))
+        return constrain(x, BATCH_LENGTH_HIDDEN)
 
 
 class T5Encoder(nn.Module):
@@ -245,7 +246,7 @@ class T5Encoder(nn.Module):
         embed_init = nn.initializers.normal(1.0)  # HF's T5 init: N(0, factor * 1.0)
         x = nn.Embed(c.vocab_size, c.d_model, name="token_embedding",
                      embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")), **kw)(token_ids)
-        x = nn.with_logical_constraint(x, ("batch", "length", None))
+        x = constrain(x, BATCH_LENGTH_HIDDEN)
         length = token_ids.shape[1]
         positions = jnp.arange(length)
         buckets = relative_position_bucket(positions[None, :] - positions[:, None],

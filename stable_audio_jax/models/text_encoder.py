@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.remat import maybe_remat
+from stable_audio_jax.models.sharding import BATCH_LENGTH_HIDDEN, constrain
 
 Dtype = Any
 
@@ -183,10 +184,6 @@ def _layer_norm(config: TextEncoderConfig, name: str, dtype: Dtype, param_dtype:
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
-def _constrain(x: jax.Array) -> jax.Array:
-    return nn.with_logical_constraint(x, ("batch", "length", None))
-
-
 class TextEmbeddings(nn.Module):
     """Word + position + token-type (type 0) embeddings, LayerNorm, dropout.
 
@@ -212,7 +209,7 @@ class TextEmbeddings(nn.Module):
         x = words + positions + token_types
         x = _layer_norm(c, "layer_norm", self.dtype, self.param_dtype)(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
-        return _constrain(x)
+        return constrain(x, BATCH_LENGTH_HIDDEN)
 
 
 class TextEncoderLayer(nn.Module):
@@ -238,7 +235,7 @@ class TextEncoderLayer(nn.Module):
         h = FeedForward(c.mlp_dim, activation="gelu", kernel_init=_init(), name="mlp", **kw)(x)
         h = nn.Dropout(c.dropout_rate)(h, deterministic=self.deterministic)
         x = _layer_norm(c, "output_norm", **kw)(x + h)
-        return _constrain(x)
+        return constrain(x, BATCH_LENGTH_HIDDEN)
 
 
 class TextEncoder(nn.Module):

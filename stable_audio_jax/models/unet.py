@@ -63,10 +63,11 @@ import jax
 import jax.numpy as jnp
 
 from stable_audio_jax.models.attention import FeedForward, MultiHeadAttention
-from stable_audio_jax.models.conditioning import TimePositionalEmbedding, torch_dense
+from stable_audio_jax.models.conditioning import TimePositionalEmbedding
 from stable_audio_jax.models.config_fields import checked_fields
-from stable_audio_jax.models.layers import _polyphase_conv_transpose, torch_bias_init, torch_conv_init
+from stable_audio_jax.models.layers import Conv1d, ConvTranspose1d, torch_conv_init, torch_dense
 from stable_audio_jax.models.remat import check_remat_policy, maybe_remat
+from stable_audio_jax.models.sharding import BATCH_LENGTH_CHANNELS, BATCH_LENGTH_EMBED, constrain
 
 Dtype = Any
 
@@ -188,10 +189,6 @@ class UNetConfig:
                    context_length=text_length + 2)
 
 
-def _constrain(x: jax.Array) -> jax.Array:
-    return nn.with_logical_constraint(x, ("batch", "length", "channels"))
-
-
 def _group_norm(groups: int, eps: float, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=groups, epsilon=eps, name=name, dtype=dtype, param_dtype=param_dtype,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
@@ -203,71 +200,6 @@ def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-5, name=name, dtype=dtype, param_dtype=param_dtype,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
-
-
-def _same_padding(kernel_size: int, stride: int) -> tuple[int, int]:
-    """ADP's non-causal padding: total `k - stride`, the extra sample on the left."""
-    total = kernel_size - stride
-    return total - total // 2, total // 2
-
-
-class Conv1d(nn.Module):
-    """ADP's `Conv1d`: zero padding `k - stride` (left gets the odd sample), then a VALID conv.
-
-    Kernel `[kernel_size, in, out]` (PyTorch `(out, in, k)` transposed), bias `[out]`.
-    `[batch, L, in]` -> `[batch, L / stride, out]` for L a multiple of `stride` (the U-Net
-    guarantees this; ADP's extra right padding for other lengths is not needed).
-    """
-
-    features: int
-    kernel_size: int
-    stride: int = 1
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        in_features = x.shape[-1]
-        kernel = self.param("kernel", nn.with_logical_partitioning(torch_conv_init, (None, "conv_in", "conv_out")),
-                            (self.kernel_size, in_features, self.features), self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(self.kernel_size * in_features),
-                                                               ("conv_out",)),
-                          (self.features,), self.param_dtype)
-        x = x.astype(self.dtype)
-        if self.kernel_size > self.stride:
-            x = jnp.pad(x, [(0, 0), _same_padding(self.kernel_size, self.stride), (0, 0)])
-        y = jax.lax.conv_general_dilated(x, kernel.astype(self.dtype), (self.stride,), "VALID",
-                                         dimension_numbers=("NWC", "WIO", "NWC"))
-        return y + bias.astype(self.dtype)
-
-
-class ConvTranspose1d(nn.Module):
-    """ADP's `ConvTranspose1d` (k = 2 * stride): PyTorch's transposed conv, then `k - stride`
-    samples trimmed (the odd one on the left). `[batch, L, in]` -> `[batch, L * stride, out]`.
-
-    Kernel `[kernel_size, in, out]` holds PyTorch's `(in, out, k)` weight transposed.
-    """
-
-    features: int
-    kernel_size: int
-    stride: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        in_features = x.shape[-1]
-        # PyTorch takes a ConvTranspose's fan-in from weight dim 1 (the output channels).
-        init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 2), out_axis=1)
-        kernel = self.param("kernel", nn.with_logical_partitioning(init, (None, "conv_in", "conv_out")),
-                            (self.kernel_size, in_features, self.features), self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(self.kernel_size * self.features),
-                                                               ("conv_out",)),
-                          (self.features,), self.param_dtype)
-        y = _polyphase_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, 0)
-        left, _ = _same_padding(self.kernel_size, self.stride)
-        y = y[:, left:left + x.shape[1] * self.stride]
-        return y + bias.astype(self.dtype)
 
 
 class ConvBlock1d(nn.Module):
@@ -311,7 +243,7 @@ class ResnetBlock1d(nn.Module):
         h = ConvBlock1d(self.features, self.num_groups, name="block2", **kw)(h, (scale, shift))
         if x.shape[-1] != self.features:
             x = Conv1d(self.features, 1, name="to_out", **kw)(x)
-        return _constrain(h + x.astype(h.dtype))
+        return constrain(h + x.astype(h.dtype), BATCH_LENGTH_CHANNELS)
 
 
 class Attention(nn.Module):
@@ -390,7 +322,7 @@ class Transformer1d(nn.Module):
         for j in range(self.num_layers):
             x = block(self.num_heads, self.multiplier, self.mask_semantics, name=f"blocks_{j}", **kw)(
                 x, context, context_mask)
-        return _constrain(Conv1d(channels, 1, name="to_out", **kw)(x))
+        return constrain(Conv1d(channels, 1, name="to_out", **kw)(x), BATCH_LENGTH_CHANNELS)
 
 
 class UNet1D(nn.Module):
@@ -464,7 +396,7 @@ class UNet1D(nn.Module):
             context = jnp.where(drop[:, None, None], null, context)
             if c.mask_semantics == "strict":
                 context_mask = jnp.where(drop[:, None], True, context_mask)
-        context = nn.with_logical_constraint(context, ("batch", "length", "embed"))
+        context = constrain(context, BATCH_LENGTH_EMBED)
         if (global_cond is None) != (c.global_features == 0):
             raise ValueError(f"global_cond must be given exactly when config.global_features > 0 "
                              f"(global_features={c.global_features}, global_cond given: {global_cond is not None})")
@@ -499,7 +431,7 @@ class UNet1D(nn.Module):
 
         resnet_block = maybe_remat(ResnetBlock1d, c.remat_policy)
 
-        h = resnet_block(widths[0], 1, name="to_in", **kw)(_constrain(x), mapping)
+        h = resnet_block(widths[0], 1, name="to_in", **kw)(constrain(x, BATCH_LENGTH_CHANNELS), mapping)
         if c.position_features:
             h = h + torch_dense(widths[0], c.position_features, (None, "channels"), "to_position", **kw)(
                 frame_position_features(frames, c.position_features).astype(self.dtype))[None]
@@ -539,7 +471,7 @@ class UNet1D(nn.Module):
                 h = Conv1d(widths[i], 3, name=f"{prefix}_upsample", **kw)(h)
             else:
                 h = ConvTranspose1d(widths[i], 2 * factor, factor, name=f"{prefix}_upsample", **kw)(h)
-            h = _constrain(h)
+            h = constrain(h, BATCH_LENGTH_CHANNELS)
 
         h = h + skips.pop()
         assert not skips

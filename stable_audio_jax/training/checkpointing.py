@@ -6,7 +6,7 @@ are asynchronous, so `wait` before reading or exiting. Restoring takes an abstra
 whose leaves carry the *current* mesh's shardings, so a checkpoint written on one mesh
 restores onto another.
 
-Integrity: `integrity` holds a checksum of every state array (`training/integrity.py`),
+Integrity: `integrity` holds a checksum of every state array (`integrity.py`),
 taken on the devices at save time. `restore_latest` restores the newest checkpoint whose
 files read back and whose arrays match their checksums; a damaged one (a truncated,
 deleted or overwritten file, bad metadata, a garbled iterator state) is named in one log
@@ -34,8 +34,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import type_handlers
 
+from stable_audio_jax import integrity
 from stable_audio_jax.errors import EXIT_NO_CHECKPOINT, UserError
-from stable_audio_jax.training import integrity
 
 try:  # the per-array metadata the default jax.Array handler records; Orbax does not export it
     from orbax.checkpoint._src.metadata.array_metadata_store import Store as _ArrayMetadataStore
@@ -205,35 +205,42 @@ class Checkpointer:
         """Restore `state` (sharded like `abstract_state`) and, in place, the data iterator;
         check it against the checksums recorded at save time. Raises `CheckpointDamaged`, or
         `UserError` when the checkpoint's arrays do not fit `abstract_state` (another model)."""
-        mismatch = shape_mismatch(self._read(step, "state metadata", self._manager.item_metadata, step)
-                                   ["state"].tree, abstract_state)
+        restored = self._restore_state(step, abstract_state, data_iterator=data_iterator)
+        self._check_checksum(step, restored, np.asarray(self._checksum_fn(restored).addressable_data(0)))
+        self._policy.verified = max(step, self._policy.verified or step)
+        logging.info("checkpoint: restored and verified step %d from %s", step, self.directory)
+        return restored
+
+    def restore_fields(self, step: int, abstract_state: Any, fields: Sequence[str]) -> dict[str, Any]:
+        """`{field: value}` for only `fields` of the saved state (e.g. "ema_params" for
+        sampling: no optimizer state is read), each sharded like `getattr(abstract_state, field)`
+        and checked against the checksums of its leaves. Raises `CheckpointDamaged` or
+        `UserError` like `restore`."""
+        restored = self._restore_state(step, {f: getattr(abstract_state, f) for f in fields}, fields=fields)
+        # The recorded checksums follow the whole state's leaf order; pick the read leaves' rows.
+        row = {path: i for i, path in enumerate(integrity.leaf_paths(abstract_state))}
+        positions = [row[path] for path in integrity.leaf_paths(restored)]
+        actual = np.asarray(self._checksum_fn(restored).addressable_data(0))
+        self._check_checksum(step, restored, actual, positions=positions)
+        return restored
+
+    def _restore_state(self, step: int, target: Any, *, data_iterator: Any | None = None,
+                       fields: Sequence[str] | None = None) -> Any:
+        """Read the saved state onto `target`'s shardings after checking that its arrays fit;
+        with `fields`, `target` is `{field: tree}` and only those fields are read."""
+        saved = self._read(step, "state metadata", self._manager.item_metadata, step)["state"].tree
+        if fields is not None:
+            saved = {f: saved[f] for f in fields}
+        mismatch = shape_mismatch(saved, target)
         if mismatch is not None:
             raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this config: "
                             f"{mismatch}; use a new --workdir or the config the run was started with")
         items = dict(state=ocp.args.PyTreeRestore(
-            abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)))
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=fields is not None))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(**items))
-        self._check_checksum(step, restored.state, np.asarray(self._checksum_fn(restored.state).addressable_data(0)))
-        self._policy.verified = max(step, self._policy.verified or step)
-        logging.info("checkpoint: restored and verified step %d from %s", step, self.directory)
-        return restored.state
-
-    def restore_field(self, step: int, abstract_state: Any, field: str) -> Any:
-        """Only `field` of the saved state (e.g. "ema_params" for sampling: no optimizer
-        state is read), sharded like `getattr(abstract_state, field)`, checked against the
-        checksums of its leaves. Raises `CheckpointDamaged`."""
-        wanted = {field: getattr(abstract_state, field)}
-        restored = self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-                                         partial_restore=True))).state
-        paths = integrity.leaf_paths(abstract_state)
-        prefix = field + "."
-        positions = [i for i, path in enumerate(paths) if path.startswith(prefix)]
-        actual = np.asarray(self._checksum_fn(restored).addressable_data(0))
-        self._check_checksum(step, restored, actual, positions=positions)
-        return restored[field]
+        return self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(**items)).state
 
     def verify(self, step: int, abstract_state: Any) -> None:
         """Read a finished checkpoint back into host memory and check its checksums; on

@@ -1,9 +1,10 @@
 """Training the latent diffusion model on pre-encoded shards (arXiv 2402.04825).
 
 Each step: sample the VAE posterior (`mean + std * eps`, times `latent_scale`), draw
-continuous times t in [0, 1) (stratified), noise with the cosine schedule
-(`x_t = cos(pi t/2) x0 + sin(pi t/2) eps`), predict `v = alpha eps - sigma x0` and take a
-plain MSE over every element. Each sample's conditioning (text and timing tokens) is
+continuous times t in [0, 1] (`diffusion.timestep_sampler`, stratified uniform by default),
+noise the latents and regress the target of `model.objective` (`diffusion/objective.py`: the
+paper's v on the cosine schedule, or rectified flow's velocity `eps - x0` on the straight
+path) with a plain MSE over every element. Each sample's conditioning (text and timing tokens) is
 replaced by the null context (the U-Net's learned one, the DiT's zeros) with probability
 `diffusion.cfg_dropout` (10%),
 which is what classifier-free guidance needs at sampling time. An EMA of the model is
@@ -26,8 +27,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from stable_audio_jax import lora
-from stable_audio_jax.diffusion import schedule
+from stable_audio_jax import lora, parallel
+from stable_audio_jax.diffusion.objective import TrainingObjective
+from stable_audio_jax.diffusion.sampling_config import SamplingConfig
 from stable_audio_jax.errors import UserError
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
 from stable_audio_jax.training import accumulate, schedules
@@ -67,6 +69,12 @@ class DiffusionTask(Task):
                 raise ValueError(f"model.frame_seconds={model.frame_seconds} but one latent frame is "
                                  f"pretransform.downsampling_ratio / data.sample_rate = {ratio} / "
                                  f"{config.data.sample_rate} = {frame_seconds} s")
+        self.objective = TrainingObjective.from_config(model.objective, config.get("diffusion", {}))
+        try:  # demo samples and `launch/sample.py` use these: a v-sampler on a flow model fails here
+            SamplingConfig.from_dict(config.get("sampling"), objective=model.objective)
+        except (UserError, ValueError) as error:
+            raise UserError(f"config.sampling does not fit config.model.objective={model.objective!r}: {error}"
+                            ) from None
         self.grad_accum_steps = accumulate.config_steps(config)
         self.lora = lora.LoraSettings.from_config(config.get("lora"))
         self.base_dtype = jnp.dtype(config.lora.get("base_dtype", "float32")) if self.lora.enabled else None
@@ -79,7 +87,7 @@ class DiffusionTask(Task):
                                    jax.random.PRNGKey(0))
             self.lora_targets = lora.find_targets(boxed, self.lora)
             trainable = lora.adapter_size(self.lora_targets, self.lora)
-            total = lora.count_params(boxed)
+            total = parallel.count_params(boxed)
             logging.info("LoRA (%s, rank %d) on %d kernels: %d trainable parameters, %.2f%% of %d",
                          self.lora.kind, self.lora.rank, len(self.lora_targets), trainable, 100 * trainable / total,
                          total)
@@ -90,8 +98,7 @@ class DiffusionTask(Task):
 
         data = self.config.data
         is_train = split == "train"
-        source = data.train_shards if is_train else (data.get("eval_shards") or data.train_shards)
-        return iter(make_latent_dataset(source, batch_size=batch_size, seed=data.seed, shuffle=is_train,
+        return iter(make_latent_dataset(self.shards(split), batch_size=batch_size, seed=data.seed, shuffle=is_train,
                                         num_epochs=None, worker_count=data.worker_count if is_train else 0,
                                         shard_index=shard_index, shard_count=shard_count))
 
@@ -151,26 +158,26 @@ class DiffusionTask(Task):
     def noised_inputs(self, batch: Batch, rng: jax.Array, cfg_dropout: float) -> dict[str, jax.Array]:
         """Every random draw of a step, made once for the whole (global) batch.
 
-        `rng` draws the posterior sample x0, the stratified times t (stratified over this
-        batch), the noise and the conditioning dropout. Returns the model's inputs `x_t`
+        `rng` draws the posterior sample x0, the times t (stratified over this batch by
+        default), the noise and the conditioning dropout. Returns the model's inputs `x_t`
         `[batch, frames, latent_dim]`, `t` `[batch]`, `use_null_context` `[batch]` bool and
         the conditioning (`text_features`, `text_mask`, `seconds_start`, `seconds_total`),
-        plus the v target `[batch, frames, latent_dim]` float32. Slicing this dict along
+        plus the objective's target `[batch, frames, latent_dim]` float32. Slicing this dict along
         the batch gives micro-batches whose losses average to the batch's.
         """
         latent_rng, time_rng, noise_rng, drop_rng = jax.random.split(rng, 4)
         mean, std = batch["latent_mean"], batch["latent_std"]
         x0 = (mean + std * jax.random.normal(latent_rng, mean.shape)) * self.config.pretransform.latent_scale
         batch_size = x0.shape[0]
-        t = schedule.sample_training_times(time_rng, batch_size)
+        t = self.objective.times(time_rng, batch_size, x0.shape[1])
         noise = jax.random.normal(noise_rng, x0.shape)
-        return {"x_t": schedule.add_noise(x0, noise, t), "t": t,
-                "target": schedule.v_target(x0, noise, t).astype(jnp.float32),
+        x_t, target = self.objective.noised_and_target(x0, noise, t)
+        return {"x_t": x_t, "t": t, "target": target.astype(jnp.float32),
                 "use_null_context": jax.random.bernoulli(drop_rng, cfg_dropout, (batch_size,)),
                 **{k: batch[k] for k in ("text_features", "text_mask", "seconds_start", "seconds_total")}}
 
-    def v_loss(self, params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
-        """Mean squared error of the predicted v over every element of `inputs` (from
+    def prediction_loss(self, params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
+        """Mean squared error of the prediction (v or velocity) over every element of `inputs` (from
         `noised_inputs`), in float32 whatever the compute dtype."""
         v = self.model.apply({"params": params}, inputs["x_t"], inputs["t"], inputs["text_features"],
                              inputs["text_mask"], inputs["seconds_start"], inputs["seconds_total"],
@@ -178,8 +185,8 @@ class DiffusionTask(Task):
         return jnp.mean(jnp.square(v.astype(jnp.float32) - inputs["target"]))
 
     def loss(self, params: Any, batch: Batch, rng: jax.Array, cfg_dropout: float) -> tuple[jax.Array, Metrics]:
-        """v-objective MSE on one batch; `rng` draws the latents, times, noise and dropout."""
-        loss = self.v_loss(params, self.noised_inputs(batch, rng, cfg_dropout))
+        """The objective's MSE on one batch; `rng` draws the latents, times, noise and dropout."""
+        loss = self.prediction_loss(params, self.noised_inputs(batch, rng, cfg_dropout))
         return loss, {"loss": loss}
 
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -190,14 +197,14 @@ class DiffusionTask(Task):
             key = ADAPTERS
 
             def loss_fn(adapters: Any, x: dict[str, jax.Array]) -> jax.Array:
-                return self.v_loss(lora.merge(state.frozen["diffusion"], [(self.adapter(adapters), 1.0)]), x)
+                return self.prediction_loss(lora.merge(state.frozen["diffusion"], [(self.adapter(adapters), 1.0)]), x)
         else:
-            key, loss_fn = "diffusion", self.v_loss
+            key, loss_fn = "diffusion", self.prediction_loss
         loss, grads = accumulate.accumulated_value_and_grad(loss_fn, state.params[key], inputs, self.grad_accum_steps)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return state.apply_gradients(grads, self.tx, key, ema=self.config.ema), metrics
 
     def eval_step(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
-        """The EMA model's v-loss on the eval batch, fully conditioned, with fixed noise."""
+        """The EMA model's loss on the eval batch, fully conditioned, with fixed noise."""
         loss, _ = self.loss(self.model_params(state, ema=True), batch, jax.random.PRNGKey(1234), 0.0)
         return {"loss": loss}

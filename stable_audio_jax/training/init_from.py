@@ -1,6 +1,6 @@
 """Start a run from existing weights (`config.init_from`): fine-tuning.
 
-`init_from` names a pretrained directory (`inference/pretrained.py`, e.g. converted Stable
+`init_from` names a pretrained directory (`pretrained.py`, e.g. converted Stable
 Audio Open) or a run directory (the EMA weights of its newest step). The parts the task
 exports (`Task.pretrained_parts`: the diffusion model, the VAE's autoencoder) start from
 those weights, in `params` and in `ema_params`; the rest is fresh, as in a new run: step
@@ -18,9 +18,8 @@ from typing import Any
 
 import jax
 
-from stable_audio_jax import parallel
+from stable_audio_jax import parallel, pretrained
 from stable_audio_jax.errors import UserError
-from stable_audio_jax.inference import pretrained
 from stable_audio_jax.training.checkpointing import shape_mismatch
 from stable_audio_jax.training.task import Task
 from stable_audio_jax.training.train_state import TrainState
@@ -80,7 +79,7 @@ def _pretrained_metadata(source: str, flag: str) -> dict[str, Any]:
 def _run_ema_params(source: str, task: Task, mesh: jax.sharding.Mesh, rules: parallel.Rules,
                     flag: str) -> dict[str, Any]:
     """The EMA params of the newest step of a run of the same task, on `mesh`."""
-    from stable_audio_jax.inference.checkpoints import load_run, run_task  # builds tasks: imported late
+    from stable_audio_jax.training.runs import load_run, run_task  # builds tasks: imported late
 
     try:
         kind = run_task(source)

@@ -86,15 +86,19 @@ class Task(abc.ABC):
         """The numeric arrays of a host batch that go to the devices (captions stay behind)."""
         return {k: np.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
 
+    def shards(self, split: str) -> str:
+        """The shard pattern of `split`; evaluation reads the train shards when no eval_shards are set."""
+        data = self.config.data
+        return data.train_shards if split == "train" else (data.get("eval_shards") or data.train_shards)
+
     def make_dataset(self, split: str, *, batch_size: int, shard_index: int, shard_count: int) -> Iterator:
         """A checkpointable iterator over host batches of `batch_size` for this process."""
         from stable_audio_jax.input_pipeline.grain_pipeline import make_audio_dataset
 
         data = self.config.data
         is_train = split == "train"
-        source = data.train_shards if is_train else (data.get("eval_shards") or data.train_shards)
         dataset = make_audio_dataset(
-            source,
+            self.shards(split),
             sample_rate=data.sample_rate,
             sample_size=data.sample_size,
             batch_size=batch_size,

@@ -22,7 +22,6 @@ import json
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 FORMAT = "stable-audio-jax-pretrained"
@@ -98,7 +97,3 @@ def _params_dir(directory: str | os.PathLike) -> str:
     if not os.path.isdir(params_dir):
         raise FileNotFoundError(f"no {PARAMS_DIR}/ in pretrained model directory {os.fspath(directory)!r}")
     return params_dir
-
-
-def count_params(tree: Any) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -4,10 +4,10 @@ This module holds the musical vocabulary the generators draw from (the General M
 palette, keys, scales, chords, roman-numeral progressions, drum grooves) and the generators
 themselves. A generator returns an :class:`Arrangement`: timed :class:`Note` events on instrument
 :class:`Track` s plus caption-ready parameters (genre, key, bpm, ...). Arrangements are
-renderer-agnostic: :mod:`stable_audio_jax.datasets.soundfont` renders them through a GM soundfont
-and :mod:`stable_audio_jax.datasets.synthetic` with numpy synthesisers.
+renderer-agnostic: :mod:`stable_audio_jax.demo_corpus.soundfont` renders them through a GM soundfont
+and :mod:`stable_audio_jax.demo_corpus.synthetic` with numpy synthesisers.
 
-The corpus arranger (:mod:`stable_audio_jax.datasets.corpus_music`) re-orchestrates scores with
+The corpus arranger (:mod:`stable_audio_jax.demo_corpus.corpus_music`) re-orchestrates scores with
 the same palette. Every random choice comes from the ``numpy.random.Generator`` passed in.
 Numpy only: no music21, tinysoundfont or pretty_midi needed.
 """

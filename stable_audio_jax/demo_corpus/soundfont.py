@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stable_audio_jax.datasets.generated_music import Arrangement
+from stable_audio_jax.demo_corpus.generated_music import Arrangement
 
 RELEASE_TAIL_SECONDS = 1.0  # the sequencer stops at the last event; let note releases ring out
 DRUM_CHANNEL = 9  # General MIDI percussion channel (0-based)

@@ -1,12 +1,12 @@
 """Numpy-only synthetic captioned music: a fast, deterministic fallback dataset for unit tests.
 
 It renders the same generated material as the demo dataset
-(:mod:`stable_audio_jax.datasets.generated_music`: scales, arpeggios, chord progressions, drum
+(:mod:`stable_audio_jax.demo_corpus.generated_music`: scales, arpeggios, chord progressions, drum
 grooves, small bands) with simple synthesisers instead of the soundfont: additive sine / saw /
 square oscillators with ADSR envelopes, a pitch-drop kick, noise snare and high-passed-noise hats,
 constant-power pan and an optional short reverb. It needs neither music21 nor tinysoundfont.
 Captions come from the generator parameters, and the on-disk layout (``audio/*.flac`` +
-``train.jsonl`` / ``valid.jsonl``, :mod:`stable_audio_jax.datasets.manifest`) matches the demo
+``train.jsonl`` / ``valid.jsonl``, :mod:`stable_audio_jax.demo_corpus.manifest`) matches the demo
 dataset.
 
 Audio arrays are float32 ``[num_samples, 2]`` (channels last).
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from stable_audio_jax.datasets.audio_effects import add_reverb, finish_clip
-from stable_audio_jax.datasets.captions import format_caption
-from stable_audio_jax.datasets.generated_music import (
+from stable_audio_jax.demo_corpus.audio_effects import add_reverb, finish_clip
+from stable_audio_jax.demo_corpus.captions import format_caption
+from stable_audio_jax.demo_corpus.generated_music import (
     CLAP,
     CRASH,
     KICK,
@@ -33,7 +33,7 @@ from stable_audio_jax.datasets.generated_music import (
     Arrangement,
     generate_arrangement,
 )
-from stable_audio_jax.datasets.manifest import write_dataset
+from stable_audio_jax.demo_corpus.manifest import write_dataset
 
 WAVEFORMS = ("sine", "saw", "square")
 _ROLE_NAMES = {"lead": "lead", "harmony": "pad", "arp": "pluck", "bass": "bass"}

@@ -1,16 +1,16 @@
 """Offline captioned music dataset: music21 scores and generated material through a GM soundfont.
 
 Half the clips come from music21's bundled score corpus (Bach chorales, fiddle tunes, folk songs,
-Renaissance polyphony; :mod:`~stable_audio_jax.datasets.corpus_music`) with randomised General
+Renaissance polyphony; :mod:`~stable_audio_jax.demo_corpus.corpus_music`) with randomised General
 MIDI instruments, tempo, transposition and pan; the other half are generated (scales, arpeggios,
-chord progressions, drum grooves, small bands; :mod:`~stable_audio_jax.datasets.generated_music`),
+chord progressions, drum grooves, small bands; :mod:`~stable_audio_jax.demo_corpus.generated_music`),
 so that captions vary and tempo/timing are easy to learn. Everything is rendered with
 tinysoundfont through the ``TimGM6mb.sf2`` soundfont shipped inside the ``pretty_midi`` wheel
-(:mod:`~stable_audio_jax.datasets.soundfont`), so no network and no system packages are needed.
+(:mod:`~stable_audio_jax.demo_corpus.soundfont`), so no network and no system packages are needed.
 
 This module is the recipe for one clip (source, ambience, cut/fade/normalise via
-:mod:`~stable_audio_jax.datasets.audio_effects`, caption via
-:mod:`~stable_audio_jax.datasets.captions`); :mod:`~stable_audio_jax.datasets.manifest` writes the
+:mod:`~stable_audio_jax.demo_corpus.audio_effects`, caption via
+:mod:`~stable_audio_jax.demo_corpus.captions`); :mod:`~stable_audio_jax.demo_corpus.manifest` writes the
 ``audio/*.flac`` + ``train.jsonl`` / ``valid.jsonl`` layout. Audio arrays are float32
 ``[num_samples, 2]`` (channels last). Every random choice comes from a ``numpy.random.Generator``
 seeded with ``(seed, clip_index)``, so the same seed gives identical files and captions.
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from stable_audio_jax.datasets.audio_effects import add_reverb, finish_clip
-from stable_audio_jax.datasets.captions import format_caption
-from stable_audio_jax.datasets.corpus_music import draw_piece, render_corpus_piece
-from stable_audio_jax.datasets.generated_music import choose, generate_arrangement, track_names
-from stable_audio_jax.datasets.manifest import num_valid_clips, write_dataset
-from stable_audio_jax.datasets.soundfont import RELEASE_TAIL_SECONDS, arrangement_events, render_events
+from stable_audio_jax.demo_corpus.audio_effects import add_reverb, finish_clip
+from stable_audio_jax.demo_corpus.captions import format_caption
+from stable_audio_jax.demo_corpus.corpus_music import draw_piece, render_corpus_piece
+from stable_audio_jax.demo_corpus.generated_music import choose, generate_arrangement, track_names
+from stable_audio_jax.demo_corpus.manifest import num_valid_clips, write_dataset
+from stable_audio_jax.demo_corpus.soundfont import RELEASE_TAIL_SECONDS, arrangement_events, render_events
 
 logger = logging.getLogger(__name__)
 

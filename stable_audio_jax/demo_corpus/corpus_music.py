@@ -2,7 +2,7 @@
 
 Pieces come from music21's bundled score corpus (Bach chorales, fiddle tunes, folk songs,
 Renaissance polyphony). Each is given random GM instruments, tempo, transposition and pan, then
-rendered through the soundfont (:mod:`stable_audio_jax.datasets.soundfont`). music21 and
+rendered through the soundfont (:mod:`stable_audio_jax.demo_corpus.soundfont`). music21 and
 tinysoundfont are imported inside the functions that need them.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stable_audio_jax.datasets.generated_music import GMInstrument, choose, key_name, pick_instrument
-from stable_audio_jax.datasets.soundfont import render_events
+from stable_audio_jax.demo_corpus.generated_music import GMInstrument, choose, key_name, pick_instrument
+from stable_audio_jax.demo_corpus.soundfont import render_events
 
 MIN_CORPUS_BPM, MAX_CORPUS_BPM = 60, 140
 

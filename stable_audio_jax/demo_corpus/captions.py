@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from stable_audio_jax.datasets.generated_music import choose
+from stable_audio_jax.demo_corpus.generated_music import choose
 
 
 def _join_and(items: Sequence[str]) -> str:

@@ -12,7 +12,6 @@ import os
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from stable_audio_jax import parallel
@@ -110,9 +109,8 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
         try:
             # Frozen weights (a LoRA run's base) are not in checkpoints: `state.frozen` is empty.
             if ema_only:
-                ema = checkpointer.restore_field(step, abstract.checkpointed(), "ema_params")
-                state = TrainState(step=jnp.asarray(step, jnp.int32), params={}, opt_state={}, ema_params=ema,
-                                   rng=jnp.zeros((2,), jnp.uint32))
+                state = TrainState(params={}, opt_state={}, **checkpointer.restore_fields(
+                    step, abstract.checkpointed(), ("step", "ema_params", "rng")))
             else:
                 state = TrainState.from_checkpoint(checkpointer.restore(step, abstract.checkpointed()))
         except CheckpointDamaged as error:

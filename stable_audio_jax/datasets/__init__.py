@@ -1,1 +1,0 @@
-"""Offline demo datasets: a soundfont-rendered music corpus and a numpy synthetic fallback."""
