@@ -20,8 +20,7 @@ from stable_audio_jax.models.text_encoder import TextEncoderConfig
 
 
 def get_config():
-    c = config_lib.clap_config(TextEncoderConfig.roberta_base().to_dict(), htsat.htsat_tiny().to_dict(),
-                               embed_dim=512)
+    c = config_lib.clap_config(TextEncoderConfig.roberta_base().to_dict(), htsat.htsat_tiny().to_dict(), embed_dim=512)
     c.data.batch_size = 256
     c.data.worker_count = 8
     c.trainer.num_steps = 200_000

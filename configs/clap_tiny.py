@@ -23,8 +23,7 @@ def get_config():
     c.data.batch_size = 16
     c.data.worker_count = 1
     # update, not assignment: the section keeps clap_config's grad_accum_steps key.
-    c.optimizer.update(config_lib.adamw_config(1e-3, b1=0.9, b2=0.99, weight_decay=0.05, inv_gamma=1e6,
-                                               warmup=0.95))
+    c.optimizer.update(config_lib.adamw_config(1e-3, b1=0.9, b2=0.99, weight_decay=0.05, inv_gamma=1e6, warmup=0.95))
     c.ema.beta = 0.99
     # On the 224 training clips of the demo, 400 steps (about 2 CPU minutes) give held-out
     # text->audio recall@1 0.09 and recall@5 0.34 against chance 0.03 and 0.16 (32 clips);

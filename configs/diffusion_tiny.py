@@ -24,8 +24,15 @@ from stable_audio_jax.models.unet import UNetConfig
 
 def get_config(objective: str = "v"):
     unet = UNetConfig.tiny(in_channels=32, text_length=77, context_features=128).to_dict()
-    unet.update(multipliers=(1, 1, 2, 2, 4, 4), factors=(4, 4, 4, 4, 4), num_blocks=(1, 1, 1, 1, 1),
-                attentions=(0, 0, 0, 1, 1, 1), global_features=256, position_features=32, frame_features=8)
+    unet.update(
+        multipliers=(1, 1, 2, 2, 4, 4),
+        factors=(4, 4, 4, 4, 4),
+        num_blocks=(1, 1, 1, 1, 1),
+        attentions=(0, 0, 0, 1, 1, 1),
+        global_features=256,
+        position_features=32,
+        frame_features=8,
+    )
     c = config_lib.diffusion_config(unet, global_timing=True, objective=objective)
     config_lib.tiny_diffusion_recipe(c)
     c.model.frame_seconds = c.pretransform.downsampling_ratio / c.data.sample_rate

@@ -21,13 +21,15 @@ from stable_audio_jax.models.dit import DiTConfig
 
 
 def get_config():
-    c = config_lib.diffusion_config(dit=DiTConfig.sao().to_dict(), timing_kind="number", global_timing=True,
-                                    text_tokens=128)
+    c = config_lib.diffusion_config(
+        dit=DiTConfig.sao().to_dict(), timing_kind="number", global_timing=True, text_tokens=128
+    )
     c.sampling.update(sampling_config.SAO.to_dict())
     c.dtype = "bfloat16"  # compute; c.param_dtype stays float32
     c.model.dit.remat_policy = "dots_with_no_batch_dims_saveable"  # see models/remat.py
-    c.optimizer = config_lib.diffusion_optimizer_config(5e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6,
-                                                        power=0.5, warmup=0.99)
+    c.optimizer = config_lib.diffusion_optimizer_config(
+        5e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5, warmup=0.99
+    )
     c.pretransform.downsampling_ratio = 2048
     c.data.sample_size = 2_097_152
     c.data.batch_size = 256

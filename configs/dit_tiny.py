@@ -20,8 +20,13 @@ from stable_audio_jax.models.dit import DiTConfig
 
 
 def get_config(objective: str = "v"):
-    c = config_lib.diffusion_config(dit=DiTConfig.tiny(io_channels=32, cond_token_dim=128).to_dict(),
-                                    timing_kind="number", global_timing=True, text_tokens=77, objective=objective)
+    c = config_lib.diffusion_config(
+        dit=DiTConfig.tiny(io_channels=32, cond_token_dim=128).to_dict(),
+        timing_kind="number",
+        global_timing=True,
+        text_tokens=77,
+        objective=objective,
+    )
     c.sampling.update(cfg_scale=7.0, rescale_phi=0.0)
     config_lib.tiny_diffusion_recipe(c)
     c.data.sample_size = 65_536

@@ -53,8 +53,9 @@ def check_inputs(args: argparse.Namespace) -> None:
 
     runs = [f"--{name}" for name in ("vae_dir", "clap_dir") if getattr(args, name) is not None]
     if args.pretrained is not None and runs:
-        raise UserError(f"give --pretrained or --vae_dir and --clap_dir, not both "
-                        f"(got --pretrained and {' and '.join(runs)})")
+        raise UserError(
+            f"give --pretrained or --vae_dir and --clap_dir, not both (got --pretrained and {' and '.join(runs)})"
+        )
     if args.pretrained is None and len(runs) < 2:
         raise UserError("give --vae_dir and --clap_dir (trained runs) or --pretrained (a converted model directory)")
     try:
@@ -79,10 +80,19 @@ def main(argv: list[str] | None = None) -> dict:
     from stable_audio_jax.inference.pre_encode import pre_encode
 
     try:
-        report = pre_encode(args.input, args.output_dir, vae_dir=args.vae_dir, clap_dir=args.clap_dir,
-                            pretrained_dir=args.pretrained,
-                            sample_size=args.sample_size, num_crops=args.num_crops, batch_size=args.batch_size,
-                            num_shards=args.num_shards, prefix=args.prefix, seed=args.seed)
+        report = pre_encode(
+            args.input,
+            args.output_dir,
+            vae_dir=args.vae_dir,
+            clap_dir=args.clap_dir,
+            pretrained_dir=args.pretrained,
+            sample_size=args.sample_size,
+            num_crops=args.num_crops,
+            batch_size=args.batch_size,
+            num_shards=args.num_shards,
+            prefix=args.prefix,
+            seed=args.seed,
+        )
     except (FileNotFoundError, ValueError) as e:  # e.g. a window the VAE cannot encode
         raise UserError(str(e)) from None
     print(json.dumps({k: v for k, v in report.items() if k != "shards"}, indent=2))

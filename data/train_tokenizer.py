@@ -64,8 +64,9 @@ def captions_from_shards(path_or_glob: str) -> Iterator[str]:
                 try:
                     _, metadata = records.decode_record(reader.read())
                 except records.RecordFormatError as e:
-                    raise UserError(f"--shards: {shard}: {e} (only shards written by data/make_shards.py "
-                                    "are read)") from None
+                    raise UserError(
+                        f"--shards: {shard}: {e} (only shards written by data/make_shards.py are read)"
+                    ) from None
                 caption = metadata.get("caption")
                 if isinstance(caption, str) and caption.strip():
                     yield caption
@@ -85,8 +86,12 @@ def collect_captions(manifests: Sequence[str] = (), shards: Sequence[str] = ()) 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", action="append", default=[], help="JSONL manifest with a caption field (repeatable)")
-    parser.add_argument("--shards", action="append", default=[], help="ArrayRecord shard folder, glob or file (repeatable)")
+    parser.add_argument(
+        "--manifest", action="append", default=[], help="JSONL manifest with a caption field (repeatable)"
+    )
+    parser.add_argument(
+        "--shards", action="append", default=[], help="ArrayRecord shard folder, glob or file (repeatable)"
+    )
     parser.add_argument("--output", required=True, help="tokenizer.json path, or a folder to write it into")
     parser.add_argument("--vocab_size", type=int, default=8192, help="upper bound on the vocabulary size")
     parser.add_argument("--min_frequency", type=int, default=2, help="minimum count of a merged pair")
@@ -103,13 +108,16 @@ def main(argv: list[str] | None = None) -> str:
     captions = collect_captions(args.manifest, args.shards)
     if not captions:
         raise UserError(f"no captions found in manifests {args.manifest} / shards {args.shards}")
-    tokenizer = train_bpe_tokenizer(captions, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
-                                    max_length=args.max_length)
+    tokenizer = train_bpe_tokenizer(
+        captions, vocab_size=args.vocab_size, min_frequency=args.min_frequency, max_length=args.max_length
+    )
     path = tokenizer.save(args.output)
     ids, mask = tokenizer(captions[:1])
     n = int(mask[0].sum())
-    print(f"trained on {len(captions)} captions: vocab size {tokenizer.vocab_size}, max_length "
-          f"{tokenizer.max_length}, pad id {tokenizer.pad_id}")
+    print(
+        f"trained on {len(captions)} captions: vocab size {tokenizer.vocab_size}, max_length "
+        f"{tokenizer.max_length}, pad id {tokenizer.pad_id}"
+    )
     print(f"example: {captions[0]!r}")
     print(f"  {n} tokens: {tokenizer.tokenizer.encode(captions[0]).tokens[:n]}")
     print(f"  ids: {ids[0, :n].tolist()}")

@@ -136,55 +136,93 @@ _SECONDS = flags.DEFINE_float("seconds", 1.5, "Audio window in seconds; rounded 
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls per measurement after compilation.")
 _SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Measure inference only (VAE: encode and decode).")
-_TRAIN_PHASES = flags.DEFINE_list("train_phases", ["generator", "discriminator"],
-                                  "VAE training phases to measure: generator, discriminator, generator_warmup.")
+_TRAIN_PHASES = flags.DEFINE_list(
+    "train_phases",
+    ["generator", "discriminator"],
+    "VAE training phases to measure: generator, discriminator, generator_warmup.",
+)
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Use the first N devices for the mesh (0: all).")
-_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0,
-                                  "Peak TFLOP/s of one device for MFU; > 0 overrides the dense bf16 table of "
-                                  "stable_audio_jax/benchmark/peak_flops.py (0: the table; devices not in it get "
-                                  "no MFU).")
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "peak_tflops",
+    0.0,
+    "Peak TFLOP/s of one device for MFU; > 0 overrides the dense bf16 table of "
+    "stable_audio_jax/benchmark/peak_flops.py (0: the table; devices not in it get "
+    "no MFU).",
+)
 flags.DEFINE_alias("peak_tflops_per_device", "peak_tflops")  # the flag's earlier name
-_COMPARE = flags.DEFINE_bool("compare", False,
-                             "Compare two --output_json reports given as arguments (A.json B.json); "
-                             "measures nothing and needs no --config.")
+_COMPARE = flags.DEFINE_bool(
+    "compare",
+    False,
+    "Compare two --output_json reports given as arguments (A.json B.json); measures nothing and needs no --config.",
+)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the results to this JSON file.")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 100, "Diffusion: sampler steps in the sampling row.")
 _CFG_SCALE = flags.DEFINE_float("cfg_scale", 6.0, "Diffusion: guidance scale of the sampling row (1: no CFG).")
-_FLOW_STEPS = flags.DEFINE_integer("flow_steps", 0, "Diffusion: also a sample/<N>_steps_pingpong row: N pingpong "
-                                   "steps without CFG on the same backbone, as a few-step rectified-flow model "
-                                   "samples (0: no such row).")
-_VAE_CONFIG = flags.DEFINE_string("vae_config", None,
-                                  "Diffusion: a configs/vae_*.py whose decoder (random weights) ends the "
-                                  "sampling row; without it the row stops at the latents.")
-_FORWARD_SECONDS = flags.DEFINE_list("forward_seconds", [],
-                                     "Diffusion: audio lengths in seconds (e.g. 10,47); one row forward/<s>s_cfg "
-                                     "each: one model forward on the CFG batch (2 x --batch_size) at that many "
-                                     "latent frames.")
-_REFERENCE_PYTHON = flags.DEFINE_string("reference_python", None,
-                                        "Diffusion with a DiT and --forward_seconds: a Python with torch and "
-                                        "stable-audio-tools (e.g. /work/refvenv/bin/python) that times the "
-                                        "reference DiT's forward at the same lengths (rows reference/forward/...).")
+_FLOW_STEPS = flags.DEFINE_integer(
+    "flow_steps",
+    0,
+    "Diffusion: also a sample/<N>_steps_pingpong row: N pingpong "
+    "steps without CFG on the same backbone, as a few-step rectified-flow model "
+    "samples (0: no such row).",
+)
+_VAE_CONFIG = flags.DEFINE_string(
+    "vae_config",
+    None,
+    "Diffusion: a configs/vae_*.py whose decoder (random weights) ends the "
+    "sampling row; without it the row stops at the latents.",
+)
+_FORWARD_SECONDS = flags.DEFINE_list(
+    "forward_seconds",
+    [],
+    "Diffusion: audio lengths in seconds (e.g. 10,47); one row forward/<s>s_cfg "
+    "each: one model forward on the CFG batch (2 x --batch_size) at that many "
+    "latent frames.",
+)
+_REFERENCE_PYTHON = flags.DEFINE_string(
+    "reference_python",
+    None,
+    "Diffusion with a DiT and --forward_seconds: a Python with torch and "
+    "stable-audio-tools (e.g. /work/refvenv/bin/python) that times the "
+    "reference DiT's forward at the same lengths (rows reference/forward/...).",
+)
 _MEMORY_ESTIMATE = flags.DEFINE_bool(
-    "memory_estimate", False, "Diffusion: print the per-device memory of a train step on --memory_mesh, estimated "
-    "from shapes for each --remat_policies entry (nothing compiled or allocated), and exit.")
-_MEMORY_MESH = flags.DEFINE_list("memory_mesh", ["1", "8", "1"],
-                                 "--memory_estimate: the (data, fsdp, tensor) mesh shape to estimate for.")
-_REMAT_POLICIES = flags.DEFINE_list("remat_policies", [],
-                                    "--memory_estimate: remat policies to compare (default: the config's).")
-_REFERENCE_THREADS = flags.DEFINE_integer("reference_threads", 0,
-                                          "torch threads of the --reference_python run (0: the CPUs this process "
-                                          "may run on, as XLA's CPU thread pool).")
+    "memory_estimate",
+    False,
+    "Diffusion: print the per-device memory of a train step on --memory_mesh, estimated "
+    "from shapes for each --remat_policies entry (nothing compiled or allocated), and exit.",
+)
+_MEMORY_MESH = flags.DEFINE_list(
+    "memory_mesh", ["1", "8", "1"], "--memory_estimate: the (data, fsdp, tensor) mesh shape to estimate for."
+)
+_REMAT_POLICIES = flags.DEFINE_list(
+    "remat_policies", [], "--memory_estimate: remat policies to compare (default: the config's)."
+)
+_REFERENCE_THREADS = flags.DEFINE_integer(
+    "reference_threads",
+    0,
+    "torch threads of the --reference_python run (0: the CPUs this process may run on, as XLA's CPU thread pool).",
+)
 
 
 def options_from_flags() -> Options:
     """The benchmark's `Options` from the non-config flags."""
-    return Options(batch_size=_BATCH_SIZE.value, seconds=_SECONDS.value, steps=_STEPS.value,
-                   warmup=_WARMUP.value, skip_train=_SKIP_TRAIN.value,
-                   train_phases=tuple(_TRAIN_PHASES.value), num_devices=_NUM_DEVICES.value,
-                   peak_tflops=_PEAK_TFLOPS.value, sample_steps=_SAMPLE_STEPS.value,
-                   cfg_scale=_CFG_SCALE.value, flow_steps=_FLOW_STEPS.value, vae_config=_VAE_CONFIG.value,
-                   forward_seconds=tuple(_parse_seconds(s) for s in _FORWARD_SECONDS.value),
-                   reference_python=_REFERENCE_PYTHON.value, reference_threads=_REFERENCE_THREADS.value)
+    return Options(
+        batch_size=_BATCH_SIZE.value,
+        seconds=_SECONDS.value,
+        steps=_STEPS.value,
+        warmup=_WARMUP.value,
+        skip_train=_SKIP_TRAIN.value,
+        train_phases=tuple(_TRAIN_PHASES.value),
+        num_devices=_NUM_DEVICES.value,
+        peak_tflops=_PEAK_TFLOPS.value,
+        sample_steps=_SAMPLE_STEPS.value,
+        cfg_scale=_CFG_SCALE.value,
+        flow_steps=_FLOW_STEPS.value,
+        vae_config=_VAE_CONFIG.value,
+        forward_seconds=tuple(_parse_seconds(s) for s in _FORWARD_SECONDS.value),
+        reference_python=_REFERENCE_PYTHON.value,
+        reference_threads=_REFERENCE_THREADS.value,
+    )
 
 
 def _parse_seconds(text: str) -> float:
@@ -205,23 +243,29 @@ def config_name() -> str | None:
 def config_overrides() -> dict[str, Any]:
     """The `--config.<key>=` overrides, tuples as lists (as the JSON report holds them)."""
     try:
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()}
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in config_flags.get_override_values(flags.FLAGS["config"]).items()
+        }
     except Exception:
         return {}
 
 
 def memory_estimate_main(config: Any) -> None:
     """`--memory_estimate`: print (and with `--output_json` write) the per-device estimates."""
-    estimates = diffusion_memory.diffusion_memory_estimates(config, _MEMORY_MESH.value, _BATCH_SIZE.value,
-                                                            _REMAT_POLICIES.value)
-    print(f"config: {config_name()} (task={config.task}, dtype={config.get('dtype', 'float32')}, "
-          f"param_dtype={config.get('param_dtype', 'float32')})")
+    estimates = diffusion_memory.diffusion_memory_estimates(
+        config, _MEMORY_MESH.value, _BATCH_SIZE.value, _REMAT_POLICIES.value
+    )
+    print(
+        f"config: {config_name()} (task={config.task}, dtype={config.get('dtype', 'float32')}, "
+        f"param_dtype={config.get('param_dtype', 'float32')})"
+    )
     print(diffusion_memory.format_memory_estimates(estimates), flush=True)
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w") as f:
-            json.dump({"config": config_name(), "overrides": config_overrides(), "memory_estimates": estimates},
-                      f, indent=2)
+            json.dump(
+                {"config": config_name(), "overrides": config_overrides(), "memory_estimates": estimates}, f, indent=2
+            )
         print(f"wrote {_OUTPUT_JSON.value}")
 
 
@@ -246,8 +290,9 @@ def main(argv):
             print("parameters (jax.eval_shape, nothing allocated):")
             print(report.format_params(counts), flush=True)
             return
-        result = runner.run_benchmark(config, options_from_flags(), config_name=config_name(),
-                                      overrides=config_overrides())
+        result = runner.run_benchmark(
+            config, options_from_flags(), config_name=config_name(), overrides=config_overrides()
+        )
     except ReferenceRunError as e:
         raise SystemExit(f"benchmark: {e}") from None
     import jax

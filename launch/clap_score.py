@@ -24,8 +24,9 @@ from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "Run directory of a trained CLAP.", required=True)
-_INPUT = flags.DEFINE_string("input", None, "Audio folder with caption sidecars, or a JSONL/CSV manifest.",
-                             required=True)
+_INPUT = flags.DEFINE_string(
+    "input", None, "Audio folder with caption sidecars, or a JSONL/CSV manifest.", required=True
+)
 _LIMIT = flags.DEFINE_integer("limit", 0, "Score at most this many files (0: all).", lower_bound=0)
 _OUTPUT = flags.DEFINE_string("output_json", "", "Also write the result (with per-file scores) here.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the shuffled-pairs baseline.")
@@ -47,7 +48,7 @@ def main(argv):
         raise UserError(str(e)) from None
     captioned = [item for item in items if item.caption]
     if _LIMIT.value:
-        captioned = captioned[:_LIMIT.value]
+        captioned = captioned[: _LIMIT.value]
     if not captioned:
         raise UserError(f"--input={_INPUT.value}: no captioned audio files")
     result = clap_score(encoder, [i.caption for i in captioned], [i.path for i in captioned], seed=_SEED.value)

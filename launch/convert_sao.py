@@ -32,10 +32,12 @@ from stable_audio_jax.errors import UserError  # noqa: E402
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.safetensors or model.ckpt of the model.", required=True)
 _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "Its model_config.json.", required=True)
 _T5_DIR = flags.DEFINE_string("t5_dir", None, "Stable Audio Open: local Hugging Face t5-base folder.")
-_CLAP_CHECKPOINT = flags.DEFINE_string("clap_checkpoint", None,
-                                       "Stable Audio 1.0: the LAION-CLAP checkpoint of its prompt conditioner.")
-_ROBERTA_DIR = flags.DEFINE_string("roberta_dir", None,
-                                   "Stable Audio 1.0: a local RoBERTa folder (config.json and tokenizer).")
+_CLAP_CHECKPOINT = flags.DEFINE_string(
+    "clap_checkpoint", None, "Stable Audio 1.0: the LAION-CLAP checkpoint of its prompt conditioner."
+)
+_ROBERTA_DIR = flags.DEFINE_string(
+    "roberta_dir", None, "Stable Audio 1.0: a local RoBERTa folder (config.json and tokenizer)."
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the pretrained directory is written.", required=True)
 
 
@@ -47,8 +49,14 @@ def main(argv):
     from stable_audio_jax.convert.state_dict import ConversionError
 
     try:
-        summary = convert_checkpoint(_CHECKPOINT.value, _MODEL_CONFIG.value, _OUTPUT_DIR.value, t5_dir=_T5_DIR.value,
-                                     clap_checkpoint=_CLAP_CHECKPOINT.value, roberta_dir=_ROBERTA_DIR.value)
+        summary = convert_checkpoint(
+            _CHECKPOINT.value,
+            _MODEL_CONFIG.value,
+            _OUTPUT_DIR.value,
+            t5_dir=_T5_DIR.value,
+            clap_checkpoint=_CLAP_CHECKPOINT.value,
+            roberta_dir=_ROBERTA_DIR.value,
+        )
     except (FileNotFoundError, FileExistsError, ConversionError, ValueError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(summary, indent=2))

@@ -46,13 +46,18 @@ _NUM_CLIPS = flags.DEFINE_integer("num_clips", 256, "Clips to render (train + va
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the rendered dataset.")
 _RECON_SECONDS = flags.DEFINE_float("reconstruction_seconds", 4.0, "Length of each reconstructed clip.")
 _NUM_RECON = flags.DEFINE_integer("num_reconstructions", 4, "Held-out clips to reconstruct.")
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "vae_tiny.py"),
-                                          "VAE training config.", lock_config=True)
-_CLAP_CONFIG = config_flags.DEFINE_config_file("clap_config", os.path.join(ROOT, "configs", "clap_tiny.py"),
-                                               "CLAP training config.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(ROOT, "configs", "vae_tiny.py"), "VAE training config.", lock_config=True
+)
+_CLAP_CONFIG = config_flags.DEFINE_config_file(
+    "clap_config", os.path.join(ROOT, "configs", "clap_tiny.py"), "CLAP training config.", lock_config=True
+)
 _DIFFUSION_CONFIG = config_flags.DEFINE_config_file(
-    "diffusion_config", os.path.join(ROOT, "configs", "diffusion_tiny.py"), "Diffusion training config.",
-    lock_config=True)
+    "diffusion_config",
+    os.path.join(ROOT, "configs", "diffusion_tiny.py"),
+    "Diffusion training config.",
+    lock_config=True,
+)
 _NUM_CROPS = flags.DEFINE_integer("num_crops", 2, "Random windows pre-encoded per training clip.")
 _SAMPLE_SECONDS = flags.DEFINE_list("sample_seconds", ["3", "6", "10"], "seconds_total of the generated clips.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "Held-out captions used as prompts.")
@@ -76,8 +81,9 @@ def make_shards(out: str) -> dict:
         shard_dir = os.path.join(out, "shards", split)
         if os.path.exists(os.path.join(shard_dir, f"{split}_report.json")):  # written last: the split is complete
             continue
-        reports[split] = write_shards(os.path.join(out, "data", f"{split}.jsonl"), shard_dir,
-                                      num_shards=num_shards, prefix=split)
+        reports[split] = write_shards(
+            os.path.join(out, "data", f"{split}.jsonl"), shard_dir, num_shards=num_shards, prefix=split
+        )
     return reports
 
 
@@ -98,8 +104,11 @@ def stop_if_interrupted(name: str, summary: dict) -> None:
     """End the demo after a training stage that SIGTERM/SIGINT cut short (its checkpoint is
     saved): later stages must not use an unfinished model."""
     if "interrupted_at" in summary:
-        cli.exit_with_line(f"demo interrupted while training {name} (checkpoint saved at step "
-                           f"{summary['interrupted_at']}); run it again to resume", EXIT_PREEMPTED)
+        cli.exit_with_line(
+            f"demo interrupted while training {name} (checkpoint saved at step "
+            f"{summary['interrupted_at']}); run it again to resume",
+            EXIT_PREEMPTED,
+        )
 
 
 def train_tokenizer(out: str) -> dict:
@@ -123,8 +132,12 @@ def evaluate_clap(out: str) -> dict:
     encoder = CLAPEncoder.from_run(os.path.join(out, "clap"))
     with open(os.path.join(out, "data", "valid.jsonl")) as f:
         entries = [json.loads(line) for line in f]
-    result = clap_score(encoder, [e["caption"] for e in entries],
-                        [os.path.join(out, "data", e["path"]) for e in entries], recall_ks=(1, 5))
+    result = clap_score(
+        encoder,
+        [e["caption"] for e in entries],
+        [os.path.join(out, "data", e["path"]) for e in entries],
+        recall_ks=(1, 5),
+    )
     features, mask = encoder.text_conditioning([entries[0]["caption"], ""])
     result["text_conditioning_shape"] = list(features.shape)
     return result
@@ -139,9 +152,15 @@ def pre_encode_latents(out: str, config) -> dict:
     if os.path.exists(report_path):
         with open(report_path) as f:
             return json.load(f)
-    return pre_encode(os.path.join(out, "shards", "train"), folder, vae_dir=os.path.join(out, "vae"),
-                      clap_dir=os.path.join(out, "clap"), sample_size=config.data.sample_size,
-                      num_crops=_NUM_CROPS.value, num_shards=2)
+    return pre_encode(
+        os.path.join(out, "shards", "train"),
+        folder,
+        vae_dir=os.path.join(out, "vae"),
+        clap_dir=os.path.join(out, "clap"),
+        sample_size=config.data.sample_size,
+        num_crops=_NUM_CROPS.value,
+        num_shards=2,
+    )
 
 
 def train_diffusion(out: str, config):
@@ -194,8 +213,13 @@ def generate_samples(out: str) -> dict:
             f.write(prompt + "\n")
         row.update(file=name + ".wav", prompt=prompt)
     errors = np.abs([r["error"] for r in rows])
-    return {"clips": rows, "silence_level_db": round(silence_db, 1), "mean_abs_error_seconds": float(errors.mean()),
-            "within_1s": float(np.mean(errors <= 1.0)), "sampling": generator.sampling}
+    return {
+        "clips": rows,
+        "silence_level_db": round(silence_db, 1),
+        "mean_abs_error_seconds": float(errors.mean()),
+        "within_1s": float(np.mean(errors <= 1.0)),
+        "sampling": generator.sampling,
+    }
 
 
 def reconstruct(out: str, config, task, state) -> list[dict]:
@@ -232,8 +256,14 @@ def reconstruct(out: str, config, task, state) -> list[dict]:
         name = os.path.splitext(os.path.basename(entry["path"]))[0]
         write_wav(os.path.join(folder, f"{name}_original.wav"), audio, sample_rate)
         write_wav(os.path.join(folder, f"{name}_reconstruction.wav"), np.asarray(recon[0]), sample_rate)
-        results.append({"clip": name, "caption": entry["caption"], "spectral_loss": float(loss),
-                        "silent_output_spectral_loss": float(silent_loss)})
+        results.append(
+            {
+                "clip": name,
+                "caption": entry["caption"],
+                "spectral_loss": float(loss),
+                "silent_output_spectral_loss": float(silent_loss),
+            }
+        )
     return results
 
 
@@ -256,18 +286,28 @@ def main(argv):
     data_summary = stage(1, "render", "rendering the demo dataset", render_data, out)
     shard_reports = stage(2, "shards", "writing ArrayRecord shards", make_shards, out)
     vae_trainer, vae_summary = stage(3, "vae_train", "training the tiny VAE", train, out, "vae", config)
-    recon = stage(4, "reconstruction", "reconstructing held-out clips", reconstruct, out, config,
-                  vae_trainer.task, vae_trainer.state)
+    recon = stage(
+        4,
+        "reconstruction",
+        "reconstructing held-out clips",
+        reconstruct,
+        out,
+        config,
+        vae_trainer.task,
+        vae_trainer.state,
+    )
     stage(5, "tokenizer", "training a BPE tokenizer on the captions", train_tokenizer, out)
     clap_config = _CLAP_CONFIG.value
     clap_config.text.tokenizer = os.path.join(out, "tokenizer.json")
     _, clap_summary = stage(6, "clap_train", "training the tiny CLAP", train, out, "clap", clap_config)
     clap_eval = stage(7, "clap_eval", "scoring held-out clips with the CLAP", evaluate_clap, out)
     diffusion_config = _DIFFUSION_CONFIG.value
-    latents = stage(8, "pre_encode", "pre-encoding training windows (frozen VAE + CLAP)", pre_encode_latents,
-                    out, diffusion_config)
-    diffusion_summary = stage(9, "diffusion_train", "training the tiny diffusion model", train_diffusion, out,
-                              diffusion_config)
+    latents = stage(
+        8, "pre_encode", "pre-encoding training windows (frozen VAE + CLAP)", pre_encode_latents, out, diffusion_config
+    )
+    diffusion_summary = stage(
+        9, "diffusion_train", "training the tiny diffusion model", train_diffusion, out, diffusion_config
+    )
     samples = stage(10, "sampling", "generating held-out prompts at several lengths", generate_samples, out)
 
     curve = lambda summary, key: [[h["step"], h[key]] for h in summary.get("history", []) if key in h]
@@ -293,30 +333,42 @@ def main(argv):
     if spectral:
         print(f"  VAE multi-resolution STFT loss (train, per log window): {spectral[0]:.3f} -> {spectral[-1]:.3f}")
     for r in recon:
-        print(f"  {r['clip']}: held-out spectral loss {r['spectral_loss']:.3f} (silent output: "
-              f"{r['silent_output_spectral_loss']:.3f})  {r['caption'][:50]}")
+        print(
+            f"  {r['clip']}: held-out spectral loss {r['spectral_loss']:.3f} (silent output: "
+            f"{r['silent_output_spectral_loss']:.3f})  {r['caption'][:50]}"
+        )
     contrastive = [v for _, v in summary["clap_loss_curve"]]
     if contrastive:
         print(f"  CLAP contrastive loss (train): {contrastive[0]:.3f} -> {contrastive[-1]:.3f}")
     retrieval = clap_eval.get("retrieval", {})
     for k in (1, 5):
         if f"text_to_audio_recall@{k}" in retrieval:
-            print(f"  held-out text->audio recall@{k}: {retrieval[f'text_to_audio_recall@{k}']:.3f} "
-                  f"(chance {retrieval[f'chance@{k}']:.3f}, {clap_eval['num_items']} clips)")
-    print(f"  held-out CLAP score: matched {clap_eval['clap_score']:.3f}, "
-          f"shuffled {clap_eval.get('shuffled_clap_score', float('nan')):.3f}")
+            print(
+                f"  held-out text->audio recall@{k}: {retrieval[f'text_to_audio_recall@{k}']:.3f} "
+                f"(chance {retrieval[f'chance@{k}']:.3f}, {clap_eval['num_items']} clips)"
+            )
+    print(
+        f"  held-out CLAP score: matched {clap_eval['clap_score']:.3f}, "
+        f"shuffled {clap_eval.get('shuffled_clap_score', float('nan')):.3f}"
+    )
     diffusion_loss = [v for _, v in summary["diffusion_loss_curve"]]
     if diffusion_loss:
         print(f"  diffusion v-loss (train): {diffusion_loss[0]:.3f} -> {diffusion_loss[-1]:.3f}")
     for row in samples["clips"]:
-        print(f"  {row['file']}: asked {row['requested']:g} s, content ends at {row['measured']:.2f} s "
-              f"(error {row['error']:+.2f} s)")
-    print(f"  timing: mean |error| {samples['mean_abs_error_seconds']:.2f} s, within 1 s: "
-          f"{samples['within_1s']:.0%} (silence = the VAE's {samples['silence_level_db']:.0f} dB hiss)")
+        print(
+            f"  {row['file']}: asked {row['requested']:g} s, content ends at {row['measured']:.2f} s "
+            f"(error {row['error']:+.2f} s)"
+        )
+    print(
+        f"  timing: mean |error| {samples['mean_abs_error_seconds']:.2f} s, within 1 s: "
+        f"{samples['within_1s']:.0%} (silence = the VAE's {samples['silence_level_db']:.0f} dB hiss)"
+    )
     print(f"  reconstructions: {os.path.join(out, 'reconstructions')}   samples: {os.path.join(out, 'samples')}")
     print(f"  summary: {os.path.join(out, 'summary.json')}")
-    print(f"  more: python launch/sample.py --diffusion_dir={os.path.join(out, 'diffusion')} "
-          f"--prompt=\"solo piano, waltz, 90 BPM\" --seconds_total=6 --output_dir={os.path.join(out, 'my_samples')}")
+    print(
+        f"  more: python launch/sample.py --diffusion_dir={os.path.join(out, 'diffusion')} "
+        f'--prompt="solo piano, waltz, 90 BPM" --seconds_total=6 --output_dir={os.path.join(out, "my_samples")}'
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def main(argv):
     from stable_audio_jax.inference.fine_tuned import export_pretrained
 
     try:
-        summary = export_pretrained(_PRETRAINED.value, _OUTPUT_DIR.value, diffusion_dir=_DIFFUSION_DIR.value,
-                                    adapters=adapters)
+        summary = export_pretrained(
+            _PRETRAINED.value, _OUTPUT_DIR.value, diffusion_dir=_DIFFUSION_DIR.value, adapters=adapters
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise UserError(str(e)) from None
     print(json.dumps(summary, indent=2))

@@ -38,40 +38,62 @@ from absl import flags, logging  # noqa: E402
 from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
-_DIFFUSION_DIR = flags.DEFINE_string("diffusion_dir", None, "Run directory of the diffusion model (with --pretrained: "
-                                      "one fine-tuned from it).")
-_PRETRAINED = flags.DEFINE_string("pretrained", None, "A converted pretrained directory (with --diffusion_dir: only "
-                                  "its VAE and text encoder).")
-_LORA = flags.DEFINE_multi_string("lora", [], "A LoRA run trained on --pretrained, as run_dir[:scale] (scale 1 "
-                                   "by default; repeatable: the adapters add up).")
+_DIFFUSION_DIR = flags.DEFINE_string(
+    "diffusion_dir", None, "Run directory of the diffusion model (with --pretrained: one fine-tuned from it)."
+)
+_PRETRAINED = flags.DEFINE_string(
+    "pretrained", None, "A converted pretrained directory (with --diffusion_dir: only its VAE and text encoder)."
+)
+_LORA = flags.DEFINE_multi_string(
+    "lora",
+    [],
+    "A LoRA run trained on --pretrained, as run_dir[:scale] (scale 1 by default; repeatable: the adapters add up).",
+)
 _VAE_DIR = flags.DEFINE_string("vae_dir", None, "VAE run (default: the one named in the diffusion config).")
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "CLAP run (default: the one named in the diffusion config).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A text prompt (repeatable).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
 _SECONDS_TOTAL = flags.DEFINE_float("seconds_total", None, "Length to generate (default: the model's window).")
 _SECONDS_START = flags.DEFINE_float("seconds_start", 0.0, "Timing conditioning: where the clip starts.")
-_WINDOW_SECONDS = flags.DEFINE_float("window_seconds", None, "Generate a shorter (or longer) window than the "
-                                     "model's (DiT only: it has no absolute positions); default: the model's.")
+_WINDOW_SECONDS = flags.DEFINE_float(
+    "window_seconds",
+    None,
+    "Generate a shorter (or longer) window than the "
+    "model's (DiT only: it has no absolute positions); default: the model's.",
+)
 _STEPS = flags.DEFINE_integer("steps", None, "Sampler steps (default: the model's, 100).", lower_bound=1)
-_CFG_SCALE = flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale, 1: off (default: the model's).",
-                                lower_bound=0.0)
-_RESCALE_PHI = flags.DEFINE_float("rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).",
-                                  lower_bound=0.0, upper_bound=1.0)
-_SAMPLER = flags.DEFINE_string("sampler", None, "For v-objective models: dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, "
-                               "euler, ddim, heun, lms, dpm_2, dpm_fast, euler_ancestral, dpm_2_ancestral or "
-                               "dpmpp_2s_ancestral, or stable-audio-tools' spelling (k-heun, k-dpm-fast, v-ddim, ...); "
-                               "for rectified-flow models: euler, rk4, dpmpp or pingpong (default: the model's).")
+_CFG_SCALE = flags.DEFINE_float(
+    "cfg_scale", None, "Classifier-free guidance scale, 1: off (default: the model's).", lower_bound=0.0
+)
+_RESCALE_PHI = flags.DEFINE_float(
+    "rescale_phi", None, "CFG rescale amount in [0, 1] (default: the model's).", lower_bound=0.0, upper_bound=1.0
+)
+_SAMPLER = flags.DEFINE_string(
+    "sampler",
+    None,
+    "For v-objective models: dpmpp_3m_sde, dpmpp_2m_sde, dpmpp_2m, "
+    "euler, ddim, heun, lms, dpm_2, dpm_fast, euler_ancestral, dpm_2_ancestral or "
+    "dpmpp_2s_ancestral, or stable-audio-tools' spelling (k-heun, k-dpm-fast, v-ddim, ...); "
+    "for rectified-flow models: euler, rk4, dpmpp or pingpong (default: the model's).",
+)
 _SIGMA_MIN = flags.DEFINE_float("sigma_min", None, "Smallest noise level of the schedule (default: the model's).")
-_SIGMA_MAX = flags.DEFINE_float("sigma_max", None, "Largest noise level of the schedule; in (0, 1] for a "
-                                 "rectified-flow model (default: the model's).")
+_SIGMA_MAX = flags.DEFINE_float(
+    "sigma_max",
+    None,
+    "Largest noise level of the schedule; in (0, 1] for a rectified-flow model (default: the model's).",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (each batch adds its index).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts generated together.", lower_bound=1)
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.")
 _INIT_AUDIO = flags.DEFINE_string("init_audio", None, "Audio file to start from (audio-to-audio).")
 _INIT_NOISE = flags.DEFINE_float("init_noise_level", 1.0, "Noise level added to --init_audio.", lower_bound=0.0)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "samples", "Where the files are written.")
-_MESH = flags.DEFINE_list("mesh", None, "data,fsdp,tensor mesh over the local devices, e.g. 1,8,1 to shard a large "
-                          "model's weights FSDP-style as in training (default: every device on the data axis).")
+_MESH = flags.DEFINE_list(
+    "mesh",
+    None,
+    "data,fsdp,tensor mesh over the local devices, e.g. 1,8,1 to shard a large "
+    "model's weights FSDP-style as in training (default: every device on the data axis).",
+)
 # Lengths must be positive: 0 would otherwise mean "the model's default".
 for _name in ("seconds_total", "window_seconds"):
     flags.register_validator(_name, lambda value: value is None or value > 0, message="must be > 0")
@@ -112,23 +134,31 @@ def _check_inputs() -> list[str]:
     if _LORA.value and _PRETRAINED.value is None:
         raise UserError("--lora needs --pretrained: the directory whose diffusion model the adapters were trained on")
     if _DIFFUSION_DIR.value is None and _PRETRAINED.value is None:
-        raise UserError("give --diffusion_dir (a training run), --pretrained (a converted model), or both "
-                        "(a run fine-tuned from the converted model)")
+        raise UserError(
+            "give --diffusion_dir (a training run), --pretrained (a converted model), or both "
+            "(a run fine-tuned from the converted model)"
+        )
     if _PRETRAINED.value is not None and (_VAE_DIR.value or _CLAP_DIR.value):
         raise UserError("--vae_dir and --clap_dir do not go with --pretrained (the VAE and text encoder are its own)")
     if _PRETRAINED.value is not None and not os.path.isdir(_PRETRAINED.value):
         raise UserError(f"--pretrained={_PRETRAINED.value} does not exist")
     if _LORA.value and _DIFFUSION_DIR.value is not None:
-        raise UserError("--diffusion_dir (a full fine-tuning run) and --lora (adapters over --pretrained) do not go "
-                        "together")
+        raise UserError(
+            "--diffusion_dir (a full fine-tuning run) and --lora (adapters over --pretrained) do not go together"
+        )
     for value in _LORA.value:
         cli.check_run_tasks({"lora": (cli.split_scale(value)[0], "diffusion")})
     if _INIT_AUDIO.value and not os.path.isfile(_INIT_AUDIO.value):
         raise UserError(f"--init_audio={_INIT_AUDIO.value}: no such file")
     cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")
     if _DIFFUSION_DIR.value is not None:  # a converted --pretrained directory is no training run
-        cli.check_run_tasks({"diffusion_dir": (_DIFFUSION_DIR.value, "diffusion"), "vae_dir": (_VAE_DIR.value, "vae"),
-                             "clap_dir": (_CLAP_DIR.value, "clap")})
+        cli.check_run_tasks(
+            {
+                "diffusion_dir": (_DIFFUSION_DIR.value, "diffusion"),
+                "vae_dir": (_VAE_DIR.value, "vae"),
+                "clap_dir": (_CLAP_DIR.value, "clap"),
+            }
+        )
     return prompts
 
 
@@ -146,14 +176,27 @@ def main(argv):
             check_known_sampler(_SAMPLER.value)
         mesh = _mesh()
         if _PRETRAINED.value:
-            generator = AudioGenerator.from_pretrained(_PRETRAINED.value, diffusion_dir=_DIFFUSION_DIR.value,
-                                                       adapters=[cli.split_scale(v) for v in _LORA.value], mesh=mesh)
+            generator = AudioGenerator.from_pretrained(
+                _PRETRAINED.value,
+                diffusion_dir=_DIFFUSION_DIR.value,
+                adapters=[cli.split_scale(v) for v in _LORA.value],
+                mesh=mesh,
+            )
         else:
-            generator = AudioGenerator.from_runs(_DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value,
-                                                 clap_dir=_CLAP_DIR.value, mesh=mesh)
-        settings = {name: generator.sampling[name] if flag.value is None else flag.value
-                    for name, flag in (("steps", _STEPS), ("cfg_scale", _CFG_SCALE), ("rescale_phi", _RESCALE_PHI),
-                                       ("sampler", _SAMPLER), ("sigma_min", _SIGMA_MIN), ("sigma_max", _SIGMA_MAX))}
+            generator = AudioGenerator.from_runs(
+                _DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value, clap_dir=_CLAP_DIR.value, mesh=mesh
+            )
+        settings = {
+            name: generator.sampling[name] if flag.value is None else flag.value
+            for name, flag in (
+                ("steps", _STEPS),
+                ("cfg_scale", _CFG_SCALE),
+                ("rescale_phi", _RESCALE_PHI),
+                ("sampler", _SAMPLER),
+                ("sigma_min", _SIGMA_MIN),
+                ("sigma_max", _SIGMA_MAX),
+            )
+        }
         # Checked against the model's objective: a v-sampler on a flow model (or the reverse),
         # or a flow model's sigma_max above 1, is one line.
         settings = SamplingConfig.from_dict(settings, objective=generator.objective).to_dict()
@@ -162,8 +205,10 @@ def main(argv):
         window_seconds = _WINDOW_SECONDS.value or generator.window_seconds
         seconds_total = window_seconds if _SECONDS_TOTAL.value is None else _SECONDS_TOTAL.value
         if not 0 < seconds_total <= window_seconds + 1e-6:
-            raise ValueError(f"--seconds_total={seconds_total} is outside (0, {window_seconds:.2f}], "
-                             "the window" + ("" if _WINDOW_SECONDS.value else " the model was trained on"))
+            raise ValueError(
+                f"--seconds_total={seconds_total} is outside (0, {window_seconds:.2f}], "
+                "the window" + ("" if _WINDOW_SECONDS.value else " the model was trained on")
+            )
         init_audio = None
         if _INIT_AUDIO.value:
             audio, rate = decode_audio(_INIT_AUDIO.value)
@@ -172,24 +217,47 @@ def main(argv):
         raise UserError(str(e)) from None
 
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    model_dirs = {name: os.path.abspath(flag.value) for name, flag in (("pretrained", _PRETRAINED),
-                                                                      ("diffusion_dir", _DIFFUSION_DIR)) if flag.value}
+    model_dirs = {
+        name: os.path.abspath(flag.value)
+        for name, flag in (("pretrained", _PRETRAINED), ("diffusion_dir", _DIFFUSION_DIR))
+        if flag.value
+    }
     if _LORA.value:
         model_dirs["lora"] = [[os.path.abspath(path), scale] for path, scale in map(cli.split_scale, _LORA.value)]
-    settings = {**model_dirs,
-                "prompts": prompts, "seconds_total": seconds_total, "seconds_start": _SECONDS_START.value,
-                "window_seconds": window_seconds, **settings,
-                "seed": _SEED.value, "negative_prompt": _NEGATIVE.value, "init_audio": _INIT_AUDIO.value,
-                "init_noise_level": _INIT_NOISE.value, "sample_rate": generator.sample_rate, "files": []}
+    settings = {
+        **model_dirs,
+        "prompts": prompts,
+        "seconds_total": seconds_total,
+        "seconds_start": _SECONDS_START.value,
+        "window_seconds": window_seconds,
+        **settings,
+        "seed": _SEED.value,
+        "negative_prompt": _NEGATIVE.value,
+        "init_audio": _INIT_AUDIO.value,
+        "init_noise_level": _INIT_NOISE.value,
+        "sample_rate": generator.sample_rate,
+        "files": [],
+    }
     start = time.time()
     for first in range(0, len(prompts), _BATCH_SIZE.value):
-        chunk = prompts[first:first + _BATCH_SIZE.value]
+        chunk = prompts[first : first + _BATCH_SIZE.value]
         audio = generator.generate(
-            chunk, seconds_total=seconds_total, seconds_start=_SECONDS_START.value, steps=settings["steps"],
-            cfg_scale=settings["cfg_scale"], sampler=settings["sampler"], seed=_SEED.value + first,
-            negative_prompt=_NEGATIVE.value, rescale_phi=settings["rescale_phi"], sigma_min=settings["sigma_min"],
-            sigma_max=settings["sigma_max"], init_audio=init_audio, init_noise_level=_INIT_NOISE.value,
-            window_seconds=_WINDOW_SECONDS.value, progress=True)
+            chunk,
+            seconds_total=seconds_total,
+            seconds_start=_SECONDS_START.value,
+            steps=settings["steps"],
+            cfg_scale=settings["cfg_scale"],
+            sampler=settings["sampler"],
+            seed=_SEED.value + first,
+            negative_prompt=_NEGATIVE.value,
+            rescale_phi=settings["rescale_phi"],
+            sigma_min=settings["sigma_min"],
+            sigma_max=settings["sigma_max"],
+            init_audio=init_audio,
+            init_noise_level=_INIT_NOISE.value,
+            window_seconds=_WINDOW_SECONDS.value,
+            progress=True,
+        )
         for i, (prompt, clip) in enumerate(zip(chunk, audio)):
             name = f"{first + i:03d}_{_slug(prompt)}"
             write_wav(os.path.join(_OUTPUT_DIR.value, name + ".wav"), clip, generator.sample_rate)

@@ -31,8 +31,9 @@ from stable_audio_jax.errors import EXIT_PREEMPTED, UserError  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, eval audio.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Number of processes (multi-host); 1 skips cluster auto-detection.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (multi-host); 1 skips cluster auto-detection."
+)
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -47,8 +48,10 @@ def main(argv):
     config = _CONFIG.value
     config_lib.validate(config)
     if not config.data.train_shards:
-        raise UserError("no training data: set --config.data.train_shards=<folder or glob of "
-                        ".array_record shards> (make them with data/make_shards.py)")
+        raise UserError(
+            "no training data: set --config.data.train_shards=<folder or glob of "
+            ".array_record shards> (make them with data/make_shards.py)"
+        )
     for key in ("train_shards", "eval_shards"):
         if config.data.get(key):
             try:
@@ -62,8 +65,11 @@ def main(argv):
     summary = Trainer(config, _WORKDIR.value, build_task(config)).train()
     logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "history"}))
     if "interrupted_at" in summary:
-        cli.exit_with_line(f"interrupted at step {summary['interrupted_at']} after saving a checkpoint; "
-                           f"run the same command to resume", EXIT_PREEMPTED)
+        cli.exit_with_line(
+            f"interrupted at step {summary['interrupted_at']} after saving a checkpoint; "
+            f"run the same command to resume",
+            EXIT_PREEMPTED,
+        )
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
             return main(argv)
         except UserError as error:
             fail(error)
+
     return guarded
 
 
@@ -134,8 +135,7 @@ def _config_flags() -> list[flags.Flag]:
     from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
     found = {name: flags.FLAGS[name] for name in flags.FLAGS}  # aliases too: keep each flag once
-    return [flag for name, flag in found.items()
-            if name == flag.name and isinstance(flag.parser, ConfigFileFlagParser)]
+    return [flag for name, flag in found.items() if name == flag.name and isinstance(flag.parser, ConfigFileFlagParser)]
 
 
 def _no_config_file(name: str, path: str) -> UserError:
@@ -166,8 +166,7 @@ def config_flag_problem(argv: list[str]) -> UserError | None:
         path = filename.split(":", 1)[0]
         if not os.path.isfile(path):
             return _no_config_file(flag.name, path)
-        overrides = [m.group(1) for arg in argv
-                     if (m := re.match(rf"--?(?:no)?{re.escape(flag.name)}\.([^=]+)", arg))]
+        overrides = [m.group(1) for arg in argv if (m := re.match(rf"--?(?:no)?{re.escape(flag.name)}\.([^=]+)", arg))]
         if not overrides:
             continue
         config = flag.parser.parse(filename)
@@ -198,8 +197,10 @@ def check_run_tasks(runs: Mapping[str, tuple[str | None, str]]) -> None:
     wrong = [flag for flag, task in found.items() if task != runs[flag][1]]
     for a, b in itertools.combinations(wrong, 2):
         if found[a] == runs[b][1] and found[b] == runs[a][1]:
-            raise UserError(f"--{a}={runs[a][0]} is a {found[a]} run and --{b}={runs[b][0]} a {found[b]} run: "
-                            "the two flags are swapped")
+            raise UserError(
+                f"--{a}={runs[a][0]} is a {found[a]} run and --{b}={runs[b][0]} a {found[b]} run: "
+                "the two flags are swapped"
+            )
     for flag in wrong:
         raise UserError(f"--{flag}={runs[flag][0]} is a {found[flag] or 'task-less'} run, not a {runs[flag][1]} run")
 

@@ -84,8 +84,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       UserError: naming every field out of range, e.g. `config.trainer.checkpoint_every=0`,
         and every field still `REQUIRED`.
     """
-    problems = [f"config.{key} is required (set --config.{key}=...)" for key in _keys(config)
-                if _value(config, key) == REQUIRED]
+    problems = [
+        f"config.{key} is required (set --config.{key}=...)" for key in _keys(config) if _value(config, key) == REQUIRED
+    ]
     for key, minimum in _MINIMUMS.items():
         section, name = key.split(".")
         value = config[section][name]
@@ -129,11 +130,29 @@ def closest_key(config: Mapping, key: str) -> str | None:
     return matches[0] if matches else None
 
 
-def adamw_config(lr: float, *, b1: float = 0.8, b2: float = 0.99, weight_decay: float = 1e-3,
-                 inv_gamma: float = 2e5, power: float = 0.5, warmup: float = 0.999) -> ml_collections.ConfigDict:
+def adamw_config(
+    lr: float,
+    *,
+    b1: float = 0.8,
+    b2: float = 0.99,
+    weight_decay: float = 1e-3,
+    inv_gamma: float = 2e5,
+    power: float = 0.5,
+    warmup: float = 0.999,
+) -> ml_collections.ConfigDict:
     """AdamW with the reference's InverseLR schedule (stable-audio-tools' InverseLR defaults)."""
-    return ml_collections.ConfigDict(dict(lr=lr, b1=b1, b2=b2, weight_decay=weight_decay,
-                                          inv_gamma=inv_gamma, power=power, warmup=warmup, grad_clip=0.0))
+    return ml_collections.ConfigDict(
+        dict(
+            lr=lr,
+            b1=b1,
+            b2=b2,
+            weight_decay=weight_decay,
+            inv_gamma=inv_gamma,
+            power=power,
+            warmup=warmup,
+            grad_clip=0.0,
+        )
+    )
 
 
 def diffusion_optimizer_config(lr: float, **adamw: float) -> ml_collections.ConfigDict:
@@ -157,24 +176,28 @@ def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.Con
     c.task = "vae"
     c.model = ml_collections.ConfigDict({"remat_policy": "none", **model})
 
-    c.discriminator = ml_collections.ConfigDict(dict(
-        filters=discriminator_filters,
-        n_ffts=(2048, 1024, 512, 256, 128),
-        hop_lengths=(512, 256, 128, 64, 32),
-        win_lengths=(2048, 1024, 512, 256, 128),
-        freq_stride=2,
-    ))
+    c.discriminator = ml_collections.ConfigDict(
+        dict(
+            filters=discriminator_filters,
+            n_ffts=(2048, 1024, 512, 256, 128),
+            hop_lengths=(512, 256, 128, 64, 32),
+            win_lengths=(2048, 1024, 512, 256, 128),
+            freq_stride=2,
+        )
+    )
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.stft = ml_collections.ConfigDict(dict(
-        fft_sizes=(2048, 1024, 512, 256, 128, 64, 32),
-        hop_sizes=(512, 256, 128, 64, 32, 16, 8),
-        perceptual_weighting=True,
-        sample_rate=44100,
-        sum_diff_weight=1.0,
-        left_right_weight=0.5,
-        convergence_over="batch",  # "signal": per-crop ratio as in stable-audio-tools >= 0.0.17
-    ))
+    c.loss.stft = ml_collections.ConfigDict(
+        dict(
+            fft_sizes=(2048, 1024, 512, 256, 128, 64, 32),
+            hop_sizes=(512, 256, 128, 64, 32, 16, 8),
+            perceptual_weighting=True,
+            sample_rate=44100,
+            sum_diff_weight=1.0,
+            left_right_weight=0.5,
+            convergence_over="batch",  # "signal": per-crop ratio as in stable-audio-tools >= 0.0.17
+        )
+    )
     c.loss.kl_weight = 1e-4
     c.loss.adversarial_weight = 0.1
     c.loss.feature_matching_weight = 5.0
@@ -196,18 +219,32 @@ def vae_config(model: dict, *, discriminator_filters: int) -> ml_collections.Con
 
 # The two reference autoencoder shapes (stable-audio-tools' SAO and SA 1.0 VAE configs).
 SAO_AUTOENCODER = dict(
-    io_channels=2, latent_dim=64, strides=(2, 4, 4, 8, 8),
-    encoder_channels=128, encoder_multipliers=(1, 1, 2, 4, 8, 16),
-    decoder_channels=128, decoder_multipliers=(1, 1, 2, 4, 8, 16),
-    encoder_out_channels=None, encoder_projection=False, snake_beta=True,
-    decoder_final_bias=False, final_tanh=False,
+    io_channels=2,
+    latent_dim=64,
+    strides=(2, 4, 4, 8, 8),
+    encoder_channels=128,
+    encoder_multipliers=(1, 1, 2, 4, 8, 16),
+    decoder_channels=128,
+    decoder_multipliers=(1, 1, 2, 4, 8, 16),
+    encoder_out_channels=None,
+    encoder_projection=False,
+    snake_beta=True,
+    decoder_final_bias=False,
+    final_tanh=False,
 )
 SA1_AUTOENCODER = dict(
-    io_channels=2, latent_dim=64, strides=(4, 4, 8, 8),
-    encoder_channels=128, encoder_multipliers=(1, 2, 4, 8, 16),
-    decoder_channels=96, decoder_multipliers=(1, 2, 4, 8, 16),
-    encoder_out_channels=2048, encoder_projection=True, snake_beta=False,
-    decoder_final_bias=True, final_tanh=True,
+    io_channels=2,
+    latent_dim=64,
+    strides=(4, 4, 8, 8),
+    encoder_channels=128,
+    encoder_multipliers=(1, 2, 4, 8, 16),
+    decoder_channels=96,
+    decoder_multipliers=(1, 2, 4, 8, 16),
+    encoder_out_channels=2048,
+    encoder_projection=True,
+    snake_beta=False,
+    decoder_final_bias=True,
+    final_tanh=True,
 )
 
 
@@ -228,12 +265,15 @@ def clap_config(text: dict, audio: dict, *, embed_dim: int = 512) -> ml_collecti
     audio_config = HTSATConfig.from_dict(audio)
     c = base_config()
     c.task = "clap"
-    c.model = ml_collections.ConfigDict(dict(text=dict(text), audio=dict(audio), embed_dim=embed_dim,
-                                             remat_policy="none"))
-    c.text = ml_collections.ConfigDict(dict(
-        tokenizer="",  # tokenizer.json (or a folder with vocab.json+merges.txt / vocab.txt)
-        max_length=77,  # tokens per prompt, padded / truncated (the CLAP tokenizer's length)
-    ))
+    c.model = ml_collections.ConfigDict(
+        dict(text=dict(text), audio=dict(audio), embed_dim=embed_dim, remat_policy="none")
+    )
+    c.text = ml_collections.ConfigDict(
+        dict(
+            tokenizer="",  # tokenizer.json (or a folder with vocab.json+merges.txt / vocab.txt)
+            max_length=77,  # tokens per prompt, padded / truncated (the CLAP tokenizer's length)
+        )
+    )
     c.data.sample_rate = audio_config.sample_rate
     c.data.sample_size = audio_config.num_samples
     c.optimizer = adamw_config(1e-4, b1=0.9, b2=0.99, weight_decay=0.2, inv_gamma=1e6, warmup=0.99)
@@ -258,9 +298,16 @@ def tiny_diffusion_recipe(c: ml_collections.ConfigDict) -> None:
     c.trainer.checkpoint_every = 500
 
 
-def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timing_kind: str = "table",
-                     text_features_dim: int | None = None, global_timing: bool = False,
-                     text_tokens: int | None = None, objective: str = "v") -> ml_collections.ConfigDict:
+def diffusion_config(
+    unet: dict | None = None,
+    *,
+    dit: dict | None = None,
+    timing_kind: str = "table",
+    text_features_dim: int | None = None,
+    global_timing: bool = False,
+    text_tokens: int | None = None,
+    objective: str = "v",
+) -> ml_collections.ConfigDict:
     """A latent-diffusion training config around the U-Net `unet` (`UNetConfig` fields) or
     the DiT `dit` (`DiTConfig` fields; it also needs `text_tokens`), see
     `LatentDiffusionConfig` for the conditioning options.
@@ -276,25 +323,43 @@ def diffusion_config(unet: dict | None = None, *, dit: dict | None = None, timin
     if (unet is None) == (dit is None):
         raise ValueError("give exactly one backbone: unet or dit")
     backbone = dict(unet=dict(unet)) if unet is not None else dict(dit=dict(dit), text_tokens=text_tokens)
-    c.model = ml_collections.ConfigDict(dict(**backbone, timing_kind=timing_kind, max_seconds=512,
-                                             global_timing=global_timing, text_features_dim=text_features_dim,
-                                             frame_seconds=0.0, objective=objective))
-    c.pretransform = ml_collections.ConfigDict(dict(
-        vae_dir="",  # run directory of the VAE that encoded the shards (used by sampling)
-        clap_dir="",  # run directory of the CLAP whose text features the shards hold
-        downsampling_ratio=1024,  # audio samples per latent frame
-        latent_scale=1.0,  # latents are multiplied by this before diffusion
-    ))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            **backbone,
+            timing_kind=timing_kind,
+            max_seconds=512,
+            global_timing=global_timing,
+            text_features_dim=text_features_dim,
+            frame_seconds=0.0,
+            objective=objective,
+        )
+    )
+    c.pretransform = ml_collections.ConfigDict(
+        dict(
+            vae_dir="",  # run directory of the VAE that encoded the shards (used by sampling)
+            clap_dir="",  # run directory of the CLAP whose text features the shards hold
+            downsampling_ratio=1024,  # audio samples per latent frame
+            latent_scale=1.0,  # latents are multiplied by this before diffusion
+        )
+    )
     # Training times (`diffusion/objective.py`): "uniform" (stratified), "logit_normal",
     # "trunc_logit_normal" or "log_snr" (mean/std of the log-SNR), then the optional shift.
-    c.diffusion = ml_collections.ConfigDict(dict(
-        cfg_dropout=0.1, timestep_sampler="uniform", mean_logsnr=-1.2, std_logsnr=2.0,
-        distribution_shift=dict(enabled=False, base_shift=0.5, max_shift=1.15, min_length=256, max_length=4096,
-                                use_sine=False)))
+    c.diffusion = ml_collections.ConfigDict(
+        dict(
+            cfg_dropout=0.1,
+            timestep_sampler="uniform",
+            mean_logsnr=-1.2,
+            std_logsnr=2.0,
+            distribution_shift=dict(
+                enabled=False, base_shift=0.5, max_shift=1.15, min_length=256, max_length=4096, use_sine=False
+            ),
+        )
+    )
     training_sampling = dataclasses.replace(sampling_config.TRAINING, sampler=None, sigma_max=None, objective=objective)
     c.sampling = ml_collections.ConfigDict(training_sampling.to_dict())
-    c.optimizer = diffusion_optimizer_config(4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5,
-                                             warmup=0.99)
+    c.optimizer = diffusion_optimizer_config(
+        4e-5, b1=0.9, b2=0.999, weight_decay=1e-3, inv_gamma=1e6, power=0.5, warmup=0.99
+    )
     c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))
     c.lora = lora_config()
     c.trainer.eval_every = 1000
@@ -305,5 +370,6 @@ def lora_config() -> ml_collections.ConfigDict:
     """Low-rank adapters (`lora.py`): rank 0 trains the whole model; rank > 0 trains only
     adapters on the kernels matching `targets` over the frozen weights of `init_from`, kept in
     `base_dtype`."""
-    return ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=lora.DEFAULT_TARGETS, kind="lora",
-                                          base_dtype="bfloat16"))
+    return ml_collections.ConfigDict(
+        dict(rank=0, alpha=16.0, targets=lora.DEFAULT_TARGETS, kind="lora", base_dtype="bfloat16")
+    )

@@ -47,8 +47,7 @@ def _flat_index(shape: tuple[int, ...], xp) -> Any:
     stride = 1
     for axis in reversed(range(len(shape))):
         if xp is np:
-            iota = np.arange(shape[axis], dtype=np.uint32).reshape(
-                [-1 if a == axis else 1 for a in range(len(shape))])
+            iota = np.arange(shape[axis], dtype=np.uint32).reshape([-1 if a == axis else 1 for a in range(len(shape))])
         else:
             iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
         index = index + iota * xp.uint32(stride % (1 << 32))
@@ -64,8 +63,10 @@ def _leaf_checksum(x: Any, xp) -> Any:
 
 def leaf_paths(tree: Any) -> list[str]:
     """Dotted paths of the array leaves, in the order the checksums use."""
-    return [jax.tree_util.keystr(path, simple=True, separator=".")
-            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return [
+        jax.tree_util.keystr(path, simple=True, separator=".")
+        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
 
 
 def state_checksum(state: Any) -> jax.Array:

@@ -41,8 +41,12 @@ from stable_audio_jax.errors import UserError
 KINDS = ("lora", "dora")
 # Attention query/key/value/out projections (DiT self- and cross-attention, the U-Net's
 # attention blocks) and the MLP projections (the DiT's SwiGLU `ff`, the U-Net's `fc1`/`fc2`).
-DEFAULT_TARGETS = (r"(^|/)(query|key|value|out)/kernel$", r"(^|/)ff/kernel$", r"(^|/)ff/out/kernel$",
-                   r"(^|/)fc[12]/kernel$")
+DEFAULT_TARGETS = (
+    r"(^|/)(query|key|value|out)/kernel$",
+    r"(^|/)ff/kernel$",
+    r"(^|/)ff/out/kernel$",
+    r"(^|/)fc[12]/kernel$",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +66,12 @@ class LoraSettings:
         if not section:
             return cls()
         targets = section.get("targets", DEFAULT_TARGETS)
-        settings = cls(rank=int(section.get("rank", 0)), alpha=float(section.get("alpha", 16.0)),
-                       targets=(targets,) if isinstance(targets, str) else tuple(targets),
-                       kind=str(section.get("kind", "lora")))
+        settings = cls(
+            rank=int(section.get("rank", 0)),
+            alpha=float(section.get("alpha", 16.0)),
+            targets=(targets,) if isinstance(targets, str) else tuple(targets),
+            kind=str(section.get("kind", "lora")),
+        )
         if settings.rank < 0:
             raise UserError(f"config.lora.rank={settings.rank} must be >= 0 (0: no adapters)")
         if settings.kind not in KINDS:
@@ -94,11 +101,11 @@ class Target:
 
     @property
     def fan_in(self) -> int:
-        return math.prod(self.shape[:self.in_axes])
+        return math.prod(self.shape[: self.in_axes])
 
     @property
     def fan_out(self) -> int:
-        return math.prod(self.shape[self.in_axes:])
+        return math.prod(self.shape[self.in_axes :])
 
 
 def _path(keys: tuple[str, ...]) -> str:
@@ -131,13 +138,17 @@ def find_targets(boxed_params: Any, settings: LoraSettings) -> dict[str, Target]
             continue
         target = Target(tuple(value.shape), input_axes(names), names)
         if settings.rank > min(target.fan_in, target.fan_out):
-            raise UserError(f"config.lora.rank={settings.rank} exceeds the dimensions of {path} "
-                            f"{list(target.shape)} (input {target.fan_in}, output {target.fan_out})")
+            raise UserError(
+                f"config.lora.rank={settings.rank} exceeds the dimensions of {path} "
+                f"{list(target.shape)} (input {target.fan_in}, output {target.fan_out})"
+            )
         found[path] = target
     if not found:
         kernels = [_path(k) for k in flat if k[-1] == "kernel"][:3]
-        raise UserError(f"config.lora.targets {list(settings.targets)} match no kernel of the model "
-                        f"(kernel paths look like {kernels})")
+        raise UserError(
+            f"config.lora.targets {list(settings.targets)} match no kernel of the model "
+            f"(kernel paths look like {kernels})"
+        )
     return found
 
 
@@ -147,15 +158,19 @@ def init_adapters(rng: jax.Array, targets: Mapping[str, Target], settings: LoraS
     the adapted model starts equal to the base."""
     flat = {}
     for i, (path, target) in enumerate(sorted(targets.items())):
-        in_names, out_names = target.names[:target.in_axes], target.names[target.in_axes:]
+        in_names, out_names = target.names[: target.in_axes], target.names[target.in_axes :]
         bound = 1.0 / math.sqrt(target.fan_in)
-        a = jax.random.uniform(jax.random.fold_in(rng, i), (*target.shape[:target.in_axes], settings.rank),
-                               jnp.float32, -bound, bound)
-        leaves = {"a": nn.LogicallyPartitioned(a, (*in_names, None)),
-                  "b": nn.LogicallyPartitioned(jnp.zeros((settings.rank, *target.shape[target.in_axes:])),
-                                               (None, *out_names))}
+        a = jax.random.uniform(
+            jax.random.fold_in(rng, i), (*target.shape[: target.in_axes], settings.rank), jnp.float32, -bound, bound
+        )
+        leaves = {
+            "a": nn.LogicallyPartitioned(a, (*in_names, None)),
+            "b": nn.LogicallyPartitioned(
+                jnp.zeros((settings.rank, *target.shape[target.in_axes :])), (None, *out_names)
+            ),
+        }
         if settings.kind == "dora":
-            leaves["magnitude"] = nn.LogicallyPartitioned(jnp.zeros(target.shape[target.in_axes:]), out_names)
+            leaves["magnitude"] = nn.LogicallyPartitioned(jnp.zeros(target.shape[target.in_axes :]), out_names)
         for name, leaf in leaves.items():
             flat[(*path.split("/"), name)] = leaf
     return traverse_util.unflatten_dict(flat)
@@ -164,8 +179,9 @@ def init_adapters(rng: jax.Array, targets: Mapping[str, Target], settings: LoraS
 def adapter_size(targets: Mapping[str, Target], settings: LoraSettings) -> int:
     """Trainable parameters of adapters on `targets`: rank x (fan-in + fan-out) per kernel,
     plus fan-out for DoRA's magnitude."""
-    per_kernel = [settings.rank * (t.fan_in + t.fan_out) + (t.fan_out if settings.kind == "dora" else 0)
-                  for t in targets.values()]
+    per_kernel = [
+        settings.rank * (t.fan_in + t.fan_out) + (t.fan_out if settings.kind == "dora" else 0) for t in targets.values()
+    ]
     return sum(per_kernel)
 
 
@@ -173,8 +189,10 @@ def merged_kernels(boxed_base: Any, targets: Mapping[str, Target]) -> dict[str, 
     """The adapted kernels `merge` computes, as a boxed abstract tree (float32, the kernels'
     logical axes): what a LoRA step holds besides the base (for memory estimates)."""
     flat = traverse_util.flatten_dict(boxed_base, is_leaf=lambda _, x: isinstance(x, nn.LogicallyPartitioned))
-    return {path: flat[tuple(path.split("/"))].replace_boxed(jax.ShapeDtypeStruct(target.shape, jnp.float32))
-            for path, target in targets.items()}
+    return {
+        path: flat[tuple(path.split("/"))].replace_boxed(jax.ShapeDtypeStruct(target.shape, jnp.float32))
+        for path, target in targets.items()
+    }
 
 
 def adapter_paths(adapters: Any) -> list[str]:
@@ -282,6 +300,8 @@ def check_base_record(run_dir: str, weights: Mapping[str, Any], what: str) -> No
         expected = record["fingerprints"].get(part)
         actual = params if isinstance(params, str) else fingerprint(params)
         if expected != actual:
-            raise UserError(f"{what} is not the base the adapters in {run_dir} were trained on: its {part} "
-                            f"weights have fingerprint {actual}, the adapters' base ({record['source']}) "
-                            f"has {expected}")
+            raise UserError(
+                f"{what} is not the base the adapters in {run_dir} were trained on: its {part} "
+                f"weights have fingerprint {actual}, the adapters' base ({record['source']}) "
+                f"has {expected}"
+            )

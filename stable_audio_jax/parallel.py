@@ -47,8 +47,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 Rules = Sequence[tuple[str, Any]]
 
 
-def create_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
-                devices: Sequence[jax.Device] | None = None) -> Mesh:
+def create_mesh(
+    shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A mesh of `devices` (default: all) with Auto axis types; one entry may be -1.
 
     Auto axes are required for linen's logical-rule sharding (explicit axes reject the
@@ -66,17 +67,19 @@ def create_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
             raise ValueError(f"{len(devices)} devices cannot fill mesh shape {shape}")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, "
-                         f"but {len(devices)} are available")
-    return jax.make_mesh(tuple(shape), tuple(axis_names), devices=devices,
-                         axis_types=(AxisType.Auto,) * len(shape))
+        raise ValueError(
+            f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, but {len(devices)} are available"
+        )
+    return jax.make_mesh(tuple(shape), tuple(axis_names), devices=devices, axis_types=(AxisType.Auto,) * len(shape))
 
 
 def with_rules(fn: Callable[..., Any], rules: Rules) -> Callable[..., Any]:
     """`fn` traced under the logical axis rules (so activation constraints resolve)."""
+
     def wrapped(*args):
         with nn.logical_axis_rules(rules):
             return fn(*args)
+
     return wrapped
 
 
@@ -86,8 +89,9 @@ def rules_from_config(mesh_config: Any) -> Rules:
     return tuple(tuple(rule) for rule in (mesh_config.get("rules") or DEFAULT_RULES))
 
 
-def mesh_from_config(mesh_config: Any, *, shape: Sequence[int] | None = None,
-                     devices: Sequence[jax.Device] | None = None) -> tuple[Mesh, Rules]:
+def mesh_from_config(
+    mesh_config: Any, *, shape: Sequence[int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> tuple[Mesh, Rules]:
     """`(mesh, rules)` of a config's `mesh` section: its `shape` (or `shape` given here, e.g.
     a launch script's --mesh) and `axis_names` over `devices` (default: all), and its rules.
     The one place training, benchmarks and inference build their mesh from a config."""
@@ -106,8 +110,7 @@ def _mesh_axis_size(mesh: Mesh, axes: Any) -> int:
 def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
     """Drop the mesh axes of every dimension that they do not divide evenly."""
     entries = list(spec) + [None] * (len(shape) - len(spec))
-    fitted = [axes if dim % _mesh_axis_size(mesh, axes) == 0 else None
-              for axes, dim in zip(entries, shape)]
+    fitted = [axes if dim % _mesh_axis_size(mesh, axes) == 0 else None for axes, dim in zip(entries, shape)]
     return P(*fitted)
 
 
@@ -132,8 +135,9 @@ def with_shardings(abstract: Any, mesh: Mesh, rules: Rules):
     """`(unboxed tree of ShapeDtypeStructs carrying shardings, shardings)` for a tree of
     (possibly logically boxed) abstract arrays: the target of a sharded restore."""
     shardings = logical_to_shardings(abstract, mesh, rules)
-    structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           nn.meta.unbox(abstract), shardings)
+    structs = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.meta.unbox(abstract), shardings
+    )
     return structs, shardings
 
 
@@ -180,8 +184,10 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = DEFAULT_RULES) -> Named
 def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
     """Assemble each process's `[process_batch(...).size, ...]` arrays into global
     `[global_batch, ...]` arrays (processes with the same share pass the same rows)."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
-            for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v))
+        for k, v in batch.items()
+    }
 
 
 def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
@@ -190,16 +196,20 @@ def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
     return _mesh_axis_size(mesh, nn.logical_to_mesh_axes(("batch",), rules)[0])
 
 
-def run_batch_on_mesh(fn: Callable[..., Any], params: Any, arrays: Sequence[np.ndarray],
-                      mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+def run_batch_on_mesh(
+    fn: Callable[..., Any],
+    params: Any,
+    arrays: Sequence[np.ndarray],
+    mesh: jax.sharding.Mesh,
+    rules: Rules = DEFAULT_RULES,
+) -> Any:
     """`fn(params, *arrays)` on `mesh` for host arrays `[n, ...]`: the batch is padded to a
     multiple of the batch axes' size (repeating the last row), split over them, and every
     output leaf is cut back to its first `n` rows. Shared by the frozen encoders."""
     n = len(arrays[0])
     multiple = data_parallel_size(mesh, rules)
     padded = -(-max(n, 1) // multiple) * multiple
-    arrays = [np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a
-              for a in arrays]
+    arrays = [np.concatenate([a, np.repeat(a[-1:], padded - n, axis=0)]) if padded > n else a for a in arrays]
     with jax.set_mesh(mesh):
         inputs = [jax.device_put(a, batch_sharding(mesh, a.ndim, rules)) for a in arrays]
         out = fn(params, *inputs)
@@ -224,8 +234,10 @@ def process_batch(global_batch_size: int, mesh: Mesh, rules: Rules = DEFAULT_RUL
     `ProcessBatch`); `host_to_global` turns its `[size, ...]` arrays into the global batch."""
     data_parallel = data_parallel_size(mesh, rules)
     if global_batch_size % data_parallel:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the "
-                         f"{data_parallel} data-parallel devices of mesh {dict(mesh.shape)}")
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the "
+            f"{data_parallel} data-parallel devices of mesh {dict(mesh.shape)}"
+        )
     rows: dict[int, set[int]] = {}
     for device, (index, *_) in batch_sharding(mesh, 1, rules).devices_indices_map((global_batch_size,)).items():
         rows.setdefault(device.process_index, set()).update(range(global_batch_size)[index])
@@ -248,6 +260,7 @@ def detect_cluster() -> tuple[str, int] | None:
     """
     try:
         from jax._src.clusters import ClusterEnv
+
         detectors = [env for env in ClusterEnv._cluster_types if not env.opt_in_only_method]
     except (ImportError, AttributeError):
         detectors = None
@@ -264,9 +277,9 @@ def detect_cluster() -> tuple[str, int] | None:
     return None
 
 
-def maybe_initialize_distributed(coordinator_address: str | None = None,
-                                 num_processes: int | None = None,
-                                 process_id: int | None = None) -> bool:
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Initialise multi-process JAX when asked for explicitly or when the cluster says so.
 
     Must run before anything touches a JAX device. Explicit arguments win (JAX detects any
@@ -288,8 +301,14 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     # JAX's default now, but older releases defaulted to none.
     if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True

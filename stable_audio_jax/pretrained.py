@@ -31,8 +31,9 @@ TOKENIZER_FILE = "tokenizer.json"
 PARTS = ("diffusion", "autoencoder", "text_encoder")
 
 
-def save_pretrained(directory: str | os.PathLike, config: dict[str, Any], params: dict[str, Any],
-                    tokenizer: Any) -> str:
+def save_pretrained(
+    directory: str | os.PathLike, config: dict[str, Any], params: dict[str, Any], tokenizer: Any
+) -> str:
     """Write `config` (JSON-able), `params` (`{part: tree}` for every part in PARTS) and the
     tokenizer (anything with `save(path)`) to `directory`, which must not hold params yet."""
     directory = os.path.abspath(os.fspath(directory))
@@ -59,11 +60,15 @@ def read_pretrained_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"pretrained model directory {directory!r} does not exist")
     if not os.path.isfile(path) and os.path.isdir(os.path.join(directory, "checkpoints")):
-        raise FileNotFoundError(f"{directory!r} is a training run directory, not a pretrained model directory "
-                                "(one written by launch/convert_sao.py)")
+        raise FileNotFoundError(
+            f"{directory!r} is a training run directory, not a pretrained model directory "
+            "(one written by launch/convert_sao.py)"
+        )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{directory!r} is not a pretrained model directory (no {CONFIG_FILE}; "
-                                "an interrupted conversion leaves none)")
+        raise FileNotFoundError(
+            f"{directory!r} is not a pretrained model directory (no {CONFIG_FILE}; "
+            "an interrupted conversion leaves none)"
+        )
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
     if config.get("format") != FORMAT:
@@ -76,9 +81,14 @@ def restore_pretrained_params(directory: str | os.PathLike, abstract_params: dic
     (`{part: tree of jax.ShapeDtypeStruct with .sharding}`); any subset of the parts."""
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        return checkpointer.restore(_params_dir(directory), args=ocp.args.PyTreeRestore(
-            abstract_params, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
-            partial_restore=True))
+        return checkpointer.restore(
+            _params_dir(directory),
+            args=ocp.args.PyTreeRestore(
+                abstract_params,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_params),
+                partial_restore=True,
+            ),
+        )
     finally:
         checkpointer.close()
 

@@ -49,8 +49,7 @@ def _frame(x: jax.Array, frame_length: int, hop_length: int) -> jax.Array:
     needed = num_chunks * hop_length
     x = jnp.pad(x, ((0, 0), (0, max(0, needed - time))))[:, :needed]
     chunks = x.reshape(x.shape[0], num_chunks, hop_length)
-    frames = jnp.concatenate(
-        [chunks[:, i:i + num_frames] for i in range(chunks_per_frame)], axis=-1)
+    frames = jnp.concatenate([chunks[:, i : i + num_frames] for i in range(chunks_per_frame)], axis=-1)
     return frames[..., :frame_length]
 
 
@@ -131,7 +130,8 @@ def apply_fir(x: jax.Array, taps: np.ndarray | jax.Array) -> jax.Array:
     # One depthwise conv: the same kernel for every channel.
     kernel = jnp.broadcast_to(jnp.asarray(taps, jnp.float32)[:, None, None], (num_taps, 1, channels))
     return jax.lax.conv_general_dilated(
-        x, kernel,
+        x,
+        kernel,
         window_strides=(1,),
         padding=[(num_taps // 2, num_taps // 2)],
         dimension_numbers=("NWC", "WIO", "NWC"),

@@ -26,8 +26,9 @@ class Case:
 
 def _run(case: Case) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, case.script, *case.args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, case.script, *case.args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def check_cases(cases: list[Case]) -> None:
@@ -48,6 +49,7 @@ def check_cases(cases: list[Case]) -> None:
             problems.append(f"the line does not name {missing}")
         problems += [f"{path} was written" for path in case.not_written if os.path.exists(path)]
         if problems:
-            failures.append(f"{case.script} {' '.join(case.args)}: {', '.join(problems)}\n"
-                            f"  stderr: {proc.stderr[-1500:]!r}")
+            failures.append(
+                f"{case.script} {' '.join(case.args)}: {', '.join(problems)}\n  stderr: {proc.stderr[-1500:]!r}"
+            )
     assert not failures, "\n".join(failures)

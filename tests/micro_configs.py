@@ -24,8 +24,15 @@ SAMPLE_SIZE = 2048  # the micro VAE's crop, in samples
 def micro_vae_config(**trainer):
     """A 4-channel Oobleck VAE (8x downsampling), two discriminator scales, `SAMPLE_SIZE`-sample
     crops, global batch 8; `trainer` overrides `config.trainer`."""
-    model = dict(config_lib.SAO_AUTOENCODER, latent_dim=4, strides=(2, 4), encoder_channels=4,
-                 encoder_multipliers=(1, 2, 4), decoder_channels=4, decoder_multipliers=(1, 2, 4))
+    model = dict(
+        config_lib.SAO_AUTOENCODER,
+        latent_dim=4,
+        strides=(2, 4),
+        encoder_channels=4,
+        encoder_multipliers=(1, 2, 4),
+        decoder_channels=4,
+        decoder_multipliers=(1, 2, 4),
+    )
     c = config_lib.vae_config(model, discriminator_filters=4)
     c.discriminator.n_ffts = (256, 128)
     c.discriminator.hop_lengths = (64, 32)
@@ -40,8 +47,7 @@ def micro_vae_config(**trainer):
     c.data.batch_size = 8
     c.data.worker_count = 0
     c.mesh.shape = (2, 4, 1)
-    c.trainer.update(dict(num_steps=4, log_every=1, eval_every=0, checkpoint_every=100,
-                          async_checkpointing=False))
+    c.trainer.update(dict(num_steps=4, log_every=1, eval_every=0, checkpoint_every=100, async_checkpointing=False))
     c.trainer.update(trainer)
     return c
 
@@ -50,7 +56,7 @@ def fixed_batch(batch_size=8, seed=0):
     """A deterministic batch of synthetic music crops, `[batch, SAMPLE_SIZE, 2]`."""
     rng = np.random.default_rng(seed)
     clips = [synth_clip(rng, seconds=0.3)[0] for _ in range(batch_size)]
-    return {"audio": np.stack([c[2000:2000 + SAMPLE_SIZE] for c in clips]).astype(np.float32)}
+    return {"audio": np.stack([c[2000 : 2000 + SAMPLE_SIZE] for c in clips]).astype(np.float32)}
 
 
 # ---------------------------------------------------------------------------------------- CLAP
@@ -60,10 +66,24 @@ VOCAB_SIZE = 512  # the micro CLAP's tokenizer vocabulary
 def micro_clap_config(data: dict, **trainer):
     """The micro CLAP (1-layer text tower, a two-stage HTSAT of width 16) on `data` (a dict of
     `tokenizer`, `train` and `valid` paths, e.g. `test_clap`'s `captioned_data`), mesh (2, 4, 1)."""
-    text = dict(TextEncoderConfig.tiny(vocab_size=VOCAB_SIZE).to_dict(), hidden_size=32, num_layers=1,
-                num_heads=2, mlp_dim=64, pooling="mean")
-    audio = htsat.demo(n_mels=16, spec_size=32, freq_ratio=2, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
-                       window_size=4, drop_path_rate=0.0).to_dict()
+    text = dict(
+        TextEncoderConfig.tiny(vocab_size=VOCAB_SIZE).to_dict(),
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        mlp_dim=64,
+        pooling="mean",
+    )
+    audio = htsat.demo(
+        n_mels=16,
+        spec_size=32,
+        freq_ratio=2,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(2, 2),
+        window_size=4,
+        drop_path_rate=0.0,
+    ).to_dict()
     c = config_lib.clap_config(text, audio, embed_dim=32)
     c.text.tokenizer = data["tokenizer"]
     c.data.train_shards = data["train"]
@@ -96,8 +116,9 @@ def micro_diffusion_config(data: dict, **trainer):
     c.data.sample_size = WINDOW
     c.data.batch_size = 8
     c.data.worker_count = 0
-    c.optimizer = config_lib.diffusion_optimizer_config(2e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6,
-                                                        warmup=0.0)
+    c.optimizer = config_lib.diffusion_optimizer_config(
+        2e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6, warmup=0.0
+    )
     c.ema.beta = 0.9
     c.mesh.shape = (2, 4, 1)
     c.trainer.update(dict(num_steps=4, log_every=1, eval_every=0, checkpoint_every=100, async_checkpointing=False))

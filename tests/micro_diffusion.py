@@ -21,8 +21,7 @@ TEXT_DIM = 32  # its context_features
 RATIO = 8  # audio samples per latent frame (the micro VAE's)
 
 
-def write_latent_shards(directory: str | os.PathLike, num_records: int = 24, num_shards: int = 2,
-                        seed: int = 0) -> str:
+def write_latent_shards(directory: str | os.PathLike, num_records: int = 24, num_shards: int = 2, seed: int = 0) -> str:
     """Shards of `num_records` random pre-encoded examples: latents `[FRAMES, LATENT_DIM]`,
     text features `[TEXT_LENGTH, TEXT_DIM]` with a random number of real tokens, random timing.
     Returns the folder."""
@@ -36,8 +35,12 @@ def write_latent_shards(directory: str | os.PathLike, num_records: int = 24, num
                 "text_features": rng.normal(size=(TEXT_LENGTH, TEXT_DIM)).astype(np.float16),
                 "text_mask": np.arange(TEXT_LENGTH) < rng.integers(1, TEXT_LENGTH + 1),
             }
-            metadata = {"caption": f"clip {i}", "id": f"{i:08d}", "seconds_start": int(rng.integers(0, 4)),
-                        "seconds_total": int(rng.integers(4, 30))}
+            metadata = {
+                "caption": f"clip {i}",
+                "id": f"{i:08d}",
+                "seconds_start": int(rng.integers(0, 4)),
+                "seconds_total": int(rng.integers(4, 30)),
+            }
             writer.write(latent_records.encode_latent_record(arrays, metadata))
     return os.fspath(directory)
 

@@ -29,8 +29,9 @@ def pre_encode_fixture(converted: str, shards: str, out: str) -> tuple[str, dict
     (the `latents` fixture): the folder and the pre-encode report."""
     from stable_audio_jax.inference.pre_encode import pre_encode
 
-    report = pre_encode(shards, out, pretrained_dir=converted, sample_size=WINDOW, num_crops=1,
-                        batch_size=BATCH, progress=False)
+    report = pre_encode(
+        shards, out, pretrained_dir=converted, sample_size=WINDOW, num_crops=1, batch_size=BATCH, progress=False
+    )
     return out, report
 
 
@@ -48,20 +49,26 @@ def converted_params(part: str) -> dict:
     return sao_vae.autoencoder_params_from_state_dict(reader.scoped(sao_vae.DIFFUSION_PREFIX), arch.autoencoder)
 
 
-def finetune_config(pretrained_dir: str, shards: str, init_from: str | None = None,
-                    **trainer) -> ml_collections.ConfigDict:
+def finetune_config(
+    pretrained_dir: str, shards: str, init_from: str | None = None, **trainer
+) -> ml_collections.ConfigDict:
     """A diffusion config of the pretrained directory's architecture, on a (2, 4) mesh, started
     from `init_from` (default: that directory)."""
     model = pretrained.read_pretrained_config(pretrained_dir)["model"]
-    c = config_lib.diffusion_config(dit=model["dit"], timing_kind=model["timing_kind"],
-                                    global_timing=model["global_timing"], text_tokens=model["text_tokens"])
+    c = config_lib.diffusion_config(
+        dit=model["dit"],
+        timing_kind=model["timing_kind"],
+        global_timing=model["global_timing"],
+        text_tokens=model["text_tokens"],
+    )
     c.model.max_seconds = model["max_seconds"]
     c.init_from = pretrained_dir if init_from is None else init_from
     c.pretransform.downsampling_ratio = 64
     c.data.update(train_shards=shards, sample_size=WINDOW, batch_size=BATCH, worker_count=0)
     c.diffusion.cfg_dropout = 0.0
-    c.optimizer = config_lib.diffusion_optimizer_config(3e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6,
-                                                        warmup=0.0)
+    c.optimizer = config_lib.diffusion_optimizer_config(
+        3e-3, b1=0.9, b2=0.99, weight_decay=0.0, inv_gamma=1e6, warmup=0.0
+    )
     c.mesh.shape = (2, 4, 1)
     c.trainer.update(dict(num_steps=8, log_every=1, eval_every=0, checkpoint_every=4, async_checkpointing=False))
     c.trainer.update(trainer)
@@ -74,4 +81,3 @@ def lora_config(converted: str, shards: str, **lora_fields) -> ml_collections.Co
     config = finetune_config(converted, shards, num_steps=6, checkpoint_every=3)
     config.lora.update(dict(rank=4, alpha=4.0, **lora_fields))
     return config
-

@@ -15,20 +15,39 @@ from stable_audio_jax.models.mel import log_mel_spectrogram
 
 # ---- mel front end ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sample_rate,hop,win,n_mels", [(48000, 480, 1024, 64), (44100, 441, 800, 32)])
 def test_log_mel_matches_librosa(sample_rate, hop, win, n_mels):
     rng = np.random.default_rng(0)
     t = np.arange(sample_rate // 2) / sample_rate
-    signals = np.stack([0.5 * np.sin(2 * np.pi * 440.0 * t) + 0.01 * rng.standard_normal(t.size),
-                        0.1 * rng.standard_normal(t.size)])
+    signals = np.stack(
+        [0.5 * np.sin(2 * np.pi * 440.0 * t) + 0.01 * rng.standard_normal(t.size), 0.1 * rng.standard_normal(t.size)]
+    )
     params = dict(n_fft=1024, hop_length=hop, win_length=win)
-    ours = np.asarray(log_mel_spectrogram(jnp.asarray(signals, jnp.float32), sample_rate=sample_rate,
-                                          n_mels=n_mels, f_min=50.0, f_max=14000.0, **params))
+    ours = np.asarray(
+        log_mel_spectrogram(
+            jnp.asarray(signals, jnp.float32),
+            sample_rate=sample_rate,
+            n_mels=n_mels,
+            f_min=50.0,
+            f_max=14000.0,
+            **params,
+        )
+    )
     assert ours.shape == (2, 1 + t.size // hop, n_mels)
     for signal, mel in zip(signals, ours):
-        power = librosa.feature.melspectrogram(y=signal, sr=sample_rate, window="hann", center=True,
-                                               pad_mode="reflect", power=2.0, n_mels=n_mels, fmin=50.0,
-                                               fmax=14000.0, **params)
+        power = librosa.feature.melspectrogram(
+            y=signal,
+            sr=sample_rate,
+            window="hann",
+            center=True,
+            pad_mode="reflect",
+            power=2.0,
+            n_mels=n_mels,
+            fmin=50.0,
+            fmax=14000.0,
+            **params,
+        )
         ref = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None).T
         # float32 vs float64: within 1e-3 dB wherever the power is within 80 dB of the peak.
         loud = ref > ref.max() - 80.0
@@ -37,6 +56,7 @@ def test_log_mel_matches_librosa(sample_rate, hop, win, n_mels):
 
 
 # ---- config ------------------------------------------------------------------------------
+
 
 def test_config_sizes_and_round_trip():
     tiny = htsat.htsat_tiny()
@@ -55,26 +75,30 @@ def test_config_sizes_and_round_trip():
         HTSATConfig.from_dict({"embed_size": 96})
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(depths=(2, 2), num_heads=(2, 4, 8)), "same length"),
-    (dict(spec_size=60), "divisible by patch_size"),
-    (dict(n_mels=31), "divisible by patch_size"),
-    (dict(window_size=3), "not divisible by its window"),
-    (dict(num_heads=(5, 4)), "not divisible by num_heads"),
-    (dict(sample_rate=22050), "f_max"),
-    (dict(f_min=15000.0), "f_min < f_max"),
-    (dict(n_fft=256, win_length=256, n_mels=128), "mel filters are empty"),
-    (dict(n_mels=1024), "exceeds"),
-    (dict(drop_path_rate=1.0), "drop_path_rate"),
-    (dict(win_length=2048), "win_length"),
-    (dict(depths=()), "at least one stage"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(depths=(2, 2), num_heads=(2, 4, 8)), "same length"),
+        (dict(spec_size=60), "divisible by patch_size"),
+        (dict(n_mels=31), "divisible by patch_size"),
+        (dict(window_size=3), "not divisible by its window"),
+        (dict(num_heads=(5, 4)), "not divisible by num_heads"),
+        (dict(sample_rate=22050), "f_max"),
+        (dict(f_min=15000.0), "f_min < f_max"),
+        (dict(n_fft=256, win_length=256, n_mels=128), "mel filters are empty"),
+        (dict(n_mels=1024), "exceeds"),
+        (dict(drop_path_rate=1.0), "drop_path_rate"),
+        (dict(win_length=2048), "win_length"),
+        (dict(depths=()), "at least one stage"),
+    ],
+)
 def test_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         htsat.demo(**overrides)
 
 
 # ---- window machinery --------------------------------------------------------------------
+
 
 def test_relative_position_index_matches_naive_loop():
     for w in (1, 2, 4, 7):
@@ -106,11 +130,13 @@ def _dependency_maps(block: SwinBlock, x: jax.Array) -> np.ndarray:
 
 def _expected_partners(height, width, window, shift, row, col) -> np.ndarray:
     """Tokens in the same (shifted) window *and* the same region as (row, col), naively."""
+
     def key(i, j):
         ri, rj = (i - shift) % height, (j - shift) % width  # position after rolling by -shift
         region = lambda r, n: 0 if r < n - window else (1 if r < n - shift else 2)
         same_region = (region(ri, height), region(rj, width)) if shift else (0, 0)
         return ri // window, rj // window, same_region
+
     target = key(row, col)
     return np.array([[key(i, j) == target for j in range(width)] for i in range(height)])
 
@@ -137,6 +163,7 @@ def test_shifted_window_mask_blocks_cross_region_attention(shift):
 
 # ---- the encoder -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def demo_model():
     config = htsat.demo()
@@ -155,10 +182,13 @@ def test_demo_shapes_stereo_mono_and_resized(demo_model):
     np.testing.assert_allclose(pooled, out.mean(axis=1), atol=1e-5)
     # Mono input is the channel mean of stereo (only the front end sees the channels).
     log_mel = jax.jit(model.apply, static_argnames="method")
-    np.testing.assert_allclose(log_mel(params, audio.mean(axis=-1), method=HTSATEncoder.log_mel),
-                               log_mel(params, audio, method=HTSATEncoder.log_mel), atol=1e-4)
+    np.testing.assert_allclose(
+        log_mel(params, audio.mean(axis=-1), method=HTSATEncoder.log_mel),
+        log_mel(params, audio, method=HTSATEncoder.log_mel),
+        atol=1e-4,
+    )
     # A mono 2.0 s clip: 201 mel frames, resized to the image's 256.
-    short = audio[:, :2 * config.sample_rate].mean(axis=-1)
+    short = audio[:, : 2 * config.sample_rate].mean(axis=-1)
     assert 1 + short.shape[1] // config.hop_length != config.num_frames
     assert log_mel(params, short, method=HTSATEncoder.log_mel).shape == (2, config.num_frames, config.n_mels)
     pooled_short, out_short = jax.jit(model.apply)(params, short)
@@ -182,8 +212,10 @@ def _abstract_num_params(config: HTSATConfig) -> int:
 
 
 def test_reference_parameter_counts():
-    counts = {name: _abstract_num_params(fn()) for name, fn in
-              [("htsat_tiny", htsat.htsat_tiny), ("htsat_base", htsat.htsat_base)]}
+    counts = {
+        name: _abstract_num_params(fn())
+        for name, fn in [("htsat_tiny", htsat.htsat_tiny), ("htsat_base", htsat.htsat_base)]
+    }
     print(f"\nHTSAT parameter counts (no classification head): {counts}")
     assert counts["htsat_tiny"] == htsat.expected_num_params(htsat.htsat_tiny()) == 27_534_488
     assert counts["htsat_base"] == htsat.expected_num_params(htsat.htsat_base()) == 67_824_408
@@ -201,7 +233,6 @@ def test_drop_path_only_when_not_deterministic(demo_model):
     c, _ = apply(params, audio, deterministic=False, rngs={"dropout": jax.random.key(1)})
     d, _ = apply(params, audio, deterministic=False, rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(c, a) and not np.allclose(c, d)
-    np.testing.assert_array_equal(
-        c, apply(params, audio, deterministic=False, rngs={"dropout": jax.random.key(1)})[0])
+    np.testing.assert_array_equal(c, apply(params, audio, deterministic=False, rngs={"dropout": jax.random.key(1)})[0])
     # Rates rise linearly from 0 at the first block to drop_path_rate at the last.
     assert config.drop_path_rates == ((0.0, 0.5 / 3), (1.0 / 3, 0.5))

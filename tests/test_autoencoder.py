@@ -23,10 +23,13 @@ def _abstract_params(config: AutoencoderConfig, length: int):
     return nn.meta.unbox(variables)["params"]
 
 
-@pytest.mark.parametrize("name, total, encoder, decoder", [
-    ("SAO", 156_112_514, 77_989_888, 78_122_626),
-    ("SA1", 133_431_300, 89_574_656, 43_856_644),
-])
+@pytest.mark.parametrize(
+    "name, total, encoder, decoder",
+    [
+        ("SAO", 156_112_514, 77_989_888, 78_122_626),
+        ("SA1", 133_431_300, 89_574_656, 43_856_644),
+    ],
+)
 def test_full_size_parameter_counts(name, total, encoder, decoder):
     shape = config_lib.SAO_AUTOENCODER if name == "SAO" else config_lib.SA1_AUTOENCODER
     config = AutoencoderConfig.from_dict(shape)
@@ -53,8 +56,14 @@ def test_full_size_encode_decode_shapes(shape, ratio):
 
 @pytest.mark.slow
 def test_tiny_roundtrip_shapes_and_length_check():
-    config = AutoencoderConfig(latent_dim=4, strides=(2, 4), encoder_channels=4, encoder_multipliers=(1, 2, 4),
-                               decoder_channels=4, decoder_multipliers=(1, 2, 4))
+    config = AutoencoderConfig(
+        latent_dim=4,
+        strides=(2, 4),
+        encoder_channels=4,
+        encoder_multipliers=(1, 2, 4),
+        decoder_channels=4,
+        decoder_multipliers=(1, 2, 4),
+    )
     model = AudioAutoencoder(config)
     audio = jax.random.normal(jax.random.key(1), (3, 64, 2))
     params = model.init(jax.random.key(0), audio)
@@ -81,8 +90,8 @@ def _torch_conv_transpose1d(x, weight, bias, stride, padding):
     _, out_ch, k = weight.shape
     full = np.zeros((batch, (length - 1) * stride + k, out_ch))
     for t in range(length):
-        full[:, t * stride:t * stride + k, :] += np.einsum("bi,iok->bko", x[:, t, :], weight)
-    return full[:, padding:full.shape[1] - padding, :] + bias
+        full[:, t * stride : t * stride + k, :] += np.einsum("bi,iok->bko", x[:, t, :], weight)
+    return full[:, padding : full.shape[1] - padding, :] + bias
 
 
 @pytest.mark.parametrize("stride", [2, 4, 8])
@@ -99,8 +108,7 @@ def test_transposed_conv_matches_definition_and_length(stride):
     v, g = np.asarray(params["params"]["weight_v"]), np.asarray(params["params"]["weight_g"])
     torch_v = v.transpose(1, 2, 0)  # [in, out, k]
     weight = g[:, None, None] * torch_v / np.linalg.norm(torch_v.reshape(3, -1), axis=1)[:, None, None]
-    expected = _torch_conv_transpose1d(x, weight, np.asarray(params["params"]["bias"]), stride,
-                                       math.ceil(stride / 2))
+    expected = _torch_conv_transpose1d(x, weight, np.asarray(params["params"]["bias"]), stride, math.ceil(stride / 2))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -108,8 +116,9 @@ def test_weight_norm_conv_starts_at_v_and_strided_length():
     x = jax.random.normal(jax.random.key(0), (2, 32, 3))
     layer = WNConv(5, (8,), strides=(4,), padding=(2,))
     params = nn.meta.unbox(layer.init(jax.random.key(1), x))["params"]
-    np.testing.assert_allclose(params["weight_g"], np.linalg.norm(np.asarray(params["weight_v"]).reshape(-1, 5), axis=0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        params["weight_g"], np.linalg.norm(np.asarray(params["weight_v"]).reshape(-1, 5), axis=0), rtol=1e-6
+    )
     unnormed = WNConv(5, (8,), strides=(4,), padding=(2,), weight_norm=False)
     y = layer.apply({"params": params}, x)
     y_plain = unnormed.apply({"params": {"kernel": params["weight_v"], "bias": params["bias"]}}, x)
@@ -140,7 +149,7 @@ def test_vae_bottleneck_kl_and_sampling():
     h = rng.normal(size=(2, 5, 8)).astype(np.float32)
     mean, scale = h[..., :4], h[..., 4:]
     std = np.log1p(np.exp(scale)) + 1e-4
-    expected_kl = np.mean(np.sum(mean ** 2 + std ** 2 - np.log(std ** 2) - 1, axis=-1))  # no 1/2
+    expected_kl = np.mean(np.sum(mean**2 + std**2 - np.log(std**2) - 1, axis=-1))  # no 1/2
     z, kl = vae_bottleneck(jnp.asarray(h), None)
     np.testing.assert_allclose(z, mean, rtol=1e-6)
     np.testing.assert_allclose(kl, expected_kl, rtol=1e-5)

@@ -29,20 +29,50 @@ VAE_TINY = "--config=configs/vae_tiny.py"
 def test_train_bad_flags_and_config(tmp_path):
     workdir = str(tmp_path / "run")
     train = lambda *args: ["--workdir=" + workdir, *args]  # noqa: E731
-    check_cases([
-        Case("launch/train.py", train(VAE_TINY, "--config.trainer.num_stepz=5"),
-             ["--config.trainer.num_stepz", "trainer.num_steps"], [workdir]),
-        Case("launch/train.py", train("--config=configs/nope.py"), ["configs/nope.py"], [workdir]),
-        Case("launch/train.py", train("--config=configs/nope.py", "--config.trainer.num_steps=5"), ["configs/nope.py"]),
-        # Every out-of-range trainer/data field, named on the one line.
-        Case("launch/train.py", train(VAE_TINY, "--config.trainer.checkpoint_every=0", "--config.data.batch_size=0",
-                                      "--config.trainer.num_steps=0", "--config.trainer.log_every=-1",
-                                      "--config.trainer.eval_every=-1", "--config.trainer.max_checkpoints=0"),
-             ["trainer.checkpoint_every", "data.batch_size", "trainer.num_steps", "trainer.log_every",
-              "trainer.eval_every", "trainer.max_checkpoints"], [workdir]),
-        Case("launch/train.py", train(VAE_TINY, f"--config.data.train_shards={tmp_path / 'no_shards'}"),
-             ["train_shards", "no_shards"], [workdir]),
-    ])
+    check_cases(
+        [
+            Case(
+                "launch/train.py",
+                train(VAE_TINY, "--config.trainer.num_stepz=5"),
+                ["--config.trainer.num_stepz", "trainer.num_steps"],
+                [workdir],
+            ),
+            Case("launch/train.py", train("--config=configs/nope.py"), ["configs/nope.py"], [workdir]),
+            Case(
+                "launch/train.py",
+                train("--config=configs/nope.py", "--config.trainer.num_steps=5"),
+                ["configs/nope.py"],
+            ),
+            # Every out-of-range trainer/data field, named on the one line.
+            Case(
+                "launch/train.py",
+                train(
+                    VAE_TINY,
+                    "--config.trainer.checkpoint_every=0",
+                    "--config.data.batch_size=0",
+                    "--config.trainer.num_steps=0",
+                    "--config.trainer.log_every=-1",
+                    "--config.trainer.eval_every=-1",
+                    "--config.trainer.max_checkpoints=0",
+                ),
+                [
+                    "trainer.checkpoint_every",
+                    "data.batch_size",
+                    "trainer.num_steps",
+                    "trainer.log_every",
+                    "trainer.eval_every",
+                    "trainer.max_checkpoints",
+                ],
+                [workdir],
+            ),
+            Case(
+                "launch/train.py",
+                train(VAE_TINY, f"--config.data.train_shards={tmp_path / 'no_shards'}"),
+                ["train_shards", "no_shards"],
+                [workdir],
+            ),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -54,34 +84,53 @@ def test_sample_bad_settings_fail_before_loading(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     sample = lambda *args: [f"--diffusion_dir={model}", "--prompt=drums", *args]  # noqa: E731
-    check_cases([
-        Case("launch/sample.py", sample("--steps=0", f"--output_dir={out}"), ["--steps"], [out]),
-        Case("launch/sample.py", sample("--steps=-3", f"--output_dir={out}"), ["--steps"], [out]),
-        Case("launch/sample.py", sample("--seconds_total=0", f"--output_dir={out}"), ["--seconds_total"], [out]),
-        Case("launch/sample.py", sample("--seconds_total=-2", f"--output_dir={out}"), ["--seconds_total"], [out]),
-        Case("launch/sample.py", sample("--cfg_scale=-1", f"--output_dir={out}"), ["--cfg_scale"], [out]),
-        Case("launch/sample.py", sample(f"--output_dir={a_file}"), ["--output_dir", str(a_file)]),
-        Case("launch/sample.py", sample(f"--output_dir={a_file / 'sub'}"), ["--output_dir", str(a_file)]),
-        Case("launch/sample.py", sample("--output_dir=/sys/samples"), ["--output_dir", "/sys/samples"]),
-        Case("launch/sample.py", ["--diffusion_dir=" + str(tmp_path / "nope"), "--prompt=x", f"--output_dir={out}"],
-             ["--diffusion_dir", "nope"], [out]),
-        # absl's own flag errors, through the same one-line parser.
-        Case("launch/sample.py", sample("--steps=abc", f"--output_dir={out}"), ["--steps", "abc"], [out]),
-        Case("launch/sample.py", sample("--stepz=10", f"--output_dir={out}"), ["stepz", "steps"], [out]),
-    ])
+    check_cases(
+        [
+            Case("launch/sample.py", sample("--steps=0", f"--output_dir={out}"), ["--steps"], [out]),
+            Case("launch/sample.py", sample("--steps=-3", f"--output_dir={out}"), ["--steps"], [out]),
+            Case("launch/sample.py", sample("--seconds_total=0", f"--output_dir={out}"), ["--seconds_total"], [out]),
+            Case("launch/sample.py", sample("--seconds_total=-2", f"--output_dir={out}"), ["--seconds_total"], [out]),
+            Case("launch/sample.py", sample("--cfg_scale=-1", f"--output_dir={out}"), ["--cfg_scale"], [out]),
+            Case("launch/sample.py", sample(f"--output_dir={a_file}"), ["--output_dir", str(a_file)]),
+            Case("launch/sample.py", sample(f"--output_dir={a_file / 'sub'}"), ["--output_dir", str(a_file)]),
+            Case("launch/sample.py", sample("--output_dir=/sys/samples"), ["--output_dir", "/sys/samples"]),
+            Case(
+                "launch/sample.py",
+                ["--diffusion_dir=" + str(tmp_path / "nope"), "--prompt=x", f"--output_dir={out}"],
+                ["--diffusion_dir", "nope"],
+                [out],
+            ),
+            # absl's own flag errors, through the same one-line parser.
+            Case("launch/sample.py", sample("--steps=abc", f"--output_dir={out}"), ["--steps", "abc"], [out]),
+            Case("launch/sample.py", sample("--stepz=10", f"--output_dir={out}"), ["stepz", "steps"], [out]),
+        ]
+    )
 
 
 @pytest.mark.slow
 def test_other_launch_scripts(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    check_cases([
-        Case("launch/convert_sao.py", [f"--checkpoint={a_file}", f"--model_config={a_file}", f"--t5_dir={tmp_path}",
-                                       f"--output_dir={a_file}"], ["--output_dir", str(a_file)]),
-        Case("launch/clap_score.py", [f"--clap_dir={tmp_path}"], ["--input"]),
-        Case("launch/benchmark.py", [VAE_TINY, "--config.model.latent_dimm=4"], ["--config.model.latent_dimm",
-                                                                                "model.latent_dim"]),
-    ])
+    check_cases(
+        [
+            Case(
+                "launch/convert_sao.py",
+                [
+                    f"--checkpoint={a_file}",
+                    f"--model_config={a_file}",
+                    f"--t5_dir={tmp_path}",
+                    f"--output_dir={a_file}",
+                ],
+                ["--output_dir", str(a_file)],
+            ),
+            Case("launch/clap_score.py", [f"--clap_dir={tmp_path}"], ["--input"]),
+            Case(
+                "launch/benchmark.py",
+                [VAE_TINY, "--config.model.latent_dimm=4"],
+                ["--config.model.latent_dimm", "model.latent_dim"],
+            ),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------ data scripts
@@ -104,21 +153,45 @@ def test_wrong_run_directories(run_dirs, tmp_path):
     with records.ShardWriter(shards, "train", 1) as writer:
         writer.write(b"record")
     out = str(tmp_path / "latents")
-    pre = lambda vae, clap: [f"--input={shards}", f"--output_dir={out}", "--sample_size=4096",  # noqa: E731
-                             f"--vae_dir={vae}", f"--clap_dir={clap}"]
-    check_cases([
-        Case("data/pre_encode.py", pre(run_dirs["clap"], run_dirs["vae"]),
-             ["--vae_dir", "--clap_dir", "swapped"], [out]),
-        Case("data/pre_encode.py", pre(run_dirs["vae"], run_dirs["vae"]), [f"--clap_dir={run_dirs['vae']}",
-                                                                           "vae run"], [out]),
-        Case("data/pre_encode.py", pre(str(tmp_path / "missing"), run_dirs["clap"]), ["--vae_dir", "missing"], [out]),
-        Case("data/pre_encode.py", [*pre(run_dirs["vae"], run_dirs["clap"])[:-1]], ["--clap_dir"], [out]),
-        # The same check in the scripts that load runs.
-        Case("launch/sample.py", [f"--diffusion_dir={run_dirs['vae']}", "--prompt=x", f"--output_dir={out}"],
-             [f"--diffusion_dir={run_dirs['vae']}", "vae run", "diffusion"], [out]),
-        Case("launch/clap_score.py", [f"--clap_dir={run_dirs['vae']}", f"--input={shards}"],
-             [f"--clap_dir={run_dirs['vae']}", "vae run"]),
-    ])
+    pre = lambda vae, clap: [
+        f"--input={shards}",
+        f"--output_dir={out}",
+        "--sample_size=4096",  # noqa: E731
+        f"--vae_dir={vae}",
+        f"--clap_dir={clap}",
+    ]
+    check_cases(
+        [
+            Case(
+                "data/pre_encode.py",
+                pre(run_dirs["clap"], run_dirs["vae"]),
+                ["--vae_dir", "--clap_dir", "swapped"],
+                [out],
+            ),
+            Case(
+                "data/pre_encode.py",
+                pre(run_dirs["vae"], run_dirs["vae"]),
+                [f"--clap_dir={run_dirs['vae']}", "vae run"],
+                [out],
+            ),
+            Case(
+                "data/pre_encode.py", pre(str(tmp_path / "missing"), run_dirs["clap"]), ["--vae_dir", "missing"], [out]
+            ),
+            Case("data/pre_encode.py", [*pre(run_dirs["vae"], run_dirs["clap"])[:-1]], ["--clap_dir"], [out]),
+            # The same check in the scripts that load runs.
+            Case(
+                "launch/sample.py",
+                [f"--diffusion_dir={run_dirs['vae']}", "--prompt=x", f"--output_dir={out}"],
+                [f"--diffusion_dir={run_dirs['vae']}", "vae run", "diffusion"],
+                [out],
+            ),
+            Case(
+                "launch/clap_score.py",
+                [f"--clap_dir={run_dirs['vae']}", f"--input={shards}"],
+                [f"--clap_dir={run_dirs['vae']}", "vae run"],
+            ),
+        ]
+    )
 
 
 def test_make_shards_without_decodable_audio(tmp_path):
@@ -131,23 +204,43 @@ def test_make_shards_without_decodable_audio(tmp_path):
     existing = tmp_path / "existing"  # an output folder that exists keeps existing, with no shards in it
     existing.mkdir()
     out = str(tmp_path / "out" / "shards")
-    check_cases([
-        Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={out}"], [str(bad)], [str(tmp_path / "out")]),
-        Case("data/make_shards.py", [f"--input={manifest}", f"--output_dir={existing}"], [str(manifest)]),
-        Case("data/make_shards.py", [f"--input={tmp_path / 'nope'}", f"--output_dir={out}"], ["--input", "nope"],
-             [str(tmp_path / "out")]),
-        Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={out}", "--num_shards=0"], ["--num_shards"]),
-        Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={manifest}"], ["--output_dir", str(manifest)]),
-        Case("data/build_tfds.py", [f"--input={tmp_path / 'nope'}", f"--data_dir={out}"], ["--input", "nope"],
-             [str(tmp_path / "out")]),
-        # Found but undecodable: tfds has made its empty downloads/ folder by then, nothing else.
-        Case("data/build_tfds.py", [f"--input={bad}", f"--data_dir={tmp_path / 'tfds'}"], [str(bad)]),
-        Case("data/train_tokenizer.py", [f"--manifest={tmp_path / 'nope.jsonl'}", f"--output={out}"],
-             ["--manifest", "nope.jsonl"], [str(tmp_path / "out")]),
-        Case("data/render_demo.py", [f"--output_dir={out}", "--num_clips=many"], ["--num_clips"],
-             [str(tmp_path / "out")]),
-        Case("data/render_demo.py", [f"--output_dir={manifest / 'sub'}", "--synthetic"], ["--output_dir"]),
-    ])
+    check_cases(
+        [
+            Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={out}"], [str(bad)], [str(tmp_path / "out")]),
+            Case("data/make_shards.py", [f"--input={manifest}", f"--output_dir={existing}"], [str(manifest)]),
+            Case(
+                "data/make_shards.py",
+                [f"--input={tmp_path / 'nope'}", f"--output_dir={out}"],
+                ["--input", "nope"],
+                [str(tmp_path / "out")],
+            ),
+            Case("data/make_shards.py", [f"--input={bad}", f"--output_dir={out}", "--num_shards=0"], ["--num_shards"]),
+            Case(
+                "data/make_shards.py", [f"--input={bad}", f"--output_dir={manifest}"], ["--output_dir", str(manifest)]
+            ),
+            Case(
+                "data/build_tfds.py",
+                [f"--input={tmp_path / 'nope'}", f"--data_dir={out}"],
+                ["--input", "nope"],
+                [str(tmp_path / "out")],
+            ),
+            # Found but undecodable: tfds has made its empty downloads/ folder by then, nothing else.
+            Case("data/build_tfds.py", [f"--input={bad}", f"--data_dir={tmp_path / 'tfds'}"], [str(bad)]),
+            Case(
+                "data/train_tokenizer.py",
+                [f"--manifest={tmp_path / 'nope.jsonl'}", f"--output={out}"],
+                ["--manifest", "nope.jsonl"],
+                [str(tmp_path / "out")],
+            ),
+            Case(
+                "data/render_demo.py",
+                [f"--output_dir={out}", "--num_clips=many"],
+                ["--num_clips"],
+                [str(tmp_path / "out")],
+            ),
+            Case("data/render_demo.py", [f"--output_dir={manifest / 'sub'}", "--synthetic"], ["--output_dir"]),
+        ]
+    )
     assert os.listdir(existing) == []
 
 

@@ -39,12 +39,18 @@ SCRIPT = os.path.join(ROOT, "launch", "benchmark.py")
 # A shrunken tiny VAE (2 stages, 4 channels, one small FFT per loss) so that compiling the
 # two training phases takes seconds on 2 cores; the code paths are those of the full model.
 TINY_OVERRIDES = {
-    "model.encoder_channels": 4, "model.decoder_channels": 4,
-    "model.strides": (2, 4), "model.encoder_multipliers": (1, 2, 4),
-    "model.decoder_multipliers": (1, 2, 4), "model.latent_dim": 8,
-    "discriminator.filters": 4, "discriminator.n_ffts": (64,),
-    "discriminator.hop_lengths": (16,), "discriminator.win_lengths": (64,),
-    "loss.stft.fft_sizes": (64,), "loss.stft.hop_sizes": (16,),
+    "model.encoder_channels": 4,
+    "model.decoder_channels": 4,
+    "model.strides": (2, 4),
+    "model.encoder_multipliers": (1, 2, 4),
+    "model.decoder_multipliers": (1, 2, 4),
+    "model.latent_dim": 8,
+    "discriminator.filters": 4,
+    "discriminator.n_ffts": (64,),
+    "discriminator.hop_lengths": (16,),
+    "discriminator.win_lengths": (64,),
+    "loss.stft.fft_sizes": (64,),
+    "loss.stft.hop_sizes": (16,),
 }
 
 
@@ -66,8 +72,7 @@ def _benchmark(config: ml_collections.ConfigDict, options: Options) -> tuple[dic
 
 def _run(*args, timeout=300):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return proc
 
 
@@ -79,8 +84,11 @@ def _check(proc):
 def _param_lines(config_name: str) -> dict[str, str]:
     """`--params_only`'s lines: parameter name -> its formatted count."""
     out = format_params(param_counts(_config(config_name)))
-    return {line.split()[0]: line.split()[1] for line in out.splitlines()
-            if line.startswith("  ") and len(line.split()) == 2}
+    return {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line.startswith("  ") and len(line.split()) == 2
+    }
 
 
 @pytest.mark.slow
@@ -99,8 +107,10 @@ def test_params_only_clap_paper_size():
     lines = {k: int(v.replace(",", "")) for k, v in _param_lines("clap_sa1").items()}
     assert lines["text_encoder"] == 124_645_632
     assert lines["audio_encoder"] == 27_534_488  # HTSAT-tiny without the AudioSet head
-    assert lines["clap"] == sum(lines[k] for k in ("text_encoder", "audio_encoder", "text_projection",
-                                                   "audio_projection")) + 1  # + the temperature
+    assert (
+        lines["clap"]
+        == sum(lines[k] for k in ("text_encoder", "audio_encoder", "text_projection", "audio_projection")) + 1
+    )  # + the temperature
 
 
 def test_params_only_diffusion_paper_size():
@@ -135,10 +145,17 @@ def test_helpers():
 
 @pytest.fixture(scope="module")
 def tiny_report():
-    return _benchmark(_config("vae_tiny", TINY_OVERRIDES), Options(
-        batch_size=8, seconds=0.001, steps=1, warmup=0,
-        train_phases=("generator", "discriminator", "generator_warmup"),
-        peak_tflops=0.5))  # CPU is not in the peak table: the flag gives the MFU column
+    return _benchmark(
+        _config("vae_tiny", TINY_OVERRIDES),
+        Options(
+            batch_size=8,
+            seconds=0.001,
+            steps=1,
+            warmup=0,
+            train_phases=("generator", "discriminator", "generator_warmup"),
+            peak_tflops=0.5,
+        ),
+    )  # CPU is not in the peak table: the flag gives the MFU column
 
 
 @pytest.mark.e2e
@@ -204,9 +221,19 @@ def forward_report(tmp_path_factory):
     mesh (batch 8, CFG batch 16) and the fake reference."""
     directory = tmp_path_factory.mktemp("forward")
     fake = _fake_interpreter(directory, _FAKE_REFERENCE)
-    result, out = _benchmark(_config("dit_tiny", {"model.dit.depth": 1}), Options(
-        skip_train=True, sample_steps=0, forward_seconds=(0.1, 0.25), batch_size=8, steps=2, warmup=0,
-        reference_python=fake, reference_threads=3))
+    result, out = _benchmark(
+        _config("dit_tiny", {"model.dit.depth": 1}),
+        Options(
+            skip_train=True,
+            sample_steps=0,
+            forward_seconds=(0.1, 0.25),
+            batch_size=8,
+            steps=2,
+            warmup=0,
+            reference_python=fake,
+            reference_threads=3,
+        ),
+    )
     with open(fake + ".json") as g:
         return result, out, json.load(g)
 
@@ -214,8 +241,12 @@ def forward_report(tmp_path_factory):
 def test_forward_rows(forward_report):
     report, out, _ = forward_report
     by_name = {m["name"]: m for m in report["measurements"]}
-    assert list(by_name) == ["forward/0.1s_cfg", "forward/0.25s_cfg", "reference/forward/0.1s_cfg",
-                             "reference/forward/0.25s_cfg"]
+    assert list(by_name) == [
+        "forward/0.1s_cfg",
+        "forward/0.25s_cfg",
+        "reference/forward/0.1s_cfg",
+        "reference/forward/0.25s_cfg",
+    ]
     # ceil(0.1 * 44100 / 64) = 69 and ceil(0.25 * 44100 / 64) = 173 latent frames (the DiT takes any).
     assert report["shapes"]["forward_frames"] == {"forward/0.1s_cfg": 69, "forward/0.25s_cfg": 173}
     for name, frames in (("forward/0.1s_cfg", 69), ("forward/0.25s_cfg", 173)):
@@ -236,8 +267,11 @@ def test_forward_reference_rows(forward_report):
     by_name = {m["name"]: m for m in report["measurements"]}
     reference = by_name["reference/forward/0.25s_cfg"]
     assert reference["median_seconds"] == 0.5 and reference["step_seconds"] == [0.25, 0.5, 1.0]
-    assert reference["input_shapes"] == {"x": [16, 32, 173], "cross_attn_cond": [16, 79, 128],
-                                         "global_embed": [16, 256]}
+    assert reference["input_shapes"] == {
+        "x": [16, 32, 173],
+        "cross_attn_cond": [16, 79, 128],
+        "global_embed": [16, 256],
+    }
     assert reference["audio_seconds_per_second"] == pytest.approx(8 * 173 * 64 / 44100 / 0.5)
     assert reference["compile_seconds"] is None and reference["flops_per_device"] is None
     ours = by_name["forward/0.25s_cfg"]["median_seconds"]
@@ -246,10 +280,22 @@ def test_forward_reference_rows(forward_report):
     assert section["torch_version"] == "9.9-fake" and section["threads"] == 3 and section["params"] == 12345
     # What the script was given: the DiT of the config, 77 text + 2 timing tokens, the frames.
     assert fake["script"].endswith(os.path.join("tests", "reference", "time_reference_dit.py"))
-    assert fake["args"] == {"io_channels": "32", "embed_dim": "128", "depth": "1", "num_heads": "2",
-                            "cond_token_dim": "128", "global_cond_dim": "256", "ff_mult": "4",
-                            "text_tokens": "79", "frames": "69,173", "batch_size": "8", "steps": "2",
-                            "warmup": "0", "threads": "3", "seed": "0"}
+    assert fake["args"] == {
+        "io_channels": "32",
+        "embed_dim": "128",
+        "depth": "1",
+        "num_heads": "2",
+        "cond_token_dim": "128",
+        "global_cond_dim": "256",
+        "ff_mult": "4",
+        "text_tokens": "79",
+        "frames": "69,173",
+        "batch_size": "8",
+        "steps": "2",
+        "warmup": "0",
+        "threads": "3",
+        "seed": "0",
+    }
     assert fake["pythonpath"].split(os.pathsep)[0] == os.path.join(ROOT, "tests", "reference", "shims")
     assert "reference: PyTorch stable-audio-tools 0.0.19, torch 9.9-fake, 3 threads" in out
     assert "forward/0.25s_cfg: median ours / reference = " in out
@@ -285,15 +331,20 @@ def test_few_step_row_beside_the_sampling_row():
     with the measured speed-up and the ratio of network evaluations (2 x 4 / 2 = 4 here).
     Sampling rows report no FLOPs: XLA counts the scan over the steps once."""
     config = _config("dit_tiny", {"model.dit.depth": 1, "data.sample_size": 4096})
-    report, out = _benchmark(config, Options(skip_train=True, sample_steps=4, flow_steps=2, cfg_scale=6.0,
-                                             batch_size=1, steps=1, warmup=0, num_devices=1))
+    report, out = _benchmark(
+        config,
+        Options(
+            skip_train=True, sample_steps=4, flow_steps=2, cfg_scale=6.0, batch_size=1, steps=1, warmup=0, num_devices=1
+        ),
+    )
     by_name = {m["name"]: m for m in report["measurements"]}
     assert list(by_name) == ["sample/4_steps", "sample/2_steps_pingpong"]
     assert "pingpong (rectified flow), 2 steps, no CFG" in out
     shapes = report["shapes"]
     assert shapes["flow_steps"] == 2 and shapes["few_step_evaluation_ratio"] == 4
     assert shapes["few_step_speedup"] == pytest.approx(
-        by_name["sample/4_steps"]["median_seconds"] / by_name["sample/2_steps_pingpong"]["median_seconds"])
+        by_name["sample/4_steps"]["median_seconds"] / by_name["sample/2_steps_pingpong"]["median_seconds"]
+    )
     assert all(m["flops_per_device"] is None and m["mfu"] is None for m in by_name.values())
     with pytest.raises(BenchmarkUsageError, match="--flow_steps must be >= 0"):
         Options(flow_steps=-1).validate()
@@ -315,20 +366,23 @@ def test_indivisible_batch_is_a_usage_error():
 
 
 # --------------------------------------------------------------------------- peak table
-@pytest.mark.parametrize("device_kind, label, tflops", [
-    ("NVIDIA H100 80GB HBM3", "H100", 989.0),
-    ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
-    ("NVIDIA H200", "H200", 989.0),
-    ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
-    ("NVIDIA A100-PCIE-40GB", "A100", 312.0),
-    ("TPU v4", "TPU v4", 275.0),
-    ("TPU v5 lite", "TPU v5e", 197.0),
-    ("TPU v5e", "TPU v5e", 197.0),
-    ("TPU v5p", "TPU v5p", 459.0),
-    ("TPU v5", "TPU v5p", 459.0),  # v5p reports itself as "TPU v5"
-    ("TPU v6 lite", "TPU v6e", 918.0),
-    ("tpu V6E", "TPU v6e", 918.0),
-])
+@pytest.mark.parametrize(
+    "device_kind, label, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100", 989.0),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
+        ("NVIDIA H200", "H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+        ("NVIDIA A100-PCIE-40GB", "A100", 312.0),
+        ("TPU v4", "TPU v4", 275.0),
+        ("TPU v5 lite", "TPU v5e", 197.0),
+        ("TPU v5e", "TPU v5e", 197.0),
+        ("TPU v5p", "TPU v5p", 459.0),
+        ("TPU v5", "TPU v5p", 459.0),  # v5p reports itself as "TPU v5"
+        ("TPU v6 lite", "TPU v6e", 918.0),
+        ("tpu V6E", "TPU v6e", 918.0),
+    ],
+)
 def test_peak_table(device_kind, label, tflops):
     assert peak_flops.table_peak(device_kind) == (label, tflops)
     assert peak_flops.resolve_peak(0.0, device_kind) == (tflops, f"table: {label} bf16 dense")
@@ -362,8 +416,7 @@ print(json.dumps(peaks))
 
 
 def test_peak_flag_and_its_alias():
-    out = _check(_run("-c", _FLAGS_SCRIPT, SCRIPT, "--peak_tflops=123", "--peak_tflops_per_device=45",
-                      "--steps=2"))
+    out = _check(_run("-c", _FLAGS_SCRIPT, SCRIPT, "--peak_tflops=123", "--peak_tflops_per_device=45", "--steps=2"))
     assert json.loads(out.strip().splitlines()[-1]) == [123.0, 45.0, 0.0]
 
 
@@ -390,15 +443,25 @@ def test_script_error_is_one_line(report_files, tmp_path, problem):
 
 # --------------------------------------------------------------------------- --compare
 def _measurement(name: str, seconds: float, flops: float, peak_bytes: int | None) -> Measurement:
-    return Measurement(name=name, description="test row", batch_size=8, audio_seconds_per_item=1.5,
-                       input_shapes={"audio": [8, 64, 2]}, lower_seconds=0.25, compile_seconds=2.0,
-                       step_seconds=[seconds, seconds * 1.1, seconds * 0.9], flops_per_device=flops,
-                       peak_bytes_in_use=peak_bytes, compiled_memory=None)
+    return Measurement(
+        name=name,
+        description="test row",
+        batch_size=8,
+        audio_seconds_per_item=1.5,
+        input_shapes={"audio": [8, 64, 2]},
+        lower_seconds=0.25,
+        compile_seconds=2.0,
+        step_seconds=[seconds, seconds * 1.1, seconds * 0.9],
+        flops_per_device=flops,
+        peak_bytes_in_use=peak_bytes,
+        compiled_memory=None,
+    )
 
 
 def _report(device_kind: str, options: Options, measurements: list[Measurement]) -> dict[str, Any]:
-    hardware = dict(hardware_info(), device_kind=device_kind, host_load_average_before=None,
-                    host_load_average_after=None)
+    hardware = dict(
+        hardware_info(), device_kind=device_kind, host_load_average_before=None, host_load_average_after=None
+    )
     config = config_summary(vae_tiny.get_config(), "configs/vae_tiny.py", {})
     return build_report(hardware, config, options, {"window_samples": 64}, {"autoencoder": 1000}, measurements)
 
@@ -410,10 +473,16 @@ def report_files(tmp_path_factory):
     directory = tmp_path_factory.mktemp("compare")
     a, b = str(directory / "a.json"), str(directory / "b.json")
     reports = (
-        _report("NVIDIA H100 80GB HBM3", Options(batch_size=8),
-                [_measurement("encode", 0.2, 98.9e12, 2**30), _measurement("train/generator", 0.4, 3e13, 3 * 2**30)]),
-        _report("TPU v5 lite", Options(batch_size=8),
-                [_measurement("encode", 0.1, 19.7e12, None), _measurement("decode", 0.3, 1e13, None)]),
+        _report(
+            "NVIDIA H100 80GB HBM3",
+            Options(batch_size=8),
+            [_measurement("encode", 0.2, 98.9e12, 2**30), _measurement("train/generator", 0.4, 3e13, 3 * 2**30)],
+        ),
+        _report(
+            "TPU v5 lite",
+            Options(batch_size=8),
+            [_measurement("encode", 0.1, 19.7e12, None), _measurement("decode", 0.3, 1e13, None)],
+        ),
     )
     for path, r in zip((a, b), reports):
         with open(path, "w") as f:
@@ -428,7 +497,7 @@ def _rows(out: str) -> dict[tuple[str, str], list[str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("measurement"))
     spans = [m.span() for m in re.finditer(r"-+", lines[start + 1])]
     rows, name = {}, None
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.strip():
             break
         cells = [line[a:b].strip() for a, b in spans]

@@ -22,10 +22,14 @@ from tests.micro_diffusion import micro_config, write_latent_shards
 
 
 def _tree():
-    return {"w": jnp.arange(64 * 8, dtype=jnp.float32).reshape(64, 8) / 7.0,
-            "half": jnp.linspace(-2, 2, 15, dtype=jnp.bfloat16).reshape(3, 5),
-            "count": jnp.arange(5, dtype=jnp.int32), "flag": jnp.array([True, False]),
-            "key": jax.random.PRNGKey(3), "scalar": jnp.float32(0.5)}
+    return {
+        "w": jnp.arange(64 * 8, dtype=jnp.float32).reshape(64, 8) / 7.0,
+        "half": jnp.linspace(-2, 2, 15, dtype=jnp.bfloat16).reshape(3, 5),
+        "count": jnp.arange(5, dtype=jnp.int32),
+        "flag": jnp.array([True, False]),
+        "key": jax.random.PRNGKey(3),
+        "scalar": jnp.float32(0.5),
+    }
 
 
 def test_checksum_is_the_same_on_devices_under_any_sharding_and_on_the_host():
@@ -71,8 +75,9 @@ def test_run_lock_turns_a_second_holder_away_and_takes_over_a_dead_ones(tmp_path
 
 
 def test_metric_log_is_cut_back_to_the_restored_step(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "split": "train", "loss": s}) + "\n" for s in range(1, 7)) + '{"step": 7, "spl')
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "split": "train", "loss": s}) + "\n" for s in range(1, 7)) + '{"step": 7, "spl'
+    )
     logger = MetricLogger(str(tmp_path), enabled=True)
     logger.truncate_after(4)
     logger.write(5, {"loss": 50.0}, "train")

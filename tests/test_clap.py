@@ -32,13 +32,18 @@ def captioned_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("clap_data")
     write_synthetic_dataset(root / "raw", num_clips=48, seed=3, min_seconds=1.0, max_seconds=2.0)
     for split in ("train", "valid"):
-        write_shards(root / "raw" / f"{split}.jsonl", root / "shards" / split, num_shards=1, prefix=split,
-                     progress=False)
+        write_shards(
+            root / "raw" / f"{split}.jsonl", root / "shards" / split, num_shards=1, prefix=split, progress=False
+        )
     with open(root / "raw" / "train.jsonl") as f:
         captions = [json.loads(line)["caption"] for line in f]
     tokenizer_path = train_bpe_tokenizer(captions, vocab_size=VOCAB_SIZE).save(str(root / "tokenizer.json"))
-    return {"root": root, "train": str(root / "shards" / "train"), "valid": str(root / "shards" / "valid"),
-            "tokenizer": tokenizer_path}
+    return {
+        "root": root,
+        "train": str(root / "shards" / "train"),
+        "valid": str(root / "shards" / "valid"),
+        "tokenizer": tokenizer_path,
+    }
 
 
 # --------------------------------------------------------------------------- losses and metrics
@@ -53,8 +58,7 @@ def test_contrastive_loss_is_small_for_matched_pairs_and_log_n_for_uninformative
     np.testing.assert_allclose(float(uninformative), np.log(6), rtol=1e-5)
     # Symmetric in its two arguments.
     y = np.roll(x, 1, axis=0)
-    np.testing.assert_allclose(float(contrastive_loss(x, y, 1.0)[0]), float(contrastive_loss(y, x, 1.0)[0]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(float(contrastive_loss(x, y, 1.0)[0]), float(contrastive_loss(y, x, 1.0)[0]), rtol=1e-6)
 
 
 def test_recall_at_k_counts_ranks_and_ties():
@@ -131,18 +135,32 @@ def test_sharded_training_matches_one_device(captioned_data):
 
     config = micro_clap_config(captioned_data)
     task = CLAPTask(config)
-    host = next(iter(make_audio_dataset(captioned_data["train"], sample_rate=config.data.sample_rate,
-                                        sample_size=config.data.sample_size, batch_size=8, seed=0, shuffle=False,
-                                        num_epochs=1, random_crop=False, worker_count=0)))
+    host = next(
+        iter(
+            make_audio_dataset(
+                captioned_data["train"],
+                sample_rate=config.data.sample_rate,
+                sample_size=config.data.sample_size,
+                batch_size=8,
+                seed=0,
+                shuffle=False,
+                num_epochs=1,
+                random_crop=False,
+                worker_count=0,
+            )
+        )
+    )
     inputs = task.model_inputs(host)
     losses = {}
     for name, shape, devices in (("single", (1, 1, 1), jax.devices()[:1]), ("mesh", (2, 4, 1), jax.devices())):
         mesh = parallel.create_mesh(shape, devices=devices)
-        state, shardings = parallel.init_sharded(task.init_state, jax.random.PRNGKey(0), mesh=mesh,
-                                                 rules=parallel.DEFAULT_RULES)
+        state, shardings = parallel.init_sharded(
+            task.init_state, jax.random.PRNGKey(0), mesh=mesh, rules=parallel.DEFAULT_RULES
+        )
         batch = parallel.host_to_global(inputs, mesh)
-        step = jit_train_step(task.train_step, mesh=mesh, rules=parallel.DEFAULT_RULES, state_shardings=shardings,
-                              example_batch=batch)
+        step = jit_train_step(
+            task.train_step, mesh=mesh, rules=parallel.DEFAULT_RULES, state_shardings=shardings, example_batch=batch
+        )
         with jax.set_mesh(mesh):
             state, m1 = step(state, batch)
             state, m2 = step(state, batch)
@@ -188,8 +206,11 @@ def trained_clap(tmp_path_factory):
     write_shards(root / "raw" / "train.jsonl", root / "shards", num_shards=2, prefix="train", progress=False)
     with open(root / "raw" / "train.jsonl") as f:
         captions = [json.loads(line)["caption"] for line in f]
-    data = {"train": str(root / "shards"), "valid": str(root / "shards"),
-            "tokenizer": train_bpe_tokenizer(captions, vocab_size=VOCAB_SIZE).save(str(root / "tokenizer.json"))}
+    data = {
+        "train": str(root / "shards"),
+        "valid": str(root / "shards"),
+        "tokenizer": train_bpe_tokenizer(captions, vocab_size=VOCAB_SIZE).save(str(root / "tokenizer.json")),
+    }
     config = micro_clap_config(data, num_steps=400, log_every=50)
     config.data.batch_size = 16
     config.mesh.shape = (-1, 1, 1)
@@ -215,13 +236,19 @@ def test_trained_clap_retrieves_above_chance(trained_clap, split, margin):
     assert history[-1]["contrastive_loss"] < 0.8 * history[0]["contrastive_loss"]
     encoder = CLAPEncoder.from_run(trained_clap["run"])
     entries = trained_clap[split]
-    result = clap_score(encoder, [e["caption"] for e in entries],
-                        [str(trained_clap["raw"] / e["path"]) for e in entries], recall_ks=(1, 5))
+    result = clap_score(
+        encoder,
+        [e["caption"] for e in entries],
+        [str(trained_clap["raw"] / e["path"]) for e in entries],
+        recall_ks=(1, 5),
+    )
     retrieval = result["retrieval"]
-    print(f"{split} ({len(entries)} clips): recall@1 {retrieval['text_to_audio_recall@1']:.3f} "
-          f"(chance {retrieval['chance@1']:.3f}), recall@5 {retrieval['text_to_audio_recall@5']:.3f} "
-          f"(chance {retrieval['chance@5']:.3f}); CLAP score {result['clap_score']:.3f} vs shuffled "
-          f"{result['shuffled_clap_score']:.3f}")
+    print(
+        f"{split} ({len(entries)} clips): recall@1 {retrieval['text_to_audio_recall@1']:.3f} "
+        f"(chance {retrieval['chance@1']:.3f}), recall@5 {retrieval['text_to_audio_recall@5']:.3f} "
+        f"(chance {retrieval['chance@5']:.3f}); CLAP score {result['clap_score']:.3f} vs shuffled "
+        f"{result['shuffled_clap_score']:.3f}"
+    )
     assert len(entries) == 50
     assert retrieval["text_to_audio_recall@5"] >= retrieval["chance@5"] + margin
     assert result["clap_score"] > result["shuffled_clap_score"] + 0.1
@@ -249,6 +276,7 @@ def test_text_conditioning_from_a_trained_run(trained_clap):
     np.testing.assert_allclose(np.asarray(alone)[0], np.asarray(features)[0], atol=1e-5)
     # The penultimate hidden state of the text tower, as the diffusion model expects.
     from stable_audio_jax.models.text_encoder import TextEncoder
+
     ids, ids_mask = encoder.tokenize(prompts)
     outputs = TextEncoder(encoder.model.config.text).apply({"params": encoder.params["text_encoder"]}, ids, ids_mask)
     np.testing.assert_allclose(np.asarray(features), np.asarray(outputs.hidden_states[-2]), atol=1e-5)
@@ -262,10 +290,18 @@ def test_clap_score_cli_and_bad_input(trained_clap, tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = lambda *a: subprocess.run([sys.executable, os.path.join(root, "launch", "clap_score.py"), *a],  # noqa: E731
-                                    capture_output=True, text=True, timeout=300)
-    out = run(f"--clap_dir={trained_clap['run']}", f"--input={trained_clap['raw'] / 'valid.jsonl'}", "--limit=8",
-              f"--output_json={tmp_path / 'score.json'}")
+    run = lambda *a: subprocess.run(
+        [sys.executable, os.path.join(root, "launch", "clap_score.py"), *a],  # noqa: E731
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run(
+        f"--clap_dir={trained_clap['run']}",
+        f"--input={trained_clap['raw'] / 'valid.jsonl'}",
+        "--limit=8",
+        f"--output_json={tmp_path / 'score.json'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "CLAP score over 8 files" in out.stdout
     assert json.loads((tmp_path / "score.json").read_text())["num_items"] == 8

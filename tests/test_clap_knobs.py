@@ -45,9 +45,11 @@ def random_inputs(config, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(2, TEXT_LENGTH + 1, (BATCH, 1))
     mask = np.arange(TEXT_LENGTH)[None] < lengths
-    return {"audio": 0.3 * rng.standard_normal((BATCH, config.data.sample_size, 2)).astype(np.float32),
-            "text_ids": np.where(mask, rng.integers(3, VOCAB_SIZE, (BATCH, TEXT_LENGTH)), 1).astype(np.int32),
-            "text_mask": mask}
+    return {
+        "audio": 0.3 * rng.standard_normal((BATCH, config.data.sample_size, 2)).astype(np.float32),
+        "text_ids": np.where(mask, rng.integers(3, VOCAB_SIZE, (BATCH, TEXT_LENGTH)), 1).astype(np.int32),
+        "text_mask": mask,
+    }
 
 
 def recording_sgd(learning_rate: float) -> optax.GradientTransformation:
@@ -57,7 +59,8 @@ def recording_sgd(learning_rate: float) -> optax.GradientTransformation:
     see test_diffusion_knobs.)"""
     return optax.GradientTransformation(
         lambda params: jax.tree.map(jnp.zeros_like, params),
-        lambda grads, state, params=None: (jax.tree.map(lambda g: -learning_rate * g, grads), grads))
+        lambda grads, state, params=None: (jax.tree.map(lambda g: -learning_rate * g, grads), grads),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +137,9 @@ def test_remat_keeps_params_outputs_and_gradients(start):
     plain = CLAP(CLAPConfig.from_dict(config.model.to_dict()))
     remat = CLAP(CLAPConfig.from_dict(dict(config.model.to_dict(), remat_policy="full")))
     args = (inputs["audio"], inputs["text_ids"], inputs["text_mask"])
-    shapes = [jax.eval_shape(lambda m=m: nn.meta.unbox(m.init(jax.random.key(0, impl="rbg"), *args)))
-              for m in (plain, remat)]
+    shapes = [
+        jax.eval_shape(lambda m=m: nn.meta.unbox(m.init(jax.random.key(0, impl="rbg"), *args))) for m in (plain, remat)
+    ]
     assert jax.tree_util.tree_leaves_with_path(shapes[0]) == jax.tree_util.tree_leaves_with_path(shapes[1])
     params = state.params["clap"]
     assert jax.tree.structure(params) == jax.tree.structure(shapes[0]["params"])
@@ -190,8 +194,10 @@ def test_grad_cache_uses_the_same_dropout_in_both_passes():
     masks the forward pass drew; the loss couples every pair of the batch."""
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32), "scale": jnp.float32(2.0)}
-    inputs = {"x": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32),
-              "y": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)}
+    inputs = {
+        "x": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32),
+        "y": jnp.asarray(rng.standard_normal((8, 5)), jnp.float32),
+    }
     key = jax.random.key(3, impl="rbg")
 
     def embed_fn(p, x, key):
@@ -209,9 +215,11 @@ def test_grad_cache_uses_the_same_dropout_in_both_passes():
         return loss_fn(p, grad_cache.merge_micro_batches(jax.tree.map(lambda *x: jnp.stack(x), *stacked), 2))
 
     def run(params):
-        return (jax.value_and_grad(reference, has_aux=True)(params),
-                grad_cache.grad_cache_value_and_grad(embed_fn, loss_fn, params, inputs, key, 2),
-                grad_cache.grad_cache_value_and_grad(embed_fn, loss_fn, params, inputs, key, 1)[0][0])
+        return (
+            jax.value_and_grad(reference, has_aux=True)(params),
+            grad_cache.grad_cache_value_and_grad(embed_fn, loss_fn, params, inputs, key, 2),
+            grad_cache.grad_cache_value_and_grad(embed_fn, loss_fn, params, inputs, key, 1)[0][0],
+        )
 
     ((want_loss, want_aux), want_grads), ((loss, aux), grads), plain_loss = jax.jit(run)(params)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
@@ -226,8 +234,9 @@ def test_bad_knob_settings_give_clear_errors():
     with pytest.raises(ValueError, match=r"unknown CLAP remat_policy 'everything'; choose one of \['none', 'full'"):
         CLAPTask(knob_config(**{"model.remat_policy": "everything"}))
     for steps in (3, 0):  # 3 does not divide BATCH
-        with pytest.raises(ValueError, match=f"optimizer.grad_accum_steps={steps} must be >= 1 and divide "
-                                             f"data.batch_size={BATCH}"):
+        with pytest.raises(
+            ValueError, match=f"optimizer.grad_accum_steps={steps} must be >= 1 and divide data.batch_size={BATCH}"
+        ):
             CLAPTask(knob_config(**{"optimizer.grad_accum_steps": steps}))
     embed = lambda p, x, rng: x  # noqa: E731
     with pytest.raises(ValueError, match="grad_accum_steps must be >= 1, got 0"):

@@ -30,8 +30,7 @@ def _has_soundfont_stack() -> bool:
     return True
 
 
-needs_soundfont = pytest.mark.skipif(not _has_soundfont_stack(),
-                                     reason="music21/tinysoundfont/pretty_midi missing")
+needs_soundfont = pytest.mark.skipif(not _has_soundfont_stack(), reason="music21/tinysoundfont/pretty_midi missing")
 
 
 def _read_manifests(root: str) -> list[dict]:
@@ -43,8 +42,9 @@ def _read_manifests(root: str) -> list[dict]:
 
 
 def _render(root: str, seed: int) -> dict:
-    return demo_music.render_demo_dataset(root, NUM_CLIPS, seed=seed, min_seconds=MIN_SECONDS,
-                                          max_seconds=MAX_SECONDS, progress=False)
+    return demo_music.render_demo_dataset(
+        root, NUM_CLIPS, seed=seed, min_seconds=MIN_SECONDS, max_seconds=MAX_SECONDS, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,16 @@ def test_same_seed_is_identical_and_other_seed_differs(demo_runs):
 
 
 def test_caption_forms_and_fields():
-    metadata = {"genre": "Baroque chorale", "composer": "J.S. Bach", "instruments": ["violin", "cello"],
-                "key": "F# minor", "bpm": 72, "time_signature": "3/4", "num_parts": 4, "title": "ignored"}
+    metadata = {
+        "genre": "Baroque chorale",
+        "composer": "J.S. Bach",
+        "instruments": ["violin", "cello"],
+        "key": "F# minor",
+        "bpm": 72,
+        "time_signature": "3/4",
+        "num_parts": 4,
+        "title": "ignored",
+    }
     captions = [format_caption(np.random.default_rng(i), metadata) for i in range(60)]
     named = [c for c in captions if ": " in c]
     sentences = [c for c in captions if c.endswith(".")]
@@ -170,7 +178,11 @@ def test_cli_synthetic(tmp_path):
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = os.path.join(repo_root, "data", "render_demo.py")
     out = tmp_path / "cli"
-    result = subprocess.run([sys.executable, script, f"--output_dir={out}", "--num_clips=2", "--synthetic",
-                             "--max_seconds=1.0"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, script, f"--output_dir={out}", "--num_clips=2", "--synthetic", "--max_seconds=1.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(_read_manifests(str(out))) == 2

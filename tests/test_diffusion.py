@@ -41,16 +41,32 @@ def pipeline(tmp_path_factory):
     vae = micro_vae_config(num_steps=2)
     vae.data.train_shards = str(root / "shards")
     from stable_audio_jax.training.vae_task import VAETask
+
     Trainer(vae, str(root / "vae"), VAETask(vae)).train()
-    clap = micro_clap_config({"tokenizer": tokenizer, "train": str(root / "shards"), "valid": str(root / "shards")},
-                             num_steps=2)
+    clap = micro_clap_config(
+        {"tokenizer": tokenizer, "train": str(root / "shards"), "valid": str(root / "shards")}, num_steps=2
+    )
     clap.text.max_length = TEXT_LENGTH
     from stable_audio_jax.training.clap_task import CLAPTask
+
     Trainer(clap, str(root / "clap"), CLAPTask(clap)).train()
-    report = pre_encode(str(root / "shards"), str(root / "latents"), vae_dir=str(root / "vae"),
-                        clap_dir=str(root / "clap"), sample_size=WINDOW, num_crops=2, batch_size=8, progress=False)
-    return {"root": root, "vae": str(root / "vae"), "clap": str(root / "clap"), "latents": str(root / "latents"),
-            "report": report}
+    report = pre_encode(
+        str(root / "shards"),
+        str(root / "latents"),
+        vae_dir=str(root / "vae"),
+        clap_dir=str(root / "clap"),
+        sample_size=WINDOW,
+        num_crops=2,
+        batch_size=8,
+        progress=False,
+    )
+    return {
+        "root": root,
+        "vae": str(root / "vae"),
+        "clap": str(root / "clap"),
+        "latents": str(root / "latents"),
+        "report": report,
+    }
 
 
 def test_pre_encoded_shards_hold_latents_text_and_timing(pipeline):
@@ -74,17 +90,20 @@ def test_diffusion_learns_a_fixed_batch_and_shards_like_one_device(pipeline):
     config = micro_diffusion_config(pipeline)
     config.diffusion.cfg_dropout = 0.0
     task = DiffusionTask(config)
-    host = next(iter(make_latent_dataset(pipeline["latents"], batch_size=8, shuffle=False,
-                                         shard_index=0, shard_count=1)))
+    host = next(
+        iter(make_latent_dataset(pipeline["latents"], batch_size=8, shuffle=False, shard_index=0, shard_count=1))
+    )
     inputs = task.model_inputs(host)
     first_losses = {}
     for name, shape, devices in (("mesh", (2, 4, 1), jax.devices()), ("single", (1, 1, 1), jax.devices()[:1])):
         mesh = parallel.create_mesh(shape, devices=devices)
-        state, shardings = parallel.init_sharded(task.init_state, jax.random.PRNGKey(0), mesh=mesh,
-                                                 rules=parallel.DEFAULT_RULES)
+        state, shardings = parallel.init_sharded(
+            task.init_state, jax.random.PRNGKey(0), mesh=mesh, rules=parallel.DEFAULT_RULES
+        )
         batch = parallel.host_to_global(inputs, mesh)
-        step = jit_train_step(task.train_step, mesh=mesh, rules=parallel.DEFAULT_RULES, state_shardings=shardings,
-                              example_batch=batch)
+        step = jit_train_step(
+            task.train_step, mesh=mesh, rules=parallel.DEFAULT_RULES, state_shardings=shardings, example_batch=batch
+        )
         losses = []
         with jax.set_mesh(mesh):
             for _ in range(40 if name == "single" else 1):
@@ -107,15 +126,17 @@ def test_resume_and_generate(pipeline, tmp_path):
     run("straight", 4)
     run("resumed", 2)
     assert run("resumed", 4)["start_step"] == 2
-    rows = lambda name: [json.loads(line)["loss"]  # noqa: E731
-                         for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    rows = lambda name: [
+        json.loads(line)["loss"]  # noqa: E731
+        for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    ]
     assert rows("resumed") == rows("straight")
 
     generator = AudioGenerator.from_runs(str(tmp_path / "straight"))
     assert generator.window_samples == WINDOW and generator.sample_rate == 44100
     audio = generator.generate(["a", "b", ""], seconds_total=[0.1, 0.15, 0.05], steps=4, cfg_scale=3.0, seed=1)
     assert audio.shape == (3, round(0.15 * 44100), 2) and np.all(np.isfinite(audio))
-    assert np.all(audio[0, round(0.1 * 44100):] == 0)  # cut to 0.1 s, zero-padded to the batch's longest
+    assert np.all(audio[0, round(0.1 * 44100) :] == 0)  # cut to 0.1 s, zero-padded to the batch's longest
     window = generator.generate(["a"], seconds_total=0.1, steps=4, cut=False, sampler="euler", cfg_scale=1.0)
     assert window.shape == (1, WINDOW, 2)
     with pytest.raises(ValueError, match="window"):
@@ -123,18 +144,32 @@ def test_resume_and_generate(pipeline, tmp_path):
     with pytest.raises(ValueError, match="unknown sampler"):
         generator.generate(["a"], seconds_total=0.1, sampler="nope")
 
-    sample = lambda *a: subprocess.run([sys.executable, os.path.join(ROOT, "launch", "sample.py"), *a],  # noqa: E731
-                                       capture_output=True, text=True, timeout=600)
-    out = sample(f"--diffusion_dir={tmp_path / 'straight'}", "--prompt=a drum groove", "--prompt=",
-                 "--seconds_total=0.1", "--steps=3", f"--output_dir={tmp_path / 'samples'}", "--negative_prompt=x")
+    sample = lambda *a: subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "sample.py"), *a],  # noqa: E731
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = sample(
+        f"--diffusion_dir={tmp_path / 'straight'}",
+        "--prompt=a drum groove",
+        "--prompt=",
+        "--seconds_total=0.1",
+        "--steps=3",
+        f"--output_dir={tmp_path / 'samples'}",
+        "--negative_prompt=x",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     import soundfile as sf
+
     wavs = sorted(p for p in os.listdir(tmp_path / "samples") if p.endswith(".wav"))
     assert len(wavs) == 2 and all(os.path.exists(tmp_path / "samples" / (w[:-4] + ".png")) for w in wavs)
     info = sf.info(str(tmp_path / "samples" / wavs[0]))
     assert (info.samplerate, info.channels, info.frames) == (44100, 2, round(0.1 * 44100))
-    for args, message in ((["--seconds_total=5"], "window"), (["--sampler=nope"], "unknown sampler"),
-                          ([f"--diffusion_dir={tmp_path / 'missing'}"], "not a run directory")):
-        bad = sample(f"--diffusion_dir={tmp_path / 'straight'}", "--prompt=a", f"--output_dir={tmp_path / 'x'}",
-                     *args)
+    for args, message in (
+        (["--seconds_total=5"], "window"),
+        (["--sampler=nope"], "unknown sampler"),
+        ([f"--diffusion_dir={tmp_path / 'missing'}"], "not a run directory"),
+    ):
+        bad = sample(f"--diffusion_dir={tmp_path / 'straight'}", "--prompt=a", f"--output_dir={tmp_path / 'x'}", *args)
         assert bad.returncode != 0 and message in bad.stderr.strip().splitlines()[-1], bad.stderr[-2000:]

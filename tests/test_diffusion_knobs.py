@@ -28,8 +28,7 @@ def knob_config(**overrides):
     """`micro_diffusion_config` with one down level (2 bottleneck transformer blocks), a
     32-frame window and `overrides` (dotted keys, e.g. `{"optimizer.grad_accum_steps": 2}`)."""
     config = micro_diffusion_config({"vae": "", "clap": "", "latents": ""})
-    config.model.unet.update(multipliers=(1, 1), factors=(2,), num_blocks=(1,), attentions=(0, 2),
-                             transformer_groups=8)
+    config.model.unet.update(multipliers=(1, 1), factors=(2,), num_blocks=(1,), attentions=(0, 2), transformer_groups=8)
     config.data.sample_size = FRAMES * config.pretransform.downsampling_ratio
     for key, value in overrides.items():
         *path, name = key.split(".")
@@ -43,13 +42,15 @@ def knob_config(**overrides):
 def random_batch(seed: int = 0) -> dict[str, np.ndarray]:
     """A pre-encoded batch: latents `[BATCH, FRAMES, LATENT_DIM]`, text `[BATCH, TEXT_LENGTH, TEXT_DIM]`."""
     rng = np.random.default_rng(seed)
-    return {"latent_mean": rng.normal(size=(BATCH, FRAMES, LATENT_DIM)).astype(np.float32),
-            "latent_std": rng.uniform(0.05, 0.2, (BATCH, FRAMES, LATENT_DIM)).astype(np.float32),
-            "latent_mask": np.ones((BATCH, FRAMES), bool),
-            "text_features": rng.normal(size=(BATCH, TEXT_LENGTH, TEXT_DIM)).astype(np.float32),
-            "text_mask": np.arange(TEXT_LENGTH)[None] < rng.integers(1, TEXT_LENGTH + 1, (BATCH, 1)),
-            "seconds_start": rng.integers(0, 4, BATCH).astype(np.int32),
-            "seconds_total": rng.integers(4, 30, BATCH).astype(np.int32)}
+    return {
+        "latent_mean": rng.normal(size=(BATCH, FRAMES, LATENT_DIM)).astype(np.float32),
+        "latent_std": rng.uniform(0.05, 0.2, (BATCH, FRAMES, LATENT_DIM)).astype(np.float32),
+        "latent_mask": np.ones((BATCH, FRAMES), bool),
+        "text_features": rng.normal(size=(BATCH, TEXT_LENGTH, TEXT_DIM)).astype(np.float32),
+        "text_mask": np.arange(TEXT_LENGTH)[None] < rng.integers(1, TEXT_LENGTH + 1, (BATCH, 1)),
+        "seconds_start": rng.integers(0, 4, BATCH).astype(np.int32),
+        "seconds_total": rng.integers(4, 30, BATCH).astype(np.int32),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,10 @@ def test_bfloat16_compute_tracks_float32_training(start):
         floats = {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
         assert floats == {np.dtype("float32")}
     relative = np.abs(losses_16 - losses_32) / losses_32
-    print(f"float32 loss {losses_32[0]:.3f} -> {losses_32[-1]:.3f}; bfloat16 relative difference "
-          f"max {relative.max():.4f}, mean {relative.mean():.4f}")
+    print(
+        f"float32 loss {losses_32[0]:.3f} -> {losses_32[-1]:.3f}; bfloat16 relative difference "
+        f"max {relative.max():.4f}, mean {relative.mean():.4f}"
+    )
     assert losses_32[-1] < 0.8 * losses_32[0]  # it learns, so the comparison covers a moving state
     assert relative.max() < 0.01
 
@@ -115,16 +118,26 @@ def test_bfloat16_compute_tracks_float32_training(start):
 
     def sample(params, x_init, rng):
         def model_fn(x, t, cond):
-            return bf16_task.model.apply({"params": params}, x, t, cond["text_features"], cond["text_mask"],
-                                         cond["seconds_start"], cond["seconds_total"], cond["null"])
+            return bf16_task.model.apply(
+                {"params": params},
+                x,
+                t,
+                cond["text_features"],
+                cond["text_mask"],
+                cond["seconds_start"],
+                cond["seconds_total"],
+                cond["null"],
+            )
+
         cond = dict(inputs, null=jnp.zeros((BATCH,), bool))
         v_model = guidance.guided_v_model(model_fn, cond, dict(cond, null=~cond["null"]), 6.0, 0.4)
         v = v_model(x_init, jnp.full((BATCH,), 0.5))
         sigmas = jnp.array([10.0, 1.0, 0.1, 0.0])
         return v, samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler="dpmpp_3m_sde", rng=rng)
 
-    v, x = jax.eval_shape(sample, state_16.ema_params["diffusion"], jnp.zeros((BATCH, FRAMES, LATENT_DIM)),
-                          jax.random.key(1, impl="rbg"))
+    v, x = jax.eval_shape(
+        sample, state_16.ema_params["diffusion"], jnp.zeros((BATCH, FRAMES, LATENT_DIM)), jax.random.key(1, impl="rbg")
+    )
     assert v.dtype == x.dtype == jnp.float32 and x.shape == (BATCH, FRAMES, LATENT_DIM)
 
 
@@ -150,8 +163,9 @@ def test_gradient_accumulation_matches_the_whole_batch(start):
     for task in tasks:
         task.tx = sgd
     state = state.replace(opt_state={"diffusion": sgd.init(state.params["diffusion"])})
-    (one, metrics_one), (two, metrics_two) = jax.jit(
-        lambda s, b: [task.train_step(s, b) for task in tasks])(state, batch)
+    (one, metrics_one), (two, metrics_two) = jax.jit(lambda s, b: [task.train_step(s, b) for task in tasks])(
+        state, batch
+    )
 
     np.testing.assert_allclose(metrics_two["loss"], metrics_one["loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics_two["grad_norm"], metrics_one["grad_norm"], rtol=1e-5)

@@ -41,10 +41,12 @@ TOLERANCE = 1e-4  # relative to max(1, max |reference|)
 
 # The reference models of make_dit_reference.py.
 CASES = {
-    "rope_full": DiTConfig(io_channels=4, embed_dim=64, num_heads=2, depth=2, cond_token_dim=32, global_cond_dim=8,
-                           ff_mult=1),
-    "rope_half": DiTConfig(io_channels=4, embed_dim=64, num_heads=1, depth=1, cond_token_dim=64, global_cond_dim=8,
-                           ff_mult=1),
+    "rope_full": DiTConfig(
+        io_channels=4, embed_dim=64, num_heads=2, depth=2, cond_token_dim=32, global_cond_dim=8, ff_mult=1
+    ),
+    "rope_half": DiTConfig(
+        io_channels=4, embed_dim=64, num_heads=1, depth=1, cond_token_dim=64, global_cond_dim=8, ff_mult=1
+    ),
 }
 
 
@@ -61,9 +63,12 @@ def _load_config_module(name: str):
 
 def _dit_inputs(c: DiTConfig, batch: int = 2, frames: int = 8, tokens: int = 5, seed: int = 0):
     keys = jax.random.split(jax.random.key(seed), 4)
-    return (jax.random.normal(keys[0], (batch, frames, c.io_channels)), jax.random.uniform(keys[1], (batch,)),
-            jax.random.normal(keys[2], (batch, tokens, c.cond_token_dim)),
-            jax.random.normal(keys[3], (batch, c.global_cond_dim)))
+    return (
+        jax.random.normal(keys[0], (batch, frames, c.io_channels)),
+        jax.random.uniform(keys[1], (batch,)),
+        jax.random.normal(keys[2], (batch, tokens, c.cond_token_dim)),
+        jax.random.normal(keys[3], (batch, c.global_cond_dim)),
+    )
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -79,8 +84,14 @@ def test_sao_parameter_count_by_eval_shape():
     frames = config.data.sample_size // config.pretransform.downsampling_ratio
     assert frames == 1024 and model_config.text_length == 128 and model_config.latent_dim == 64
     model = LatentDiffusionModel(model_config, dtype=jnp.bfloat16)
-    inputs = (jnp.zeros((1, frames, 64)), jnp.zeros((1,)), jnp.zeros((1, 128, 768)), jnp.ones((1, 128), bool),
-              jnp.zeros((1,)), jnp.zeros((1,)))
+    inputs = (
+        jnp.zeros((1, frames, 64)),
+        jnp.zeros((1,)),
+        jnp.zeros((1, 128, 768)),
+        jnp.ones((1, 128), bool),
+        jnp.zeros((1,)),
+        jnp.zeros((1,)),
+    )
     params = jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
     assert set(params) == {"dit", "timing"}
     assert _count(params["dit"]) == SAO_DIT_PARAMS
@@ -90,14 +101,34 @@ def test_sao_parameter_count_by_eval_shape():
     assert all(isinstance(p, nn.LogicallyPartitioned) and len(p.names) == p.value.ndim for p in boxed)
 
 
-@pytest.mark.parametrize("config", [DiTConfig.tiny(), CASES["rope_half"],
-                                    DiTConfig(io_channels=3, embed_dim=96, num_heads=3, depth=3, cond_token_dim=32,
-                                              global_cond_dim=0, ff_mult=2, timestep_features_dim=32)],
-                         ids=["tiny", "rope_half", "no_global"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        DiTConfig.tiny(),
+        CASES["rope_half"],
+        DiTConfig(
+            io_channels=3,
+            embed_dim=96,
+            num_heads=3,
+            depth=3,
+            cond_token_dim=32,
+            global_cond_dim=0,
+            ff_mult=2,
+            timestep_features_dim=32,
+        ),
+    ],
+    ids=["tiny", "rope_half", "no_global"],
+)
 def test_expected_num_params_matches_the_module(config):
     x, t, context, global_cond = _dit_inputs(config)
-    params = jax.eval_shape(DiffusionTransformer(config).init, jax.random.key(0), x, t, context,
-                            global_cond if config.global_cond_dim else None)["params"]
+    params = jax.eval_shape(
+        DiffusionTransformer(config).init,
+        jax.random.key(0),
+        x,
+        t,
+        context,
+        global_cond if config.global_cond_dim else None,
+    )["params"]
     assert _count(params) == expected_num_params(config)
 
 
@@ -122,8 +153,9 @@ def test_config_validation_and_round_trip():
         LatentDiffusionConfig(dit=DiTConfig.tiny(io_channels=4), global_timing=True)
     with pytest.raises(ValueError, match="dit.global_cond_dim=0"):
         LatentDiffusionConfig(dit=DiTConfig.tiny(io_channels=4), text_tokens=16)
-    model = LatentDiffusionConfig(dit=DiTConfig.tiny(io_channels=4), timing_kind="number",
-                                  global_timing=True, text_tokens=16)
+    model = LatentDiffusionConfig(
+        dit=DiTConfig.tiny(io_channels=4), timing_kind="number", global_timing=True, text_tokens=16
+    )
     assert "unet" not in model.to_dict()
     assert LatentDiffusionConfig.from_dict(model.to_dict()) == model
     assert (model.backbone, model.latent_dim, model.downsampling_factor, model.text_length) == ("dit", 4, 1, 16)
@@ -206,8 +238,9 @@ def test_remat_keeps_parameters_and_gradients():
 
 
 def _tiny_model(**overrides):
-    config = LatentDiffusionConfig(dit=DiTConfig.tiny(io_channels=4), timing_kind="number",
-                                   global_timing=True, text_tokens=6, **overrides)
+    config = LatentDiffusionConfig(
+        dit=DiTConfig.tiny(io_channels=4), timing_kind="number", global_timing=True, text_tokens=6, **overrides
+    )
     return LatentDiffusionModel(config)
 
 
@@ -225,13 +258,15 @@ def test_null_context_is_an_all_zero_context_with_the_global_timing():
     variables = jax.jit(model.init)(jax.random.key(1), x, t, text, mask, start, total)
     # Randomise the zero-initialised branches so that every input matters.
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(keys[2], p.shape), variables["params"])
-    apply = jax.jit(lambda text, start, null: model.apply({"params": params}, x, t, text, mask, start, total,
-                                                          jnp.array(null)))
+    apply = jax.jit(
+        lambda text, start, null: model.apply({"params": params}, x, t, text, mask, start, total, jnp.array(null))
+    )
 
     null = apply(text, start, [True, True])
     timing = TimingConditioner(64, "number").apply({"params": params["timing"]}, start, total)[1]
-    direct = DiffusionTransformer(model.config.dit).apply({"params": params["dit"]}, x, t,
-                                                          jnp.zeros((2, 8, 64)), timing)
+    direct = DiffusionTransformer(model.config.dit).apply(
+        {"params": params["dit"]}, x, t, jnp.zeros((2, 8, 64)), timing
+    )
     np.testing.assert_allclose(null, direct, rtol=1e-5, atol=1e-5)  # jitted vs eager rounding
     # The unconditional rows ignore the text but not the timing.
     np.testing.assert_allclose(apply(5 * text, start, [True, True]), null, atol=1e-6)
@@ -253,10 +288,10 @@ def test_null_context_is_an_all_zero_context_with_the_global_timing():
 def _micro_task(text_length: int = 16):
     from stable_audio_jax.training.diffusion_task import DiffusionTask
 
-    dit = DiTConfig(io_channels=4, embed_dim=64, depth=1, num_heads=2, cond_token_dim=32, global_cond_dim=64,
-                    ff_mult=2)
-    config = config_lib.diffusion_config(dit=dit.to_dict(), timing_kind="number", global_timing=True,
-                                         text_tokens=text_length)
+    dit = DiTConfig(io_channels=4, embed_dim=64, depth=1, num_heads=2, cond_token_dim=32, global_cond_dim=64, ff_mult=2)
+    config = config_lib.diffusion_config(
+        dit=dit.to_dict(), timing_kind="number", global_timing=True, text_tokens=text_length
+    )
     config.pretransform.downsampling_ratio = 8
     config.data.sample_size = 32 * 8
     config.data.batch_size = 8
@@ -278,18 +313,23 @@ def test_tiny_dit_trains_with_the_diffusion_task_and_shards():
     rng = np.random.default_rng(0)
     # Learnable latents: one smooth pattern (per channel a sinusoid over the frames) plus a little noise.
     pattern = np.sin(2 * np.pi * np.arange(32)[:, None] / 8 + np.arange(4)[None, :])
-    host = {"latent_mean": (pattern + 0.1 * rng.normal(size=(8, 32, 4))).astype(np.float32),
-            "latent_std": np.full((8, 32, 4), 0.05, np.float32), "latent_mask": np.ones((8, 32), bool),
-            "text_features": rng.normal(size=(8, 16, 32)).astype(np.float32),
-            "text_mask": np.arange(16)[None] < rng.integers(1, 17, (8, 1)),
-            "seconds_start": rng.integers(0, 4, 8), "seconds_total": rng.integers(4, 30, 8)}
+    host = {
+        "latent_mean": (pattern + 0.1 * rng.normal(size=(8, 32, 4))).astype(np.float32),
+        "latent_std": np.full((8, 32, 4), 0.05, np.float32),
+        "latent_mask": np.ones((8, 32), bool),
+        "text_features": rng.normal(size=(8, 16, 32)).astype(np.float32),
+        "text_mask": np.arange(16)[None] < rng.integers(1, 17, (8, 1)),
+        "seconds_start": rng.integers(0, 4, 8),
+        "seconds_total": rng.integers(4, 30, 8),
+    }
     inputs = task.model_inputs(host)
     rules = parallel.DEFAULT_RULES
 
     mesh = parallel.create_mesh((2, 2, 2))
     state, shardings = parallel.init_sharded(task.init_state, jax.random.key(0), mesh=mesh, rules=rules)
-    assert shardings.params["diffusion"]["dit"]["layers_0"]["self_attn"]["query"]["kernel"].spec == \
-        P("fsdp", "tensor", None)
+    assert shardings.params["diffusion"]["dit"]["layers_0"]["self_attn"]["query"]["kernel"].spec == P(
+        "fsdp", "tensor", None
+    )
     loss_fn = jax.jit(with_rules(lambda p, b: task.loss(p, b, jax.random.key(7), 0.0)[0], rules))
     with jax.set_mesh(mesh):
         mesh_loss = float(loss_fn(state.params["diffusion"], parallel.host_to_global(inputs, mesh)))
@@ -297,8 +337,7 @@ def test_tiny_dit_trains_with_the_diffusion_task_and_shards():
     single = parallel.create_mesh((1, 1, 1), devices=jax.devices()[:1])
     state, shardings = parallel.init_sharded(task.init_state, jax.random.key(0), mesh=single, rules=rules)
     batch = parallel.host_to_global(inputs, single)
-    step = jit_train_step(task.train_step, mesh=single, rules=rules, state_shardings=shardings,
-                          example_batch=batch)
+    step = jit_train_step(task.train_step, mesh=single, rules=rules, state_shardings=shardings, example_batch=batch)
     losses = []
     with jax.set_mesh(single):
         single_loss = float(loss_fn(state.params["diffusion"], batch))

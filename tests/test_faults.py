@@ -43,21 +43,38 @@ NUM_STEPS = 8
 EVERY = 2  # checkpoint interval: the most steps a kill may lose
 TIMEOUT = 240  # seconds for one launch (a compile is ~10-20 s on 2 busy cores)
 ASYNC = "--config.trainer.async_checkpointing=True"  # the micro config saves synchronously
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-       # LLVM -O0 halves compile time; these steps run for milliseconds anyway.
-       "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"}
+ENV = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONUNBUFFERED": "1",
+    # LLVM -O0 halves compile time; these steps run for milliseconds anyway.
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+}
 
 
 def command(workdir: str, shards: str, num_steps: int = NUM_STEPS, *overrides: str) -> list[str]:
-    return [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={CONFIG}:{shards}",
-            f"--workdir={workdir}", f"--config.trainer.num_steps={num_steps}",
-            f"--config.trainer.checkpoint_every={EVERY}", "--config.trainer.log_every=1", *overrides]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        f"--config={CONFIG}:{shards}",
+        f"--workdir={workdir}",
+        f"--config.trainer.num_steps={num_steps}",
+        f"--config.trainer.checkpoint_every={EVERY}",
+        "--config.trainer.log_every=1",
+        *overrides,
+    ]
 
 
 def start(workdir: str, shards: str, num_steps: int = NUM_STEPS, *overrides: str) -> subprocess.Popen:
     log = open(f"{workdir}.{time.monotonic_ns()}.log", "w+")
-    process = subprocess.Popen(command(workdir, shards, num_steps, *overrides), env=ENV, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    process = subprocess.Popen(
+        command(workdir, shards, num_steps, *overrides),
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
     process.log = log
     return process
 
@@ -127,8 +144,9 @@ def report(case: str, **figures) -> None:
     sys.__stdout__.write(f"\n[faults] {case}: " + ", ".join(f"{k}={v}" for k, v in figures.items()) + "\n")
 
 
-def assert_resumed_like_reference(workdir: str, stderr: str, reference: dict[int, float], *,
-                                  killed_at: int, case: str) -> None:
+def assert_resumed_like_reference(
+    workdir: str, stderr: str, reference: dict[int, float], *, killed_at: int, case: str
+) -> None:
     """The resumed run finished, resumed within one interval of the kill, logged every step once,
     and its losses equal the uninterrupted run's."""
     start_step = resumed_from(stderr)
@@ -138,8 +156,12 @@ def assert_resumed_like_reference(workdir: str, stderr: str, reference: dict[int
     assert sorted(losses) == list(range(1, NUM_STEPS + 1))
     after = [s for s in losses if s > start_step]
     np.testing.assert_allclose([losses[s] for s in after], [reference[s] for s in after], rtol=1e-6)
-    report(case, resumed_from=start_step, steps_lost=killed_at - start_step,
-           max_loss_difference=max(abs(losses[s] - reference[s]) for s in after))
+    report(
+        case,
+        resumed_from=start_step,
+        steps_lost=killed_at - start_step,
+        max_loss_difference=max(abs(losses[s] - reference[s]) for s in after),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +242,9 @@ def test_kill_9_at_a_random_step_and_grain_workers_exit(setup):
     assert not any(_alive(w) for w in workers), "Grain workers outlived the killed trainer"
     code, stderr = run(workdir, setup["shards"], NUM_STEPS, worker)
     assert code == 0, stderr[-3000:]
-    assert_resumed_like_reference(workdir, stderr, setup["reference"], killed_at=killed_at,
-                                  case=f"kill -9 at step {target}")
+    assert_resumed_like_reference(
+        workdir, stderr, setup["reference"], killed_at=killed_at, case=f"kill -9 at step {target}"
+    )
 
 
 def test_sigterm_saves_and_exits_143(setup):
@@ -258,27 +281,34 @@ def _overwrite_random(path: str) -> None:
 def _copy_state(source_step: int):
     def damage(step_dir: str) -> None:
         shutil.rmtree(os.path.join(step_dir, "state"))
-        shutil.copytree(os.path.join(os.path.dirname(step_dir), str(source_step), "state"),
-                        os.path.join(step_dir, "state"))
+        shutil.copytree(
+            os.path.join(os.path.dirname(step_dir), str(source_step), "state"), os.path.join(step_dir, "state")
+        )
+
     return damage
 
 
 DAMAGE = {
     "truncated array file": lambda d: _truncate(_largest_file(os.path.join(d, "state", "d"))),
     "deleted array file": lambda d: os.remove(_largest_file(os.path.join(d, "state", "d"))),
-    "array file overwritten with random bytes": lambda d: _overwrite_random(_largest_file(os.path.join(d, "state", "d"))),
+    "array file overwritten with random bytes": lambda d: _overwrite_random(
+        _largest_file(os.path.join(d, "state", "d"))
+    ),
     "state of step 2 copied in (same sizes)": _copy_state(2),
     "garbage _METADATA": lambda d: open(os.path.join(d, "state", "_METADATA"), "w").write("{not json"),
     "garbage iterator state": lambda d: open(os.path.join(d, "data", "process_0-of-1.json"), "w").write("]["),
 }
 
 
-@pytest.mark.parametrize("newest, older", [
-    ("truncated array file", None),
-    ("state of step 2 copied in (same sizes)", "deleted array file"),
-    ("garbage _METADATA", "array file overwritten with random bytes"),
-    ("garbage iterator state", None),
-])
+@pytest.mark.parametrize(
+    "newest, older",
+    [
+        ("truncated array file", None),
+        ("state of step 2 copied in (same sizes)", "deleted array file"),
+        ("garbage _METADATA", "array file overwritten with random bytes"),
+        ("garbage iterator state", None),
+    ],
+)
 def test_damaged_checkpoints_fall_back_to_the_newest_intact_one(setup, newest, older):
     workdir = copy_run(setup, "damaged_" + "".join(c for c in newest if c.isalnum())[:20])
     DAMAGE[newest](os.path.join(workdir, "checkpoints", "6"))
@@ -298,8 +328,12 @@ def test_damaged_checkpoints_fall_back_to_the_newest_intact_one(setup, newest, o
     losses = logged_losses(workdir)
     after = [s for s in losses if s > intact]
     np.testing.assert_allclose([losses[s] for s in after], [setup["reference"][s] for s in after], rtol=1e-6)
-    report(f"damaged: {newest}" + (f" + {older}" if older else ""), resumed_from=intact,
-           steps_lost=6 - intact, damage_line=damaged_lines[0].split("] ", 1)[-1][:120])
+    report(
+        f"damaged: {newest}" + (f" + {older}" if older else ""),
+        resumed_from=intact,
+        steps_lost=6 - intact,
+        damage_line=damaged_lines[0].split("] ", 1)[-1][:120],
+    )
 
 
 def test_every_checkpoint_damaged_is_one_line_and_exit_4(setup):
@@ -325,8 +359,9 @@ def _restore_host(step_dir: str) -> dict:
 
 def test_exploding_learning_rate_stops_without_saving_nonfinite_state(setup):
     workdir = str(setup["root"] / "nan")
-    code, stderr = run(workdir, setup["shards"], NUM_STEPS, "--config.optimizer.lr=1e30",
-                       "--config.trainer.checkpoint_every=1")
+    code, stderr = run(
+        workdir, setup["shards"], NUM_STEPS, "--config.optimizer.lr=1e30", "--config.trainer.checkpoint_every=1"
+    )
     assert code == 3, stderr[-3000:]
     last = line_starting(stderr, "error: training stopped at step ")
     assert "non-finite" in last, last
@@ -352,8 +387,9 @@ def test_second_trainer_on_the_same_workdir_is_turned_away(setup):
     code, first_stderr = finish(first)
     assert code == 0, first_stderr[-3000:]
     losses = logged_losses(workdir)
-    np.testing.assert_allclose([losses[s] for s in sorted(losses)],
-                               [setup["reference"][s] for s in sorted(losses)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [losses[s] for s in sorted(losses)], [setup["reference"][s] for s in sorted(losses)], rtol=1e-6
+    )
     report("two trainers", second_exit_code=75, first_finished=True)
 
 
@@ -366,11 +402,15 @@ def small_disk(tmp_path):
 
 def test_disk_too_small_for_the_next_checkpoint(setup, small_disk):
     """A tmpfs with room for two checkpoints: the third save is refused before it writes."""
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(
-        os.path.join(setup["root"], "at6", "checkpoints", "6")) for f in fs)
+    size = sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, fs in os.walk(os.path.join(setup["root"], "at6", "checkpoints", "6"))
+        for f in fs
+    )
     mib = max(1, int(np.ceil(2.6 * size / 2**20)))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(small_disk)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(small_disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
@@ -389,5 +429,4 @@ def test_disk_too_small_for_the_next_checkpoint(setup, small_disk):
     refused = int(last.split("checkpoint of step ")[1].split()[0])
     code, stderr = run(moved, setup["shards"])
     assert code == 0, stderr[-3000:]
-    assert_resumed_like_reference(moved, stderr, setup["reference"], killed_at=refused,
-                                  case=f"{mib} MiB disk")
+    assert_resumed_like_reference(moved, stderr, setup["reference"], killed_at=refused, case=f"{mib} MiB disk")

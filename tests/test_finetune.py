@@ -55,10 +55,12 @@ def test_pre_encode_with_the_pretrained_directory(converted, latents):
     assert (report["latent_frames"], report["latent_dim"], report["text_length"]) == (WINDOW // 64, 8, 128)
     with open(os.path.join(shards, "train_pre_encode.json")) as f:
         assert json.load(f)["pretrained"] == os.path.abspath(converted)
-    batch = next(iter(make_latent_dataset(shards, batch_size=report["records"], shuffle=False,
-                                          shard_index=0, shard_count=1)))
+    batch = next(
+        iter(make_latent_dataset(shards, batch_size=report["records"], shuffle=False, shard_index=0, shard_count=1))
+    )
     features, mask = T5TextEncoder.from_pretrained(T5_DIR, max_length=128).text_conditioning(
-        [str(c) for c in batch["caption"]])
+        [str(c) for c in batch["caption"]]
+    )
     np.testing.assert_array_equal(batch["text_features"], np.asarray(features).astype(np.float16))
     np.testing.assert_array_equal(batch["text_mask"], np.asarray(mask))
     assert not np.any(batch["text_features"][~batch["text_mask"]])  # padding zeroed exactly
@@ -82,8 +84,12 @@ def test_finetune_starts_from_the_weights_learns_and_resumes(converted, latents,
     summary = Trainer(config, str(tmp_path / "run"), task).train()
     assert summary["start_step"] == 0 and summary["end_step"] == 8
     # The loss on one fixed batch with fixed noise falls from the converted weights.
-    batch = parallel.host_to_global(task.model_inputs(next(iter(make_latent_dataset(
-        shards, batch_size=BATCH, shuffle=False, shard_index=0, shard_count=1)))), parallel.create_mesh((-1, 1, 1)))
+    batch = parallel.host_to_global(
+        task.model_inputs(
+            next(iter(make_latent_dataset(shards, batch_size=BATCH, shuffle=False, shard_index=0, shard_count=1)))
+        ),
+        parallel.create_mesh((-1, 1, 1)),
+    )
     fixed_loss = jax.jit(lambda p, b: task.loss(p, b, jax.random.PRNGKey(7), 0.0)[0])
     before = float(fixed_loss(weights, batch))
     after = float(fixed_loss(jax.device_get(load_run(str(tmp_path / "run")).state.params["diffusion"]), batch))
@@ -154,14 +160,20 @@ def test_bad_init_from_is_one_line(converted, latents, tmp_path):
     narrow.model.dit.ff_mult = 2  # the weights' feed-forward layers are 4x wide
     with pytest.raises(UserError) as error:
         _initial_state(narrow, str(tmp_path / "narrow"), DiffusionTask(narrow))
-    match = re.search(r"does not fit this config: (diffusion\.\S+) is float32(\[[0-9, ]+\]) in the checkpoint "
-                      r"but float32(\[[0-9, ]+\]) in this config", str(error.value))
+    match = re.search(
+        r"does not fit this config: (diffusion\.\S+) is float32(\[[0-9, ]+\]) in the checkpoint "
+        r"but float32(\[[0-9, ]+\]) in this config",
+        str(error.value),
+    )
     assert match and ".ff" in match.group(1) and match.group(2) != match.group(3), str(error.value)
     empty = tmp_path / "empty"
     empty.mkdir()
     vae_run = _fake_run(str(tmp_path / "vae_run"), "vae")
-    for source, message in ((str(empty), "neither a pretrained model directory"), (str(tmp_path / "nowhere"),
-                            "no such directory"), (vae_run, "is a vae run, but this config trains a diffusion")):
+    for source, message in (
+        (str(empty), "neither a pretrained model directory"),
+        (str(tmp_path / "nowhere"), "no such directory"),
+        (vae_run, "is a vae run, but this config trains a diffusion"),
+    ):
         config = finetune_config(converted, shards, init_from=source)
         with pytest.raises(UserError, match=message):
             _initial_state(config, str(tmp_path / "bad"), DiffusionTask(config))
@@ -174,16 +186,43 @@ def test_bad_finetune_input_from_the_command_line(converted, latents, synthetic_
     out = str(tmp_path / "latents")
     pre_encode = [f"--input={synthetic_shards}", f"--output_dir={out}", f"--sample_size={WINDOW}"]
     workdir, other = str(tmp_path / "run"), str(tmp_path / "other")
-    check_cases([
-        Case("data/pre_encode.py", pre_encode + [f"--pretrained={converted}", f"--vae_dir={vae_run}"],
-             ["--pretrained", "--vae_dir"], [out]),
-        Case("data/pre_encode.py", pre_encode + [f"--pretrained={vae_run}"],
-             [f"--pretrained={vae_run}", "training run directory"], [out]),
-        Case("launch/train.py", ["--config=configs/dit_sao_finetune.py", f"--workdir={workdir}",
-                                 f"--config.data.train_shards={shards}"], ["config.init_from"], [workdir]),
-        # Raised once JAX runs: --verbosity=-1 keeps the trainer's INFO logs off stderr.
-        Case("launch/train.py", ["--config=configs/dit_tiny.py", f"--workdir={other}", "--verbosity=-1",
-                                 "--config.trainer.eval_every=0", f"--config.data.train_shards={shards}",
-                                 f"--config.init_from={vae_run}"],
-             [f"config.init_from={vae_run}", "vae run"], [os.path.join(other, "checkpoints", "0")]),
-    ])
+    check_cases(
+        [
+            Case(
+                "data/pre_encode.py",
+                pre_encode + [f"--pretrained={converted}", f"--vae_dir={vae_run}"],
+                ["--pretrained", "--vae_dir"],
+                [out],
+            ),
+            Case(
+                "data/pre_encode.py",
+                pre_encode + [f"--pretrained={vae_run}"],
+                [f"--pretrained={vae_run}", "training run directory"],
+                [out],
+            ),
+            Case(
+                "launch/train.py",
+                [
+                    "--config=configs/dit_sao_finetune.py",
+                    f"--workdir={workdir}",
+                    f"--config.data.train_shards={shards}",
+                ],
+                ["config.init_from"],
+                [workdir],
+            ),
+            # Raised once JAX runs: --verbosity=-1 keeps the trainer's INFO logs off stderr.
+            Case(
+                "launch/train.py",
+                [
+                    "--config=configs/dit_tiny.py",
+                    f"--workdir={other}",
+                    "--verbosity=-1",
+                    "--config.trainer.eval_every=0",
+                    f"--config.data.train_shards={shards}",
+                    f"--config.init_from={vae_run}",
+                ],
+                [f"config.init_from={vae_run}", "vae run"],
+                [os.path.join(other, "checkpoints", "0")],
+            ),
+        ]
+    )

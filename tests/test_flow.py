@@ -48,16 +48,20 @@ def test_distribution_shift_moves_times_towards_noise_for_longer_sequences():
     settings = {"distribution_shift": {"enabled": True}}
     objective = TrainingObjective.from_config("rectified_flow", settings)
     short, long = (float(objective.times(jax.random.key(0), 2048, n).mean()) for n in (256, 4096))
-    assert long > short > float(TrainingObjective(objective="rectified_flow").times(
-        jax.random.key(0), 2048, 256).mean()) - 0.05
+    assert (
+        long
+        > short
+        > float(TrainingObjective(objective="rectified_flow").times(jax.random.key(0), 2048, 256).mean()) - 0.05
+    )
 
 
 def test_sampler_lists_follow_the_objective():
     assert SamplingConfig().sampler == "dpmpp_3m_sde" and SamplingConfig().sigma_max == 500.0
     rf = SamplingConfig(objective="rectified_flow")
     assert rf.sampler == "euler" and rf.sigma_max == 1.0
-    assert FEW_STEP_FLOW.to_dict() == dict(steps=8, cfg_scale=1.0, sampler="pingpong", sigma_min=0.03,
-                                           sigma_max=1.0, rescale_phi=0.0)
+    assert FEW_STEP_FLOW.to_dict() == dict(
+        steps=8, cfg_scale=1.0, sampler="pingpong", sigma_min=0.03, sigma_max=1.0, rescale_phi=0.0
+    )
     with pytest.raises(UnknownSamplerError, match="for rectified-flow models; this v-objective model"):
         SamplingConfig(sampler="pingpong")
     with pytest.raises(UnknownSamplerError, match="not one for a rectified-flow model.*euler, rk4, dpmpp, pingpong"):
@@ -68,9 +72,14 @@ def test_sampler_lists_follow_the_objective():
         check_known_sampler("nope")
 
 
-@pytest.mark.parametrize("bad,message", [(dict(sigma_max=1.5), r"sigma_max must be in \(0, 1\]"),
-                                         (dict(sigma_max=0.0), r"sigma_max must be in \(0, 1\]"),
-                                         (dict(steps=0), "steps must be")])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(sigma_max=1.5), r"sigma_max must be in \(0, 1\]"),
+        (dict(sigma_max=0.0), r"sigma_max must be in \(0, 1\]"),
+        (dict(steps=0), "steps must be"),
+    ],
+)
 def test_flow_sampling_bad_input_is_one_line(bad, message):
     with pytest.raises((UserError, ValueError), match=message) as error:
         SamplingConfig(objective="rectified_flow", **bad)

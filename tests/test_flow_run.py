@@ -61,7 +61,8 @@ def test_few_step_generation_from_the_run(converted, flow_run):
     # The directory's settings are a v-model's: the run, which changed the objective, brings its own.
     assert generator.objective == "rectified_flow"
     assert {k: generator.sampling[k] for k in ("sampler", "steps", "cfg_scale")} == dict(
-        sampler="pingpong", steps=8, cfg_scale=1.0)
+        sampler="pingpong", steps=8, cfg_scale=1.0
+    )
     audio = generator.generate(["warm pads"], seconds_total=SECONDS, seed=3)
     assert audio.shape == (1, round(SECONDS * generator.sample_rate), 2) and np.all(np.isfinite(audio))
     np.testing.assert_array_equal(audio, generator.generate(["warm pads"], seconds_total=SECONDS, seed=3))
@@ -69,8 +70,9 @@ def test_few_step_generation_from_the_run(converted, flow_run):
     for sampler in ("euler", "rk4", "dpmpp"):
         other = generator.generate(["warm pads"], seconds_total=SECONDS, sampler=sampler, steps=4)
         assert np.all(np.isfinite(other)), sampler
-    init = generator.generate(["warm pads"], seconds_total=SECONDS, init_audio=audio[0], init_noise_level=0.5,
-                              cut=False)
+    init = generator.generate(
+        ["warm pads"], seconds_total=SECONDS, init_audio=audio[0], init_noise_level=0.5, cut=False
+    )
     assert np.all(np.isfinite(init))
     with pytest.raises(UnknownSamplerError, match="'dpmpp_3m_sde' is not one for a rectified-flow model"):
         generator.generate(["x"], seconds_total=SECONDS, sampler="dpmpp_3m_sde")
@@ -101,22 +103,48 @@ def test_sample_script_defaults_and_bad_input(converted, flow_run, tmp_path):
     shutil.rmtree(exported, ignore_errors=True)
     export_pretrained(converted, exported, diffusion_dir=flow_run["workdir"])
     out = str(tmp_path / "samples")
-    proc = subprocess.run([sys.executable, "launch/sample.py", f"--pretrained={exported}", "--prompt=warm pads",
-                           f"--seconds_total={SECONDS}", f"--output_dir={out}"], cwd=ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch/sample.py",
+            f"--pretrained={exported}",
+            "--prompt=warm pads",
+            f"--seconds_total={SECONDS}",
+            f"--output_dir={out}",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(os.path.join(out, "settings.json")) as f:
         settings = json.load(f)
     assert (settings["sampler"], settings["steps"], settings["cfg_scale"]) == ("pingpong", 8, 1.0)
     base = ["launch/sample.py", f"--pretrained={exported}", "--prompt=x", f"--seconds_total={SECONDS}"]
-    check_cases([
-        Case(base[0], base[1:] + ["--sampler=dpmpp_3m_sde", f"--output_dir={tmp_path / 'a'}"],
-             ["dpmpp_3m_sde", "pingpong"], not_written=[str(tmp_path / "a")]),
-        Case(base[0], base[1:] + ["--sigma_max=1.5", f"--output_dir={tmp_path / 'b'}"], ["sigma_max"],
-             not_written=[str(tmp_path / "b")]),
-        Case(base[0], base[1:] + ["--sampler=nope", f"--output_dir={tmp_path / 'c'}"],
-             ["nope", "pingpong", "dpmpp_3m_sde"], not_written=[str(tmp_path / "c")]),
-    ])
+    check_cases(
+        [
+            Case(
+                base[0],
+                base[1:] + ["--sampler=dpmpp_3m_sde", f"--output_dir={tmp_path / 'a'}"],
+                ["dpmpp_3m_sde", "pingpong"],
+                not_written=[str(tmp_path / "a")],
+            ),
+            Case(
+                base[0],
+                base[1:] + ["--sigma_max=1.5", f"--output_dir={tmp_path / 'b'}"],
+                ["sigma_max"],
+                not_written=[str(tmp_path / "b")],
+            ),
+            Case(
+                base[0],
+                base[1:] + ["--sampler=nope", f"--output_dir={tmp_path / 'c'}"],
+                ["nope", "pingpong", "dpmpp_3m_sde"],
+                not_written=[str(tmp_path / "c")],
+            ),
+        ]
+    )
 
 
 def _model_config_with(tmp_path, **diffusion) -> str:
@@ -135,15 +163,29 @@ def test_a_flow_dit_converts_with_the_reference_defaults(tmp_path):
     Euler steps with CFG 7; what is not imported is refused naming the field."""
     for objective, want in (("rf_denoiser", ("pingpong", 8, 1.0)), ("rectified_flow", ("euler", 50, 7.0))):
         out = str(tmp_path / objective)
-        sao_checkpoint.convert_checkpoint(CHECKPOINT, _model_config_with(tmp_path, diffusion_objective=objective),
-                                          out, t5_dir=T5_DIR, log=lambda _: None)
+        sao_checkpoint.convert_checkpoint(
+            CHECKPOINT,
+            _model_config_with(tmp_path, diffusion_objective=objective),
+            out,
+            t5_dir=T5_DIR,
+            log=lambda _: None,
+        )
         config = pretrained.read_pretrained_config(out)
         sampling = config["sampling"]
         assert config["model"]["objective"] == objective
         assert (sampling["sampler"], sampling["steps"], sampling["cfg_scale"]) == want
-    for diffusion, field in (({"diffusion_objective": "eps"}, "diffusion.diffusion_objective"),
-                             ({"diffusion_objective": "rectified_flow", "distribution_shift_options": {}},
-                              "diffusion.distribution_shift_options")):
+    for diffusion, field in (
+        ({"diffusion_objective": "eps"}, "diffusion.diffusion_objective"),
+        (
+            {"diffusion_objective": "rectified_flow", "distribution_shift_options": {}},
+            "diffusion.distribution_shift_options",
+        ),
+    ):
         with pytest.raises(ConversionError, match=field):
-            sao_checkpoint.convert_checkpoint(CHECKPOINT, _model_config_with(tmp_path, **diffusion),
-                                              str(tmp_path / "refused"), t5_dir=T5_DIR, log=lambda _: None)
+            sao_checkpoint.convert_checkpoint(
+                CHECKPOINT,
+                _model_config_with(tmp_path, **diffusion),
+                str(tmp_path / "refused"),
+                t5_dir=T5_DIR,
+                log=lambda _: None,
+            )

@@ -47,8 +47,11 @@ def _imported_units(path: pathlib.Path) -> set[tuple[str, int]]:
             else:  # `from stable_audio_jax import lora, parallel`
                 found.update((alias.name, node.lineno) for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update((alias.name.split(".")[1], node.lineno) for alias in node.names
-                         if alias.name.startswith("stable_audio_jax."))
+            found.update(
+                (alias.name.split(".")[1], node.lineno)
+                for alias in node.names
+                if alias.name.startswith("stable_audio_jax.")
+            )
     return found
 
 
@@ -65,15 +68,19 @@ def test_every_unit_has_a_layer():
 def test_imports_point_down(path):
     unit = _unit(path)
     assert unit in LAYER_OF, f"{unit} has no layer in LAYERS"
-    wrong = [f"line {line}: {unit} (layer {LAYER_OF[unit]}) imports {target} (layer {LAYER_OF.get(target)})"
-             for target, line in sorted(_imported_units(path))
-             if target != unit and LAYER_OF.get(target, len(LAYERS)) >= LAYER_OF[unit]]
+    wrong = [
+        f"line {line}: {unit} (layer {LAYER_OF[unit]}) imports {target} (layer {LAYER_OF.get(target)})"
+        for target, line in sorted(_imported_units(path))
+        if target != unit and LAYER_OF.get(target, len(LAYERS)) >= LAYER_OF[unit]
+    ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_the_check_catches_an_upward_import(tmp_path):
     """The walker sees a function-level `from stable_audio_jax.training import ...`."""
     source = tmp_path / "module.py"
-    source.write_text("def f():\n    from stable_audio_jax.training.runs import load_run\n"
-                      "from stable_audio_jax import lora, parallel\n")
+    source.write_text(
+        "def f():\n    from stable_audio_jax.training.runs import load_run\n"
+        "from stable_audio_jax import lora, parallel\n"
+    )
     assert _imported_units(source) == {("training", 2), ("lora", 3), ("parallel", 3)}

@@ -11,11 +11,13 @@ from stable_audio_jax.input_pipeline import latent_records
 
 def _record(seed: int = 0) -> tuple[dict, dict, bytes]:
     rng = np.random.default_rng(seed)
-    arrays = {"latent_mean": rng.standard_normal((16, 4)).astype(np.float32),
-              "latent_std": rng.random((16, 4)).astype(np.float32),
-              "latent_mask": np.arange(16) < 10,
-              "text_features": rng.standard_normal((5, 8)).astype(np.float16),
-              "text_mask": np.arange(5) < 3}
+    arrays = {
+        "latent_mean": rng.standard_normal((16, 4)).astype(np.float32),
+        "latent_std": rng.random((16, 4)).astype(np.float32),
+        "latent_mask": np.arange(16) < 10,
+        "text_features": rng.standard_normal((5, 8)).astype(np.float16),
+        "text_mask": np.arange(5) < 3,
+    }
     metadata = {"caption": "solo piano", "seconds_start": 0, "seconds_total": 7, "id": "00000001"}
     return arrays, metadata, latent_records.encode_latent_record(arrays, metadata)
 

@@ -50,8 +50,10 @@ def _random_adapter(boxed, seed: int, **settings) -> lora.Adapter:
 
 
 def _max_difference(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 @pytest.mark.parametrize("config_name", ["dit_tiny", "diffusion_tiny"])
@@ -94,8 +96,9 @@ def test_merge_algebra_on_the_tiny_dit():
     kernel = lora.merge(params, [(dora, 1.0)])["dit"]["layers_0"]["self_attn"]["query"]["kernel"]
     factors = dora.params["dit"]["layers_0"]["self_attn"]["query"]["kernel"]
     base = params["dit"]["layers_0"]["self_attn"]["query"]["kernel"]
-    np.testing.assert_allclose(jnp.linalg.norm(kernel, axis=0),
-                               jnp.linalg.norm(base, axis=0) + factors["magnitude"], rtol=1e-5, err_msg=path)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(kernel, axis=0), jnp.linalg.norm(base, axis=0) + factors["magnitude"], rtol=1e-5, err_msg=path
+    )
     assert lora.fingerprint(params) == lora.fingerprint(jax.tree.map(jnp.copy, params))
     assert lora.fingerprint(params) != lora.fingerprint(merged)
 
@@ -121,8 +124,10 @@ def test_rank_16_on_the_sao_dit_trains_a_few_percent():
     task = DiffusionTask(config)
     state = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))
     base, adapters = parallel.count_params(state.frozen["diffusion"]), parallel.count_params(state.params[ADAPTERS])
-    print(f"SAO DiT: {adapters / 1e6:.2f} M LoRA-16 parameters over {len(task.lora_targets)} kernels, "
-          f"{100 * adapters / base:.2f}% of {base / 1e9:.3f} B")
+    print(
+        f"SAO DiT: {adapters / 1e6:.2f} M LoRA-16 parameters over {len(task.lora_targets)} kernels, "
+        f"{100 * adapters / base:.2f}% of {base / 1e9:.3f} B"
+    )
     assert 1.0e9 < base < 1.1e9 and 0.005 < adapters / base < 0.05
     assert adapters == lora.adapter_size(task.lora_targets, task.lora)
     assert jax.tree.leaves(state.frozen)[0].dtype == jnp.bfloat16  # the frozen base in bfloat16
@@ -138,14 +143,23 @@ def lora_run(converted, latents, tmp_path_factory):
     trainer = Trainer(config, workdir, task)
     state = trainer.initial_state(None)[0]
     query = ("dit", "layers_0", "self_attn", "query", "kernel")
-    shardings = {"kernel": _at(state.frozen["diffusion"], query).sharding.spec,
-                 **{k: _at(state.params[ADAPTERS], query + (k,)).sharding.spec for k in "ab"}}
+    shardings = {
+        "kernel": _at(state.frozen["diffusion"], query).sharding.spec,
+        **{k: _at(state.params[ADAPTERS], query + (k,)).sharding.spec for k in "ab"},
+    }
     initial = jax.device_get(state)
     trainer.close()
     trainer = Trainer(config, workdir, task)
     summary = trainer.train()
-    return {"workdir": workdir, "config": config, "task": task, "initial": initial, "summary": summary,
-            "final": jax.device_get(trainer.state), "shardings": shardings}
+    return {
+        "workdir": workdir,
+        "config": config,
+        "task": task,
+        "initial": initial,
+        "summary": summary,
+        "final": jax.device_get(trainer.state),
+        "shardings": shardings,
+    }
 
 
 def _at(tree, keys):
@@ -246,16 +260,31 @@ def test_the_lora_flow_through_the_launch_scripts(lora_run, converted, latents, 
     workdir, samples, exported = (str(tmp_path / name) for name in ("run", "samples", "exported"))
     config_file = str(tmp_path / "lora_fixture.py")
     with open(config_file, "w") as f:
-        f.write("import sys\nsys.path.insert(0, %r)\nfrom tests.sao_finetune import lora_config\n\n"
-                "def get_config(arg):\n    converted, shards = arg.split(',')\n"
-                "    return lora_config(converted, shards)\n" % ROOT)
+        f.write(
+            "import sys\nsys.path.insert(0, %r)\nfrom tests.sao_finetune import lora_config\n\n"
+            "def get_config(arg):\n    converted, shards = arg.split(',')\n"
+            "    return lora_config(converted, shards)\n" % ROOT
+        )
     config = f"--config={config_file}:{converted},{shards}"
-    train = _script("launch/train.py", config, f"--workdir={workdir}", "--config.lora.rank=2",
-                    "--config.lora.kind=dora",
-                    "--config.trainer.num_steps=2", "--config.trainer.checkpoint_every=2")
+    train = _script(
+        "launch/train.py",
+        config,
+        f"--workdir={workdir}",
+        "--config.lora.rank=2",
+        "--config.lora.kind=dora",
+        "--config.trainer.num_steps=2",
+        "--config.trainer.checkpoint_every=2",
+    )
     assert train.returncode == 0, train.stderr[-3000:]
-    sample = _script("launch/sample.py", f"--pretrained={converted}", f"--lora={workdir}:0.5", "--prompt=warm pads",
-                     "--seconds_total=0.05", "--steps=2", f"--output_dir={samples}")
+    sample = _script(
+        "launch/sample.py",
+        f"--pretrained={converted}",
+        f"--lora={workdir}:0.5",
+        "--prompt=warm pads",
+        "--seconds_total=0.05",
+        "--steps=2",
+        f"--output_dir={samples}",
+    )
     assert sample.returncode == 0, sample.stderr[-3000:]
     with open(os.path.join(samples, "settings.json")) as f:
         assert json.load(f)["lora"] == [[workdir, 0.5]]
@@ -264,21 +293,45 @@ def test_the_lora_flow_through_the_launch_scripts(lora_run, converted, latents, 
     assert json.loads(export.stdout)["lora"] == [[workdir, 1.0]]
 
     full_run = lora_run["workdir"]  # for the cases below: a LoRA run of the same base
-    check_cases([
-        Case("launch/train.py", [config, f"--workdir={tmp_path / 'none'}", "--verbosity=-1",
-                                 "--config.lora.targets=('nothing_matches',)"],
-             ["config.lora.targets", "match no kernel"], [str(tmp_path / "none" / "checkpoints")]),
-        Case("launch/train.py", [config, f"--workdir={tmp_path / 'big'}", "--verbosity=-1",
-                                 "--config.lora.rank=100000"], ["config.lora.rank=100000", "exceeds"],
-             [str(tmp_path / "big" / "checkpoints")]),
-        Case("launch/sample.py", [f"--pretrained={exported}", f"--lora={full_run}", "--prompt=x",
-                                  f"--output_dir={tmp_path / 's2'}"],
-             ["is not the base the adapters", "were trained on"], [str(tmp_path / "s2" / "settings.json")]),
-        Case("launch/sample.py", [f"--lora={full_run}", "--prompt=x", f"--output_dir={tmp_path / 's3'}"],
-             ["--lora needs --pretrained"], [str(tmp_path / "s3")]),
-        Case("launch/export.py", [f"--pretrained={converted}", f"--output_dir={tmp_path / 'e2'}"],
-             ["nothing to export"], [str(tmp_path / "e2" / "params")]),
-    ])
+    check_cases(
+        [
+            Case(
+                "launch/train.py",
+                [
+                    config,
+                    f"--workdir={tmp_path / 'none'}",
+                    "--verbosity=-1",
+                    "--config.lora.targets=('nothing_matches',)",
+                ],
+                ["config.lora.targets", "match no kernel"],
+                [str(tmp_path / "none" / "checkpoints")],
+            ),
+            Case(
+                "launch/train.py",
+                [config, f"--workdir={tmp_path / 'big'}", "--verbosity=-1", "--config.lora.rank=100000"],
+                ["config.lora.rank=100000", "exceeds"],
+                [str(tmp_path / "big" / "checkpoints")],
+            ),
+            Case(
+                "launch/sample.py",
+                [f"--pretrained={exported}", f"--lora={full_run}", "--prompt=x", f"--output_dir={tmp_path / 's2'}"],
+                ["is not the base the adapters", "were trained on"],
+                [str(tmp_path / "s2" / "settings.json")],
+            ),
+            Case(
+                "launch/sample.py",
+                [f"--lora={full_run}", "--prompt=x", f"--output_dir={tmp_path / 's3'}"],
+                ["--lora needs --pretrained"],
+                [str(tmp_path / "s3")],
+            ),
+            Case(
+                "launch/export.py",
+                [f"--pretrained={converted}", f"--output_dir={tmp_path / 'e2'}"],
+                ["nothing to export"],
+                [str(tmp_path / "e2" / "params")],
+            ),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -292,12 +345,12 @@ def test_sampling_on_other_meshes_gives_the_same_audio(lora_run, converted):
     run = lora_run["workdir"]
     clips = {}
     for shape in ((1, 8, 1), (8, 1, 1)):
-        generator = AudioGenerator.from_pretrained(converted, adapters=[(run, 1.0)],
-                                                   mesh=parallel.create_mesh(shape))
+        generator = AudioGenerator.from_pretrained(converted, adapters=[(run, 1.0)], mesh=parallel.create_mesh(shape))
         split = [leaf for leaf in jax.tree.leaves(generator.params) if not leaf.sharding.is_fully_replicated]
         assert bool(split) == (shape == (1, 8, 1)), shape
-        clips[shape] = generator.generate(["warm pads", "a drum loop"], seconds_total=0.05, window_seconds=0.1,
-                                          steps=2, seed=1)
+        clips[shape] = generator.generate(
+            ["warm pads", "a drum loop"], seconds_total=0.05, window_seconds=0.1, steps=2, seed=1
+        )
     # Equal up to the order of float32 sums, which differs between shardings (the fixture's
     # random weights give clips of amplitude ~10, so the bound is relative to their peak).
     difference = np.max(np.abs(clips[(1, 8, 1)] - clips[(8, 1, 1)]))

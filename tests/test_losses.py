@@ -40,10 +40,9 @@ def _numpy_stft(x: np.ndarray, n_fft: int, hop: int, win: int, center: bool, nor
     if center:
         x = np.pad(x, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
     num_frames = 1 + (x.shape[1] - n_fft) // hop
-    out = np.stack([np.fft.rfft(x[:, i * hop:i * hop + n_fft] * window, axis=-1)
-                    for i in range(num_frames)], axis=1)
+    out = np.stack([np.fft.rfft(x[:, i * hop : i * hop + n_fft] * window, axis=-1) for i in range(num_frames)], axis=1)
     if normalized:
-        out = out / np.sqrt(np.sum(window ** 2))
+        out = out / np.sqrt(np.sum(window**2))
     return out
 
 
@@ -70,8 +69,9 @@ def test_apply_fir_matches_numpy():
     x = _signal((2, 1000, 3))
     got = np.asarray(apply_fir(jnp.asarray(x), taps))
     padded = np.pad(x.astype(np.float64), ((0, 0), (5, 5), (0, 0)))
-    want = np.stack([[np.correlate(padded[b, :, c], taps, mode="valid") for c in range(3)]
-                     for b in range(2)], axis=0).transpose(0, 2, 1)
+    want = np.stack(
+        [[np.correlate(padded[b, :, c], taps, mode="valid") for c in range(3)] for b in range(2)], axis=0
+    ).transpose(0, 2, 1)
     assert got.shape == x.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
@@ -79,8 +79,7 @@ def test_apply_fir_matches_numpy():
 def _analog_a_weighting_db(f: np.ndarray) -> np.ndarray:
     """IEC 61672 A-weighting in dB, from the closed-form magnitude formula."""
     f2 = np.square(f)
-    r = (12194.0 ** 2 * f2 ** 2) / ((f2 + 20.6 ** 2) * np.sqrt((f2 + 107.7 ** 2) * (f2 + 737.9 ** 2))
-                                    * (f2 + 12194.0 ** 2))
+    r = (12194.0**2 * f2**2) / ((f2 + 20.6**2) * np.sqrt((f2 + 107.7**2) * (f2 + 737.9**2)) * (f2 + 12194.0**2))
     return 20 * np.log10(r) + 2.0
 
 
@@ -104,8 +103,7 @@ def test_a_weighting_fir_response():
 
 @pytest.mark.parametrize("perceptual", [False, True])
 def test_mrstft_zero_for_identical_and_grows_with_noise(perceptual):
-    kwargs = dict(fft_sizes=SMALL_FFTS, hop_sizes=SMALL_HOPS, perceptual_weighting=perceptual,
-                  sample_rate=SAMPLE_RATE)
+    kwargs = dict(fft_sizes=SMALL_FFTS, hop_sizes=SMALL_HOPS, perceptual_weighting=perceptual, sample_rate=SAMPLE_RATE)
     loss = jax.jit(lambda p, t: multi_resolution_stft_loss(p, t, **kwargs))
     target = _signal((2, 4096))
     noise = np.random.default_rng(2).standard_normal(target.shape).astype(np.float32)
@@ -120,9 +118,15 @@ def test_mrstft_matches_numpy_definition(convergence_over):
     """Spectral convergence (normalised by the target) per signal or over the batch + log-magnitude L1."""
     target = _signal((2, 2048), seed=3)
     pred = _signal((2, 2048), seed=4)
-    got = multi_resolution_stft_loss(jnp.asarray(pred), jnp.asarray(target), fft_sizes=SMALL_FFTS,
-                                     hop_sizes=SMALL_HOPS, perceptual_weighting=False,
-                                     sample_rate=SAMPLE_RATE, convergence_over=convergence_over)
+    got = multi_resolution_stft_loss(
+        jnp.asarray(pred),
+        jnp.asarray(target),
+        fft_sizes=SMALL_FFTS,
+        hop_sizes=SMALL_HOPS,
+        perceptual_weighting=False,
+        sample_rate=SAMPLE_RATE,
+        convergence_over=convergence_over,
+    )
     per_resolution = []
     for n_fft, hop in zip(SMALL_FFTS, SMALL_HOPS):
         x = np.sqrt(np.maximum(np.abs(_numpy_stft(pred, n_fft, hop, n_fft, True, False)) ** 2, 1e-8))
@@ -140,12 +144,27 @@ def test_batch_convergence_is_robust_to_a_silent_target():
     target = _signal((4, 2048), seed=5)
     target[1] = 0.0
     pred = target + 0.05 * _signal((4, 2048), seed=6)
-    loss = lambda mode: float(multi_resolution_stft_loss(
-        jnp.asarray(pred), jnp.asarray(target), fft_sizes=SMALL_FFTS, hop_sizes=SMALL_HOPS,
-        perceptual_weighting=False, sample_rate=SAMPLE_RATE, convergence_over=mode))
-    clean = float(multi_resolution_stft_loss(
-        jnp.asarray(pred[[0, 2, 3]]), jnp.asarray(target[[0, 2, 3]]), fft_sizes=SMALL_FFTS,
-        hop_sizes=SMALL_HOPS, perceptual_weighting=False, sample_rate=SAMPLE_RATE))
+    loss = lambda mode: float(
+        multi_resolution_stft_loss(
+            jnp.asarray(pred),
+            jnp.asarray(target),
+            fft_sizes=SMALL_FFTS,
+            hop_sizes=SMALL_HOPS,
+            perceptual_weighting=False,
+            sample_rate=SAMPLE_RATE,
+            convergence_over=mode,
+        )
+    )
+    clean = float(
+        multi_resolution_stft_loss(
+            jnp.asarray(pred[[0, 2, 3]]),
+            jnp.asarray(target[[0, 2, 3]]),
+            fft_sizes=SMALL_FFTS,
+            hop_sizes=SMALL_HOPS,
+            perceptual_weighting=False,
+            sample_rate=SAMPLE_RATE,
+        )
+    )
     # Per signal, the silent crop's ratio is ~1e3: the loss jumps by orders of magnitude
     # (247 vs 0.09 here). Over the batch only its bounded log-magnitude term remains.
     assert loss("signal") > 100 * clean
@@ -154,9 +173,13 @@ def test_batch_convergence_is_robust_to_a_silent_target():
 
 def test_mrstft_gradients_finite_including_silence():
     target = jnp.asarray(_signal((2, 2048)))
-    grad_fn = jax.jit(jax.grad(lambda p, t: multi_resolution_stft_loss(
-        p, t, fft_sizes=SMALL_FFTS, hop_sizes=SMALL_HOPS, perceptual_weighting=True,
-        sample_rate=SAMPLE_RATE)))
+    grad_fn = jax.jit(
+        jax.grad(
+            lambda p, t: multi_resolution_stft_loss(
+                p, t, fft_sizes=SMALL_FFTS, hop_sizes=SMALL_HOPS, perceptual_weighting=True, sample_rate=SAMPLE_RATE
+            )
+        )
+    )
     for pred in (target * 0.5, jnp.zeros_like(target)):
         grad = grad_fn(pred, target)
         assert bool(jnp.all(jnp.isfinite(grad)))
@@ -165,9 +188,13 @@ def test_mrstft_gradients_finite_including_silence():
 
 @pytest.mark.parametrize("perceptual,weights", [(True, (1.0, 0.5)), (False, (2.0, 0.25))])
 def test_stereo_loss_combines_mono_losses(perceptual, weights):
-    config = STFTLossConfig(fft_sizes=list(SMALL_FFTS), hop_sizes=list(SMALL_HOPS),
-                            perceptual_weighting=perceptual, sum_diff_weight=weights[0],
-                            left_right_weight=weights[1])
+    config = STFTLossConfig(
+        fft_sizes=list(SMALL_FFTS),
+        hop_sizes=list(SMALL_HOPS),
+        perceptual_weighting=perceptual,
+        sum_diff_weight=weights[0],
+        left_right_weight=weights[1],
+    )
     pred = jnp.asarray(_signal((2, 2048, 2), seed=5))
     target = jnp.asarray(_signal((2, 2048, 2), seed=6))
     losses = jax.jit(stereo_stft_losses, static_argnums=2)(pred, target, config)
@@ -195,7 +222,8 @@ def test_stft_loss_config_defaults_and_hashing():
     assert config.perceptual_weighting and config.sample_rate == 44100
     assert (config.sum_diff_weight, config.left_right_weight) == (1.0, 0.5)
     assert hash(STFTLossConfig(fft_sizes=[64], hop_sizes=[16])) == hash(
-        STFTLossConfig(fft_sizes=(64,), hop_sizes=(16,)))
+        STFTLossConfig(fft_sizes=(64,), hop_sizes=(16,))
+    )
     with pytest.raises(ValueError):
         STFTLossConfig(fft_sizes=(64, 32), hop_sizes=(16,))
 
@@ -241,15 +269,18 @@ def test_discriminator_shapes_and_parameter_count(freq_stride):
     def conv_params(kernel, cin, cout):
         return math.prod(kernel) * cin * cout + 2 * cout
 
-    per_scale = (conv_params((3, 9), 4, filters) + 3 * conv_params((3, 9), filters, filters)
-                 + conv_params((3, 3), filters, filters) + conv_params((3, 3), filters, 1))
+    per_scale = (
+        conv_params((3, 9), 4, filters)
+        + 3 * conv_params((3, 9), filters, filters)
+        + conv_params((3, 3), filters, filters)
+        + conv_params((3, 3), filters, 1)
+    )
     leaves = jax.tree_util.tree_leaves(nn.meta.unbox(variables["params"]))
     assert sum(x.size for x in leaves) == 5 * per_scale
 
 
 def test_discriminator_losses_gradients_finite():
-    disc = MultiScaleSTFTDiscriminator(filters=4, n_ffts=(256, 128), hop_lengths=(64, 32),
-                                       win_lengths=(256, 128))
+    disc = MultiScaleSTFTDiscriminator(filters=4, n_ffts=(256, 128), hop_lengths=(64, 32), win_lengths=(256, 128))
     real = jnp.asarray(_signal((2, 1024, 2), seed=7))
     fake = jnp.asarray(_signal((2, 1024, 2), seed=8))
     params = jax.jit(disc.init)(jax.random.key(0), real)["params"]
@@ -257,9 +288,11 @@ def test_discriminator_losses_gradients_finite():
     def losses(params, real, fake):
         logits_real, features_real = disc.apply({"params": params}, real)
         logits_fake, features_fake = disc.apply({"params": params}, fake)
-        return (adversarial.hinge_discriminator_loss(logits_real, logits_fake)
-                + adversarial.hinge_generator_loss(logits_fake)
-                + adversarial.feature_matching_loss(features_real, features_fake))
+        return (
+            adversarial.hinge_discriminator_loss(logits_real, logits_fake)
+            + adversarial.hinge_generator_loss(logits_fake)
+            + adversarial.feature_matching_loss(features_real, features_fake)
+        )
 
     value, (grad_params, grad_fake) = jax.jit(jax.value_and_grad(losses, argnums=(0, 2)))(params, real, fake)
     assert np.isfinite(float(value))
@@ -274,8 +307,9 @@ def test_hinge_losses_hand_computed():
     # Scale 1: relu(1 - 0) = 1, relu(1 + 3) = 4.
     scale0 = (0 + 0.5 + 2) / 3 + (0 + 1.5 + 2) / 3
     scale1 = 1.0 + 4.0
-    np.testing.assert_allclose(float(adversarial.hinge_discriminator_loss(logits_real, logits_fake)),
-                               (scale0 + scale1) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        float(adversarial.hinge_discriminator_loss(logits_real, logits_fake)), (scale0 + scale1) / 2, rtol=1e-6
+    )
     generator = (-(-2.0 + 0.5 + 1.0) / 3 - 3.0) / 2
     np.testing.assert_allclose(float(adversarial.hinge_generator_loss(logits_fake)), generator, rtol=1e-6)
     # Low-precision logits are reduced in float32.

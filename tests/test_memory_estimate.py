@@ -26,7 +26,8 @@ class TwoLayers(nn.Module):
     @nn.compact
     def __call__(self, x):
         dense = lambda n, axes, name: nn.Dense(  # noqa: E731
-            n, name=name, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes))
+            n, name=name, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+        )
         return jnp.sum(dense(16, ("mlp", "embed"), "out")(dense(256, ("embed", "mlp"), "hidden")(x)))
 
 
@@ -121,7 +122,12 @@ def test_benchmark_memory_estimate_of_a_lora_run():
     base_count = parallel.count_params(jax.eval_shape(task.init_state, jax.random.PRNGKey(0)).frozen)
     assert estimate["frozen"] == 2 * base_count  # bfloat16
     assert estimate["merged"] == 4 * sum(math.prod(t.shape) for t in task.lora_targets.values())
-    assert estimate["params"] == estimate["ema"] == estimate["gradients"] == 4 * lora.adapter_size(
-        task.lora_targets, task.lora)
-    assert estimate["total"] == sum(estimate[k] for k in ("frozen", "merged", "params", "optimizer", "ema",
-                                                           "gradients", "activations"))
+    assert (
+        estimate["params"]
+        == estimate["ema"]
+        == estimate["gradients"]
+        == 4 * lora.adapter_size(task.lora_targets, task.lora)
+    )
+    assert estimate["total"] == sum(
+        estimate[k] for k in ("frozen", "merged", "params", "optimizer", "ema", "gradients", "activations")
+    )

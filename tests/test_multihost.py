@@ -46,16 +46,23 @@ class Launch:
     joined by `jax.distributed` on localhost (one process: no distributed flags at all)."""
 
     def __init__(self, workdir: str, shards: str, num_steps: int, *, num_processes: int, local_devices: int):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               # LLVM -O0 halves compile time; these steps run for milliseconds anyway.
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={local_devices} "
-                            "--xla_backend_optimization_level=0",
-               # CPU cache keys differ between processes, so only process 0 would hit the cache and
-               # run ahead into a collective while process 1 compiles (gloo waits only 30 s).
-               "JAX_ENABLE_COMPILATION_CACHE": "false"}
-        command = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={CONFIG}:{shards}",
-                   f"--workdir={workdir}", f"--config.trainer.num_steps={num_steps}",
-                   *(f"--config.trainer.{k}={v}" for k, v in TRAINER.items())]
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            # LLVM -O0 halves compile time; these steps run for milliseconds anyway.
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={local_devices} --xla_backend_optimization_level=0",
+            # CPU cache keys differ between processes, so only process 0 would hit the cache and
+            # run ahead into a collective while process 1 compiles (gloo waits only 30 s).
+            "JAX_ENABLE_COMPILATION_CACHE": "false",
+        }
+        command = [
+            sys.executable,
+            os.path.join(ROOT, "launch", "train.py"),
+            f"--config={CONFIG}:{shards}",
+            f"--workdir={workdir}",
+            f"--config.trainer.num_steps={num_steps}",
+            *(f"--config.trainer.{k}={v}" for k, v in TRAINER.items()),
+        ]
         if num_processes > 1:
             command.append(f"--coordinator_address=127.0.0.1:{free_port()}")
             command.append(f"--num_processes={num_processes}")
@@ -64,8 +71,9 @@ class Launch:
         for i, log in enumerate(self.logs):
             process_id = [f"--process_id={i}"] if num_processes > 1 else []
             with open(log, "w") as f:
-                self.procs.append(subprocess.Popen(command + process_id, stdout=f, stderr=subprocess.STDOUT,
-                                                   env=env, cwd=ROOT))
+                self.procs.append(
+                    subprocess.Popen(command + process_id, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                )
 
     def __enter__(self) -> "Launch":
         return self
@@ -124,8 +132,12 @@ def test_two_processes_train_and_resume_like_one_process(shards, tmp_path):
         expected, rows = metric_rows(reference, split), metric_rows(workdir, split)
         # One row per step: process 1 wrote none (its rows would repeat the steps).
         assert [r["step"] for r in rows] == [r["step"] for r in expected] == steps
-        np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in expected], rtol=RTOL,
-                                   err_msg=f"{split} losses of 2 processes differ from 1 process")
+        np.testing.assert_allclose(
+            [r["loss"] for r in rows],
+            [r["loss"] for r in expected],
+            rtol=RTOL,
+            err_msg=f"{split} losses of 2 processes differ from 1 process",
+        )
     events = [f for f in os.listdir(os.path.join(workdir, "tensorboard")) if "tfevents" in f]
     assert len(events) == 2, events  # one writer per launch, on process 0
 
@@ -135,8 +147,16 @@ def test_single_process_default_and_cluster_detection(monkeypatch):
     than one task; explicit flags always do (with `--num_processes=1` meaning one process)."""
     calls = []
     monkeypatch.setattr("jax.distributed.initialize", lambda **kw: calls.append(kw))
-    for var in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
-                "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES", "KUBERNETES_SERVICE_HOST"):
+    for var in (
+        "SLURM_JOB_ID",
+        "SLURM_STEP_NODELIST",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+        "OMPI_MCA_orte_hnp_uri",
+        "TPU_WORKER_HOSTNAMES",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert parallel.detect_cluster() is None
     assert parallel.maybe_initialize_distributed() is False

@@ -56,8 +56,9 @@ def run(tmp_path_factory):
 def restore(run, mesh) -> tuple:
     """The step-2 checkpoint restored onto `mesh`, and the shardings it should have there."""
     task = DiffusionTask(run["config"])
-    abstract, shardings = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0), mesh=mesh,
-                                                           rules=RULES)
+    abstract, shardings = parallel.abstract_with_shardings(
+        task.init_state, jax.random.PRNGKey(0), mesh=mesh, rules=RULES
+    )
     checkpointer = Checkpointer(os.path.join(run["workdir"], "checkpoints"), async_save=False)
     try:
         return checkpointer.restore(2, abstract.checkpointed()), shardings.checkpointed()

@@ -59,21 +59,35 @@ def imported():
     return arch, sao_checkpoint.diffusion_params_from_state_dict(reader, arch)
 
 
-def _guided(config: LatentDiffusionConfig, params, ref: dict, scale: float, rescale_phi: float = 0.0,
-            negative: bool = False, null: bool = False) -> np.ndarray:
+def _guided(
+    config: LatentDiffusionConfig,
+    params,
+    ref: dict,
+    scale: float,
+    rescale_phi: float = 0.0,
+    negative: bool = False,
+    null: bool = False,
+) -> np.ndarray:
     """Our v for the reference's inputs, through the generator's own guidance wiring."""
     batch = ref["x"].shape[0]
-    negative_features, negative_mask = (ref["negative"], ref["negative_mask"]) if negative else (
-        ref["text"], ref["text_mask"])
-    cond, uncond = guidance_conditioning(jnp.asarray(ref["text"]), jnp.asarray(ref["text_mask"]),
-                                         jnp.asarray(negative_features), jnp.asarray(negative_mask),
-                                         jnp.full((batch,), negative), jnp.asarray(ref["seconds_start"]),
-                                         jnp.asarray(ref["seconds_total"]))
+    negative_features, negative_mask = (
+        (ref["negative"], ref["negative_mask"]) if negative else (ref["text"], ref["text_mask"])
+    )
+    cond, uncond = guidance_conditioning(
+        jnp.asarray(ref["text"]),
+        jnp.asarray(ref["text_mask"]),
+        jnp.asarray(negative_features),
+        jnp.asarray(negative_mask),
+        jnp.full((batch,), negative),
+        jnp.asarray(ref["seconds_start"]),
+        jnp.asarray(ref["seconds_total"]),
+    )
     if null:
         cond = uncond
     model = LatentDiffusionModel(config)
-    v_model = guidance.guided_v_model(lambda x, t, c: apply_model(model, params, x, t, c), cond, uncond, scale,
-                                      rescale_phi)
+    v_model = guidance.guided_v_model(
+        lambda x, t, c: apply_model(model, params, x, t, c), cond, uncond, scale, rescale_phi
+    )
     v = v_model(jnp.asarray(ref["x"].transpose(0, 2, 1)), jnp.asarray(ref["t"]))
     return np.asarray(v).transpose(0, 2, 1)
 
@@ -83,7 +97,12 @@ def test_architecture_of_the_sa1_model_config(imported):
     unet = arch.diffusion.unet
     assert unet.mask_semantics == "reference" and arch.diffusion.dit is None
     assert (unet.channels, unet.multipliers, unet.factors, unet.attentions, unet.mapping_multiplier) == (
-        16, (1, 2, 2), (1, 2), (0, 1, 1), 2)
+        16,
+        (1, 2, 2),
+        (1, 2),
+        (0, 1, 1),
+        2,
+    )
     assert (unet.context_features, unet.context_length, arch.diffusion.text_length) == (16, 79, 77)
     assert arch.diffusion.timing_kind == "table" and not arch.diffusion.global_timing
     assert (arch.text_encoder, arch.text_max_length, arch.feature_layer) == ("clap_text", 77, -2)
@@ -99,21 +118,31 @@ def test_timing_defaults_follow_the_conditioner_type():
     assert sao_checkpoint.architecture_from_model_config(config).diffusion.max_seconds == 512
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda c: c["model"]["pretransform"]["config"]["encoder"].update(type="dac"), "pretransform.config.encoder.type"),
-    (lambda c: c["model"]["diffusion"]["config"].update(use_xattn_time=True), "diffusion.config.use_xattn_time"),
-    (lambda c: c["model"]["diffusion"]["config"].update(use_nearest_upsample=True), "use_nearest_upsample"),
-    (lambda c: c["model"]["diffusion"]["config"].update(stft_num_fft=64), r"unsupported diffusion.config keys"),
-    (lambda c: c["model"]["diffusion"]["config"].update(context_embedding_max_length=80),
-     "context_embedding_max_length"),
-    (lambda c: c["model"]["diffusion"]["config"].update(attentions=[0, 1]), "attentions"),
-    (lambda c: c["model"]["diffusion"].update(global_cond_ids=["seconds_start"]), "global_cond_ids"),
-    (lambda c: c["model"]["diffusion"].update(type="adp_1d"), "diffusion.type"),
-    (lambda c: c["model"]["conditioning"]["configs"][0]["config"].update(use_text_features=False),
-     "use_text_features"),
-    (lambda c: c["model"]["conditioning"]["configs"][0]["config"].update(project_out=True), "project_out"),
-    (lambda c: c["model"]["conditioning"]["configs"][1].update(type="number"), "seconds_start type"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda c: c["model"]["pretransform"]["config"]["encoder"].update(type="dac"),
+            "pretransform.config.encoder.type",
+        ),
+        (lambda c: c["model"]["diffusion"]["config"].update(use_xattn_time=True), "diffusion.config.use_xattn_time"),
+        (lambda c: c["model"]["diffusion"]["config"].update(use_nearest_upsample=True), "use_nearest_upsample"),
+        (lambda c: c["model"]["diffusion"]["config"].update(stft_num_fft=64), r"unsupported diffusion.config keys"),
+        (
+            lambda c: c["model"]["diffusion"]["config"].update(context_embedding_max_length=80),
+            "context_embedding_max_length",
+        ),
+        (lambda c: c["model"]["diffusion"]["config"].update(attentions=[0, 1]), "attentions"),
+        (lambda c: c["model"]["diffusion"].update(global_cond_ids=["seconds_start"]), "global_cond_ids"),
+        (lambda c: c["model"]["diffusion"].update(type="adp_1d"), "diffusion.type"),
+        (
+            lambda c: c["model"]["conditioning"]["configs"][0]["config"].update(use_text_features=False),
+            "use_text_features",
+        ),
+        (lambda c: c["model"]["conditioning"]["configs"][0]["config"].update(project_out=True), "project_out"),
+        (lambda c: c["model"]["conditioning"]["configs"][1].update(type="number"), "seconds_start type"),
+    ],
+)
 def test_unsupported_sa1_options_name_the_field(edit, message):
     config = copy.deepcopy(_model_config())
     edit(config)
@@ -121,13 +150,16 @@ def test_unsupported_sa1_options_name_the_field(edit, message):
         sao_checkpoint.architecture_from_model_config(config)
 
 
-@pytest.mark.parametrize("case,scale,rescale_phi,negative,null", [
-    ("v_plain", 1.0, 0.0, False, False),        # padded prompts alone
-    ("v_null", 1.0, 0.0, False, True),          # the learned null context, with the prompt's mask
-    ("v_cfg", 6.0, 0.0, False, False),          # CFG against the null context
-    ("v_cfg_rescale", 6.0, 0.4, False, False),  # ... with CFG rescale (UNetCFG1d's default phi)
-    ("v_neg_rescale", 6.0, 0.4, True, False),   # a padded negative prompt as the unconditional half
-])
+@pytest.mark.parametrize(
+    "case,scale,rescale_phi,negative,null",
+    [
+        ("v_plain", 1.0, 0.0, False, False),  # padded prompts alone
+        ("v_null", 1.0, 0.0, False, True),  # the learned null context, with the prompt's mask
+        ("v_cfg", 6.0, 0.0, False, False),  # CFG against the null context
+        ("v_cfg_rescale", 6.0, 0.4, False, False),  # ... with CFG rescale (UNetCFG1d's default phi)
+        ("v_neg_rescale", 6.0, 0.4, True, False),  # a padded negative prompt as the unconditional half
+    ],
+)
 def test_unet_matches_the_reference(imported, reference, case, scale, rescale_phi, negative, null):
     arch, params = imported
     got = _guided(arch.diffusion, params, reference, scale, rescale_phi, negative=negative, null=null)
@@ -142,8 +174,9 @@ def test_strict_semantics_differ_only_where_there_is_padding(imported, reference
     padded = _guided(strict, params, reference, 1.0)
     assert np.max(np.abs(padded - reference["v_plain"])) > 1e-2
     full = dict(reference, text_mask=np.ones_like(reference["text_mask"]))
-    np.testing.assert_allclose(_guided(strict, params, full, 1.0), _guided(arch.diffusion, params, full, 1.0),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _guided(strict, params, full, 1.0), _guided(arch.diffusion, params, full, 1.0), atol=1e-5
+    )
 
 
 def test_clap_text_branch_matches_transformers(reference):
@@ -157,17 +190,28 @@ def test_clap_text_branch_matches_transformers(reference):
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "convert_sao.py"), *args],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "convert_sao.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> tuple[str, dict]:
     out = str(tmp_path_factory.mktemp("sa1") / "pretrained")
-    result = _run(f"--checkpoint={CHECKPOINT}", f"--model_config={MODEL_CONFIG}",
-                  f"--clap_checkpoint={CLAP_CHECKPOINT}", f"--roberta_dir={ROBERTA_DIR}", f"--output_dir={out}")
+    result = _run(
+        f"--checkpoint={CHECKPOINT}",
+        f"--model_config={MODEL_CONFIG}",
+        f"--clap_checkpoint={CLAP_CHECKPOINT}",
+        f"--roberta_dir={ROBERTA_DIR}",
+        f"--output_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, json.loads(result.stdout[result.stdout.index("{"):])
+    return out, json.loads(result.stdout[result.stdout.index("{") :])
 
 
 def test_conversion_keeps_every_parameter(converted):
@@ -191,10 +235,11 @@ def test_converted_sa1_samples(converted):
     generator = AudioGenerator.from_pretrained(out)
     assert generator.sampling["rescale_phi"] == 0.4 and generator.sampling["cfg_scale"] == 6.0
     assert generator.window_samples == 512 and generator.latent_frames == 64
-    audio = generator.generate(["a drum loop", ""], seconds_total=[0.01, 0.005], steps=2, seed=1,
-                               negative_prompt="noise")
+    audio = generator.generate(
+        ["a drum loop", ""], seconds_total=[0.01, 0.005], steps=2, seed=1, negative_prompt="noise"
+    )
     assert audio.shape == (2, round(0.01 * 44100), 2) and np.all(np.isfinite(audio))
-    assert np.all(audio[1, round(0.005 * 44100):] == 0)
+    assert np.all(audio[1, round(0.005 * 44100) :] == 0)
 
 
 def test_missing_prompt_encoder_files_give_one_line(tmp_path):

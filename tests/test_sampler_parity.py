@@ -27,11 +27,23 @@ REF = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "sampler_refer
 SCHEDULES = ("sao", "default")
 # Our names, which are also k-diffusion's (`K.sampling.sample_<name>`); SAT's spellings are
 # `samplers.REFERENCE_NAMES` ("dpmpp-3m-sde", "k-heun", ...).
-SAMPLERS = ("dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "heun", "lms", "dpm_2", "dpm_fast", "euler_ancestral",
-            "dpm_2_ancestral", "dpmpp_2s_ancestral")
+SAMPLERS = (
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "heun",
+    "lms",
+    "dpm_2",
+    "dpm_fast",
+    "euler_ancestral",
+    "dpm_2_ancestral",
+    "dpmpp_2s_ancestral",
+)
 # Reference runs with non-default options: fixture name -> (sampler function, options).
-VARIANTS = {"dpmpp_2s_ancestral_eta05": (samplers.sample_dpmpp_2s_ancestral, {"eta": 0.5, "s_noise": 0.7}),
-            "dpm_fast_eta1": (samplers.sample_dpm_fast, {"eta": 1.0})}
+VARIANTS = {
+    "dpmpp_2s_ancestral_eta05": (samplers.sample_dpmpp_2s_ancestral, {"eta": 0.5, "s_noise": 0.7}),
+    "dpm_fast_eta1": (samplers.sample_dpm_fast, {"eta": 1.0}),
+}
 
 
 def tanh_v_model(x: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
@@ -88,9 +100,16 @@ def test_reference_sampler_spellings_map_to_ours():
     for ours in SAMPLERS:
         assert samplers.canonical_sampler_name(ours.replace("_", "-")) == ours
     # stable-audio-tools' `sample_k` names.
-    for spelling, ours in (("k-heun", "heun"), ("k-lms", "lms"), ("k-dpm-2", "dpm_2"), ("k-dpm-fast", "dpm_fast"),
-                           ("k-dpmpp-2s-ancestral", "dpmpp_2s_ancestral"), ("k-euler-ancestral", "euler_ancestral"),
-                           ("k-dpm-2-ancestral", "dpm_2_ancestral"), ("dpmpp-3m-sde", "dpmpp_3m_sde")):
+    for spelling, ours in (
+        ("k-heun", "heun"),
+        ("k-lms", "lms"),
+        ("k-dpm-2", "dpm_2"),
+        ("k-dpm-fast", "dpm_fast"),
+        ("k-dpmpp-2s-ancestral", "dpmpp_2s_ancestral"),
+        ("k-euler-ancestral", "euler_ancestral"),
+        ("k-dpm-2-ancestral", "dpm_2_ancestral"),
+        ("dpmpp-3m-sde", "dpmpp_3m_sde"),
+    ):
         assert samplers.canonical_sampler_name(spelling) == ours
 
 

@@ -244,8 +244,9 @@ def test_training_times_are_stratified_uniform():
     strata = np.floor(np.mod(t - offset + 0.5 / batch, 1.0) * batch).astype(int)
     assert sorted(strata) == list(range(batch))
     # Different keys give different draws, and the marginal is uniform.
-    many = np.asarray(jax.vmap(lambda k: schedule.sample_training_times(k, 8))(
-        jax.random.split(jax.random.key(4), 2000))).ravel()
+    many = np.asarray(
+        jax.vmap(lambda k: schedule.sample_training_times(k, 8))(jax.random.split(jax.random.key(4), 2000))
+    ).ravel()
     assert abs(many.mean() - 0.5) < 0.01
     assert np.histogram(many, bins=10, range=(0, 1))[0].min() > 0.9 * len(many) / 10
 
@@ -275,11 +276,9 @@ def test_sampler_matches_float64_numpy_reference(name):
     x_init = jax.random.normal(k_init, shape) * sigmas[0]
     got = np.asarray(jitted_sampler(name, "wobbly")(x_init, sigmas, k_noise))
 
-    noise = (np.asarray(jax.random.normal(k_noise, (steps,) + shape), np.float64)
-             if name in STOCHASTIC else None)
+    noise = np.asarray(jax.random.normal(k_noise, (steps,) + shape), np.float64) if name in STOCHASTIC else None
     ref_denoise = functools.partial(wobbly_denoiser, np_module=np)
-    want = REFERENCES[name](ref_denoise, np.asarray(x_init, np.float64),
-                            np.asarray(sigmas, np.float64), noise)
+    want = REFERENCES[name](ref_denoise, np.asarray(x_init, np.float64), np.asarray(sigmas, np.float64), noise)
     max_err = np.abs(got - want).max()
     assert max_err < 2e-5, f"{name}: max |jax - numpy| = {max_err:.2e}"
     assert np.all(np.isfinite(got))
@@ -322,7 +321,8 @@ def test_deterministic_sampler_solves_the_gaussian_ode(name):
         # dpm_fast ends on its own grid at sigma_min; the others take the final step to 0.
         sigma_end = sigma_min if name == "dpm_fast" else 0.0
         exact = MU + (np.asarray(x_init_s, np.float64) - MU) * math.sqrt(S**2 + sigma_end**2) / math.sqrt(
-            S**2 + float(sigmas[0]) ** 2)
+            S**2 + float(sigmas[0]) ** 2
+        )
         got = np.asarray(jitted_sampler(name, "exact")(x_init_s, sigmas, jax.random.key(0)), np.float64)
         errors.append(np.abs(got - exact).max())
     assert errors[0] < ODE_TOLERANCES[name], (name, errors)
@@ -333,8 +333,10 @@ def test_ancestral_samplers_with_eta_zero_are_their_deterministic_versions():
     sigmas = schedule.polyexponential_sigmas(12, 0.03, 50.0)
     x = jax.random.normal(jax.random.key(5), (2, 8, 3)) * sigmas[0]
     denoise = functools.partial(wobbly_denoiser, np_module=jnp)
-    for ancestral, plain in ((samplers.sample_euler_ancestral, samplers.sample_euler),
-                             (samplers.sample_dpm_2_ancestral, samplers.sample_dpm_2)):
+    for ancestral, plain in (
+        (samplers.sample_euler_ancestral, samplers.sample_euler),
+        (samplers.sample_dpm_2_ancestral, samplers.sample_dpm_2),
+    ):
         np.testing.assert_allclose(ancestral(denoise, x, sigmas, eta=0.0), plain(denoise, x, sigmas), atol=2e-5)
     # s_noise scales only the added noise: with zero noise, eta still moves the step to sigma_down.
     zero = jnp.zeros((12,) + x.shape)
@@ -373,8 +375,15 @@ def test_dpm_fast_orders_and_grid():
     # at 0, 1/3 and 2/3 of the step.
     grid = np.geomspace(20.0, 0.2, 4)
     ratio = grid[1] / grid[0]
-    want = [grid[0], grid[0] * ratio ** (1 / 3), grid[0] * ratio ** (2 / 3),
-            grid[1], grid[1] * ratio ** (1 / 3), grid[1] * ratio ** (2 / 3), grid[2]]
+    want = [
+        grid[0],
+        grid[0] * ratio ** (1 / 3),
+        grid[0] * ratio ** (2 / 3),
+        grid[1],
+        grid[1] * ratio ** (1 / 3),
+        grid[1] * ratio ** (2 / 3),
+        grid[2],
+    ]
     np.testing.assert_allclose(sorted(seen, reverse=True), want, rtol=1e-5)
 
 
@@ -402,16 +411,24 @@ def test_sampler_traces_the_denoiser_once_as_one_scan():
 
     sigmas = schedule.polyexponential_sigmas(30, 0.01, 80.0)
     x = jnp.zeros((2, 8, 4))
-    jaxpr = jax.make_jaxpr(lambda x, k: samplers.sample_dpmpp_3m_sde(
-        counting_denoiser, x, sigmas, rng=k))(x, jax.random.key(0))
+    jaxpr = jax.make_jaxpr(lambda x, k: samplers.sample_dpmpp_3m_sde(counting_denoiser, x, sigmas, rng=k))(
+        x, jax.random.key(0)
+    )
     assert len(calls) == 1  # traced once, not once per step
     assert [e.primitive.name for e in jaxpr.jaxpr.eqns].count("scan") == 1
 
 
 # Denoiser traces per sampler program: once per call site (a step's first call, then each
 # cond/switch branch's own), whatever the number of steps.
-TRACES = {"heun": 2, "lms": 1, "dpm_2": 2, "dpm_fast": 4, "euler_ancestral": 1, "dpm_2_ancestral": 2,
-          "dpmpp_2s_ancestral": 2}
+TRACES = {
+    "heun": 2,
+    "lms": 1,
+    "dpm_2": 2,
+    "dpm_fast": 4,
+    "euler_ancestral": 1,
+    "dpm_2_ancestral": 2,
+    "dpmpp_2s_ancestral": 2,
+}
 
 
 @pytest.mark.parametrize("name", K_DIFFUSION_NAMES)
@@ -425,7 +442,8 @@ def test_k_diffusion_ports_are_one_scan_of_fixed_size(name):
 
         sigmas = schedule.polyexponential_sigmas(steps, 0.01, 80.0)
         jaxpr = jax.make_jaxpr(lambda x, k: samplers.sample(counting_denoiser, x, sigmas, sampler=name, rng=k))(
-            jnp.zeros((2, 8, 4)), jax.random.key(0))
+            jnp.zeros((2, 8, 4)), jax.random.key(0)
+        )
         assert len(calls) == TRACES[name], (name, steps, len(calls))
         assert [e.primitive.name for e in jaxpr.jaxpr.eqns].count("scan") == 1, name
 
@@ -433,8 +451,9 @@ def test_k_diffusion_ports_are_one_scan_of_fixed_size(name):
 def test_callback_sees_every_step():
     seen = []
     sigmas = schedule.polyexponential_sigmas(6, 0.1, 10.0)
-    run = jax.jit(lambda x: samplers.sample(exact_denoiser, x, sigmas, sampler="ddim",
-                                            callback=lambda i: seen.append(int(i))))
+    run = jax.jit(
+        lambda x: samplers.sample(exact_denoiser, x, sigmas, sampler="ddim", callback=lambda i: seen.append(int(i)))
+    )
     run(jnp.ones((2, 4, 3))).block_until_ready()
     jax.effects_barrier()
     assert sorted(seen) == list(range(6))
@@ -442,14 +461,16 @@ def test_callback_sees_every_step():
     # reference's progress bar counts them; heun one per step, like the reference's.
     for name in ("dpm_fast", "heun"):
         seen.clear()
-        jax.jit(lambda x: samplers.sample(exact_denoiser, x, sigmas, sampler=name,
-                                          callback=lambda i: seen.append(int(i))))(jnp.ones((2, 4, 3)))
+        jax.jit(
+            lambda x: samplers.sample(exact_denoiser, x, sigmas, sampler=name, callback=lambda i: seen.append(int(i)))
+        )(jnp.ones((2, 4, 3)))
         jax.effects_barrier()
         assert sorted(seen) == list(range(6)), name
 
 
 def test_sampler_names_and_errors():
     from stable_audio_jax.errors import UserError
+
     assert set(samplers.SAMPLERS) == set(ALL_NAMES)
     assert samplers.STOCHASTIC_SAMPLERS == STOCHASTIC
     assert samplers.canonical_sampler_name("dpmpp-3m-sde") == "dpmpp_3m_sde"
@@ -481,8 +502,10 @@ def make_guidance_inputs(batch=3, frames=10, channels=6):
     ks = jax.random.split(jax.random.key(7), 5)
     x = jax.random.normal(ks[0], (batch, frames, channels))
     t = jax.random.uniform(ks[1], (batch,))
-    cond = {"tokens": jax.random.normal(ks[2], (batch, 5, channels)),
-            "global": jax.random.normal(ks[3], (batch, channels))}
+    cond = {
+        "tokens": jax.random.normal(ks[2], (batch, 5, channels)),
+        "global": jax.random.normal(ks[3], (batch, channels)),
+    }
     # Unconditional: zeroed tokens, same global (timing) vector, as in the SAO DiT.
     uncond = {"tokens": jnp.zeros_like(cond["tokens"]), "global": cond["global"]}
     return x, t, cond, uncond
@@ -530,8 +553,11 @@ def test_cfg_rescale():
     # phi = 1: every frame's std over channels equals the conditional prediction's.
     full = guidance.cfg_combine(v_c, v_u, 6.0, rescale_phi=1.0)
     np.testing.assert_allclose(full.std(axis=-1), v_c.std(axis=-1), rtol=1e-5)
-    np.testing.assert_allclose(full / jnp.linalg.norm(full, axis=-1, keepdims=True),
-                               plain / jnp.linalg.norm(plain, axis=-1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(
+        full / jnp.linalg.norm(full, axis=-1, keepdims=True),
+        plain / jnp.linalg.norm(plain, axis=-1, keepdims=True),
+        atol=1e-5,
+    )
     # phi blends linearly; a traced 0 is the plain guided prediction.
     half = guidance.cfg_combine(v_c, v_u, 6.0, rescale_phi=0.4)
     np.testing.assert_allclose(half, 0.4 * full + 0.6 * plain, atol=1e-5)
@@ -548,8 +574,7 @@ def test_guided_sampling_end_to_end():
         k_init, k_sample = jax.random.split(rng)
         v_model = guidance.guided_v_model(toy_model_fn, cond, uncond, scale, 0.5)
         x_init = jax.random.normal(k_init, x.shape) * sigmas[0]
-        return samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas,
-                               sampler="dpmpp-3m-sde", rng=k_sample)
+        return samplers.sample(samplers.v_denoiser(v_model), x_init, sigmas, sampler="dpmpp-3m-sde", rng=k_sample)
 
     out = generate(jax.random.key(0), jnp.float32(7.0))
     assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))

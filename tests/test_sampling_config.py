@@ -20,8 +20,12 @@ def test_partial_settings_take_the_defaults_and_bad_ones_fail():
     assert SamplingConfig(sampler="dpmpp-2m-sde").sampler == "dpmpp_2m_sde"  # reference spelling
     with pytest.raises(ValueError, match=r"unknown sampling settings \['cfg'\]"):
         SamplingConfig.from_dict({"cfg": 7.0})
-    for bad, message in (({"steps": 0}, "steps"), ({"rescale_phi": 1.5}, "rescale_phi"),
-                         ({"sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min < sigma_max"), ({"cfg_scale": -1}, "cfg")):
+    for bad, message in (
+        ({"steps": 0}, "steps"),
+        ({"rescale_phi": 1.5}, "rescale_phi"),
+        ({"sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min < sigma_max"),
+        ({"cfg_scale": -1}, "cfg"),
+    ):
         with pytest.raises(ValueError, match=message):
             SamplingConfig.from_dict(bad)
     with pytest.raises(UserError, match="unknown sampler"):

@@ -36,17 +36,28 @@ def _model_config() -> dict:
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> tuple[str, dict]:
     out = str(tmp_path_factory.mktemp("sao") / "pretrained")
-    result = _run("convert_sao.py", f"--checkpoint={CHECKPOINT}", f"--model_config={MODEL_CONFIG}",
-                  f"--t5_dir={T5_DIR}", f"--output_dir={out}")
+    result = _run(
+        "convert_sao.py",
+        f"--checkpoint={CHECKPOINT}",
+        f"--model_config={MODEL_CONFIG}",
+        f"--t5_dir={T5_DIR}",
+        f"--output_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, json.loads(result.stdout[result.stdout.index("{"):])
+    return out, json.loads(result.stdout[result.stdout.index("{") :])
 
 
 def test_architecture_from_the_model_config():
@@ -60,14 +71,20 @@ def test_architecture_from_the_model_config():
     assert (arch.sample_rate, arch.sample_size, arch.latent_scale) == (44100, 8192, 1.0)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda c: c["model"]["diffusion"]["config"].update(transformer_type="x-transformers"), "transformer_type"),
-    (lambda c: c["model"]["diffusion"]["config"].update(flash=True), r"unsupported diffusion.config keys \['flash'\]"),
-    (lambda c: c["model"]["conditioning"]["configs"][0].update(type="clap_text"), "prompt type"),
-    (lambda c: c["model"]["diffusion"].update(global_cond_ids=[]), "global_cond_ids"),
-    (lambda c: c.update(model_type="autoencoder"), "model_type"),
-    (lambda c: c["model"].pop("pretransform"), "missing 'pretransform'"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda c: c["model"]["diffusion"]["config"].update(transformer_type="x-transformers"), "transformer_type"),
+        (
+            lambda c: c["model"]["diffusion"]["config"].update(flash=True),
+            r"unsupported diffusion.config keys \['flash'\]",
+        ),
+        (lambda c: c["model"]["conditioning"]["configs"][0].update(type="clap_text"), "prompt type"),
+        (lambda c: c["model"]["diffusion"].update(global_cond_ids=[]), "global_cond_ids"),
+        (lambda c: c.update(model_type="autoencoder"), "model_type"),
+        (lambda c: c["model"].pop("pretransform"), "missing 'pretransform'"),
+    ],
+)
 def test_unsupported_model_configs_name_the_field(edit, message):
     config = copy.deepcopy(_model_config())
     edit(config)
@@ -84,8 +101,7 @@ def test_conversion_keeps_every_parameter(converted):
     reference = sum(v.size for k, v in tensors.items() if not k.endswith(BUFFERS))
     assert reference == 168_474  # what the reference script printed for its model
     assert summary["params"]["diffusion"] + summary["params"]["autoencoder"] == reference
-    assert summary["params"]["autoencoder"] == sum(v.size for k, v in tensors.items()
-                                                   if k.startswith("pretransform."))
+    assert summary["params"]["autoencoder"] == sum(v.size for k, v in tensors.items() if k.startswith("pretransform."))
 
 
 @pytest.mark.e2e
@@ -93,14 +109,25 @@ def test_bad_inputs_give_one_line(tmp_path, converted):
     out, _ = converted
     broken = tmp_path / "model.safetensors"
     from safetensors.numpy import save_file
+
     tensors = dict(load_state_dict(CHECKPOINT))
     tensors["model.model.extra.weight"] = np.zeros(3, np.float32)
     save_file(tensors, str(broken))
-    result = _run("convert_sao.py", f"--checkpoint={broken}", f"--model_config={MODEL_CONFIG}",
-                  f"--t5_dir={T5_DIR}", f"--output_dir={tmp_path / 'x'}")
+    result = _run(
+        "convert_sao.py",
+        f"--checkpoint={broken}",
+        f"--model_config={MODEL_CONFIG}",
+        f"--t5_dir={T5_DIR}",
+        f"--output_dir={tmp_path / 'x'}",
+    )
     assert result.returncode == 2 and "error:" in result.stderr and "'model.model.extra.weight'" in result.stderr
-    result = _run("convert_sao.py", f"--checkpoint={CHECKPOINT}", f"--model_config={MODEL_CONFIG}",
-                  f"--t5_dir={T5_DIR}", f"--output_dir={out}")
+    result = _run(
+        "convert_sao.py",
+        f"--checkpoint={CHECKPOINT}",
+        f"--model_config={MODEL_CONFIG}",
+        f"--t5_dir={T5_DIR}",
+        f"--output_dir={out}",
+    )
     assert result.returncode == 2 and "already exists" in result.stderr
     result = _run("sample.py", f"--pretrained={tmp_path / 'nowhere'}", "--prompt=x")
     assert result.returncode == 2 and "does not exist" in result.stderr.strip().splitlines()[-1]
@@ -118,7 +145,7 @@ def test_generator_samples_with_sao_defaults_sharded(converted):
     prompts = ["a drum loop", "warm pads", "", "solo piano"]  # 4 rows on 8 devices: padded, split, cut back
     audio = generator.generate(prompts, seconds_total=[0.1, 0.15, 0.05, 0.18], steps=4, seed=3)
     assert audio.shape == (4, round(0.18 * 44100), 2) and np.all(np.isfinite(audio))
-    assert np.all(audio[2, round(0.05 * 44100):] == 0)  # cut to its seconds_total, zero-padded
+    assert np.all(audio[2, round(0.05 * 44100) :] == 0)  # cut to its seconds_total, zero-padded
     # The same prompt alone gives the same clip as in the batch (rows are independent).
     alone = generator.generate(["warm pads", "a drum loop"], seconds_total=0.15, steps=4, seed=3)
     batch_row = generator.generate(["warm pads", "x"], seconds_total=0.15, steps=4, seed=3)
@@ -143,8 +170,16 @@ def test_generator_samples_with_sao_defaults_sharded(converted):
 def test_sample_script_with_pretrained(converted, tmp_path):
     out, _ = converted
     samples = tmp_path / "samples"
-    result = _run("sample.py", f"--pretrained={out}", "--prompt=a drum loop", "--prompt=warm pads",
-                  "--seconds_total=0.1", "--steps=3", f"--output_dir={samples}", "--batch_size=2")
+    result = _run(
+        "sample.py",
+        f"--pretrained={out}",
+        "--prompt=a drum loop",
+        "--prompt=warm pads",
+        "--seconds_total=0.1",
+        "--steps=3",
+        f"--output_dir={samples}",
+        "--batch_size=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     settings = json.loads((samples / "settings.json").read_text())
     assert settings["cfg_scale"] == 7.0 and settings["sampler"] == "dpmpp_3m_sde" and settings["steps"] == 3

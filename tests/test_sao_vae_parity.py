@@ -33,9 +33,15 @@ VAE_STATE = os.path.join(FIXTURES, "sao_vae_state.safetensors")
 TIMING_STATE = os.path.join(FIXTURES, "sao_timing_state.safetensors")
 
 # The reference script's VAE: SAT c_mults [1, 2, 4] are ours with the implicit leading 1.
-CONFIG = AutoencoderConfig(io_channels=2, latent_dim=8, strides=(2, 4, 8),
-                           encoder_channels=8, encoder_multipliers=(1, 1, 2, 4),
-                           decoder_channels=8, decoder_multipliers=(1, 1, 2, 4))
+CONFIG = AutoencoderConfig(
+    io_channels=2,
+    latent_dim=8,
+    strides=(2, 4, 8),
+    encoder_channels=8,
+    encoder_multipliers=(1, 1, 2, 4),
+    decoder_channels=8,
+    decoder_multipliers=(1, 1, 2, 4),
+)
 TIMING_FEATURES = 16
 
 
@@ -60,9 +66,11 @@ def vae_params():
 @jax.jit
 def _encode(params, audio):
     """(pre-bottleneck output, deterministic latents, KL) of audio `[batch, T, 2]`."""
+
     def run(module, x):
         latents, kl = module.encode(x, None)
         return module.encoder(x), latents, kl
+
     return AudioAutoencoder(CONFIG).apply({"params": params}, audio, method=run)
 
 
@@ -98,7 +106,8 @@ def test_timing_conditioners():
     params = timing_params_from_state_dict(reader)
     reader.finish()
     tokens, global_cond = TimingConditioner(TIMING_FEATURES, kind="number").apply(
-        {"params": params}, ref["seconds_start"], ref["seconds_total"])
+        {"params": params}, ref["seconds_start"], ref["seconds_total"]
+    )
     # The inputs include values below 0 and above 512, so the clamp is covered.
     assert_parity(tokens[:, 0], ref["start_embeds"], "seconds_start embedding")
     assert_parity(tokens[:, 1], ref["total_embeds"], "seconds_total embedding")
@@ -106,6 +115,7 @@ def test_timing_conditioners():
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 def _convert(tensors: dict) -> None:
     reader = StateDictReader(tensors, source="ckpt")

@@ -55,8 +55,9 @@ def test_safetensors_and_bad_files(tmp_path):
 
 
 def test_reader_is_strict_and_names_keys():
-    reader = sd.StateDictReader({"m.a": np.zeros((2, 3)), "m.b": np.zeros(4), "m.beta": np.ones(4),
-                                 "other": np.zeros(1)}, source="ckpt")
+    reader = sd.StateDictReader(
+        {"m.a": np.zeros((2, 3)), "m.b": np.zeros(4), "m.beta": np.ones(4), "other": np.zeros(1)}, source="ckpt"
+    )
     m = reader.scoped("m.")
     assert m.keys() == ["a", "b", "beta"]
     assert m.take("a", (2, 3)).shape == (2, 3)
@@ -101,6 +102,7 @@ def test_check_tree_reports_missing_extra_and_shapes():
 # The pickle is written opcode by opcode, in the layout torch.save uses (protocol 2; see the
 # fixture's data.pkl), so a test can put any offset, size, stride or storage into it.
 
+
 def _pickle_str(text: str) -> bytes:
     data = text.encode()
     return b"X" + len(data).to_bytes(4, "little") + data
@@ -116,10 +118,25 @@ def _pickle_tuple(values) -> bytes:
 
 def _tensor_pickle(storage_type: str, key: str, numel: int, offset: int, size, stride) -> bytes:
     """`_rebuild_tensor_v2(<persistent storage>, offset, size, stride, False, {})`."""
-    persistent = (b"(" + _pickle_str("storage") + b"ctorch\n" + storage_type.encode() + b"\n"
-                  + _pickle_str(key) + _pickle_str("cpu") + _pickle_int(numel) + b"tQ")
-    return (b"ctorch._utils\n_rebuild_tensor_v2\n(" + persistent + _pickle_int(offset) + _pickle_tuple(size)
-            + _pickle_tuple(stride) + b"\x89}tR")
+    persistent = (
+        b"("
+        + _pickle_str("storage")
+        + b"ctorch\n"
+        + storage_type.encode()
+        + b"\n"
+        + _pickle_str(key)
+        + _pickle_str("cpu")
+        + _pickle_int(numel)
+        + b"tQ"
+    )
+    return (
+        b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + persistent
+        + _pickle_int(offset)
+        + _pickle_tuple(size)
+        + _pickle_tuple(stride)
+        + b"\x89}tR"
+    )
 
 
 def _write_checkpoint(path, tensor: bytes, storages: dict) -> None:
@@ -132,10 +149,12 @@ def _write_checkpoint(path, tensor: bytes, storages: dict) -> None:
 
 
 STORAGE = np.arange(12, dtype=np.float32)  # the storage every crafted file shares
+STORAGE_BYTES = STORAGE.tobytes()
 
 
-def _crafted(tmp_path, *, storage_type="FloatStorage", numel=12, offset=0, size=(3, 4), stride=(4, 1),
-             raw=STORAGE.tobytes()):  # noqa: B008 - a constant built once
+def _crafted(
+    tmp_path, *, storage_type="FloatStorage", numel=12, offset=0, size=(3, 4), stride=(4, 1), raw=STORAGE_BYTES
+):
     path = tmp_path / "crafted.ckpt"
     _write_checkpoint(path, _tensor_pickle(storage_type, "0", numel, offset, size, stride), {"0": raw})
     return path
@@ -158,23 +177,26 @@ def test_hand_built_checkpoint_reads_in_bounds_views(tmp_path):
         assert got.flags.writeable  # a copy, not a view of the file's read-only buffer
 
 
-@pytest.mark.parametrize("crafted, message", [
-    (dict(offset=12), r"reach element 23, past the storage's 12 elements"),
-    (dict(offset=9, size=(4,), stride=(1,)), r"reach element 12, past the storage's 12 elements"),
-    (dict(size=(2**40, 2**40), stride=(2**40, 1)), r"past the storage's 12 elements"),
-    (dict(size=(3, 4), stride=(5, 1)), r"reach element 13"),
-    (dict(size=(10**6,), stride=(0,)), r"1000000 elements are more than the storage's 12"),
-    (dict(offset=-1, size=(2,), stride=(1,)), r"storage offset -1 is negative"),
-    (dict(offset=11, size=(2,), stride=(-1,)), r"stride \(-1,\) has a negative entry"),
-    (dict(size=(-1, 4), stride=(4, 1)), r"size \(-1, 4\) has a negative entry"),
-    (dict(offset=13, size=(0,), stride=(1,)), r"offset 13 is past the storage's 12 elements"),
-    (dict(size=(3, 4), stride=(4,)), r"different lengths"),
-    (dict(size=(1,) * 65, stride=(1,) * 65), r"65 dimensions"),
-    (dict(storage_type="ComplexFloatStorage"), r"storage '0' has the unsupported type torch.ComplexFloatStorage"),
-    (dict(raw=STORAGE.tobytes()[:-4]), r"storage '0' holds 11 elements, the pickle says 12"),
-    (dict(raw=STORAGE.tobytes()[:-1]), r"storage '0': 47 bytes is not a whole number of 4-byte FloatStorage"),
-    (dict(numel=10**12), r"storage '0' holds 12 elements, the pickle says 1000000000000"),
-])
+@pytest.mark.parametrize(
+    "crafted, message",
+    [
+        (dict(offset=12), r"reach element 23, past the storage's 12 elements"),
+        (dict(offset=9, size=(4,), stride=(1,)), r"reach element 12, past the storage's 12 elements"),
+        (dict(size=(2**40, 2**40), stride=(2**40, 1)), r"past the storage's 12 elements"),
+        (dict(size=(3, 4), stride=(5, 1)), r"reach element 13"),
+        (dict(size=(10**6,), stride=(0,)), r"1000000 elements are more than the storage's 12"),
+        (dict(offset=-1, size=(2,), stride=(1,)), r"storage offset -1 is negative"),
+        (dict(offset=11, size=(2,), stride=(-1,)), r"stride \(-1,\) has a negative entry"),
+        (dict(size=(-1, 4), stride=(4, 1)), r"size \(-1, 4\) has a negative entry"),
+        (dict(offset=13, size=(0,), stride=(1,)), r"offset 13 is past the storage's 12 elements"),
+        (dict(size=(3, 4), stride=(4,)), r"different lengths"),
+        (dict(size=(1,) * 65, stride=(1,) * 65), r"65 dimensions"),
+        (dict(storage_type="ComplexFloatStorage"), r"storage '0' has the unsupported type torch.ComplexFloatStorage"),
+        (dict(raw=STORAGE.tobytes()[:-4]), r"storage '0' holds 11 elements, the pickle says 12"),
+        (dict(raw=STORAGE.tobytes()[:-1]), r"storage '0': 47 bytes is not a whole number of 4-byte FloatStorage"),
+        (dict(numel=10**12), r"storage '0' holds 12 elements, the pickle says 1000000000000"),
+    ],
+)
 def test_crafted_views_are_refused_in_one_line(tmp_path, crafted, message):
     with pytest.raises(sd.ConversionError, match=message) as info:
         sd.load_state_dict(_crafted(tmp_path, **crafted))
@@ -197,8 +219,15 @@ def test_broken_archives_are_refused_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
     # The storage is not a storage: a tensor whose first argument is a plain int.
     bogus = tmp_path / "bogus.ckpt"
-    _write_checkpoint(bogus, b"ctorch._utils\n_rebuild_tensor_v2\n(" + _pickle_int(0) * 2 + _pickle_tuple((1,))
-                      + _pickle_tuple((1,)) + b"\x89}tR", {})
+    _write_checkpoint(
+        bogus,
+        b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + _pickle_int(0) * 2
+        + _pickle_tuple((1,))
+        + _pickle_tuple((1,))
+        + b"\x89}tR",
+        {},
+    )
     with pytest.raises(sd.ConversionError, match=r"tensor 'w' is not a valid view.*not a storage record"):
         sd.load_state_dict(bogus)
 
@@ -208,15 +237,23 @@ def test_crafted_file_cannot_crash_the_process(tmp_path):
     instead of killing pytest, and each must end in a ConversionError."""
     import subprocess
     import sys
+
     paths = []
     for i, crafted in enumerate([dict(offset=10**9), dict(size=(2**30,), stride=(2**30,)), dict(offset=2**62)]):
         sub = tmp_path / str(i)
         sub.mkdir()
         paths.append(str(_crafted(sub, **crafted)))
-    code = ("import sys\nfrom stable_audio_jax.convert import state_dict as sd\n"
-            "for p in sys.argv[1:]:\n"
-            "    try:\n        sd.load_state_dict(p)\n    except sd.ConversionError:\n        print('refused')\n")
-    result = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    code = (
+        "import sys\nfrom stable_audio_jax.convert import state_dict as sd\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n        sd.load_state_dict(p)\n    except sd.ConversionError:\n        print('refused')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *paths],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["refused"] * 3

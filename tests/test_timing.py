@@ -59,18 +59,28 @@ def _timing_dataset(rng: np.random.Generator, batch: int) -> tuple[np.ndarray, n
 def test_tiny_model_learns_to_end_content_at_seconds_total():
     # The demo model's design (configs/diffusion_tiny.py) at a smaller scale: timing as
     # tokens, as global conditioning and per frame (seconds left), plus frame positions.
-    unet = UNetConfig(**{**UNetConfig.tiny(in_channels=CHANNELS, text_length=4, context_features=16).to_dict(),
-                         "multipliers": (1, 1, 2, 2), "factors": (4, 4, 4), "num_blocks": (1, 1, 1),
-                         "attentions": (0, 0, 1, 1), "global_features": 32, "position_features": 16,
-                         "frame_features": 8})
-    model = LatentDiffusionModel(LatentDiffusionConfig(unet=unet, timing_kind="table", max_seconds=32,
-                                                       global_timing=True, frame_seconds=1 / FPS))
+    unet = UNetConfig(
+        **{
+            **UNetConfig.tiny(in_channels=CHANNELS, text_length=4, context_features=16).to_dict(),
+            "multipliers": (1, 1, 2, 2),
+            "factors": (4, 4, 4),
+            "num_blocks": (1, 1, 1),
+            "attentions": (0, 0, 1, 1),
+            "global_features": 32,
+            "position_features": 16,
+            "frame_features": 8,
+        }
+    )
+    model = LatentDiffusionModel(
+        LatentDiffusionConfig(unet=unet, timing_kind="table", max_seconds=32, global_timing=True, frame_seconds=1 / FPS)
+    )
     batch, steps = 16, 700
     text = jnp.zeros((batch, 4, 16))
     text_mask = jnp.ones((batch, 4), bool)
     start = jnp.zeros((batch,), jnp.int32)
-    params = model.init(jax.random.key(0), jnp.zeros((batch, FRAMES, CHANNELS)), jnp.zeros((batch,)),
-                        text, text_mask, start, start)["params"]
+    params = model.init(
+        jax.random.key(0), jnp.zeros((batch, FRAMES, CHANNELS)), jnp.zeros((batch,)), text, text_mask, start, start
+    )["params"]
     tx = optax.adam(1e-3)
 
     def loss_fn(p, x0, total, key):
@@ -95,12 +105,20 @@ def test_tiny_model_learns_to_end_content_at_seconds_total():
 
     requested = np.array([3, 6, 10] * 4)
     n = len(requested)
-    v_model = lambda x, t: model.apply({"params": params}, x, t, jnp.zeros((n, 4, 16)), jnp.ones((n, 4), bool),
-                                       jnp.zeros((n,), jnp.int32), jnp.asarray(requested))
+    v_model = lambda x, t: model.apply(
+        {"params": params},
+        x,
+        t,
+        jnp.zeros((n, 4, 16)),
+        jnp.ones((n, 4), bool),
+        jnp.zeros((n,), jnp.int32),
+        jnp.asarray(requested),
+    )
     sigmas = schedule.polyexponential_sigmas(30, 0.03, 80.0)
     noise = jax.random.normal(jax.random.key(123), (n, FRAMES, CHANNELS)) * sigmas[0]
-    latents = np.asarray(jax.jit(lambda x: samplers.sample(samplers.v_denoiser(v_model), x, sigmas,
-                                                           sampler="dpmpp_2m"))(noise))
+    latents = np.asarray(
+        jax.jit(lambda x: samplers.sample(samplers.v_denoiser(v_model), x, sigmas, sampler="dpmpp_2m"))(noise)
+    )
     # Content frames have RMS 1 (0 dB), the end zeros: a frame "sounds" above -6 dB.
     rows = timing_errors(list(latents), requested, FPS, frame_seconds=1 / FPS, relative_db=6.0, floor_db=-6.0)
     errors = np.array([abs(r["error"]) for r in rows])

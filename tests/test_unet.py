@@ -29,9 +29,13 @@ def _count(tree) -> int:
 
 
 def _unet_inputs(config: UNetConfig, batch: int = 1, frames: int = 16):
-    return (jnp.zeros((batch, frames, config.in_channels)), jnp.zeros((batch,)),
-            jnp.zeros((batch, config.context_length, config.context_features)),
-            jnp.ones((batch, config.context_length), bool), jnp.zeros((batch,), bool))
+    return (
+        jnp.zeros((batch, frames, config.in_channels)),
+        jnp.zeros((batch,)),
+        jnp.zeros((batch, config.context_length, config.context_features)),
+        jnp.ones((batch, config.context_length), bool),
+        jnp.zeros((batch,), bool),
+    )
 
 
 # ----------------------------------------------------------------------------- conditioning
@@ -121,7 +125,7 @@ def test_conv1d_adp_same_padding():
     assert y.shape == (1, 4, 3)
     k, b = params["params"]["kernel"].value, params["params"]["bias"].value
     xp = np.pad(np.asarray(x[0]), ((3, 2), (0, 0)))
-    ref = np.stack([np.einsum("ki,kio->o", xp[4 * i:4 * i + 9], k) for i in range(4)]) + b
+    ref = np.stack([np.einsum("ki,kio->o", xp[4 * i : 4 * i + 9], k) for i in range(4)]) + b
     np.testing.assert_allclose(y[0], ref, rtol=1e-5, atol=1e-5)
 
 
@@ -136,10 +140,10 @@ def test_conv_transpose1d_matches_direct_definition(stride):
     k, b = np.asarray(params["params"]["kernel"].value), np.asarray(params["params"]["bias"].value)
     full = np.zeros(((length - 1) * stride + kernel_size, 3))
     for i in range(length):
-        full[i * stride:i * stride + kernel_size] += np.einsum("i,kio->ko", np.asarray(x[0, i]), k)
+        full[i * stride : i * stride + kernel_size] += np.einsum("i,kio->ko", np.asarray(x[0, i]), k)
     total = kernel_size - stride
     left = total - total // 2
-    np.testing.assert_allclose(y[0], full[left:left + length * stride] + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y[0], full[left : left + length * stride] + b, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- U-Net config
@@ -304,8 +308,7 @@ def test_global_conditioning_enters_the_mapping_and_is_nulled_with_the_context()
 def test_seconds_left_features_change_sign_at_the_requested_end():
     """Frames of 0.5 s: a 10 s file whose window starts at second 4 ends in frame 11
     (centre 4 + 11.5 x 0.5 = 9.75 s); a window starting at 0 of a 3 s file in frame 5."""
-    features = seconds_left_features(jnp.array([4, 0]), jnp.array([10, 3]), frames=16, frame_seconds=0.5,
-                                     features=4)
+    features = seconds_left_features(jnp.array([4, 0]), jnp.array([10, 3]), frames=16, frame_seconds=0.5, features=4)
     assert features.shape == (2, 16, 4)
     left = np.array([[10 - 4 - (f + 0.5) * 0.5 for f in range(16)], [3 - (f + 0.5) * 0.5 for f in range(16)]])
     np.testing.assert_allclose(features[..., 0], np.tanh(left / 0.25), atol=1e-6)  # the sharpest scale
@@ -323,14 +326,18 @@ def test_frame_conditioning_is_added_per_frame_and_nulled_with_the_context():
     x, t, context, mask, _ = _unet_inputs(config, batch=2, frames=16)
     frame_cond = jax.random.normal(jax.random.key(2), (2, 16, 3))
     params = model.init(jax.random.key(0), x, t, context, mask, None, None, frame_cond)
-    assert _count(params) == expected_num_params(config) == expected_num_params(UNetConfig.tiny()) + 3 * 32 + 32  # widths[0] = 32
+    assert (
+        _count(params) == expected_num_params(config) == expected_num_params(UNetConfig.tiny()) + 3 * 32 + 32
+    )  # widths[0] = 32
     v = model.apply(params, x, t, context, mask, None, None, frame_cond)
     v_zero = model.apply(params, x, t, context, mask, None, None, jnp.zeros_like(frame_cond))
     assert float(jnp.max(jnp.abs(v - v_zero))) > 1e-4
     null = jnp.array([True, True])
-    np.testing.assert_allclose(model.apply(params, x, t, context, mask, null, None, frame_cond),
-                               model.apply(params, x, t, context, mask, null, None, jnp.zeros_like(frame_cond)),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.apply(params, x, t, context, mask, null, None, frame_cond),
+        model.apply(params, x, t, context, mask, null, None, jnp.zeros_like(frame_cond)),
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="frame_cond"):
         model.apply(params, x, t, context, mask, None, None, None)
     with pytest.raises(ValueError, match="frame_cond must be"):
@@ -340,9 +347,18 @@ def test_frame_conditioning_is_added_per_frame_and_nulled_with_the_context():
 # ----------------------------------------------------------------------------- rematerialisation
 
 # One down level with a 2-block bottleneck transformer: 6 ResNet blocks + 2 transformer blocks.
-REMAT_UNET = UNetConfig(**{**UNetConfig.tiny(in_channels=4, text_length=6, context_features=16).to_dict(),
-                           "channels": 16, "multipliers": (1, 1), "factors": (2,), "num_blocks": (1,),
-                           "attentions": (0, 2), "resnet_groups": 4, "transformer_groups": 8})
+REMAT_UNET = UNetConfig(
+    **{
+        **UNetConfig.tiny(in_channels=4, text_length=6, context_features=16).to_dict(),
+        "channels": 16,
+        "multipliers": (1, 1),
+        "factors": (2,),
+        "num_blocks": (1,),
+        "attentions": (0, 2),
+        "resnet_groups": 4,
+        "transformer_groups": 8,
+    }
+)
 REMAT_BLOCKS = 8
 
 
@@ -353,9 +369,13 @@ def _remat_unet(policy: str) -> UNet1D:
 def _remat_inputs(batch: int = 2, frames: int = 16):
     k = jax.random.split(jax.random.key(3), 3)
     c = REMAT_UNET
-    return (jax.random.normal(k[0], (batch, frames, c.in_channels)), jax.random.uniform(k[1], (batch,)),
-            jax.random.normal(k[2], (batch, c.context_length, c.context_features)),
-            jnp.arange(c.context_length)[None] < jnp.array([[4], [8]]), jnp.array([False, True]))
+    return (
+        jax.random.normal(k[0], (batch, frames, c.in_channels)),
+        jax.random.uniform(k[1], (batch,)),
+        jax.random.normal(k[2], (batch, c.context_length, c.context_features)),
+        jnp.arange(c.context_length)[None] < jnp.array([[4], [8]]),
+        jnp.array([False, True]),
+    )
 
 
 @pytest.mark.parametrize("policy", REMAT_CHOICES[1:])
@@ -381,6 +401,7 @@ def _remat_value_and_grad(model: UNet1D):
     def loss(params):
         v = model.apply(params, *_remat_inputs())
         return jnp.mean(jnp.square(v)), v
+
     return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 

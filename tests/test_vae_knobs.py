@@ -77,16 +77,20 @@ def test_remat_policies_keep_params_outputs_and_gradients(start):
     audio = batch["audio"][:2, :64]
     rng = jax.random.key(2)
     noise = jax.random.normal(rng, (2, 8, 4))
-    models = {policy: AudioAutoencoder(AutoencoderConfig.from_dict(dict(config, remat_policy=policy)))
-              for policy in ("none", *REMAT_POLICIES)}
+    models = {
+        policy: AudioAutoencoder(AutoencoderConfig.from_dict(dict(config, remat_policy=policy)))
+        for policy in ("none", *REMAT_POLICIES)
+    }
     params = state.params["autoencoder"]
 
     def loss(model, params):
         recon, _, kl = model.apply({"params": params}, audio, noise=noise)
         return jnp.mean(jnp.square(recon - audio)) + kl, recon
 
-    boxed = {policy: jax.eval_shape(lambda: model.init(jax.random.key(0), audio)["params"])
-             for policy, model in models.items()}
+    boxed = {
+        policy: jax.eval_shape(lambda: model.init(jax.random.key(0), audio)["params"])
+        for policy, model in models.items()
+    }
     for policy, model in models.items():
         # The same names, shapes and logical axis names (so the same shardings) as the state's.
         assert jax.tree.structure(boxed[policy]) == jax.tree.structure(boxed["none"]), policy
@@ -98,8 +102,10 @@ def test_remat_policies_keep_params_outputs_and_gradients(start):
 
     def run(params):
         drawn = [models["none"].apply({"params": params}, audio, *args)[0] for args in ((rng,), (None, noise))]
-        return drawn, {policy: jax.value_and_grad(lambda p: loss(models[policy], p), has_aux=True)(params)
-                       for policy in ("none", "full", "dots_saveable")}
+        return drawn, {
+            policy: jax.value_and_grad(lambda p: loss(models[policy], p), has_aux=True)(params)
+            for policy in ("none", "full", "dots_saveable")
+        }
 
     drawn, results = jax.jit(run)(params)
     np.testing.assert_array_equal(*drawn)
@@ -128,22 +134,35 @@ def test_generator_accumulation_averages_micro_batch_losses(start):
     def run(state, batch):
         inputs = task.step_inputs(state, batch)
         micro = [jax.tree.map(lambda x: x[j::2], inputs) for j in range(2)]
-        explicit = [jax.grad(task.generator_loss, has_aux=True)(state.params["autoencoder"],
-                                                                state.params["discriminator"], m, adversarial=True)
-                    for m in micro]
+        explicit = [
+            jax.grad(task.generator_loss, has_aux=True)(
+                state.params["autoencoder"], state.params["discriminator"], m, adversarial=True
+            )
+            for m in micro
+        ]
         explicit_mean = jax.tree.map(lambda a, b: (a + b) / 2, *explicit)
         return [t.generator_grads(state, batch, adversarial=True) for t in (task, *tasks)], explicit_mean
 
     results, (want_grads, want_metrics) = jax.jit(run)(state, batch)
     (grads, metrics), (one_grads, one_metrics), (two_grads, two_metrics) = results
 
-    assert set(metrics) == {"spectral", "mrstft_sum_diff", "mrstft_left", "mrstft_right", "kl",
-                            "adversarial", "feature_matching", "loss"}
+    assert set(metrics) == {
+        "spectral",
+        "mrstft_sum_diff",
+        "mrstft_left",
+        "mrstft_right",
+        "kl",
+        "adversarial",
+        "feature_matching",
+        "loss",
+    }
     for key in metrics:
         np.testing.assert_allclose(metrics[key], want_metrics[key], rtol=1e-5, err_msg=key)
         np.testing.assert_allclose(two_metrics[key], one_metrics[key], rtol=1e-5, err_msg=key)
-    errors = {"explicit mean": _relative_error(grads, want_grads),
-              "whole batch, per-signal ratio": _relative_error(two_grads, one_grads)}
+    errors = {
+        "explicit mean": _relative_error(grads, want_grads),
+        "whole batch, per-signal ratio": _relative_error(two_grads, one_grads),
+    }
     print({k: f"{v:.1e}" for k, v in errors.items()})
     assert max(errors.values()) < 1e-5
 
@@ -164,23 +183,29 @@ def test_discriminator_accumulation_matches_the_whole_batch(start):
     one, two = [VAETask(knob_config(k)) for k in (1, 2)]
     two.discriminator_tx = sgd
     state = state.replace(opt_state=dict(state.opt_state, discriminator=sgd.init(state.params["discriminator"])))
-    (grads_one, metrics_one), (grads_two, metrics_two), (stepped, step_metrics) = jax.jit(lambda s, b: [
-        one.discriminator_grads(s, b), two.discriminator_grads(s, b), two.train_phases()["discriminator"](s, b)])(
-        state, batch)
+    (grads_one, metrics_one), (grads_two, metrics_two), (stepped, step_metrics) = jax.jit(
+        lambda s, b: [
+            one.discriminator_grads(s, b),
+            two.discriminator_grads(s, b),
+            two.train_phases()["discriminator"](s, b),
+        ]
+    )(state, batch)
 
     np.testing.assert_allclose(metrics_two["discriminator_loss"], metrics_one["discriminator_loss"], rtol=1e-5)
     assert _relative_error(grads_two, grads_one) < 2e-4
     assert set(step_metrics) == {"discriminator_loss"} and int(stepped.step) == int(state.step) + 1
     jax.tree.map(np.testing.assert_array_equal, stepped.params["autoencoder"], state.params["autoencoder"])
     want = jax.tree.map(lambda p, g: p - 1e-2 * g, state.params["discriminator"], grads_two)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
-                 stepped.params["discriminator"], want)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), stepped.params["discriminator"], want
+    )
 
 
 def test_bad_knobs_give_clear_errors():
     for steps in (0, 3):
-        with pytest.raises(ValueError, match=f"optimizer.grad_accum_steps={steps} must be >= 1 and divide "
-                                             "data.batch_size=8"):
+        with pytest.raises(
+            ValueError, match=f"optimizer.grad_accum_steps={steps} must be >= 1 and divide data.batch_size=8"
+        ):
             VAETask(knob_config(steps))
     with pytest.raises(ValueError, match=r"unknown remat_policy 'dots'; choose one of \['none', 'full'"):
         VAETask(knob_config(remat_policy="dots"))

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 
 
 def _init(task, mesh):
-    state, shardings = parallel.init_sharded(task.init_state, jax.random.PRNGKey(0), mesh=mesh,
-                                             rules=parallel.DEFAULT_RULES)
+    state, shardings = parallel.init_sharded(
+        task.init_state, jax.random.PRNGKey(0), mesh=mesh, rules=parallel.DEFAULT_RULES
+    )
     return state, shardings
 
 
@@ -38,8 +39,13 @@ def run_steps(task, state, shardings, mesh, batch, num_steps):
         for _ in range(num_steps):
             phase = task.train_phase(int(state.step))
             if phase not in compiled:
-                compiled[phase] = jit_train_step(task.train_phases()[phase], mesh=mesh, rules=parallel.DEFAULT_RULES,
-                                                 state_shardings=shardings, example_batch=batch)
+                compiled[phase] = jit_train_step(
+                    task.train_phases()[phase],
+                    mesh=mesh,
+                    rules=parallel.DEFAULT_RULES,
+                    state_shardings=shardings,
+                    example_batch=batch,
+                )
             state, m = compiled[phase](state, batch)
             metrics.append((phase, jax.device_get(m)))
     return state, metrics
@@ -92,8 +98,7 @@ def test_sharded_step_matches_single_device():
             audio = jax.device_put(batch["audio"], parallel.batch_sharding(mesh, 3))
             grads = jax.device_get(jax.jit(jax.grad(reconstruction_mse))(state.params["autoencoder"], audio))
         state, metrics = run_steps(task, state, shardings, mesh, batch, 4)
-        assert [phase for phase, _ in metrics] == ["generator_warmup", "generator_warmup", "generator",
-                                                   "discriminator"]
+        assert [phase for phase, _ in metrics] == ["generator_warmup", "generator_warmup", "generator", "discriminator"]
         results[name] = (metrics, grads, state)
 
     mesh_state = results["mesh"][2]
@@ -107,8 +112,9 @@ def test_sharded_step_matches_single_device():
 
     for i, ((_, single), (_, sharded)) in enumerate(zip(results["single"][0], results["mesh"][0])):
         for key in single:
-            np.testing.assert_allclose(sharded[key], single[key], rtol=2e-5 if i == 0 else 5e-3, atol=1e-6,
-                                       err_msg=f"step {i + 1}: {key}")
+            np.testing.assert_allclose(
+                sharded[key], single[key], rtol=2e-5 if i == 0 else 5e-3, atol=1e-6, err_msg=f"step {i + 1}: {key}"
+            )
     single_grads = np.concatenate([np.ravel(g) for g in jax.tree.leaves(results["single"][1])])
     mesh_grads = np.concatenate([np.ravel(g) for g in jax.tree.leaves(results["mesh"][1])])
     relative_error = np.linalg.norm(mesh_grads - single_grads) / np.linalg.norm(single_grads)
@@ -164,4 +170,5 @@ def test_sigterm_saves_a_checkpoint_and_stops(synthetic_shards, tmp_path):
     stopped = summary["interrupted_at"]
     assert 1 <= stopped < 10_000 and int(state.step) == stopped
     from stable_audio_jax.training.checkpointing import Checkpointer
+
     assert Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == stopped

@@ -27,8 +27,9 @@ def clap_param_counts(config: Any) -> dict[str, int]:
     from stable_audio_jax.training.clap_task import build_clap
 
     model = build_clap(config)
-    abstract = jax.eval_shape(model.init, {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                              *clap_example_inputs(config, 1))
+    abstract = jax.eval_shape(
+        model.init, {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, *clap_example_inputs(config, 1)
+    )
     params = abstract["params"]
     counts = {"clap": parallel.count_params(params)}
     for name in ("text_encoder", "audio_encoder", "text_projection", "audio_projection"):
@@ -64,26 +65,56 @@ def benchmark_clap(config: Any, options: Options, mesh: Any) -> tuple[dict[str, 
     audio, ids, mask = (global_array(x, mesh, rules) for x in (host_audio, host_ids, host_mask))
 
     state, state_shardings, params, param_shardings, init_seconds = init_for_benchmark(
-        task, "clap", config.seed, options.skip_train, mesh, rules)
+        task, "clap", config.seed, options.skip_train, mesh, rules
+    )
 
     def inference(name: str, description: str, method: Callable, inputs: tuple, seconds: float) -> Measurement:
         fn = lambda p, *x: task.model.apply({"params": p}, *x, method=method)  # noqa: E731
-        return measure_inference(name, description, fn, params, param_shardings, inputs, options=options,
-                                 mesh=mesh, rules=rules, audio_seconds_per_item=seconds)
+        return measure_inference(
+            name,
+            description,
+            fn,
+            params,
+            param_shardings,
+            inputs,
+            options=options,
+            mesh=mesh,
+            rules=rules,
+            audio_seconds_per_item=seconds,
+        )
 
     results = [
-        inference("text_features", f"prompts -> text hidden state {task.model.config.feature_layer} "
-                  "(the diffusion conditioning; clips/s = prompts/s)", CLAP.text_features, (ids, mask), 0.0),
-        inference("encode_audio", "audio window -> unit-norm joint embedding", CLAP.encode_audio, (audio,),
-                  window_seconds),
+        inference(
+            "text_features",
+            f"prompts -> text hidden state {task.model.config.feature_layer} "
+            "(the diffusion conditioning; clips/s = prompts/s)",
+            CLAP.text_features,
+            (ids, mask),
+            0.0,
+        ),
+        inference(
+            "encode_audio", "audio window -> unit-norm joint embedding", CLAP.encode_audio, (audio,), window_seconds
+        ),
     ]
     if not options.skip_train:
         result, state = measure_train_phase(
-            "train/clap", "contrastive step: both towers, symmetric InfoNCE, AdamW, EMA", task.train_step,
-            state, state_shardings, {"audio": audio, "text_ids": ids, "text_mask": mask},
-            options=options, mesh=mesh, rules=rules, audio_seconds_per_item=window_seconds)
+            "train/clap",
+            "contrastive step: both towers, symmetric InfoNCE, AdamW, EMA",
+            task.train_step,
+            state,
+            state_shardings,
+            {"audio": audio, "text_ids": ids, "text_mask": mask},
+            options=options,
+            mesh=mesh,
+            rules=rules,
+            audio_seconds_per_item=window_seconds,
+        )
         results.append(result)
-    info = {"window_samples": config.data.sample_size, "window_seconds": window_seconds,
-            "sample_rate": config.data.sample_rate, "text_length": config.text.max_length,
-            "init_seconds": init_seconds}
+    info = {
+        "window_samples": config.data.sample_size,
+        "window_seconds": window_seconds,
+        "sample_rate": config.data.sample_rate,
+        "text_length": config.text.max_length,
+        "init_seconds": init_seconds,
+    }
     return info, results

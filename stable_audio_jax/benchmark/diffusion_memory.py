@@ -14,8 +14,9 @@ from stable_audio_jax.benchmark.options import BenchmarkUsageError
 from stable_audio_jax.benchmark.report import format_table
 
 
-def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int | str], global_batch: int,
-                               policies: Sequence[str] = ()) -> list[dict[str, Any]]:
+def diffusion_memory_estimates(
+    config: Any, mesh_shape: Sequence[int | str], global_batch: int, policies: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """`TrainMemoryEstimate.to_json()` of the diffusion train step on a (data, fsdp, tensor) mesh of
     `mesh_shape` (integers, or the `--memory_mesh` strings) for each remat policy in `policies`
     (the backbone's `remat_policy` overridden; none given: the config's). Bad input (another
@@ -26,16 +27,18 @@ def diffusion_memory_estimates(config: Any, mesh_shape: Sequence[int | str], glo
     try:
         shape = [int(v) for v in mesh_shape]
     except ValueError:
-        raise BenchmarkUsageError(f"--memory_mesh takes three integers (data,fsdp,tensor), got {list(mesh_shape)}"
-                                  ) from None
+        raise BenchmarkUsageError(
+            f"--memory_mesh takes three integers (data,fsdp,tensor), got {list(mesh_shape)}"
+        ) from None
     try:
         return _estimates(config, shape, global_batch, policies)
     except ValueError as e:  # mesh shape or batch split
         raise BenchmarkUsageError(str(e)) from e
 
 
-def _estimates(config: Any, mesh_shape: Sequence[int], global_batch: int,
-               policies: Sequence[str]) -> list[dict[str, Any]]:
+def _estimates(
+    config: Any, mesh_shape: Sequence[int], global_batch: int, policies: Sequence[str]
+) -> list[dict[str, Any]]:
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -61,11 +64,16 @@ def _estimates(config: Any, mesh_shape: Sequence[int], global_batch: int,
 
         def make_inputs(batch_size: int, task=task):
             x, _, text, text_mask, start, total = task.example_inputs(batch_size)
-            batch = {"latent_mean": x, "latent_std": x, "text_features": text, "text_mask": text_mask,
-                     "seconds_start": start, "seconds_total": total}
+            batch = {
+                "latent_mean": x,
+                "latent_std": x,
+                "text_features": text,
+                "text_mask": text_mask,
+                "seconds_start": start,
+                "seconds_total": total,
+            }
             as_struct = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
-            return jax.eval_shape(lambda b, k: task.noised_inputs(b, k, 0.1),
-                                  jax.tree.map(as_struct, batch), key)
+            return jax.eval_shape(lambda b, k: task.noised_inputs(b, k, 0.1), jax.tree.map(as_struct, batch), key)
 
         with nn.logical_axis_rules(rules):
             state = jax.eval_shape(task.init_state, key)
@@ -74,16 +82,26 @@ def _estimates(config: Any, mesh_shape: Sequence[int], global_batch: int,
                 model, merged = ADAPTERS, lora.merged_kernels(state.frozen["diffusion"], task.lora_targets)
 
                 def loss_fn(adapters, inputs, task=task):
-                    return task.prediction_loss(lora.merge(inputs["frozen"], [(task.adapter(adapters), 1.0)]), inputs["x"])
+                    return task.prediction_loss(
+                        lora.merge(inputs["frozen"], [(task.adapter(adapters), 1.0)]), inputs["x"]
+                    )
 
                 def inputs_fn(batch_size: int, make_inputs=make_inputs, frozen=frozen):
                     return {"frozen": frozen, "x": make_inputs(batch_size)}
             else:
                 loss_fn, inputs_fn, model, merged = task.prediction_loss, make_inputs, "diffusion", None
             estimate = memory_estimate.train_memory_estimate(
-                state=state, loss_fn=loss_fn, make_inputs=inputs_fn,
-                mesh=mesh, rules=rules, global_batch=global_batch, grad_accum_steps=task.grad_accum_steps,
-                remat_policy=policy, model=model, merged=merged)
+                state=state,
+                loss_fn=loss_fn,
+                make_inputs=inputs_fn,
+                mesh=mesh,
+                rules=rules,
+                global_batch=global_batch,
+                grad_accum_steps=task.grad_accum_steps,
+                remat_policy=policy,
+                model=model,
+                merged=merged,
+            )
         results.append(estimate.to_json())
     return results
 
@@ -96,12 +114,16 @@ def format_memory_estimates(estimates: Sequence[dict[str, Any]]) -> str:
         parts = ("frozen", "merged", *parts)
     size = lambda b: f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"  # noqa: E731
     rows = [[e["remat_policy"]] + [size(e[k]) for k in parts] for e in estimates]
-    lines = [f"per-device memory of one train step (estimate from shapes; mesh {first['mesh_shape']}, "
-             f"global batch {first['global_batch']}, {first['micro_batch_per_device']} example(s) per device "
-             f"per micro-batch, {first['grad_accum_steps']} micro-batch(es))"]
+    lines = [
+        f"per-device memory of one train step (estimate from shapes; mesh {first['mesh_shape']}, "
+        f"global batch {first['global_batch']}, {first['micro_batch_per_device']} example(s) per device "
+        f"per micro-batch, {first['grad_accum_steps']} micro-batch(es))"
+    ]
     lines += format_table(["remat policy", *parts], rows)
-    lines += ["params/optimizer/ema/gradients: each device's shards under the logical rules (with LoRA: of the "
-              "adapters; frozen: the base, merged: its adapted kernels in float32); activations: the "
-              "residuals saved for the backward pass (jax.vjp under eval_shape) for one micro-batch. "
-              "XLA temporaries (the block being recomputed, fusion scratch) come on top: a lower bound."]
+    lines += [
+        "params/optimizer/ema/gradients: each device's shards under the logical rules (with LoRA: of the "
+        "adapters; frozen: the base, merged: its adapted kernels in float32); activations: the "
+        "residuals saved for the backward pass (jax.vjp under eval_shape) for one micro-batch. "
+        "XLA temporaries (the block being recomputed, fusion scratch) come on top: a lower bound."
+    ]
     return "\n".join(lines)

@@ -37,8 +37,11 @@ def diffusion_param_counts(config: Any) -> dict[str, int]:
     task = DiffusionTask(config)
     params = jax.eval_shape(task.model.init, jax.random.PRNGKey(0), *task.example_inputs())["params"]
     backbone = task.model.config.backbone
-    return {"diffusion": parallel.count_params(params), backbone: parallel.count_params(params[backbone]),
-            "timing": parallel.count_params(params["timing"])}
+    return {
+        "diffusion": parallel.count_params(params),
+        backbone: parallel.count_params(params[backbone]),
+        "timing": parallel.count_params(params["timing"]),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +77,17 @@ def forward_lengths(config: Any, options: Options) -> list[ForwardLength]:
     return lengths
 
 
-def measure_forward(task: Any, params: Any, param_shardings: Any, length: ForwardLength, *, options: Options,
-                    mesh: Any, rules: tuple, seed: int) -> Measurement:
+def measure_forward(
+    task: Any,
+    params: Any,
+    param_shardings: Any,
+    length: ForwardLength,
+    *,
+    options: Options,
+    mesh: Any,
+    rules: tuple,
+    seed: int,
+) -> Measurement:
     """One jitted `task.model.apply` (timing and text conditioning included) on the CFG batch:
     x `[2B, frames, latent_dim]`, the first B rows conditional, the last B the same inputs
     with `use_null_context`. clips/s and audio s/s count the B conditional items (a guided
@@ -90,19 +102,30 @@ def measure_forward(task: Any, params: Any, param_shardings: Any, length: Forwar
     inputs = (
         cfg(rng.standard_normal((b, length.frames, model.latent_dim)).astype(np.float32)),  # x
         cfg(rng.uniform(0.0, 1.0, (b,)).astype(np.float32)),  # t
-        cfg(rng.standard_normal(text.shape).astype(np.float32)), cfg(text_mask), cfg(start),  # text, start
+        cfg(rng.standard_normal(text.shape).astype(np.float32)),
+        cfg(text_mask),
+        cfg(start),  # text, start
         np.full((2 * b,), round(length.window_seconds), np.int32),  # seconds_total
         np.repeat(np.array([False, True]), b),  # use_null_context: the unconditional half
     )
     names = ("x", "t", "text_features", "text_mask", "seconds_start", "seconds_total", "use_null_context")
     fn = lambda p, *a: task.model.apply({"params": p}, *a)  # noqa: E731
     return measure_inference(
-        length.name, f"one {model.backbone} forward (timing + text conditioning included) on the CFG batch "
+        length.name,
+        f"one {model.backbone} forward (timing + text conditioning included) on the CFG batch "
         f"2B={2 * b} (conditional half, unconditional half with use_null_context) at {length.frames} latent "
         f"frames = {length.window_seconds:.2f} s; clips/s and audio s/s count the B={b} conditional items",
-        fn, params, param_shardings, tuple(global_array(a, mesh, rules) for a in inputs), options=options,
-        mesh=mesh, rules=rules, batch_size=b, audio_seconds_per_item=length.window_seconds,
-        input_shapes={n: list(a.shape) for n, a in zip(names, inputs)})
+        fn,
+        params,
+        param_shardings,
+        tuple(global_array(a, mesh, rules) for a in inputs),
+        options=options,
+        mesh=mesh,
+        rules=rules,
+        batch_size=b,
+        audio_seconds_per_item=length.window_seconds,
+        input_shapes={n: list(a.shape) for n, a in zip(names, inputs)},
+    )
 
 
 def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
@@ -128,54 +151,80 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
     b = options.batch_size
     x, _, text, text_mask, start, total = (np.asarray(a) for a in task.example_inputs(b))
     rng = np.random.default_rng(config.seed)
-    host = {"latent_mean": rng.standard_normal(x.shape).astype(np.float32),
-            "latent_std": np.full(x.shape, 0.1, np.float32), "latent_mask": np.ones(x.shape[:2], bool),
-            "text_features": rng.standard_normal(text.shape).astype(np.float32), "text_mask": text_mask,
-            "seconds_start": start, "seconds_total": np.full_like(total, int(window_seconds))}
+    host = {
+        "latent_mean": rng.standard_normal(x.shape).astype(np.float32),
+        "latent_std": np.full(x.shape, 0.1, np.float32),
+        "latent_mask": np.ones(x.shape[:2], bool),
+        "text_features": rng.standard_normal(text.shape).astype(np.float32),
+        "text_mask": text_mask,
+        "seconds_start": start,
+        "seconds_total": np.full_like(total, int(window_seconds)),
+    }
     batch = {k: global_array(v, mesh, rules) for k, v in host.items()}
 
     state, state_shardings, params, param_shardings, init_seconds = init_for_benchmark(
-        task, "diffusion", config.seed, options.skip_train, mesh, rules)
+        task, "diffusion", config.seed, options.skip_train, mesh, rules
+    )
 
     results = []
-    info = {"window_samples": int(config.data.sample_size), "window_seconds": window_seconds,
-            "latent_shape": list(x.shape), "text_shape": list(text.shape), "sample_steps": options.sample_steps,
-            "cfg_scale": options.cfg_scale, "vae_config": options.vae_config, "init_seconds": init_seconds,
-            "flow_steps": options.flow_steps}
+    info = {
+        "window_samples": int(config.data.sample_size),
+        "window_seconds": window_seconds,
+        "latent_shape": list(x.shape),
+        "text_shape": list(text.shape),
+        "sample_steps": options.sample_steps,
+        "cfg_scale": options.cfg_scale,
+        "vae_config": options.vae_config,
+        "init_seconds": init_seconds,
+        "flow_steps": options.flow_steps,
+    }
     if options.sample_steps or options.flow_steps:  # 0 and 0: no sampling row (e.g. only forward rows)
         decoder = None
         if options.vae_config:
             import importlib.util
+
             spec = importlib.util.spec_from_file_location("vae_config", options.vae_config)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             from stable_audio_jax.training.vae_task import build_autoencoder
+
             autoencoder = build_autoencoder(module.get_config())
             if autoencoder.config.latent_dim != task.model.config.latent_dim:
                 raise BenchmarkUsageError(
                     f"--vae_config latent_dim {autoencoder.config.latent_dim} differs from the "
-                    f"{task.model.config.backbone}'s latent channels {task.model.config.latent_dim}")
+                    f"{task.model.config.backbone}'s latent channels {task.model.config.latent_dim}"
+                )
             vae_params, vae_shardings = parallel.init_sharded(
                 lambda r: autoencoder.init(r, jnp.zeros((1, autoencoder.config.downsampling_ratio, 2)))["params"],
-                jax.random.PRNGKey(1), mesh=mesh, rules=rules)
+                jax.random.PRNGKey(1),
+                mesh=mesh,
+                rules=rules,
+            )
             decoder = (autoencoder, vae_params, vae_shardings)
 
         vp, vs = (decoder[1], decoder[2]) if decoder else (None, None)
-        sampling_inputs = (batch["text_features"], batch["text_mask"], batch["seconds_start"],
-                           batch["seconds_total"])
+        sampling_inputs = (batch["text_features"], batch["text_mask"], batch["seconds_start"], batch["seconds_total"])
 
         def sampling_row(params: Any, steps: int, cfg_scale: float, flow_model: bool) -> Measurement:
             """`steps` of DPM-Solver++(3M) SDE on the v-objective, or of pingpong on the flow path."""
             sampler = "pingpong" if flow_model else "dpmpp_3m_sde"
-            grid = (flow_samplers.sampler_times(sampler, steps) if flow_model
-                    else schedule.polyexponential_sigmas(steps, 0.03, 500.0))
+            grid = (
+                flow_samplers.sampler_times(sampler, steps)
+                if flow_model
+                else schedule.polyexponential_sigmas(steps, 0.03, 500.0)
+            )
 
             def generate(p, vp, text_features, mask, seconds_start, seconds_total, key):
                 def model_fn(xx, t, cond):
-                    return task.model.apply({"params": p}, xx, t, cond["f"], cond["m"], cond["s"], cond["t"],
-                                            cond["n"])
-                cond = {"f": text_features, "m": mask, "s": seconds_start, "t": seconds_total,
-                        "n": jnp.zeros(text_features.shape[:1], bool)}
+                    return task.model.apply({"params": p}, xx, t, cond["f"], cond["m"], cond["s"], cond["t"], cond["n"])
+
+                cond = {
+                    "f": text_features,
+                    "m": mask,
+                    "s": seconds_start,
+                    "t": seconds_total,
+                    "n": jnp.zeros(text_features.shape[:1], bool),
+                }
                 uncond = dict(cond, n=jnp.ones(text_features.shape[:1], bool))
                 guided = guidance.guided_v_model(model_fn, cond, uncond, cfg_scale)
                 noise_key, sampler_key = jax.random.split(key)
@@ -183,22 +232,32 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
                 if flow_model:
                     latents = flow_samplers.sample(guided, noise, grid, sampler=sampler, rng=sampler_key)
                 else:
-                    latents = samplers.sample(samplers.v_denoiser(guided), noise * grid[0], grid, sampler=sampler,
-                                              rng=sampler_key)
+                    latents = samplers.sample(
+                        samplers.v_denoiser(guided), noise * grid[0], grid, sampler=sampler, rng=sampler_key
+                    )
                 if decoder is None:
                     return latents
                 return decoder[0].apply({"params": vp}, latents, method=type(decoder[0]).decode)
 
-            jitted = jax.jit(with_rules(generate, rules),
-                             in_shardings=(param_shardings, vs) + tuple(a.sharding for a in sampling_inputs) + (None,))
+            jitted = jax.jit(
+                with_rules(generate, rules),
+                in_shardings=(param_shardings, vs) + tuple(a.sharding for a in sampling_inputs) + (None,),
+            )
             cfg = "with CFG (2B batch)" if cfg_scale != 1 else "no CFG"
             label = "pingpong (rectified flow)" if flow_model else "DPM-Solver++(3M) SDE"
             result, _ = measure(
                 f"sample/{steps}_steps" + ("_pingpong" if flow_model else ""),
-                f"{label}, {steps} steps, {cfg}" + (", + VAE decode" if decoder else ", latents only (no --vae_config)"),
-                jitted, (params, vp) + sampling_inputs + (jax.random.PRNGKey(0),), options=options, mesh=mesh,
-                batch_size=b, audio_seconds_per_item=window_seconds, input_shapes={"latents": list(x.shape)},
-                count_flops=False)  # one lax.scan over the steps: XLA would count one step
+                f"{label}, {steps} steps, {cfg}"
+                + (", + VAE decode" if decoder else ", latents only (no --vae_config)"),
+                jitted,
+                (params, vp) + sampling_inputs + (jax.random.PRNGKey(0),),
+                options=options,
+                mesh=mesh,
+                batch_size=b,
+                audio_seconds_per_item=window_seconds,
+                input_shapes={"latents": list(x.shape)},
+                count_flops=False,
+            )  # one lax.scan over the steps: XLA would count one step
             return result
 
         if options.sample_steps:
@@ -206,25 +265,40 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
             results.append(result)
             per_step = result.median_seconds / options.sample_steps
             # Labelled as an extrapolation: only meaningful when the sampling row ran few steps.
-            info.update(extrapolated_100_step_seconds=per_step * 100,
-                        extrapolated_100_step_real_time_factor=window_seconds * b / (per_step * 100))
+            info.update(
+                extrapolated_100_step_seconds=per_step * 100,
+                extrapolated_100_step_real_time_factor=window_seconds * b / (per_step * 100),
+            )
         if options.flow_steps:
             few = sampling_row(params, options.flow_steps, 1.0, flow_model=True)
             results.append(few)
             if options.sample_steps:  # the measured ratio, to set beside the ratio of network evaluations
                 evaluations = options.sample_steps * (2 if options.cfg_scale != 1 else 1) / options.flow_steps
-                info.update(few_step_speedup=results[-2].median_seconds / few.median_seconds,
-                            few_step_evaluation_ratio=evaluations)
+                info.update(
+                    few_step_speedup=results[-2].median_seconds / few.median_seconds,
+                    few_step_evaluation_ratio=evaluations,
+                )
     for length in lengths:  # before the train step, which donates the parameters
-        results.append(measure_forward(task, params, param_shardings, length, options=options, mesh=mesh,
-                                       rules=rules, seed=config.seed))
+        results.append(
+            measure_forward(
+                task, params, param_shardings, length, options=options, mesh=mesh, rules=rules, seed=config.seed
+            )
+        )
     if lengths:
         info["forward_frames"] = {length.name: length.frames for length in lengths}
     del params
     if not options.skip_train:
         train, state = measure_train_phase(
-            "train/diffusion", "v-objective step: VAE posterior sample, cosine schedule, 10% null context, "
-            "AdamW, EMA", task.train_step, state, state_shardings, batch, options=options, mesh=mesh, rules=rules,
-            audio_seconds_per_item=window_seconds)
+            "train/diffusion",
+            "v-objective step: VAE posterior sample, cosine schedule, 10% null context, AdamW, EMA",
+            task.train_step,
+            state,
+            state_shardings,
+            batch,
+            options=options,
+            mesh=mesh,
+            rules=rules,
+            audio_seconds_per_item=window_seconds,
+        )
         results.append(train)
     return info, results

@@ -53,8 +53,12 @@ class Measurement:
         m = self.compiled_memory
         if not m or "temp_size_in_bytes" not in m:
             return None
-        return (m.get("argument_size_in_bytes", 0) + m.get("output_size_in_bytes", 0)
-                - m.get("alias_size_in_bytes", 0) + m["temp_size_in_bytes"])
+        return (
+            m.get("argument_size_in_bytes", 0)
+            + m.get("output_size_in_bytes", 0)
+            - m.get("alias_size_in_bytes", 0)
+            + m["temp_size_in_bytes"]
+        )
 
     @property
     def tflops_per_second_per_device(self) -> float | None:
@@ -65,13 +69,16 @@ class Measurement:
     def to_json(self, peak_tflops_per_device: float | None = None) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         tflops = self.tflops_per_second_per_device
-        d.update(median_seconds=self.median_seconds, min_seconds=min(self.step_seconds),
-                 mean_seconds=statistics.fmean(self.step_seconds),
-                 items_per_second=self.items_per_second,
-                 audio_seconds_per_second=self.audio_seconds_per_second,
-                 tflops_per_second_per_device=tflops,
-                 compiled_bytes_per_device=self.compiled_bytes_per_device,
-                 mfu=(tflops / peak_tflops_per_device) if tflops is not None and peak_tflops_per_device else None)
+        d.update(
+            median_seconds=self.median_seconds,
+            min_seconds=min(self.step_seconds),
+            mean_seconds=statistics.fmean(self.step_seconds),
+            items_per_second=self.items_per_second,
+            audio_seconds_per_second=self.audio_seconds_per_second,
+            tflops_per_second_per_device=tflops,
+            compiled_bytes_per_device=self.compiled_bytes_per_device,
+            mfu=(tflops / peak_tflops_per_device) if tflops is not None and peak_tflops_per_device else None,
+        )
         return d
 
 
@@ -97,8 +104,13 @@ def compiled_memory(compiled: Any) -> dict[str, int] | None:
         return None
     if stats is None:
         return None
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     return {f: int(getattr(stats, f)) for f in fields if hasattr(stats, f)}
 
 
@@ -122,11 +134,20 @@ def peak_memory_bytes(devices: Sequence[Any]) -> int | None:
 _SLOW_CALL_SECONDS = 10.0
 
 
-def measure(name: str, description: str, jitted: Callable, args: tuple, *, options: Options,
-            mesh: Any, batch_size: int, audio_seconds_per_item: float,
-            input_shapes: dict[str, list[int]],
-            advance: Callable[[tuple, Any], tuple] | None = None,
-            count_flops: bool = True) -> tuple[Measurement, tuple]:
+def measure(
+    name: str,
+    description: str,
+    jitted: Callable,
+    args: tuple,
+    *,
+    options: Options,
+    mesh: Any,
+    batch_size: int,
+    audio_seconds_per_item: float,
+    input_shapes: dict[str, list[int]],
+    advance: Callable[[tuple, Any], tuple] | None = None,
+    count_flops: bool = True,
+) -> tuple[Measurement, tuple]:
     """Lower, compile and time `jitted(*args)`.
 
     `count_flops=False` leaves the FLOPs (and so MFU) out: XLA's cost analysis counts a loop
@@ -157,18 +178,25 @@ def measure(name: str, description: str, jitted: Callable, args: tuple, *, optio
                 step_seconds.append(elapsed)
             if elapsed > _SLOW_CALL_SECONDS:  # show progress on slow backends
                 kind = "warm-up" if i < options.warmup else "timed"
-                print(f"    {name}: {kind} call {i + 1}/{options.warmup + options.steps}: {elapsed:.2f} s",
-                      flush=True)
+                print(f"    {name}: {kind} call {i + 1}/{options.warmup + options.steps}: {elapsed:.2f} s", flush=True)
             args = advance(args, outputs)
     del outputs
     result = Measurement(
-        name=name, description=description, batch_size=batch_size,
-        audio_seconds_per_item=audio_seconds_per_item, input_shapes=input_shapes,
-        lower_seconds=t1 - t0, compile_seconds=t2 - t1, step_seconds=step_seconds,
-        flops_per_device=xla_flops(compiled) if count_flops else None, peak_bytes_in_use=peak_memory_bytes(mesh.devices.flat),
-        compiled_memory=compiled_memory(compiled))
-    print(f"  measured {name}: compile {result.compile_seconds:.2f} s, "
-          f"median {result.median_seconds:.4f} s", flush=True)
+        name=name,
+        description=description,
+        batch_size=batch_size,
+        audio_seconds_per_item=audio_seconds_per_item,
+        input_shapes=input_shapes,
+        lower_seconds=t1 - t0,
+        compile_seconds=t2 - t1,
+        step_seconds=step_seconds,
+        flops_per_device=xla_flops(compiled) if count_flops else None,
+        peak_bytes_in_use=peak_memory_bytes(mesh.devices.flat),
+        compiled_memory=compiled_memory(compiled),
+    )
+    print(
+        f"  measured {name}: compile {result.compile_seconds:.2f} s, median {result.median_seconds:.4f} s", flush=True
+    )
     return result, args
 
 
@@ -230,14 +258,27 @@ def init_for_benchmark(task: Any, model: str, seed: int, skip_train: bool, mesh:
         params, param_shardings = state.params[model], state_shardings.params[model]
     jax.block_until_ready(params)
     seconds = time.perf_counter() - start
-    print(f"  initialised {model + ' parameters' if skip_train else 'the train state'} in {seconds:.2f} s "
-          "(jit compile + run)", flush=True)
+    print(
+        f"  initialised {model + ' parameters' if skip_train else 'the train state'} in {seconds:.2f} s "
+        "(jit compile + run)",
+        flush=True,
+    )
     return state, state_shardings, params, param_shardings, seconds
 
 
-def measure_train_phase(name: str, description: str, step_fn: Callable, state: Any, state_shardings: Any,
-                        batch: dict[str, Any], *, options: Options, mesh: Any, rules: tuple,
-                        audio_seconds_per_item: float) -> tuple[Measurement, Any]:
+def measure_train_phase(
+    name: str,
+    description: str,
+    step_fn: Callable,
+    state: Any,
+    state_shardings: Any,
+    batch: dict[str, Any],
+    *,
+    options: Options,
+    mesh: Any,
+    rules: tuple,
+    audio_seconds_per_item: float,
+) -> tuple[Measurement, Any]:
     """A `(state, batch) -> (state, metrics)` step jitted as the trainer does (state shardings,
     batch over the data axes, old state donated); returns (measurement, state after it)."""
     from stable_audio_jax.training.trainer import jit_train_step
@@ -245,16 +286,35 @@ def measure_train_phase(name: str, description: str, step_fn: Callable, state: A
     jitted = jit_train_step(step_fn, mesh=mesh, rules=rules, state_shardings=state_shardings, example_batch=batch)
     batch_size = next(iter(batch.values())).shape[0]
     result, (state, _) = measure(
-        name, description, jitted, (state, batch), options=options, mesh=mesh, batch_size=batch_size,
-        audio_seconds_per_item=audio_seconds_per_item, input_shapes=shapes_of(**batch),
-        advance=lambda args, out: (out[0], args[1]))
+        name,
+        description,
+        jitted,
+        (state, batch),
+        options=options,
+        mesh=mesh,
+        batch_size=batch_size,
+        audio_seconds_per_item=audio_seconds_per_item,
+        input_shapes=shapes_of(**batch),
+        advance=lambda args, out: (out[0], args[1]),
+    )
     return result, state
 
 
-def measure_inference(name: str, description: str, fn: Callable, params: Any, param_shardings: Any,
-                      inputs: Sequence[Any], *, options: Options, mesh: Any, rules: tuple,
-                      audio_seconds_per_item: float, batch_size: int | None = None,
-                      input_shapes: dict[str, list[int]] | None = None) -> Measurement:
+def measure_inference(
+    name: str,
+    description: str,
+    fn: Callable,
+    params: Any,
+    param_shardings: Any,
+    inputs: Sequence[Any],
+    *,
+    options: Options,
+    mesh: Any,
+    rules: tuple,
+    audio_seconds_per_item: float,
+    batch_size: int | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> Measurement:
     """One jitted `fn(params, *inputs)`, each input a `[batch, ...]` global array split over the
     data axes. `batch_size` (default: the inputs' leading dimension) is the item count behind
     clips/s and audio s/s; `input_shapes` defaults to `input_<i>` entries."""
@@ -265,10 +325,17 @@ def measure_inference(name: str, description: str, fn: Callable, params: Any, pa
 
     in_shardings = (param_shardings,) + tuple(parallel.batch_sharding(mesh, x.ndim, rules) for x in inputs)
     jitted = jax.jit(with_rules(fn, rules), in_shardings=in_shardings)
-    result, _ = measure(name, description, jitted, (params, *inputs), options=options, mesh=mesh,
-                        batch_size=inputs[0].shape[0] if batch_size is None else batch_size,
-                        audio_seconds_per_item=audio_seconds_per_item,
-                        input_shapes=input_shapes or {f"input_{i}": list(x.shape) for i, x in enumerate(inputs)})
+    result, _ = measure(
+        name,
+        description,
+        jitted,
+        (params, *inputs),
+        options=options,
+        mesh=mesh,
+        batch_size=inputs[0].shape[0] if batch_size is None else batch_size,
+        audio_seconds_per_item=audio_seconds_per_item,
+        input_shapes=input_shapes or {f"input_{i}": list(x.shape) for i, x in enumerate(inputs)},
+    )
     return result
 
 

@@ -68,8 +68,12 @@ def saved_residual_bytes(loss_fn: Callable[[PyTree, PyTree], jax.Array], params:
     return sum(nbytes(leaf) for leaf in jax.tree.leaves(pullback))
 
 
-def activation_bytes(loss_fn: Callable[[PyTree, PyTree], jax.Array], params: PyTree,
-                     make_inputs: Callable[[int], PyTree], batch_size: int) -> int:
+def activation_bytes(
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    make_inputs: Callable[[int], PyTree],
+    batch_size: int,
+) -> int:
     """Residual bytes that scale with the batch at `batch_size` examples:
     `R(2 b) - R(b)`, which removes the batch-independent residuals (the parameters)."""
     if batch_size < 1:
@@ -98,17 +102,25 @@ class TrainMemoryEstimate:
 
     @property
     def total(self) -> int:
-        return (self.params + self.optimizer + self.ema + self.gradients + self.activations + self.frozen
-                + self.merged)
+        return self.params + self.optimizer + self.ema + self.gradients + self.activations + self.frozen + self.merged
 
     def to_json(self) -> dict[str, Any]:
         return dict(dataclasses.asdict(self), total=self.total)
 
 
-def train_memory_estimate(*, state: PyTree, loss_fn: Callable[[PyTree, PyTree], jax.Array],
-                          make_inputs: Callable[[int], PyTree], mesh: AbstractMesh, rules: parallel.Rules,
-                          global_batch: int, grad_accum_steps: int = 1, remat_policy: str = "none",
-                          model: str, merged: PyTree | None = None) -> TrainMemoryEstimate:
+def train_memory_estimate(
+    *,
+    state: PyTree,
+    loss_fn: Callable[[PyTree, PyTree], jax.Array],
+    make_inputs: Callable[[int], PyTree],
+    mesh: AbstractMesh,
+    rules: parallel.Rules,
+    global_batch: int,
+    grad_accum_steps: int = 1,
+    remat_policy: str = "none",
+    model: str,
+    merged: PyTree | None = None,
+) -> TrainMemoryEstimate:
     """Estimate for a `TrainState`-shaped abstract (logically boxed) `state` whose trained
     parameters are `state.params[model]`, the first argument of `loss_fn`.
 
@@ -119,16 +131,24 @@ def train_memory_estimate(*, state: PyTree, loss_fn: Callable[[PyTree, PyTree], 
     """
     data_size = parallel.data_parallel_size(mesh, rules)
     if global_batch % (data_size * grad_accum_steps):
-        raise ValueError(f"global batch {global_batch} does not split into {grad_accum_steps} micro-batches "
-                         f"over {data_size} data-parallel devices")
+        raise ValueError(
+            f"global batch {global_batch} does not split into {grad_accum_steps} micro-batches "
+            f"over {data_size} data-parallel devices"
+        )
     micro = global_batch // (data_size * grad_accum_steps)
     params_bytes = bytes_per_device(state.params, mesh, rules)
     gradient_copies = 1 if grad_accum_steps == 1 else 2
     return TrainMemoryEstimate(
-        mesh_shape=dict(mesh.shape), global_batch=global_batch, micro_batch_per_device=micro,
-        grad_accum_steps=grad_accum_steps, remat_policy=remat_policy, params=params_bytes,
-        optimizer=bytes_per_device(state.opt_state, mesh, rules), ema=bytes_per_device(state.ema_params, mesh, rules),
+        mesh_shape=dict(mesh.shape),
+        global_batch=global_batch,
+        micro_batch_per_device=micro,
+        grad_accum_steps=grad_accum_steps,
+        remat_policy=remat_policy,
+        params=params_bytes,
+        optimizer=bytes_per_device(state.opt_state, mesh, rules),
+        ema=bytes_per_device(state.ema_params, mesh, rules),
         gradients=gradient_copies * bytes_per_device(state.params[model], mesh, rules),
         activations=activation_bytes(loss_fn, nn.meta.unbox(state.params[model]), make_inputs, micro),
         frozen=bytes_per_device(getattr(state, "frozen", {}), mesh, rules),
-        merged=bytes_per_device(merged, mesh, rules) if merged is not None else 0)
+        merged=bytes_per_device(merged, mesh, rules) if merged is not None else 0,
+    )

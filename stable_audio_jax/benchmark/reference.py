@@ -35,12 +35,21 @@ def reference_dit_arguments(config: Any) -> dict[str, int]:
 
     model = LatentDiffusionConfig.from_dict(config.model.to_dict())
     if model.dit is None:
-        raise BenchmarkUsageError("--reference_python times the reference DiT: it needs a DiT config "
-                                  f"(configs/dit_*.py), not a {model.backbone} one")
+        raise BenchmarkUsageError(
+            "--reference_python times the reference DiT: it needs a DiT config "
+            f"(configs/dit_*.py), not a {model.backbone} one"
+        )
     dit = model.dit
-    return {"io_channels": dit.io_channels, "embed_dim": dit.embed_dim, "depth": dit.depth,
-            "num_heads": dit.num_heads, "cond_token_dim": dit.cond_token_dim,
-            "global_cond_dim": dit.global_cond_dim, "ff_mult": dit.ff_mult, "text_tokens": model.text_length + 2}
+    return {
+        "io_channels": dit.io_channels,
+        "embed_dim": dit.embed_dim,
+        "depth": dit.depth,
+        "num_heads": dit.num_heads,
+        "cond_token_dim": dit.cond_token_dim,
+        "global_cond_dim": dit.global_cond_dim,
+        "ff_mult": dit.ff_mult,
+        "text_tokens": model.text_length + 2,
+    }
 
 
 def reference_threads(requested: int) -> int:
@@ -71,18 +80,22 @@ def run_reference_script(python: str, arguments: dict[str, Any]) -> dict[str, An
     except OSError as e:
         raise ReferenceRunError(f"reference timing with {python} failed: {e}") from None
     if proc.returncode != 0:
-        raise ReferenceRunError(f"reference timing with {python} failed (exit {proc.returncode}): "
-                                f"{_last_line(proc.stderr) or '(no stderr)'}")
+        raise ReferenceRunError(
+            f"reference timing with {python} failed (exit {proc.returncode}): "
+            f"{_last_line(proc.stderr) or '(no stderr)'}"
+        )
     try:
         result = json.loads(_last_line(proc.stdout))
         rows = result["rows"]
     except (ValueError, KeyError, TypeError):
-        raise ReferenceRunError(f"reference timing with {python} printed no JSON result; last stdout line: "
-                                f"{_last_line(proc.stdout)!r}, last stderr line: {_last_line(proc.stderr)!r}"
-                                ) from None
+        raise ReferenceRunError(
+            f"reference timing with {python} printed no JSON result; last stdout line: "
+            f"{_last_line(proc.stdout)!r}, last stderr line: {_last_line(proc.stderr)!r}"
+        ) from None
     if len(rows) != len(arguments["frames"].split(",")):
-        raise ReferenceRunError(f"reference timing with {python} returned {len(rows)} rows for frames "
-                                f"{arguments['frames']}")
+        raise ReferenceRunError(
+            f"reference timing with {python} returned {len(rows)} rows for frames {arguments['frames']}"
+        )
     return result
 
 
@@ -93,27 +106,48 @@ def reference_forward(config: Any, options: Options) -> tuple[dict[str, Any], li
     arguments = reference_dit_arguments(config)
     lengths = forward_lengths(config, options)
     b = options.batch_size
-    arguments.update(frames=",".join(str(length.frames) for length in lengths), batch_size=b,
-                     steps=options.steps, warmup=options.warmup,
-                     threads=reference_threads(options.reference_threads), seed=config.seed)
+    arguments.update(
+        frames=",".join(str(length.frames) for length in lengths),
+        batch_size=b,
+        steps=options.steps,
+        warmup=options.warmup,
+        threads=reference_threads(options.reference_threads),
+        seed=config.seed,
+    )
     load_before = load_average()
     result = run_reference_script(options.reference_python, arguments)
-    section = {"python": options.reference_python, "dtype": "float32", "host_load_average_before": load_before,
-               "host_load_average_after": load_average(),
-               **{k: result.get(k) for k in ("torch_version", "stable_audio_tools_version", "threads", "params",
-                                             "build_seconds")}}
+    section = {
+        "python": options.reference_python,
+        "dtype": "float32",
+        "host_load_average_before": load_before,
+        "host_load_average_after": load_average(),
+        **{
+            k: result.get(k)
+            for k in ("torch_version", "stable_audio_tools_version", "threads", "params", "build_seconds")
+        },
+    }
     rows = []
     for length, row in zip(lengths, result["rows"]):
-        rows.append(Measurement(
-            name="reference/" + length.name,
-            description=f"PyTorch stable_audio_tools DiffusionTransformer forward, float32 eval, no_grad, "
-                        f"torch {result.get('torch_version')} with {result.get('threads')} threads, on the "
-                        f"CFG batch 2B={2 * b} at {length.frames} frames (conditioners not included)",
-            batch_size=b, audio_seconds_per_item=length.window_seconds,
-            input_shapes={"x": [2 * b, arguments["io_channels"], length.frames],
-                          "cross_attn_cond": [2 * b, arguments["text_tokens"], arguments["cond_token_dim"]],
-                          "global_embed": [2 * b, arguments["global_cond_dim"]]},
-            lower_seconds=None, compile_seconds=None, step_seconds=[float(s) for s in row["step_seconds"]],
-            flops_per_device=None, peak_bytes_in_use=None, compiled_memory=None))
+        rows.append(
+            Measurement(
+                name="reference/" + length.name,
+                description=f"PyTorch stable_audio_tools DiffusionTransformer forward, float32 eval, no_grad, "
+                f"torch {result.get('torch_version')} with {result.get('threads')} threads, on the "
+                f"CFG batch 2B={2 * b} at {length.frames} frames (conditioners not included)",
+                batch_size=b,
+                audio_seconds_per_item=length.window_seconds,
+                input_shapes={
+                    "x": [2 * b, arguments["io_channels"], length.frames],
+                    "cross_attn_cond": [2 * b, arguments["text_tokens"], arguments["cond_token_dim"]],
+                    "global_embed": [2 * b, arguments["global_cond_dim"]],
+                },
+                lower_seconds=None,
+                compile_seconds=None,
+                step_seconds=[float(s) for s in row["step_seconds"]],
+                flops_per_device=None,
+                peak_bytes_in_use=None,
+                compiled_memory=None,
+            )
+        )
         print(f"  measured {rows[-1].name}: median {rows[-1].median_seconds:.4f} s", flush=True)
     return section, rows

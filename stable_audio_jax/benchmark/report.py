@@ -17,8 +17,14 @@ from stable_audio_jax.benchmark.options import Options
 from stable_audio_jax.errors import UserError
 
 
-def build_report(hardware: dict[str, Any], config: dict[str, Any], options: Options, shapes: dict[str, Any],
-                 counts: dict[str, int], measurements: Sequence[Measurement]) -> dict[str, Any]:
+def build_report(
+    hardware: dict[str, Any],
+    config: dict[str, Any],
+    options: Options,
+    shapes: dict[str, Any],
+    counts: dict[str, int],
+    measurements: Sequence[Measurement],
+) -> dict[str, Any]:
     """The JSON-ready report of finished measurements; MFU is against the resolved peak."""
     peak_tflops, peak_source = peak_flops.resolve_peak(options.peak_tflops, hardware["device_kind"])
     notes = [
@@ -58,11 +64,13 @@ def derived_figures(measurements: Sequence[Measurement]) -> dict[str, float]:
     gen, disc = by_name.get("train/generator"), by_name.get("train/discriminator")
     if gen is not None and disc is not None:
         pair_seconds = gen.median_seconds + disc.median_seconds
-        derived.update(train_alternating_seconds_per_step=pair_seconds / 2,
-                       train_alternating_items_per_second=2 * gen.batch_size / pair_seconds,
-                       train_alternating_generator_updates_per_second=1.0 / pair_seconds)
+        derived.update(
+            train_alternating_seconds_per_step=pair_seconds / 2,
+            train_alternating_items_per_second=2 * gen.batch_size / pair_seconds,
+            train_alternating_generator_updates_per_second=1.0 / pair_seconds,
+        )
     for name, reference in by_name.items():
-        ours = by_name.get(name[len(REFERENCE_PREFIX):]) if name.startswith(REFERENCE_PREFIX) else None
+        ours = by_name.get(name[len(REFERENCE_PREFIX) :]) if name.startswith(REFERENCE_PREFIX) else None
         if ours is not None:
             derived[ours.name + RATIO_SUFFIX] = ours.median_seconds / reference.median_seconds
     return derived
@@ -95,6 +103,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int
 
     def fmt_row(r: Sequence[str]) -> str:
         return "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     return [fmt_row(header), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows]
 
 
@@ -133,12 +142,16 @@ def header_lines(report: dict[str, Any]) -> list[str]:
     shapes = _section(report, "shapes")
     overrides = cfg.get("overrides")
     reference = hw.get("reference")
-    reference = [
-        f"reference: PyTorch stable-audio-tools {reference.get('stable_audio_tools_version')}, torch "
-        f"{reference.get('torch_version')}, {reference.get('threads')} threads, {reference.get('dtype')}, "
-        f"{_fmt_count(reference.get('params'))} DiT parameters ({reference.get('python')}), host load average "
-        f"before/after {reference.get('host_load_average_before')} / {reference.get('host_load_average_after')}"
-    ] if isinstance(reference, dict) else []
+    reference = (
+        [
+            f"reference: PyTorch stable-audio-tools {reference.get('stable_audio_tools_version')}, torch "
+            f"{reference.get('torch_version')}, {reference.get('threads')} threads, {reference.get('dtype')}, "
+            f"{_fmt_count(reference.get('params'))} DiT parameters ({reference.get('python')}), host load average "
+            f"before/after {reference.get('host_load_average_before')} / {reference.get('host_load_average_after')}"
+        ]
+        if isinstance(reference, dict)
+        else []
+    )
     return [
         f"hardware: backend={hw.get('backend')} device_kind={hw.get('device_kind')!r} "
         f"devices={hw.get('device_count')} (mesh {hw.get('mesh')}, {hw.get('process_count')} process(es)), "
@@ -159,15 +172,25 @@ def header_lines(report: dict[str, Any]) -> list[str]:
 def format_report(report: dict[str, Any]) -> str:
     peak, _ = report_peak(report)
     lines = header_lines(report) + ["parameters:", format_params(report["param_counts"]), ""]
-    header = ["measurement", "lower s", "compile s", "median s", "min s", "clips/s", "audio s/s",
-              "GFLOP/dev", "TFLOP/s/dev"] + (["MFU"] if peak else []) + ["XLA mem/dev", "peak mem"]
+    header = (
+        ["measurement", "lower s", "compile s", "median s", "min s", "clips/s", "audio s/s", "GFLOP/dev", "TFLOP/s/dev"]
+        + (["MFU"] if peak else [])
+        + ["XLA mem/dev", "peak mem"]
+    )
     rows = []
     for m in report["measurements"]:
         flops = m["flops_per_device"]
-        row = [m["name"], _fmt(m["lower_seconds"], ".2f"), _fmt(m["compile_seconds"], ".2f"),
-               f"{m['median_seconds']:.4f}", f"{m['min_seconds']:.4f}", f"{m['items_per_second']:.3f}",
-               f"{m['audio_seconds_per_second']:.3f}", _fmt(None if flops is None else flops / 1e9, ".2f"),
-               _fmt(m["tflops_per_second_per_device"], ".4f")]
+        row = [
+            m["name"],
+            _fmt(m["lower_seconds"], ".2f"),
+            _fmt(m["compile_seconds"], ".2f"),
+            f"{m['median_seconds']:.4f}",
+            f"{m['min_seconds']:.4f}",
+            f"{m['items_per_second']:.3f}",
+            f"{m['audio_seconds_per_second']:.3f}",
+            _fmt(None if flops is None else flops / 1e9, ".2f"),
+            _fmt(m["tflops_per_second_per_device"], ".4f"),
+        ]
         if peak:
             row.append(_fmt_percent(m["mfu"]))
         row += [_fmt_bytes(m["compiled_bytes_per_device"]), _fmt_bytes(m["peak_bytes_in_use"])]
@@ -175,16 +198,21 @@ def format_report(report: dict[str, Any]) -> str:
     lines += format_table(header, rows)
     derived = report["derived"]
     if "train_alternating_seconds_per_step" in derived:
-        lines.append(f"train alternating generator/discriminator: "
-                     f"{derived['train_alternating_seconds_per_step']:.4f} s/step, "
-                     f"{derived['train_alternating_items_per_second']:.3f} clips/s")
+        lines.append(
+            f"train alternating generator/discriminator: "
+            f"{derived['train_alternating_seconds_per_step']:.4f} s/step, "
+            f"{derived['train_alternating_items_per_second']:.3f} clips/s"
+        )
     for key, ratio in derived.items():
         if key.endswith(RATIO_SUFFIX):
-            name = key[:-len(RATIO_SUFFIX)]
-            lines.append(f"{name}: median ours / reference = {ratio:.3f} "
-                         f"({'ours' if ratio < 1 else 'the reference'} is {max(ratio, 1 / ratio):.2f}x faster)")
-    lines += ["", "rows:"] + [f"  {m['name']}: {m['description']}, inputs {m['input_shapes']}"
-                              for m in report["measurements"]]
+            name = key[: -len(RATIO_SUFFIX)]
+            lines.append(
+                f"{name}: median ours / reference = {ratio:.3f} "
+                f"({'ours' if ratio < 1 else 'the reference'} is {max(ratio, 1 / ratio):.2f}x faster)"
+            )
+    lines += ["", "rows:"] + [
+        f"  {m['name']}: {m['description']}, inputs {m['input_shapes']}" for m in report["measurements"]
+    ]
     lines += ["notes:"] + [f"  {n}" for n in report["notes"]]
     return "\n".join(lines)
 
@@ -205,7 +233,8 @@ def load_report(path: str) -> dict[str, Any]:
         raise CompareError(f"{path} is not valid JSON: {e}") from None
     measurements = report.get("measurements") if isinstance(report, dict) else None
     if not isinstance(measurements, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("name"), str) for m in measurements):
+        isinstance(m, dict) and isinstance(m.get("name"), str) for m in measurements
+    ):
         raise CompareError(f"{path} is not a benchmark report (no 'measurements' list of named entries)")
     return report
 
@@ -244,8 +273,11 @@ def format_comparison(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", n
         va, vb = _number(derived_a.get(key)), _number(derived_b.get(key))
         rows.append(["derived", key, _fmt(va, ".4f"), _fmt(vb, ".4f"), _ratio(va, vb)])
     lines += format_table(["measurement", "figure", "A", "B", "B/A"], rows, left=2)
-    lines += ["", "B/A: B's figure over A's; on the step time B/A < 1 means B is faster (A/B is B's speedup)",
-              "n/a: not in that report (or no figure: e.g. no memory statistics on CPU, no MFU without a peak)"]
+    lines += [
+        "",
+        "B/A: B's figure over A's; on the step time B/A < 1 means B is faster (A/B is B's speedup)",
+        "n/a: not in that report (or no figure: e.g. no memory statistics on CPU, no MFU without a peak)",
+    ]
     return "\n".join(lines)
 
 

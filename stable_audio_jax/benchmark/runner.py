@@ -18,9 +18,11 @@ from stable_audio_jax.benchmark.report import build_report
 from stable_audio_jax.benchmark.vae_rows import benchmark_vae, vae_param_counts
 
 # config.task -> parameter counter and benchmark.
-PARAM_COUNTERS: dict[str, Callable[[Any], dict[str, int]]] = {"vae": vae_param_counts,
-                                                              "clap": clap_param_counts,
-                                                              "diffusion": diffusion_param_counts}
+PARAM_COUNTERS: dict[str, Callable[[Any], dict[str, int]]] = {
+    "vae": vae_param_counts,
+    "clap": clap_param_counts,
+    "diffusion": diffusion_param_counts,
+}
 BENCHMARKS: dict[str, Callable[[Any, Options, Any], tuple[dict[str, Any], list[Measurement]]]] = {
     "vae": benchmark_vae,
     "clap": benchmark_clap,
@@ -41,13 +43,19 @@ def param_counts(config: Any) -> dict[str, int]:
 
 def config_summary(config: Any, name: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The report's `config` section: file `name`, task, dtypes, seed and command-line `overrides`."""
-    return {"name": name, "task": config.task, "dtype": config.get("dtype", "float32"),
-            "param_dtype": config.get("param_dtype", "float32"), "seed": config.seed,
-            "overrides": overrides}
+    return {
+        "name": name,
+        "task": config.task,
+        "dtype": config.get("dtype", "float32"),
+        "param_dtype": config.get("param_dtype", "float32"),
+        "seed": config.seed,
+        "overrides": overrides,
+    }
 
 
-def run_benchmark(config: Any, options: Options, *, config_name: str | None = None,
-                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_benchmark(
+    config: Any, options: Options, *, config_name: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Measure `config` under `options`; returns the JSON-ready report (`report.build_report`),
     whose `config` section names the config file `config_name` and its `overrides`."""
     options.validate()
@@ -62,17 +70,19 @@ def run_benchmark(config: Any, options: Options, *, config_name: str | None = No
 
     dp = parallel.data_parallel_size(mesh, rules)
     if options.batch_size % dp:
-        raise BenchmarkUsageError(f"--batch_size={options.batch_size} is not divisible by the {dp} data-parallel "
-                                  f"devices of mesh {dict(mesh.shape)}; use a multiple of {dp}, --num_devices or "
-                                  f"--config.mesh.shape")
+        raise BenchmarkUsageError(
+            f"--batch_size={options.batch_size} is not divisible by the {dp} data-parallel "
+            f"devices of mesh {dict(mesh.shape)}; use a multiple of {dp}, --num_devices or "
+            f"--config.mesh.shape"
+        )
     counts = param_counts(config)
     load_before = load_average()
     info, measurements = benchmark(config, options, mesh)
     load_after = load_average()
-    hardware = dict(hardware_info(mesh), host_load_average_before=load_before,
-                    host_load_average_after=load_after)
+    hardware = dict(hardware_info(mesh), host_load_average_before=load_before, host_load_average_after=load_after)
     if options.reference_python:  # after ours (whose arrays are freed by now): the two never share the CPUs
         hardware["reference"], reference_rows = reference_forward(config, options)
         measurements = list(measurements) + reference_rows
-    return build_report(hardware, config_summary(config, config_name, overrides or {}), options, info, counts,
-                        measurements)
+    return build_report(
+        hardware, config_summary(config, config_name, overrides or {}), options, info, counts, measurements
+    )

@@ -44,10 +44,12 @@ def vae_param_counts(config: Any) -> dict[str, int]:
 
     abstract = nn.meta.unbox(jax.eval_shape(VAETask(config).init_state, jax.random.PRNGKey(0)))
     autoencoder = abstract.params["autoencoder"]
-    return {"autoencoder": parallel.count_params(autoencoder),
-            "encoder": parallel.count_params(autoencoder["encoder"]),
-            "decoder": parallel.count_params(autoencoder["decoder"]),
-            "discriminator": parallel.count_params(abstract.params["discriminator"])}
+    return {
+        "autoencoder": parallel.count_params(autoencoder),
+        "encoder": parallel.count_params(autoencoder["encoder"]),
+        "decoder": parallel.count_params(autoencoder["decoder"]),
+        "discriminator": parallel.count_params(abstract.params["discriminator"]),
+    }
 
 
 _VAE_PHASE_DESCRIPTIONS = {
@@ -86,17 +88,21 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
     window_seconds = samples / sample_rate
 
     rng = np.random.default_rng(config.seed)
-    host_audio = (0.1 * rng.standard_normal((options.batch_size, samples, autoencoder.config.io_channels))
-                  ).astype(np.float32)
-    host_latents = rng.standard_normal((options.batch_size, samples // ratio, autoencoder.config.latent_dim)
-                                       ).astype(np.float32)
+    host_audio = (0.1 * rng.standard_normal((options.batch_size, samples, autoencoder.config.io_channels))).astype(
+        np.float32
+    )
+    host_latents = rng.standard_normal((options.batch_size, samples // ratio, autoencoder.config.latent_dim)).astype(
+        np.float32
+    )
     audio = global_array(host_audio, mesh, rules)
     latents = global_array(host_latents, mesh, rules)
 
     state, state_shardings, ae_params, ae_shardings, init_seconds = init_for_benchmark(
-        task, "autoencoder", config.seed, options.skip_train, mesh, rules)
+        task, "autoencoder", config.seed, options.skip_train, mesh, rules
+    )
 
     common = dict(options=options, mesh=mesh, rules=rules, audio_seconds_per_item=window_seconds)
+
     def encode(params, audio):  # audio [batch, T, 2] -> latents [batch, T/ratio, latent_dim] (the mean)
         return autoencoder.apply({"params": params}, audio, None, method=type(autoencoder).encode)[0]
 
@@ -104,18 +110,43 @@ def benchmark_vae(config: Any, options: Options, mesh: Any) -> tuple[dict[str, A
         return autoencoder.apply({"params": params}, latents, method=type(autoencoder).decode)
 
     results = [
-        measure_inference("encode", "audio -> latents (mean, no sampling)", encode, ae_params, ae_shardings,
-                          (audio,), input_shapes={"encode_input": list(audio.shape)}, **common),
-        measure_inference("decode", "latents -> audio", decode, ae_params, ae_shardings, (latents,),
-                          input_shapes={"decode_input": list(latents.shape)}, **common),
+        measure_inference(
+            "encode",
+            "audio -> latents (mean, no sampling)",
+            encode,
+            ae_params,
+            ae_shardings,
+            (audio,),
+            input_shapes={"encode_input": list(audio.shape)},
+            **common,
+        ),
+        measure_inference(
+            "decode",
+            "latents -> audio",
+            decode,
+            ae_params,
+            ae_shardings,
+            (latents,),
+            input_shapes={"decode_input": list(latents.shape)},
+            **common,
+        ),
     ]
     del ae_params  # the train state is donated from here on
     if not options.skip_train:
         for phase in options.train_phases:
             step_fn, description = vae_phase_function(task, phase)
             result, state = measure_train_phase(
-                f"train/{phase}", description, step_fn, state, state_shardings, {"audio": audio},
-                options=options, mesh=mesh, rules=rules, audio_seconds_per_item=window_seconds)
+                f"train/{phase}",
+                description,
+                step_fn,
+                state,
+                state_shardings,
+                {"audio": audio},
+                options=options,
+                mesh=mesh,
+                rules=rules,
+                audio_seconds_per_item=window_seconds,
+            )
             results.append(result)
 
     info = {

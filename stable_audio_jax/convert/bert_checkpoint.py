@@ -121,8 +121,9 @@ def load_bert_checkpoint(path: str | os.PathLike) -> tuple[TextEncoderConfig, Pa
     weights_path = os.path.join(folder, "model.safetensors")
     for p in (config_path, weights_path):
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"BERT checkpoint file {p!r} not found (a checkpoint folder needs "
-                                    "config.json and model.safetensors)")
+            raise FileNotFoundError(
+                f"BERT checkpoint file {p!r} not found (a checkpoint folder needs config.json and model.safetensors)"
+            )
     with open(config_path, encoding="utf-8") as f:
         config = config_from_hf(json.load(f), pooling=_pooling_of(folder))
     return config, params_from_state_dict(load_file(weights_path), config)
@@ -182,7 +183,7 @@ def _name_table(config: TextEncoderConfig) -> dict[str, tuple[tuple[str, ...], C
 def _canonical_name(name: str) -> str:
     for prefix in _PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     # Old TF-converted checkpoints call the LayerNorm params gamma / beta.
     if ".LayerNorm." in name:
@@ -198,8 +199,9 @@ def expected_param_shapes(config: TextEncoderConfig) -> dict[tuple[str, ...], tu
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def params_from_state_dict(state: Mapping[str, np.ndarray], config: TextEncoderConfig,
-                           dtype: Any = np.float32) -> Params:
+def params_from_state_dict(
+    state: Mapping[str, np.ndarray], config: TextEncoderConfig, dtype: Any = np.float32
+) -> Params:
     """Maps a HF BERT/RoBERTa state dict (numpy arrays) onto the `TextEncoder` param tree.
 
     See the module docstring for the names and layouts. Every tensor must be used (apart
@@ -235,8 +237,9 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], config: TextEncoderC
         if expected is None:  # a table entry the module does not create: a bug, not bad input
             raise AssertionError(f"name table maps {name} to {path}, which TextEncoder does not have")
         if tuple(array.shape) != expected:
-            mismatched.append(f"{name} {tuple(np.shape(value))} -> {'/'.join(path)} {tuple(array.shape)}, "
-                              f"expected {expected}")
+            mismatched.append(
+                f"{name} {tuple(np.shape(value))} -> {'/'.join(path)} {tuple(array.shape)}, expected {expected}"
+            )
             continue
         filled[path] = name
         node = params

@@ -45,15 +45,17 @@ def text_branch_state(tensors: Any, source: str) -> dict[str, Any]:
     """The `text_branch.` tensors of a CLAP state dict, without that prefix (and without a
     leading `module.`); `ConversionError` if there are none."""
     for prefix in TEXT_BRANCH_PREFIXES:
-        state = {k[len(prefix):]: tensors[k] for k in tensors if k.startswith(prefix)}
+        state = {k[len(prefix) :]: tensors[k] for k in tensors if k.startswith(prefix)}
         if state:
             return state
-    raise ConversionError(f"{source}: no {' or '.join(repr(p) for p in TEXT_BRANCH_PREFIXES)} tensors; "
-                          "is this a LAION-CLAP checkpoint?")
+    raise ConversionError(
+        f"{source}: no {' or '.join(repr(p) for p in TEXT_BRANCH_PREFIXES)} tensors; is this a LAION-CLAP checkpoint?"
+    )
 
 
-def load_clap_text_branch(clap_checkpoint: str | os.PathLike, roberta_dir: str | os.PathLike,
-                          max_length: int = CLAP_MAX_LENGTH) -> tuple[TextEncoderConfig, Params, TextTokenizer]:
+def load_clap_text_branch(
+    clap_checkpoint: str | os.PathLike, roberta_dir: str | os.PathLike, max_length: int = CLAP_MAX_LENGTH
+) -> tuple[TextEncoderConfig, Params, TextTokenizer]:
     """`(config, params, tokenizer)` of the CLAP text branch (see the module docstring).
 
     Raises:

@@ -48,22 +48,51 @@ from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, Late
 from stable_audio_jax.models.unet import UNetConfig
 
 # SAT DiT options: ours by name, or a value that must hold because only it is implemented.
-_DIT_RENAMES = {"io_channels": "io_channels", "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads",
-                "cond_token_dim": "cond_token_dim", "global_cond_dim": "global_cond_dim"}
-_DIT_FIXED = {"project_cond_tokens": False, "transformer_type": "continuous_transformer", "patch_size": 1,
-              "input_concat_dim": 0, "prepend_cond_dim": 0, "global_cond_type": "prepend",
-              "timestep_cond_type": "global"}
+_DIT_RENAMES = {
+    "io_channels": "io_channels",
+    "embed_dim": "embed_dim",
+    "depth": "depth",
+    "num_heads": "num_heads",
+    "cond_token_dim": "cond_token_dim",
+    "global_cond_dim": "global_cond_dim",
+}
+_DIT_FIXED = {
+    "project_cond_tokens": False,
+    "transformer_type": "continuous_transformer",
+    "patch_size": 1,
+    "input_concat_dim": 0,
+    "prepend_cond_dim": 0,
+    "global_cond_type": "prepend",
+    "timestep_cond_type": "global",
+}
 # SAT `adp_cfg_1d` (UNetCFG1d) options: ours by name, or a value that must hold because only it is implemented.
-_UNET_RENAMES = {"in_channels": "in_channels", "channels": "channels", "multipliers": "multipliers",
-                 "factors": "factors", "num_blocks": "num_blocks", "attentions": "attentions",
-                 "attention_heads": "attention_heads", "attention_multiplier": "attention_multiplier",
-                 "resnet_groups": "resnet_groups", "kernel_multiplier_downsample": "kernel_multiplier_downsample",
-                 "use_skip_scale": "use_skip_scale", "context_features_multiplier": "mapping_multiplier",
-                 "context_embedding_features": "context_features",
-                 "context_embedding_max_length": "context_length"}
-_UNET_FIXED = {"use_nearest_upsample": False, "use_context_time": True, "use_xattn_time": False, "patch_size": 1,
-               "use_stft": False, "use_stft_context": False, "context_features": None, "context_channels": None,
-               "attention_features": None}
+_UNET_RENAMES = {
+    "in_channels": "in_channels",
+    "channels": "channels",
+    "multipliers": "multipliers",
+    "factors": "factors",
+    "num_blocks": "num_blocks",
+    "attentions": "attentions",
+    "attention_heads": "attention_heads",
+    "attention_multiplier": "attention_multiplier",
+    "resnet_groups": "resnet_groups",
+    "kernel_multiplier_downsample": "kernel_multiplier_downsample",
+    "use_skip_scale": "use_skip_scale",
+    "context_features_multiplier": "mapping_multiplier",
+    "context_embedding_features": "context_features",
+    "context_embedding_max_length": "context_length",
+}
+_UNET_FIXED = {
+    "use_nearest_upsample": False,
+    "use_context_time": True,
+    "use_xattn_time": False,
+    "patch_size": 1,
+    "use_stft": False,
+    "use_stft_context": False,
+    "context_features": None,
+    "context_channels": None,
+    "attention_features": None,
+}
 _WRAPPER_PREFIXES = ("diffusion_ema.", "diffusion.")
 _TIMING_IDS = ("seconds_start", "seconds_total")
 
@@ -122,12 +151,22 @@ def _autoencoder(model: Mapping[str, Any]) -> tuple[AutoencoderConfig, float]:
     _require(int(dec.get("latent_dim", 0)), latent_dim, "pretransform.config.decoder.config.latent_dim")
     _require(list(enc.get("strides", [])), list(dec.get("strides", [])), "the decoder strides (vs the encoder's)")
     config = AutoencoderConfig(
-        io_channels=int(enc.get("in_channels", 2)), latent_dim=latent_dim, strides=tuple(enc["strides"]),
-        encoder_channels=int(enc["channels"]), encoder_multipliers=(1,) + tuple(enc["c_mults"]),
-        decoder_channels=int(dec["channels"]), decoder_multipliers=(1,) + tuple(dec["c_mults"]),
-        snake_beta=True, decoder_final_bias=False, final_tanh=bool(dec.get("final_tanh", True)))
-    _require(config.downsampling_ratio, int(cfg.get("downsampling_ratio", config.downsampling_ratio)),
-             "pretransform.config.downsampling_ratio (vs the product of the strides)")
+        io_channels=int(enc.get("in_channels", 2)),
+        latent_dim=latent_dim,
+        strides=tuple(enc["strides"]),
+        encoder_channels=int(enc["channels"]),
+        encoder_multipliers=(1,) + tuple(enc["c_mults"]),
+        decoder_channels=int(dec["channels"]),
+        decoder_multipliers=(1,) + tuple(dec["c_mults"]),
+        snake_beta=True,
+        decoder_final_bias=False,
+        final_tanh=bool(dec.get("final_tanh", True)),
+    )
+    _require(
+        config.downsampling_ratio,
+        int(cfg.get("downsampling_ratio", config.downsampling_ratio)),
+        "pretransform.config.downsampling_ratio (vs the product of the strides)",
+    )
     return config, 1.0 / float(pre.get("scale", 1.0))
 
 
@@ -149,8 +188,10 @@ def _dit_objective(diffusion: Mapping[str, Any]) -> str:
     "rf_denoiser")."""
     objective = diffusion.get("diffusion_objective", "v")
     if objective not in sampling_config.OBJECTIVES:
-        raise ConversionError(f"model_config: diffusion.diffusion_objective is {objective!r}; supported: "
-                              f"{list(sampling_config.OBJECTIVES)}")
+        raise ConversionError(
+            f"model_config: diffusion.diffusion_objective is {objective!r}; supported: "
+            f"{list(sampling_config.OBJECTIVES)}"
+        )
     # The length-dependent shift of training times (and of rk4's grid) is not imported.
     _require(diffusion.get("distribution_shift_options"), None, "diffusion.distribution_shift_options")
     return objective
@@ -204,18 +245,27 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
     diffusion = _get(model, "diffusion")
     backbone = diffusion.get("type")
     if backbone not in ("dit", "adp_cfg_1d"):
-        raise ConversionError(f"model_config: diffusion.type is {backbone!r}; only 'dit' (Stable Audio Open) "
-                              "and 'adp_cfg_1d' (Stable Audio 1.0) are supported")
+        raise ConversionError(
+            f"model_config: diffusion.type is {backbone!r}; only 'dit' (Stable Audio Open) "
+            "and 'adp_cfg_1d' (Stable Audio 1.0) are supported"
+        )
     conditioners = {c.get("id"): c for c in _get(model, "conditioning.configs")}
     cond_dim = int(_get(model, "conditioning.cond_dim"))
     _require(sorted(conditioners), sorted(("prompt",) + _TIMING_IDS), "the conditioner ids")
-    _require(list(diffusion.get("cross_attention_cond_ids", [])), ["prompt", *_TIMING_IDS],
-             "diffusion.cross_attention_cond_ids")
+    _require(
+        list(diffusion.get("cross_attention_cond_ids", [])),
+        ["prompt", *_TIMING_IDS],
+        "diffusion.cross_attention_cond_ids",
+    )
     prompt = conditioners["prompt"]
     prompt_config = prompt.get("config", {})
     _require(prompt_config.get("project_out", False), False, "the prompt conditioner's project_out")
-    common = dict(autoencoder=autoencoder, latent_scale=latent_scale, sample_rate=int(_get(model_config, "sample_rate")),
-                  sample_size=int(_get(model_config, "sample_size")))
+    common = dict(
+        autoencoder=autoencoder,
+        latent_scale=latent_scale,
+        sample_rate=int(_get(model_config, "sample_rate")),
+        sample_size=int(_get(model_config, "sample_size")),
+    )
     if backbone == "dit":
         dit, objective = _dit(diffusion), _dit_objective(diffusion)
         _require(prompt.get("type"), "t5", "conditioning prompt type")
@@ -225,11 +275,20 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
         _require(dit.io_channels, autoencoder.latent_dim, "diffusion.config.io_channels (vs the VAE latent_dim)")
         text_max_length = int(prompt_config.get("max_length", 128))
         return Architecture(
-            diffusion=LatentDiffusionConfig(dit=dit, timing_kind="number", max_seconds=max_seconds,
-                                            global_timing=True, text_tokens=text_max_length, objective=objective),
-            text_max_length=text_max_length, text_encoder="t5",
+            diffusion=LatentDiffusionConfig(
+                dit=dit,
+                timing_kind="number",
+                max_seconds=max_seconds,
+                global_timing=True,
+                text_tokens=text_max_length,
+                objective=objective,
+            ),
+            text_max_length=text_max_length,
+            text_encoder="t5",
             text_model_name=str(prompt_config.get("t5_model_name", "t5-base")),
-            sampling=sampling_config.release_defaults(objective).to_dict(), **common)
+            sampling=sampling_config.release_defaults(objective).to_dict(),
+            **common,
+        )
     unet = _unet(diffusion)
     _require(prompt.get("type"), "clap_text", "conditioning prompt type")
     _require(prompt_config.get("use_text_features", False), True, "the CLAP conditioner's use_text_features")
@@ -239,34 +298,51 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
     _require(unet.context_features, cond_dim, "diffusion.config.context_embedding_features (vs conditioning.cond_dim)")
     _require(unet.in_channels, autoencoder.latent_dim, "diffusion.config.in_channels (vs the VAE latent_dim)")
     # LAION-CLAP always gives 77 tokens; the reference's null embedding then uses 77 + 2 rows.
-    _require(unet.context_length, CLAP_MAX_LENGTH + 2,
-             "diffusion.config.context_embedding_max_length (77 CLAP tokens + 2 timing tokens)")
+    _require(
+        unet.context_length,
+        CLAP_MAX_LENGTH + 2,
+        "diffusion.config.context_embedding_max_length (77 CLAP tokens + 2 timing tokens)",
+    )
     return Architecture(
         diffusion=LatentDiffusionConfig(unet=unet, timing_kind="table", max_seconds=max_seconds),
-        text_max_length=CLAP_MAX_LENGTH, text_encoder="clap_text", text_model_name="roberta-base",
-        feature_layer=int(prompt_config.get("feature_layer_ix", -1)), sampling=sampling_config.SA1.to_dict(), **common)
+        text_max_length=CLAP_MAX_LENGTH,
+        text_encoder="clap_text",
+        text_model_name="roberta-base",
+        feature_layer=int(prompt_config.get("feature_layer_ix", -1)),
+        sampling=sampling_config.SA1.to_dict(),
+        **common,
+    )
 
 
 def _model_prefix(reader: StateDictReader, arch: Architecture) -> StateDictReader:
     """The reader scoped past a training wrapper (EMA copy preferred), if any."""
-    probe = (sao_dit.DIT_PREFIX + "timestep_features.weight" if arch.diffusion.dit is not None
-             else sa1_unet.UNET_PREFIX + "fixed_embedding.embedding.weight")
+    probe = (
+        sao_dit.DIT_PREFIX + "timestep_features.weight"
+        if arch.diffusion.dit is not None
+        else sa1_unet.UNET_PREFIX + "fixed_embedding.embedding.weight"
+    )
     if reader.has(probe):
         return reader
     for prefix in _WRAPPER_PREFIXES:
         if reader.scoped(prefix).has(probe):
             return reader.scoped(prefix)
-    raise ConversionError(f"{reader.source}: no {probe!r}; is this a {arch.diffusion.backbone} diffusion "
-                          "checkpoint of the model config's kind?")
+    raise ConversionError(
+        f"{reader.source}: no {probe!r}; is this a {arch.diffusion.backbone} diffusion "
+        "checkpoint of the model config's kind?"
+    )
 
 
 def diffusion_params_from_state_dict(reader: StateDictReader, arch: Architecture) -> dict[str, Any]:
     """`LatentDiffusionModel` params (`timing` + the backbone) from the backbone and conditioner tensors."""
     c = arch.diffusion
-    timing = sao_conditioners.timing_params_from_state_dict(reader, c.context_features, kind=c.timing_kind,
-                                                            max_seconds=c.max_seconds)
-    backbone = (sao_dit.dit_params_from_state_dict(reader, c.dit) if c.dit is not None
-                else sa1_unet.unet_params_from_state_dict(reader, c.unet))
+    timing = sao_conditioners.timing_params_from_state_dict(
+        reader, c.context_features, kind=c.timing_kind, max_seconds=c.max_seconds
+    )
+    backbone = (
+        sao_dit.dit_params_from_state_dict(reader, c.dit)
+        if c.dit is not None
+        else sa1_unet.unet_params_from_state_dict(reader, c.unet)
+    )
     params = {"timing": timing, c.backbone: backbone}
     check_tree(params, abstract_diffusion_params(c), "diffusion model")
     return params
@@ -274,12 +350,18 @@ def diffusion_params_from_state_dict(reader: StateDictReader, arch: Architecture
 
 def abstract_diffusion_params(config: LatentDiffusionConfig) -> Any:
     """The diffusion model's parameter shapes, traced without allocating."""
-    return parallel.abstract_params(LatentDiffusionModel(config),
-                                    *example_inputs(config, frames=config.downsampling_factor))
+    return parallel.abstract_params(
+        LatentDiffusionModel(config), *example_inputs(config, frames=config.downsampling_factor)
+    )
 
 
-def _text_encoder(arch: Architecture, t5_dir: str | None, clap_checkpoint: str | None,
-                  roberta_dir: str | None, log: Callable[[str], None]) -> tuple[dict[str, Any], Any, Any, dict]:
+def _text_encoder(
+    arch: Architecture,
+    t5_dir: str | None,
+    clap_checkpoint: str | None,
+    roberta_dir: str | None,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], Any, Any, dict]:
     """`(pretrained config's text_encoder section, params, tokenizer, source paths)`."""
     if arch.text_encoder == "t5":
         if not t5_dir:
@@ -291,26 +373,43 @@ def _text_encoder(arch: Architecture, t5_dir: str | None, clap_checkpoint: str |
         sources = {"t5_dir": os.path.abspath(t5_dir), "t5_model_name": arch.text_model_name}
     else:
         if not clap_checkpoint or not roberta_dir:
-            raise ConversionError("a Stable Audio 1.0 (CLAP-prompted) model needs clap_checkpoint and roberta_dir "
-                                  "(--clap_checkpoint, --roberta_dir)")
+            raise ConversionError(
+                "a Stable Audio 1.0 (CLAP-prompted) model needs clap_checkpoint and roberta_dir "
+                "(--clap_checkpoint, --roberta_dir)"
+            )
         log(f"reading the CLAP text branch of {clap_checkpoint}")
         config, params, tokenizer = load_clap_text_branch(clap_checkpoint, roberta_dir, arch.text_max_length)
         width = config.hidden_size
         if not -(config.num_layers + 1) <= arch.feature_layer <= config.num_layers:
-            raise ConversionError(f"model_config: the CLAP conditioner's feature_layer_ix={arch.feature_layer} is "
-                                  f"out of range for a {config.num_layers}-layer text branch")
-        section = {"kind": "clap_text", "config": config.to_dict(), "max_length": arch.text_max_length,
-                   "feature_layer": arch.feature_layer}
+            raise ConversionError(
+                f"model_config: the CLAP conditioner's feature_layer_ix={arch.feature_layer} is "
+                f"out of range for a {config.num_layers}-layer text branch"
+            )
+        section = {
+            "kind": "clap_text",
+            "config": config.to_dict(),
+            "max_length": arch.text_max_length,
+            "feature_layer": arch.feature_layer,
+        }
         sources = {"clap_checkpoint": os.path.abspath(clap_checkpoint), "roberta_dir": os.path.abspath(roberta_dir)}
     if width != arch.diffusion.context_features:
-        raise ConversionError(f"the {arch.text_encoder} text encoder is {width}-d but the model's conditioning is "
-                              f"{arch.diffusion.context_features}-d")
+        raise ConversionError(
+            f"the {arch.text_encoder} text encoder is {width}-d but the model's conditioning is "
+            f"{arch.diffusion.context_features}-d"
+        )
     return section, params, tokenizer, sources
 
 
-def convert_checkpoint(checkpoint: str, model_config: str, output_dir: str, *, t5_dir: str | None = None,
-                       clap_checkpoint: str | None = None, roberta_dir: str | None = None,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+def convert_checkpoint(
+    checkpoint: str,
+    model_config: str,
+    output_dir: str,
+    *,
+    t5_dir: str | None = None,
+    clap_checkpoint: str | None = None,
+    roberta_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Convert checkpoint + model config + the prompt encoder's files into a pretrained directory.
 
     SAO needs `t5_dir`; SA 1.0 needs `clap_checkpoint` and `roberta_dir`. Returns a
@@ -329,14 +428,20 @@ def convert_checkpoint(checkpoint: str, model_config: str, output_dir: str, *, t
     text_section, text_params, tokenizer, sources = _text_encoder(arch, t5_dir, clap_checkpoint, roberta_dir, log)
     params = {"diffusion": diffusion, "autoencoder": autoencoder, "text_encoder": text_params}
     config = {
-        "source": {"checkpoint": os.path.abspath(checkpoint), "model_config": os.path.abspath(model_config),
-                   **sources},
-        "sample_rate": arch.sample_rate, "sample_size": arch.sample_size, "latent_scale": arch.latent_scale,
-        "model": arch.diffusion.to_dict(), "autoencoder": dataclasses.asdict(arch.autoencoder),
-        "text_encoder": text_section, "sampling": dict(arch.sampling),
+        "source": {"checkpoint": os.path.abspath(checkpoint), "model_config": os.path.abspath(model_config), **sources},
+        "sample_rate": arch.sample_rate,
+        "sample_size": arch.sample_size,
+        "latent_scale": arch.latent_scale,
+        "model": arch.diffusion.to_dict(),
+        "autoencoder": dataclasses.asdict(arch.autoencoder),
+        "text_encoder": text_section,
+        "sampling": dict(arch.sampling),
     }
     log(f"writing {output_dir}")
     pretrained.save_pretrained(output_dir, config, params, tokenizer)
     counts = {part: parallel.count_params(tree) for part, tree in params.items()}
-    return {"output_dir": os.path.abspath(output_dir), "params": counts,
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "output_dir": os.path.abspath(output_dir),
+        "params": counts,
+        "seconds": round(time.perf_counter() - start, 1),
+    }

@@ -39,17 +39,21 @@ def _number_embedder(reader: StateDictReader, features: int) -> Params:
     weights = reader.take("embedder.embedding.0.weights", (FOURIER_DIM // 2,))
     kernel = reader.take("embedder.embedding.1.weight", (features, FOURIER_DIM + 1))
     bias = reader.take("embedder.embedding.1.bias", (features,))
-    return {"embedding": {"fourier": {"weights": np.asarray(weights, np.float32)},
-                          "proj": {"kernel": np.asarray(linear_kernel(kernel), np.float32),
-                                   "bias": np.asarray(bias, np.float32)}}}
+    return {
+        "embedding": {
+            "fourier": {"weights": np.asarray(weights, np.float32)},
+            "proj": {"kernel": np.asarray(linear_kernel(kernel), np.float32), "bias": np.asarray(bias, np.float32)},
+        }
+    }
 
 
 def _table_embedder(reader: StateDictReader, features: int, max_seconds: int) -> Params:
     return {"embedding": np.asarray(reader.take("int_embedder.weight", (max_seconds + 1, features)), np.float32)}
 
 
-def timing_params_from_state_dict(reader: StateDictReader, features: int | None = None, *,
-                                  kind: str = "number", max_seconds: int = 512) -> Params:
+def timing_params_from_state_dict(
+    reader: StateDictReader, features: int | None = None, *, kind: str = "number", max_seconds: int = 512
+) -> Params:
     """The `TimingConditioner(features, kind, max_seconds)` params, float32.
 
     Args:
@@ -75,7 +79,8 @@ def timing_params_from_state_dict(reader: StateDictReader, features: int | None 
     else:
         params = {name: _table_embedder(scoped.scoped(f"{name}."), features, max_seconds) for name in TIMING_IDS}
     seconds = jax.ShapeDtypeStruct((1,), jnp.float32)
-    abstract = jax.eval_shape(TimingConditioner(features, kind=kind, max_seconds=max_seconds).init,
-                              jax.random.key(0), seconds, seconds)
+    abstract = jax.eval_shape(
+        TimingConditioner(features, kind=kind, max_seconds=max_seconds).init, jax.random.key(0), seconds, seconds
+    )
     check_tree(params, abstract["params"], "timing conditioner")
     return params

@@ -64,17 +64,25 @@ def _block(reader: StateDictReader, c: DiTConfig) -> Params:
     ff_in = reader.take("ff.ff.0.proj.weight", (2 * inner, e))
     return {
         "pre_norm": _norm(reader, "pre_norm", e),
-        "self_attn": {"query": {"kernel": head_kernel(q, h, d)}, "key": {"kernel": head_kernel(k_self, h, d)},
-                      "value": {"kernel": head_kernel(v, h, d)},
-                      "out": {"kernel": out_kernel("self_attn.to_out.weight")}},
+        "self_attn": {
+            "query": {"kernel": head_kernel(q, h, d)},
+            "key": {"kernel": head_kernel(k_self, h, d)},
+            "value": {"kernel": head_kernel(v, h, d)},
+            "out": {"kernel": out_kernel("self_attn.to_out.weight")},
+        },
         "cross_attend_norm": _norm(reader, "cross_attend_norm", e),
-        "cross_attn": {"query": {"kernel": head_kernel(reader.take("cross_attn.to_q.weight", (e, e)), h, d)},
-                       "key": {"kernel": head_kernel(k_cross, k, d)}, "value": {"kernel": head_kernel(v_cross, k, d)},
-                       "out": {"kernel": out_kernel("cross_attn.to_out.weight")}},
+        "cross_attn": {
+            "query": {"kernel": head_kernel(reader.take("cross_attn.to_q.weight", (e, e)), h, d)},
+            "key": {"kernel": head_kernel(k_cross, k, d)},
+            "value": {"kernel": head_kernel(v_cross, k, d)},
+            "out": {"kernel": out_kernel("cross_attn.to_out.weight")},
+        },
         "ff_norm": _norm(reader, "ff_norm", e),
-        "ff": {"kernel": linear_kernel(ff_in).reshape(e, 2, inner),
-               "bias": reader.take("ff.ff.0.proj.bias", (2 * inner,)).reshape(2, inner),
-               "out": dense_params(reader, "ff.ff.2", inner, e, bias=True)},
+        "ff": {
+            "kernel": linear_kernel(ff_in).reshape(e, 2, inner),
+            "bias": reader.take("ff.ff.0.proj.bias", (2 * inner,)).reshape(2, inner),
+            "out": dense_params(reader, "ff.ff.2", inner, e, bias=True),
+        },
     }
 
 
@@ -86,12 +94,15 @@ def _check_inv_freq(reader: StateDictReader, c: DiTConfig) -> None:
     got = reader.take(key, (c.rotary_dims // 2,)).astype(np.float64)
     want = c.rotary_base ** (-np.arange(0, c.rotary_dims, 2) / c.rotary_dims)
     if not np.allclose(got, want, rtol=1e-5, atol=0):
-        raise ConversionError(f"{reader.source}: {reader.prefix + key!r} holds other RoPE frequencies than "
-                              f"rotary_dim={c.rotary_dims}, base={c.rotary_base} give")
+        raise ConversionError(
+            f"{reader.source}: {reader.prefix + key!r} holds other RoPE frequencies than "
+            f"rotary_dim={c.rotary_dims}, base={c.rotary_base} give"
+        )
 
 
-def dit_params_from_state_dict(reader: StateDictReader, config: DiTConfig, *, prefix: str = DIT_PREFIX,
-                               dtype: Any = np.float32) -> Params:
+def dit_params_from_state_dict(
+    reader: StateDictReader, config: DiTConfig, *, prefix: str = DIT_PREFIX, dtype: Any = np.float32
+) -> Params:
     """The DiT's linen params from the `prefix` keys of `reader`, cast to `dtype`.
 
     Every key under `prefix` must be used (else `ConversionError` listing the unexpected
@@ -124,8 +135,12 @@ def dit_params_from_state_dict(reader: StateDictReader, config: DiTConfig, *, pr
 
 def abstract_dit_params(config: DiTConfig) -> Params:
     """The module's parameter shapes (`jax.eval_shape`, nothing allocated)."""
-    inputs = (jnp.zeros((1, 2, config.io_channels)), jnp.zeros((1,)), jnp.zeros((1, 1, config.cond_token_dim)),
-              jnp.zeros((1, config.global_cond_dim)) if config.global_cond_dim else None)
+    inputs = (
+        jnp.zeros((1, 2, config.io_channels)),
+        jnp.zeros((1,)),
+        jnp.zeros((1, 1, config.cond_token_dim)),
+        jnp.zeros((1, config.global_cond_dim)) if config.global_cond_dim else None,
+    )
     return parallel.abstract_params(DiffusionTransformer(config), *inputs)
 
 

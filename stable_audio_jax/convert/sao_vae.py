@@ -56,8 +56,7 @@ def _snake(reader: StateDictReader, key: str, channels: int) -> Params:
     return {name: _f32(reader.take(f"{key}.{name}", (channels,))) for name in ("alpha", "beta")}
 
 
-def _wn_conv(reader: StateDictReader, key: str, c_in: int, c_out: int, kernel: int,
-             use_bias: bool = True) -> Params:
+def _wn_conv(reader: StateDictReader, key: str, c_in: int, c_out: int, kernel: int, use_bias: bool = True) -> Params:
     """A weight-normed Conv1d `key` -> `WNConv` params."""
     params = {
         "weight_v": _f32(conv1d_kernel(reader.take(f"{key}.weight_v", (c_out, c_in, kernel)))),
@@ -93,8 +92,9 @@ def _encoder(reader: StateDictReader, c: AutoencoderConfig) -> Params:
     for i, stride in enumerate(c.strides):
         block = f"layers.{i + 1}"
         c_in, c_out = widths[i], widths[i + 1]
-        units = {f"ResidualUnit_{j}": _residual_unit(reader, f"{block}.layers.{j}", c_in)
-                 for j in range(len(c.dilations))}
+        units = {
+            f"ResidualUnit_{j}": _residual_unit(reader, f"{block}.layers.{j}", c_in) for j in range(len(c.dilations))
+        }
         n = len(c.dilations)
         params[f"EncoderBlock_{i}"] = {
             **units,
@@ -117,13 +117,16 @@ def _decoder(reader: StateDictReader, c: AutoencoderConfig) -> Params:
         params[f"DecoderBlock_{i}"] = {
             "Snake_0": _snake(reader, f"{block}.layers.0", c_in),
             "WNConvTranspose1d_0": _wn_conv_transpose(reader, f"{block}.layers.1", c_in, c_out, 2 * stride),
-            **{f"ResidualUnit_{j}": _residual_unit(reader, f"{block}.layers.{j + 2}", c_out)
-               for j in range(len(c.dilations))},
+            **{
+                f"ResidualUnit_{j}": _residual_unit(reader, f"{block}.layers.{j + 2}", c_out)
+                for j in range(len(c.dilations))
+            },
         }
     n = len(c.strides)
     params["Snake_0"] = _snake(reader, f"layers.{n + 1}", widths[-1])
-    params["WNConv_1"] = _wn_conv(reader, f"layers.{n + 2}", widths[-1], c.io_channels, 7,
-                                  use_bias=c.decoder_final_bias)
+    params["WNConv_1"] = _wn_conv(
+        reader, f"layers.{n + 2}", widths[-1], c.io_channels, 7, use_bias=c.decoder_final_bias
+    )
     return params
 
 
@@ -142,10 +145,14 @@ def autoencoder_params_from_state_dict(reader: StateDictReader, config: Autoenco
       config, and if the result does not match the module's param tree.
     """
     if not config.snake_beta or config.encoder_projection:
-        raise ConversionError("only the Oobleck layout (SnakeBeta, no encoder projection) is importable; "
-                              "the SA 1.0 DAC-based VAE has different keys")
-    params = {"encoder": _encoder(reader.scoped("encoder."), config),
-              "decoder": _decoder(reader.scoped("decoder."), config)}
+        raise ConversionError(
+            "only the Oobleck layout (SnakeBeta, no encoder projection) is importable; "
+            "the SA 1.0 DAC-based VAE has different keys"
+        )
+    params = {
+        "encoder": _encoder(reader.scoped("encoder."), config),
+        "decoder": _decoder(reader.scoped("decoder."), config),
+    }
     check_tree(params, abstract_autoencoder_params(config), "autoencoder")
     return params
 

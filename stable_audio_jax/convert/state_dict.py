@@ -39,9 +39,16 @@ class ConversionError(ValueError):
 # ----------------------------------------------------------------------------- loading
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 
 
@@ -141,8 +148,10 @@ def _view_problem(view: _TensorView) -> str | None:
         return f"storage offset {offset} is past the storage's {numel} elements" if offset > numel else None
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= numel:
-        return (f"size {size}, stride {stride} and offset {offset} reach element {last}, "
-                f"past the storage's {numel} elements")
+        return (
+            f"size {size}, stride {stride} and offset {offset} reach element {last}, "
+            f"past the storage's {numel} elements"
+        )
     if elements > numel:
         return f"its {elements} elements are more than the storage's {numel}"
     return None
@@ -161,7 +170,7 @@ def _materialize(view: _TensorView, name: str, source: str) -> np.ndarray:
     # Within bounds (checked above); a size-1 axis never moves, so its stride is irrelevant
     # and is zeroed rather than handed to NumPy however large it is.
     strides = tuple(0 if n == 1 else s * data.dtype.itemsize for n, s in zip(size, view.stride))
-    return np.array(np.lib.stride_tricks.as_strided(data[view.offset:], shape=size, strides=strides))
+    return np.array(np.lib.stride_tricks.as_strided(data[view.offset :], shape=size, strides=strides))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -205,11 +214,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise ConversionError(f"{problem} is missing from the archive") from None
         itemsize = storage_type.dtype.itemsize
         if len(raw) % itemsize:
-            raise ConversionError(f"{problem}: {len(raw)} bytes is not a whole number of "
-                                  f"{itemsize}-byte {storage_type.name} elements")
+            raise ConversionError(
+                f"{problem}: {len(raw)} bytes is not a whole number of {itemsize}-byte {storage_type.name} elements"
+            )
         if not _is_int(numel) or numel != len(raw) // itemsize:
-            raise ConversionError(f"{problem} holds {len(raw) // itemsize} elements, "
-                                  f"the pickle says {numel!r} (truncated or altered)")
+            raise ConversionError(
+                f"{problem} holds {len(raw) // itemsize} elements, the pickle says {numel!r} (truncated or altered)"
+            )
         data = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"))
         self._storages[key] = _Storage(key, data)
         return self._storages[key]
@@ -220,8 +231,10 @@ def _load_torch_zip(path: str) -> Any:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
             if len(pickles) != 1:
-                raise ConversionError(f"{path} is not a PyTorch zip checkpoint (no single data.pkl inside); "
-                                      "legacy (pre-1.6) torch.save files are not supported")
+                raise ConversionError(
+                    f"{path} is not a PyTorch zip checkpoint (no single data.pkl inside); "
+                    "legacy (pre-1.6) torch.save files are not supported"
+                )
             root = pickles[0][: -len("/data.pkl")]
             byteorder = f"{root}/byteorder"
             if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
@@ -298,6 +311,7 @@ def load_state_dict(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- reading
 
+
 class StateDictReader:
     """Strict access to a state dict: every tensor must be taken or skipped exactly once.
 
@@ -310,8 +324,14 @@ class StateDictReader:
     Scoped readers share the record of used keys with their parent.
     """
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], source: str = "checkpoint", *,
-                 _prefix: str = "", _used: set[str] | None = None):
+    def __init__(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        source: str = "checkpoint",
+        *,
+        _prefix: str = "",
+        _used: set[str] | None = None,
+    ):
         self._tensors = tensors
         self.source = source
         self.prefix = _prefix
@@ -335,8 +355,9 @@ class StateDictReader:
             raise ConversionError(f"{self.source}: missing key {name!r}")
         value = np.asarray(self._tensors[name])
         if shape is not None and tuple(value.shape) != tuple(shape):
-            raise ConversionError(f"{self.source}: {name!r} has shape {tuple(value.shape)}, "
-                                  f"the model needs {tuple(shape)}")
+            raise ConversionError(
+                f"{self.source}: {name!r} has shape {tuple(value.shape)}, the model needs {tuple(shape)}"
+            )
         self._used.add(name)
         return value
 
@@ -367,11 +388,13 @@ class StateDictReader:
         if unused:
             shown = ", ".join(repr(k) for k in unused[:10])
             more = f" and {len(unused) - 10} more" if len(unused) > 10 else ""
-            raise ConversionError(f"{self.source}: {len(unused)} unexpected key(s) the model has no place for: "
-                                  f"{shown}{more}")
+            raise ConversionError(
+                f"{self.source}: {len(unused)} unexpected key(s) the model has no place for: {shown}{more}"
+            )
 
 
 # ----------------------------------------------------------------------------- layouts
+
 
 def linear_kernel(weight: np.ndarray) -> np.ndarray:
     """`nn.Linear.weight` `[out, in]` -> `nn.Dense` kernel `[in, out]`."""
@@ -435,4 +458,5 @@ def check_tree(params: Any, abstract_params: Any, what: str) -> None:
 def _unbox(tree: Any) -> Any:
     """Strip flax `Partitioned` boxes so paths end at the arrays."""
     import flax.linen as nn
+
     return nn.meta.unbox(tree)

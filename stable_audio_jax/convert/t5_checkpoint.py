@@ -67,8 +67,9 @@ def abstract_params(config: T5Config) -> Params:
     return parallel.abstract_params(T5Encoder(config), ids, ids == 0)
 
 
-def params_from_state_dict(tensors: Mapping[str, np.ndarray], config: T5Config,
-                           source: str = "T5 checkpoint", dtype: Any = np.float32) -> Params:
+def params_from_state_dict(
+    tensors: Mapping[str, np.ndarray], config: T5Config, source: str = "T5 checkpoint", dtype: Any = np.float32
+) -> Params:
     """Maps a HF T5 state dict onto the `T5Encoder` param tree (see the module docstring).
 
     Returns the plain nested dict (no `"params"` key) of `dtype` arrays.
@@ -82,25 +83,34 @@ def params_from_state_dict(tensors: Mapping[str, np.ndarray], config: T5Config,
     for prefix in _IGNORED_PREFIXES:
         reader.skip_prefix(prefix)
 
-    embeddings = {key: reader.take(key, (c.vocab_size, d))
-                  for key in ("shared.weight", "encoder.embed_tokens.weight") if reader.has(key)}
+    embeddings = {
+        key: reader.take(key, (c.vocab_size, d))
+        for key in ("shared.weight", "encoder.embed_tokens.weight")
+        if reader.has(key)
+    }
     if not embeddings:
         raise ConversionError(f"{source}: missing key 'shared.weight' (or its tied copy 'encoder.embed_tokens.weight')")
     if len(embeddings) == 2 and not np.array_equal(*embeddings.values()):
-        raise ConversionError(f"{source}: 'shared.weight' and 'encoder.embed_tokens.weight' differ; "
-                              "the T5 encoder ties them")
+        raise ConversionError(
+            f"{source}: 'shared.weight' and 'encoder.embed_tokens.weight' differ; the T5 encoder ties them"
+        )
     params: Params = {"token_embedding": {"embedding": next(iter(embeddings.values()))}}
 
     enc = reader.scoped("encoder.")
-    params["relative_attention_bias"] = {"embedding": enc.take(
-        "block.0.layer.0.SelfAttention.relative_attention_bias.weight", (c.relative_attention_num_buckets, n))}
+    params["relative_attention_bias"] = {
+        "embedding": enc.take(
+            "block.0.layer.0.SelfAttention.relative_attention_bias.weight", (c.relative_attention_num_buckets, n)
+        )
+    }
     ffn = ("wi_0", "wi_1") if c.is_gated else ("wi",)
     for i in range(c.num_layers):
         block = enc.scoped(f"block.{i}.")
         attn = block.scoped("layer.0.SelfAttention.")
         mlp = block.scoped("layer.1.DenseReluDense.")
-        attention = {name: {"kernel": linear_kernel(attn.take(f"{hf}.weight", (inner, d))).reshape(d, n, k)}
-                     for hf, name in (("q", "query"), ("k", "key"), ("v", "value"))}
+        attention = {
+            name: {"kernel": linear_kernel(attn.take(f"{hf}.weight", (inner, d))).reshape(d, n, k)}
+            for hf, name in (("q", "query"), ("k", "key"), ("v", "value"))
+        }
         attention["out"] = {"kernel": linear_kernel(attn.take("o.weight", (d, inner))).reshape(n, k, d)}
         feed_forward = {name: {"kernel": linear_kernel(mlp.take(f"{name}.weight", (c.d_ff, d)))} for name in ffn}
         feed_forward["wo"] = {"kernel": linear_kernel(mlp.take("wo.weight", (d, c.d_ff)))}
@@ -145,14 +155,17 @@ def load_t5_tokenizer(folder: str | os.PathLike, max_length: int = T5_MAX_LENGTH
     eos = tokenizer.tokenizer.token_to_id("</s>")
     ids, mask = tokenizer([""])
     if eos is None or ids[0, 0] != eos or mask[0].sum() != 1 or tokenizer.pad_id != 0:
-        raise ValueError(f"the tokenizer in {folder!r} is not T5-shaped: an empty prompt must encode to "
-                         f"'</s>' alone and padding must use id 0 (got ids {ids[0, :3].tolist()}, "
-                         f"pad id {tokenizer.pad_id})")
+        raise ValueError(
+            f"the tokenizer in {folder!r} is not T5-shaped: an empty prompt must encode to "
+            f"'</s>' alone and padding must use id 0 (got ids {ids[0, :3].tolist()}, "
+            f"pad id {tokenizer.pad_id})"
+        )
     return tokenizer
 
 
-def load_t5_checkpoint(folder: str | os.PathLike, max_length: int = T5_MAX_LENGTH,
-                       dtype: Any = np.float32) -> tuple[T5Config, Params, TextTokenizer]:
+def load_t5_checkpoint(
+    folder: str | os.PathLike, max_length: int = T5_MAX_LENGTH, dtype: Any = np.float32
+) -> tuple[T5Config, Params, TextTokenizer]:
     """Reads a HF T5 folder into `(config, params, tokenizer)`; see the module docstring.
 
     Raises:
@@ -170,7 +183,8 @@ def load_t5_checkpoint(folder: str | os.PathLike, max_length: int = T5_MAX_LENGT
         config = T5Config.from_hf_config(json.load(f))
     tokenizer = load_t5_tokenizer(folder, max_length)
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer in {folder!r} has {tokenizer.vocab_size} ids but the model embeds "
-                         f"only {config.vocab_size}")
+        raise ValueError(
+            f"the tokenizer in {folder!r} has {tokenizer.vocab_size} ids but the model embeds only {config.vocab_size}"
+        )
     tensors, source = _read_weights(folder)
     return config, params_from_state_dict(tensors, config, source, dtype), tokenizer

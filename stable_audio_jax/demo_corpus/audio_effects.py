@@ -20,8 +20,7 @@ def _fft_convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     return np.fft.irfft(spectrum, nfft, axis=0)[: x.shape[0]]
 
 
-def add_reverb(audio: np.ndarray, sample_rate: int, rng: np.random.Generator, rt60: float,
-               wet: float) -> np.ndarray:
+def add_reverb(audio: np.ndarray, sample_rate: int, rng: np.random.Generator, rt60: float, wet: float) -> np.ndarray:
     """Adds an exponentially decaying noise reverb with independent L/R tails (decorrelates stereo).
 
     Args:

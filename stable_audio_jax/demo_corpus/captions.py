@@ -85,8 +85,11 @@ def format_caption(rng: np.random.Generator, metadata: dict[str, Any]) -> str:
         return " | ".join(parts)
     if form < 0.8:
         return ", ".join(_CAPTION_FIELDS[k][1](metadata[k]) for k in chosen)
-    head = _capitalise(str(metadata["genre"])) if "genre" in chosen else choose(
-        rng, ("Music", "A piece", "An instrumental piece", "A recording"))
+    head = (
+        _capitalise(str(metadata["genre"]))
+        if "genre" in chosen
+        else choose(rng, ("Music", "A piece", "An instrumental piece", "A recording"))
+    )
     if "composer" in chosen:
         head += " " + _CAPTION_FIELDS["composer"][2](metadata["composer"])
     clauses = [_CAPTION_FIELDS[k][2](metadata[k]) for k in chosen if k not in ("genre", "composer")]

@@ -44,13 +44,35 @@ CORPUS_COLLECTIONS: tuple[CorpusCollection, ...] = (
 )
 # Essen collection files -> genre (test and variant files are left out).
 _ESSEN_GENRES = {
-    "altdeu": "German folk song", "ballad": "German ballad", "boehme": "German folk song",
-    "dva": "German folk song", "erk": "German folk song", "fink": "German folk song",
-    "kinder": "German children's song", "zuccal": "German folk song", "han": "Chinese folk song",
-    "irl": "Irish folk song", "lot": "Lorraine folk song", "lux": "Luxembourgish folk song",
+    "altdeu": "German folk song",
+    "ballad": "German ballad",
+    "boehme": "German folk song",
+    "dva": "German folk song",
+    "erk": "German folk song",
+    "fink": "German folk song",
+    "kinder": "German children's song",
+    "zuccal": "German folk song",
+    "han": "Chinese folk song",
+    "irl": "Irish folk song",
+    "lot": "Lorraine folk song",
+    "lux": "Luxembourgish folk song",
 }
-_DANCES = ("slip jig", "jig", "reel", "hornpipe", "strathspey", "polka", "waltz", "march", "clog",
-           "schottische", "quadrille", "set dance", "slide", "air")
+_DANCES = (
+    "slip jig",
+    "jig",
+    "reel",
+    "hornpipe",
+    "strathspey",
+    "polka",
+    "waltz",
+    "march",
+    "clog",
+    "schottische",
+    "quadrille",
+    "set dance",
+    "slide",
+    "air",
+)
 _MAX_PARTS = 8
 
 
@@ -125,8 +147,7 @@ def _piece_genre(piece: CorpusPiece, title: str) -> str:
     return collection.genre
 
 
-def _assign_instruments(rng: np.random.Generator,
-                        ranges: Sequence[tuple[int, int] | None]) -> list[GMInstrument]:
+def _assign_instruments(rng: np.random.Generator, ranges: Sequence[tuple[int, int] | None]) -> list[GMInstrument]:
     """One GM instrument per part; sometimes a single keyboard/ensemble plays all parts."""
     known = [r for r in ranges if r is not None]
     low = min((r[0] for r in known), default=60)
@@ -137,14 +158,14 @@ def _assign_instruments(rng: np.random.Generator,
     for r in ranges:
         # Distinct programs keep every part on its own MIDI channel (music21 shares a channel
         # between parts with the same program), so each part gets its own pan.
-        inst = pick_instrument(rng, ("lead", "bass"), *(r if r else (None, None)),
-                               exclude=[c.program for c in chosen])
+        inst = pick_instrument(rng, ("lead", "bass"), *(r if r else (None, None)), exclude=[c.program for c in chosen])
         chosen.append(inst)
     return chosen
 
 
-def render_corpus_piece(piece: CorpusPiece, rng: np.random.Generator, max_samples: int,
-                        sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]:
+def render_corpus_piece(
+    piece: CorpusPiece, rng: np.random.Generator, max_samples: int, sample_rate: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Parses, re-orchestrates and renders one corpus piece.
 
     Draws tempo in ``[MIN_CORPUS_BPM, MAX_CORPUS_BPM]``, a transposition of up to a tritone that
@@ -203,10 +224,17 @@ def render_corpus_piece(piece: CorpusPiece, rng: np.random.Generator, max_sample
     title = (score.metadata.title if score.metadata is not None else None) or ""
     names = list(dict.fromkeys(i.name for i in instruments))
     return audio, {
-        "source": "corpus", "kind": "corpus", "collection": piece.collection.name, "piece": piece.piece_id,
-        "title": title or None, "genre": _piece_genre(piece, title), "composer": piece.collection.composer,
+        "source": "corpus",
+        "kind": "corpus",
+        "collection": piece.collection.name,
+        "piece": piece.piece_id,
+        "title": title or None,
+        "genre": _piece_genre(piece, title),
+        "composer": piece.collection.composer,
         "instruments": names,
         "key": key_name(key.tonic.pitchClass + shift, "minor" if key.mode == "minor" else "major"),
-        "bpm": bpm, "time_signature": time_sig.ratioString if time_sig is not None else None,
-        "num_parts": len(parts), "transpose": shift,
+        "bpm": bpm,
+        "time_signature": time_sig.ratioString if time_sig is not None else None,
+        "num_parts": len(parts),
+        "transpose": shift,
     }

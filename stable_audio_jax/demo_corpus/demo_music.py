@@ -66,8 +66,9 @@ class _DemoClipMaker:
         self.used_pieces: set[str] = set()
         self.failures: list[str] = []
 
-    def __call__(self, rng: np.random.Generator, index: int,
-                 target_seconds: float) -> tuple[np.ndarray, dict[str, Any]]:
+    def __call__(
+        self, rng: np.random.Generator, index: int, target_seconds: float
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """One finished clip: (float32 ``[num_samples, 2]``, metadata with ``"caption"``).
 
         ``num_samples`` lies in ``[ceil(min_seconds * sample_rate), round(target_seconds * sample_rate)]``.
@@ -89,8 +90,7 @@ class _DemoClipMaker:
             seconds = max(0.5, target_seconds - RELEASE_TAIL_SECONDS) if fit else target_seconds
             arrangement = generate_arrangement(rng, seconds, fit=fit)
             audio = render_events(arrangement_events(arrangement), rng, max_samples, self.sample_rate)
-            result = audio, {"source": "generated", **arrangement.info,
-                             "instruments": track_names(arrangement.tracks)}
+            result = audio, {"source": "generated", **arrangement.info, "instruments": track_names(arrangement.tracks)}
         audio, metadata = result
         audio, metadata["ambience"] = random_ambience(rng, audio, self.sample_rate)
         min_samples = math.ceil(self.min_seconds * self.sample_rate)
@@ -99,9 +99,17 @@ class _DemoClipMaker:
         return audio, metadata
 
 
-def render_demo_dataset(output_dir: str | os.PathLike, num_clips: int = 48, *, seed: int = 0,
-                        min_seconds: float = 2.0, max_seconds: float = 30.0, sample_rate: int = 44100,
-                        valid_fraction: float = 0.125, progress: bool = True) -> dict:
+def render_demo_dataset(
+    output_dir: str | os.PathLike,
+    num_clips: int = 48,
+    *,
+    seed: int = 0,
+    min_seconds: float = 2.0,
+    max_seconds: float = 30.0,
+    sample_rate: int = 44100,
+    valid_fraction: float = 0.125,
+    progress: bool = True,
+) -> dict:
     """Renders the offline demo dataset (about half corpus pieces, half generated material).
 
     Writes ``output_dir/audio/clip_XXXX.flac`` (stereo, ``sample_rate``, 24-bit FLAC, durations in
@@ -115,12 +123,23 @@ def render_demo_dataset(output_dir: str | os.PathLike, num_clips: int = 48, *, s
     """
     start = time.perf_counter()
     maker = _DemoClipMaker(sample_rate, min_seconds)
-    summary = write_dataset(output_dir, num_clips, maker, seed=seed, min_seconds=min_seconds,
-                            max_seconds=max_seconds, sample_rate=sample_rate,
-                            num_valid=num_valid_clips(num_clips, valid_fraction), progress=progress,
-                            desc="demo clips")
-    summary.update(failures=len(maker.failures), failed_pieces=maker.failures,
-                   elapsed_seconds=round(time.perf_counter() - start, 2))
+    summary = write_dataset(
+        output_dir,
+        num_clips,
+        maker,
+        seed=seed,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        sample_rate=sample_rate,
+        num_valid=num_valid_clips(num_clips, valid_fraction),
+        progress=progress,
+        desc="demo clips",
+    )
+    summary.update(
+        failures=len(maker.failures),
+        failed_pieces=maker.failures,
+        elapsed_seconds=round(time.perf_counter() - start, 2),
+    )
     if maker.failures:
         logger.warning("%d corpus pieces failed and were replaced", len(maker.failures))
     return summary

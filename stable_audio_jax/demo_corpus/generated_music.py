@@ -263,43 +263,122 @@ KICK, SIDE_STICK, SNARE, CLAP = 36, 37, 38, 39
 CLOSED_HAT, PEDAL_HAT, OPEN_HAT, CRASH, RIDE = 42, 44, 46, 49, 51
 
 GROOVES: tuple[Groove, ...] = (
-    Groove("rock", 4, 4, 4, (90, 140), ("standard", "room", "power"),
-           {KICK: "x.......x.x.....", SNARE: "....X.......X...", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
-           "x.x.x.x.x.x.x.x."),
-    Groove("funk", 4, 4, 4, (90, 120), ("standard", "room"),
-           {KICK: "x.....x...x..x..", SNARE: "....X..o.o..X..o", CLOSED_HAT: "xoxoxoxoxoxoxoxo"},
-           "x..x..x...x.x..."),
-    Groove("disco", 4, 4, 4, (110, 130), ("standard", "electronic"),
-           {KICK: "x...x...x...x...", SNARE: "....X.......X...", CLOSED_HAT: "x...x...x...x...",
-            OPEN_HAT: "..x...x...x...x."},
-           "..x...x...x...x."),
-    Groove("house", 4, 4, 4, (118, 130), ("electronic", "TR-808"),
-           {KICK: "X...X...X...X...", CLAP: "....x.......x...", CLOSED_HAT: "xoxoxoxoxoxoxoxo"},
-           "..x..x....x..x.."),
-    Groove("hip hop", 4, 4, 4, (80, 100), ("TR-808", "standard"),
-           {KICK: "x......x.xx.....", SNARE: "....X.......X...", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
-           "x.......x......."),
-    Groove("bossa nova", 4, 4, 4, (110, 140), ("standard", "jazz", "brush"),
-           {KICK: "x..xx..xx..xx..x", SIDE_STICK: "x..x..x...x..x..", CLOSED_HAT: "xoxoxoxoxoxoxoxo"},
-           "x..x..x...x..x.."),
-    Groove("reggae", 4, 4, 4, (60, 85), ("standard", "room"),
-           {KICK: "........x.......", SIDE_STICK: "........x.......", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
-           "..x...x...x...x."),
-    Groove("waltz", 3, 4, 4, (90, 140), ("standard", "brush", "orchestral"),
-           {KICK: "x...........", SNARE: "....o...o...", CLOSED_HAT: "x...x...x..."},
-           "....x...x..."),
-    Groove("swing", 4, 4, 3, (100, 140), ("jazz", "brush"),
-           {RIDE: "x..x.xx..x.x", PEDAL_HAT: "...x.....x..", KICK: "o..o..o..o.."},
-           "x..x..x..x.."),
-    Groove("shuffle", 4, 4, 3, (80, 120), ("standard", "room"),
-           {KICK: "x.....x.....", SNARE: "...X.....X..", CLOSED_HAT: "x.xx.xx.xx.x"},
-           "x..x..x..x.."),
-    Groove("march", 2, 4, 4, (100, 130), ("standard", "orchestral"),
-           {KICK: "x...x...", SNARE: "x.xxX.x."},
-           "x...x..."),
-    Groove("ballad", 4, 4, 2, (60, 80), ("standard", "room", "brush"),
-           {KICK: "x....x..", SNARE: "..X...X.", CLOSED_HAT: "xoxoxoxo"},
-           "x......."),
+    Groove(
+        "rock",
+        4,
+        4,
+        4,
+        (90, 140),
+        ("standard", "room", "power"),
+        {KICK: "x.......x.x.....", SNARE: "....X.......X...", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
+        "x.x.x.x.x.x.x.x.",
+    ),
+    Groove(
+        "funk",
+        4,
+        4,
+        4,
+        (90, 120),
+        ("standard", "room"),
+        {KICK: "x.....x...x..x..", SNARE: "....X..o.o..X..o", CLOSED_HAT: "xoxoxoxoxoxoxoxo"},
+        "x..x..x...x.x...",
+    ),
+    Groove(
+        "disco",
+        4,
+        4,
+        4,
+        (110, 130),
+        ("standard", "electronic"),
+        {
+            KICK: "x...x...x...x...",
+            SNARE: "....X.......X...",
+            CLOSED_HAT: "x...x...x...x...",
+            OPEN_HAT: "..x...x...x...x.",
+        },
+        "..x...x...x...x.",
+    ),
+    Groove(
+        "house",
+        4,
+        4,
+        4,
+        (118, 130),
+        ("electronic", "TR-808"),
+        {KICK: "X...X...X...X...", CLAP: "....x.......x...", CLOSED_HAT: "xoxoxoxoxoxoxoxo"},
+        "..x..x....x..x..",
+    ),
+    Groove(
+        "hip hop",
+        4,
+        4,
+        4,
+        (80, 100),
+        ("TR-808", "standard"),
+        {KICK: "x......x.xx.....", SNARE: "....X.......X...", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
+        "x.......x.......",
+    ),
+    Groove(
+        "bossa nova",
+        4,
+        4,
+        4,
+        (110, 140),
+        ("standard", "jazz", "brush"),
+        {KICK: "x..xx..xx..xx..x", SIDE_STICK: "x..x..x...x..x..", CLOSED_HAT: "xoxoxoxoxoxoxoxo"},
+        "x..x..x...x..x..",
+    ),
+    Groove(
+        "reggae",
+        4,
+        4,
+        4,
+        (60, 85),
+        ("standard", "room"),
+        {KICK: "........x.......", SIDE_STICK: "........x.......", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
+        "..x...x...x...x.",
+    ),
+    Groove(
+        "waltz",
+        3,
+        4,
+        4,
+        (90, 140),
+        ("standard", "brush", "orchestral"),
+        {KICK: "x...........", SNARE: "....o...o...", CLOSED_HAT: "x...x...x..."},
+        "....x...x...",
+    ),
+    Groove(
+        "swing",
+        4,
+        4,
+        3,
+        (100, 140),
+        ("jazz", "brush"),
+        {RIDE: "x..x.xx..x.x", PEDAL_HAT: "...x.....x..", KICK: "o..o..o..o.."},
+        "x..x..x..x..",
+    ),
+    Groove(
+        "shuffle",
+        4,
+        4,
+        3,
+        (80, 120),
+        ("standard", "room"),
+        {KICK: "x.....x.....", SNARE: "...X.....X..", CLOSED_HAT: "x.xx.xx.xx.x"},
+        "x..x..x..x..",
+    ),
+    Groove("march", 2, 4, 4, (100, 130), ("standard", "orchestral"), {KICK: "x...x...", SNARE: "x.xxX.x."}, "x...x..."),
+    Groove(
+        "ballad",
+        4,
+        4,
+        2,
+        (60, 80),
+        ("standard", "room", "brush"),
+        {KICK: "x....x..", SNARE: "..X...X.", CLOSED_HAT: "xoxoxoxo"},
+        "x.......",
+    ),
 )
 _HIT_VELOCITY = {"X": 118, "x": 92, "o": 52}
 
@@ -371,15 +450,17 @@ class _ArrangementBuilder:
         velocity = int(np.clip(velocity + self.rng.integers(-6, 7), 1, 127))
         self.notes.append(Note(track, int(pitch), start, max(duration, 0.02), velocity))
 
-    def pattern(self, track: int, pattern: str, bar_start: float, pitches: Callable[[int], Sequence[int]],
-                legato: float = 0.9) -> None:
+    def pattern(
+        self, track: int, pattern: str, bar_start: float, pitches: Callable[[int], Sequence[int]], legato: float = 0.9
+    ) -> None:
         """Plays ``pitches(step)`` at every hit of a grid pattern; a hit lasts until the next one."""
         hits = [i for i, c in enumerate(pattern) if c != "."]
         for j, i in enumerate(hits):
             end = hits[j + 1] if j + 1 < len(hits) else len(pattern)
             for p in pitches(i):
-                self.note(track, p, bar_start + i * self.step, (end - i) * self.step * legato,
-                          _HIT_VELOCITY[pattern[i]])
+                self.note(
+                    track, p, bar_start + i * self.step, (end - i) * self.step * legato, _HIT_VELOCITY[pattern[i]]
+                )
 
     def arrangement(self, seconds: float, info: dict[str, Any]) -> Arrangement:
         return Arrangement(self.tracks, self.notes, seconds, dict(info, bpm=self.bpm))
@@ -412,11 +493,18 @@ def _scale_material(rng: np.random.Generator, seconds: float, fit: bool) -> Arra
             b.note(track, pitch, (r * unit_steps + i) * b.step, b.step * 0.95, accent)
     mode = "minor" if scale in _MINOR_FLAVOURED else "major"
     names = _MINOR_TONICS if mode == "minor" else _MAJOR_TONICS
-    return b.arrangement(reps * unit_steps * b.step, {
-        "kind": "scale", "genre": "scale exercise", "scale": f"{names[tonic]} {scale}",
-        "key": key_name(tonic, mode) if scale in _TONAL_SCALES else None,
-        "pattern": direction, "rhythm": rhythm, "time_signature": "4/4",
-    })
+    return b.arrangement(
+        reps * unit_steps * b.step,
+        {
+            "kind": "scale",
+            "genre": "scale exercise",
+            "scale": f"{names[tonic]} {scale}",
+            "key": key_name(tonic, mode) if scale in _TONAL_SCALES else None,
+            "pattern": direction,
+            "rhythm": rhythm,
+            "time_signature": "4/4",
+        },
+    )
 
 
 def _progression_chords(tonic: int, mode: str, numerals: str) -> list[tuple[int, tuple[int, ...]]]:
@@ -425,8 +513,9 @@ def _progression_chords(tonic: int, mode: str, numerals: str) -> list[tuple[int,
     return [((tonic + root) % 12, intervals) for root, intervals in chords]
 
 
-def _harmony_setup(rng: np.random.Generator,
-                   blues: bool = False) -> tuple[int, str, str, list[tuple[int, tuple[int, ...]]]]:
+def _harmony_setup(
+    rng: np.random.Generator, blues: bool = False
+) -> tuple[int, str, str, list[tuple[int, tuple[int, ...]]]]:
     """Random tonic, mode and progression: (tonic pc, mode, progression label, [(root pc, intervals)]).
 
     ``blues`` forces the 12-bar blues (major).
@@ -437,13 +526,21 @@ def _harmony_setup(rng: np.random.Generator,
     return tonic, mode, label, _progression_chords(tonic, mode, numerals)
 
 
-def _melody(b: _ArrangementBuilder, track: int, inst: GMInstrument, tonic: int, mode: str,
-            chords: Sequence[tuple[int, tuple[int, ...]]], bars: int) -> None:
+def _melody(
+    b: _ArrangementBuilder,
+    track: int,
+    inst: GMInstrument,
+    tonic: int,
+    mode: str,
+    chords: Sequence[tuple[int, tuple[int, ...]]],
+    bars: int,
+) -> None:
     """A random-walk melody on the scale that lands on chord tones at bar starts."""
     scale = SCALES["natural minor" if mode == "minor" else "major"]
     center = int(np.clip((inst.low + inst.high) // 2, 60, 79))
-    pitches = [p for p in range(max(inst.low, center - 12), min(inst.high, center + 12) + 1)
-               if (p - tonic) % 12 in scale]
+    pitches = [
+        p for p in range(max(inst.low, center - 12), min(inst.high, center + 12) + 1) if (p - tonic) % 12 in scale
+    ]
     idx = len(pitches) // 2
     for bar in range(bars):
         root, intervals = chords[bar % len(chords)]
@@ -451,8 +548,9 @@ def _melody(b: _ArrangementBuilder, track: int, inst: GMInstrument, tonic: int, 
         for beat in range(b.beats_per_bar):
             t0 = bar * b.bar + beat * b.beat
             if beat == 0:  # nearest chord tone on the downbeat
-                idx = min((i for i, p in enumerate(pitches) if p % 12 in chord_pcs),
-                          key=lambda i: abs(i - idx), default=idx)
+                idx = min(
+                    (i for i, p in enumerate(pitches) if p % 12 in chord_pcs), key=lambda i: abs(i - idx), default=idx
+                )
             if b.rng.random() < 0.15 and beat > 0:
                 continue  # rest
             subdivisions = 1 if b.rng.random() < 0.55 else 2
@@ -473,8 +571,9 @@ def _harmony_low(inst: GMInstrument) -> int:
     return int(np.clip(inst.low + 12, 52, 60))
 
 
-def _ending(b: _ArrangementBuilder, bars: int, tonic: int, mode: str, harmony: int | None, bass: int | None,
-            drums: int | None) -> None:
+def _ending(
+    b: _ArrangementBuilder, bars: int, tonic: int, mode: str, harmony: int | None, bass: int | None, drums: int | None
+) -> None:
     """A final tonic chord (and crash) one bar long, so 'fit' clips end like a piece does."""
     t = bars * b.bar
     triad = _CHORD_INTERVALS["min" if mode == "minor" else "maj"]
@@ -493,23 +592,25 @@ def _chordal_material(rng: np.random.Generator, seconds: float, fit: bool, arpeg
     tonic, mode, prog_label, chords = _harmony_setup(rng)
     beats = choose(rng, (4, 4, 3))
     bpm = int(rng.integers(60, 141))
-    info: dict[str, Any] = {"key": key_name(tonic, mode), "progression": prog_label,
-                            "time_signature": f"{beats}/4"}
+    info: dict[str, Any] = {"key": key_name(tonic, mode), "progression": prog_label, "time_signature": f"{beats}/4"}
     if arpeggiate:
         steps, rhythm = choose(rng, _RHYTHMS[1:])
         if steps == 4:
             bpm = min(bpm, 110)
         pattern = choose(rng, ("up", "down", "up-down", "broken"))
         inst = pick_instrument(rng, ("arp",))
-        info.update(kind="arpeggio", genre=choose(rng, ("arpeggio study", "arpeggiated chords")),
-                    pattern=f"{pattern} arpeggio", rhythm=rhythm)
+        info.update(
+            kind="arpeggio",
+            genre=choose(rng, ("arpeggio study", "arpeggiated chords")),
+            pattern=f"{pattern} arpeggio",
+            rhythm=rhythm,
+        )
     else:
         steps = 2
         comps = [(beats, "sustained chords"), (1, "quarter-note chords"), (0.5, "eighth-note chords")]
         comp_beats, rhythm = choose(rng, comps + ([(2, "half-note chords")] if beats == 4 else []))
         inst = pick_instrument(rng, ("harmony",))
-        info.update(kind="chords", genre=choose(rng, ("chord progression", "chordal accompaniment")),
-                    rhythm=rhythm)
+        info.update(kind="chords", genre=choose(rng, ("chord progression", "chordal accompaniment")), rhythm=rhythm)
     b = _ArrangementBuilder(rng, bpm, beats, steps)
     harmony = b.track("arp" if arpeggiate else "harmony", inst)
     bass = b.track("bass", pick_instrument(rng, ("bass",))) if rng.random() < 0.5 else None
@@ -524,8 +625,12 @@ def _chordal_material(rng: np.random.Generator, seconds: float, fit: bool, arpeg
         t0 = bar * b.bar
         if arpeggiate:
             tones = tones + [tones[0] + 12]
-            order = {"up": tones, "down": tones[::-1], "up-down": tones + tones[-2:0:-1],
-                     "broken": [tones[0], tones[2], tones[1], tones[-1]]}[pattern]
+            order = {
+                "up": tones,
+                "down": tones[::-1],
+                "up-down": tones + tones[-2:0:-1],
+                "broken": [tones[0], tones[2], tones[1], tones[-1]],
+            }[pattern]
             for i in range(bar_steps):  # notes ring for two steps, like a sustained harp or piano
                 velocity = 92 if i % steps == 0 else 78
                 b.note(harmony, order[i % len(order)], t0 + i * b.step, 2 * b.step, velocity)
@@ -549,9 +654,14 @@ def _groove_material(rng: np.random.Generator, seconds: float, fit: bool, band: 
     kit = choose(rng, groove.kits)
     b = _ArrangementBuilder(rng, bpm, groove.beats, groove.steps_per_beat)
     drums = b.track("drums", GMInstrument("drums", DRUM_KITS[kit], 0, 127, frozenset({"drums"})))
-    info: dict[str, Any] = {"kind": "band" if band else "drums", "style": groove.name, "kit": kit,
-                            "genre": groove.name if band else f"{groove.name} drum groove",
-                            "time_signature": f"{groove.beats}/{groove.beat_unit}", "key": None}
+    info: dict[str, Any] = {
+        "kind": "band" if band else "drums",
+        "style": groove.name,
+        "kit": kit,
+        "genre": groove.name if band else f"{groove.name} drum groove",
+        "time_signature": f"{groove.beats}/{groove.beat_unit}",
+        "key": None,
+    }
     bass = harmony = lead = None
     tonic, mode, chords = 0, "major", [(0, _CHORD_INTERVALS["maj"])]
     if band:
@@ -576,8 +686,9 @@ def _groove_material(rng: np.random.Generator, seconds: float, fit: bool, band: 
             kick = groove.drums[KICK].replace("o", "x")  # the bass doubles the kick, at full weight
             fifth = rng.random() < 0.5
             # Root on the downbeat; other kick hits sometimes take the fifth.
-            b.pattern(bass, kick, t0, lambda i: (_bass_pitch(bass_inst, root + (7 if fifth and i else 0)),),
-                      legato=0.85)
+            b.pattern(
+                bass, kick, t0, lambda i: (_bass_pitch(bass_inst, root + (7 if fifth and i else 0)),), legato=0.85
+            )
             tones = voice_chord(root, intervals, _harmony_low(harm_inst))
             b.pattern(harmony, groove.comp, t0, lambda i: tones, legato=0.8)
     if lead is not None:
@@ -596,8 +707,9 @@ GENERATED_KINDS: dict[str, tuple[float, Callable[[np.random.Generator, float, bo
 }
 
 
-def generate_arrangement(rng: np.random.Generator, seconds: float, *, fit: bool | None = None,
-                         kind: str | None = None) -> Arrangement:
+def generate_arrangement(
+    rng: np.random.Generator, seconds: float, *, fit: bool | None = None, kind: str | None = None
+) -> Arrangement:
     """Generates scales / arpeggios / chord progressions / drum grooves / band material.
 
     Args:

@@ -31,9 +31,19 @@ def num_valid_clips(num_clips: int, valid_fraction: float) -> int:
     return int(min(num_clips - 1, max(1, round(num_clips * valid_fraction))))
 
 
-def write_dataset(output_dir: str | os.PathLike, num_clips: int, make_clip: ClipMaker, *, seed: int,
-                  min_seconds: float, max_seconds: float, sample_rate: int, num_valid: int,
-                  progress: bool = False, desc: str = "clips") -> dict[str, Any]:
+def write_dataset(
+    output_dir: str | os.PathLike,
+    num_clips: int,
+    make_clip: ClipMaker,
+    *,
+    seed: int,
+    min_seconds: float,
+    max_seconds: float,
+    sample_rate: int,
+    num_valid: int,
+    progress: bool = False,
+    desc: str = "clips",
+) -> dict[str, Any]:
     """Writes ``audio/clip_XXXX.flac`` and ``train.jsonl`` / ``valid.jsonl``; returns a summary.
 
     Clip ``i`` draws all its randomness from ``np.random.default_rng([seed, i])``: first its target
@@ -69,11 +79,19 @@ def write_dataset(output_dir: str | os.PathLike, num_clips: int, make_clip: Clip
         sf.write(os.path.join(output_dir, rel_path), audio, sample_rate, format="FLAC", subtype="PCM_24")
         split = "valid" if index >= num_clips - num_valid else "train"
         duration = audio.shape[0] / sample_rate
-        records[split].append({
-            "path": rel_path, "caption": metadata.pop("caption"), "clip_id": clip_id, "split": split,
-            **metadata, "duration_seconds": round(duration, 6), "seconds_total": math.ceil(duration),
-            "sample_rate": sample_rate, "num_samples": int(audio.shape[0]),
-        })
+        records[split].append(
+            {
+                "path": rel_path,
+                "caption": metadata.pop("caption"),
+                "clip_id": clip_id,
+                "split": split,
+                **metadata,
+                "duration_seconds": round(duration, 6),
+                "seconds_total": math.ceil(duration),
+                "sample_rate": sample_rate,
+                "num_samples": int(audio.shape[0]),
+            }
+        )
     for split, rows in records.items():
         with open(os.path.join(output_dir, f"{split}.jsonl"), "w", encoding="utf-8") as f:
             for row in rows:

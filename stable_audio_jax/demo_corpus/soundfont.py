@@ -67,8 +67,10 @@ def render_events(events: list, rng: np.random.Generator, max_samples: int, samp
         # Drums stay near the centre like a real mix; other parts spread across the stereo field.
         pan = int(rng.integers(48, 81)) if channel == DRUM_CHANNEL else int(rng.integers(14, 115))
         volume = int(rng.integers(90, 121))
-        mix += [tsf_midi.Event(tsf_midi.ControlChange(10, pan), 0.0, channel, False),
-                tsf_midi.Event(tsf_midi.ControlChange(7, volume), 0.0, channel, False)]
+        mix += [
+            tsf_midi.Event(tsf_midi.ControlChange(10, pan), 0.0, channel, False),
+            tsf_midi.Event(tsf_midi.ControlChange(7, volume), 0.0, channel, False),
+        ]
     ordered = sorted(events + mix, key=lambda e: (e.t, _event_rank(e)))
     sequencer = tinysoundfont.Sequencer(synth)
     sequencer.add(ordered)

@@ -56,14 +56,15 @@ def oscillator(waveform: str, frequency: float, num_samples: int, sample_rate: i
     return (wave / (np.max(np.abs(wave)) + 1e-9)).astype(np.float32)
 
 
-def adsr(hold_samples: int, sample_rate: int, attack: float, decay: float, sustain: float,
-         release: float) -> np.ndarray:
+def adsr(
+    hold_samples: int, sample_rate: int, attack: float, decay: float, sustain: float, release: float
+) -> np.ndarray:
     """ADSR envelope ``[hold_samples + release_samples]``: the note is held for ``hold_samples``."""
     a = max(1, min(int(attack * sample_rate), hold_samples))
     d = max(1, min(int(decay * sample_rate), hold_samples - a)) if hold_samples > a else 0
     held = np.full(hold_samples, sustain, np.float32)
     held[:a] = np.linspace(0.0, 1.0, a, endpoint=False)
-    held[a:a + d] = np.linspace(1.0, sustain, d, endpoint=False)
+    held[a : a + d] = np.linspace(1.0, sustain, d, endpoint=False)
     level = held[-1] if hold_samples else 0.0
     tail = np.linspace(level, 0.0, max(1, int(release * sample_rate)), dtype=np.float32)
     return np.concatenate([held, tail])
@@ -127,8 +128,9 @@ def _pan_gains(pan: float) -> np.ndarray:
     return np.array([np.cos(theta), np.sin(theta)], np.float32)
 
 
-def render_arrangement(arrangement: Arrangement, rng: np.random.Generator, num_samples: int,
-                       sample_rate: int) -> tuple[np.ndarray, list[str]]:
+def render_arrangement(
+    arrangement: Arrangement, rng: np.random.Generator, num_samples: int, sample_rate: int
+) -> tuple[np.ndarray, list[str]]:
     """Renders an arrangement with numpy synths into ``[num_samples, 2]``; also returns instrument names."""
     out = np.zeros((num_samples, 2), np.float32)
     voices = [None if t.role == "drums" else _random_voice(rng, t.role) for t in arrangement.tracks]
@@ -145,7 +147,7 @@ def render_arrangement(arrangement: Arrangement, rng: np.random.Generator, num_s
             frequency = 440.0 * 2.0 ** ((note.pitch - 69) / 12)
             sound, pan = oscillator(voice.waveform, frequency, env.shape[0], sample_rate) * env, voice.pan
         sound = sound[: num_samples - start] * (note.velocity / 127.0) * 0.3
-        out[start:start + sound.shape[0]] += sound[:, None] * _pan_gains(pan)[None, :]
+        out[start : start + sound.shape[0]] += sound[:, None] * _pan_gains(pan)[None, :]
     names = []
     for track, voice in zip(arrangement.tracks, voices):
         names.append("drum machine" if voice is None else f"{voice.waveform} {_ROLE_NAMES[track.role]}")
@@ -175,15 +177,28 @@ def synth_clip(rng: np.random.Generator, seconds: float, sample_rate: int = 4410
     return audio, metadata
 
 
-def write_synthetic_dataset(output_dir: str | os.PathLike, num_clips: int = 8, *, seed: int = 0,
-                            min_seconds: float = 0.5, max_seconds: float = 3.0,
-                            sample_rate: int = 44100) -> dict:
+def write_synthetic_dataset(
+    output_dir: str | os.PathLike,
+    num_clips: int = 8,
+    *,
+    seed: int = 0,
+    min_seconds: float = 0.5,
+    max_seconds: float = 3.0,
+    sample_rate: int = 44100,
+) -> dict:
     """Writes a synthetic dataset with the demo layout (``audio/*.flac``, ``train.jsonl``, ``valid.jsonl``).
 
     One clip in eight (rounded down) goes to ``valid.jsonl``, which may therefore be empty.
     Returns the same kind of summary dict as ``render_demo_dataset``.
     """
     return write_dataset(
-        output_dir, num_clips, lambda rng, index, target: synth_clip(rng, target, sample_rate),
-        seed=seed, min_seconds=min_seconds, max_seconds=max_seconds, sample_rate=sample_rate,
-        num_valid=num_clips // 8, desc="synthetic clips")
+        output_dir,
+        num_clips,
+        lambda rng, index, target: synth_clip(rng, target, sample_rate),
+        seed=seed,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        sample_rate=sample_rate,
+        num_valid=num_clips // 8,
+        desc="synthetic clips",
+    )

@@ -58,8 +58,9 @@ def check_timestep_sampler(name: str) -> str:
     return name
 
 
-def times_from_draws(draws: jax.Array, sampler: str, *, mean_logsnr: float = -1.2,
-                     std_logsnr: float = 2.0) -> jax.Array:
+def times_from_draws(
+    draws: jax.Array, sampler: str, *, mean_logsnr: float = -1.2, std_logsnr: float = 2.0
+) -> jax.Array:
     """Training times `[batch]` in [0, 1] from one draw per example.
 
     `draws` are U[0, 1) for "uniform" (returned as they are) and standard normals otherwise:
@@ -104,8 +105,10 @@ class DistributionShift:
             raise UserError("distribution_shift: max_length and min_length must differ")
 
     def __call__(self, t: jax.Array, length: int) -> jax.Array:
-        mu = -(self.base_shift + (self.max_shift - self.base_shift) * (length - self.min_length)
-               / (self.max_length - self.min_length))
+        mu = -(
+            self.base_shift
+            + (self.max_shift - self.base_shift) * (length - self.min_length) / (self.max_length - self.min_length)
+        )
         t = jnp.asarray(t, jnp.float32)
         odds = 1.0 / (1.0 - t) - 1.0  # inf at t = 1, which maps to 1
         shifted = 1.0 - math.exp(mu) / (math.exp(mu) + odds)
@@ -123,8 +126,9 @@ def sampling_times(steps: int, sigma_max: float = 1.0) -> jax.Array:
     return t.at[0].set(sigma_max).at[-1].set(0.0)
 
 
-def linear_times(steps: int, sigma_max: float = 1.0, shift: DistributionShift | None = None,
-                 length: int | None = None) -> jax.Array:
+def linear_times(
+    steps: int, sigma_max: float = 1.0, shift: DistributionShift | None = None, length: int | None = None
+) -> jax.Array:
     """`linspace(sigma_max, 0, steps + 1)`, shifted for `length` latent frames when `shift` is
     given: the grid the reference's RK4 builds for itself (`sample_rk4`)."""
     check_sampling_range(steps, sigma_max)

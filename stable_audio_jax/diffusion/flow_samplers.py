@@ -43,8 +43,14 @@ def _prepare(x_init: jax.Array, ts: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(x_init), ts
 
 
-def sample_euler(velocity: VelocityModel, x_init: jax.Array, ts: jax.Array, *, rng: Optional[jax.Array] = None,
-                 callback: Optional[StepCallback] = None) -> jax.Array:
+def sample_euler(
+    velocity: VelocityModel,
+    x_init: jax.Array,
+    ts: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+) -> jax.Array:
     """Euler steps `x + (t' - t) v(x, t)` over `ts`; `rng` is ignored. Returns `[batch, ...]`."""
     del rng
     x, ts = _prepare(x_init, ts)
@@ -55,8 +61,14 @@ def sample_euler(velocity: VelocityModel, x_init: jax.Array, ts: jax.Array, *, r
     return scan_steps(step, x, ts, None, callback)
 
 
-def sample_rk4(velocity: VelocityModel, x_init: jax.Array, ts: jax.Array, *, rng: Optional[jax.Array] = None,
-               callback: Optional[StepCallback] = None) -> jax.Array:
+def sample_rk4(
+    velocity: VelocityModel,
+    x_init: jax.Array,
+    ts: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+) -> jax.Array:
     """Runge-Kutta 4 on `dx/dt = v(x, t)` over `ts`; `rng` is ignored. Returns `[batch, ...]`."""
     del rng
     x, ts = _prepare(x_init, ts)
@@ -76,8 +88,14 @@ def _log_snr(t: jax.Array) -> jax.Array:
     return jnp.log((1.0 - t) / t)
 
 
-def sample_dpmpp(velocity: VelocityModel, x_init: jax.Array, ts: jax.Array, *, rng: Optional[jax.Array] = None,
-                 callback: Optional[StepCallback] = None) -> jax.Array:
+def sample_dpmpp(
+    velocity: VelocityModel,
+    x_init: jax.Array,
+    ts: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+) -> jax.Array:
     """DPM-Solver++(2M) for flows over `ts` (with `h = lambda(t') - lambda(t)`):
     `x <- (t'/t) x - (1 - t') expm1(-h) D_hat`, where `D_hat` is this step's data estimate
     at first order and `(1 + 1/2r) D - (1/2r) D_prev` (`r = h_prev / h`) at second order.
@@ -104,8 +122,15 @@ def sample_dpmpp(velocity: VelocityModel, x_init: jax.Array, ts: jax.Array, *, r
     return x
 
 
-def sample_pingpong(velocity: VelocityModel, x_init: jax.Array, ts: jax.Array, *, rng: Optional[jax.Array] = None,
-                    callback: Optional[StepCallback] = None, noise: Optional[jax.Array] = None) -> jax.Array:
+def sample_pingpong(
+    velocity: VelocityModel,
+    x_init: jax.Array,
+    ts: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+    noise: Optional[jax.Array] = None,
+) -> jax.Array:
     """Ping-pong sampling over `ts`: `D = x - t v(x, t)`, then `x <- (1 - t') D + t' z` with
     `z` fresh standard normal noise, from `rng` or given as `noise` `[steps, *x.shape]`.
     Returns `[batch, ...]`."""
@@ -129,22 +154,36 @@ def canonical_flow_sampler_name(name: str) -> str:
     """`name` lower-cased and checked; raises `UnknownSamplerError` listing the flow samplers."""
     key = name.strip().lower()
     if key not in FLOW_SAMPLERS:
-        raise UnknownSamplerError(f"unknown sampler {name!r} for a rectified-flow model; "
-                                  f"choose one of {', '.join(FLOW_SAMPLERS)}")
+        raise UnknownSamplerError(
+            f"unknown sampler {name!r} for a rectified-flow model; choose one of {', '.join(FLOW_SAMPLERS)}"
+        )
     return key
 
 
-def sampler_times(sampler: str, steps: int, sigma_max: float = 1.0, *,
-                  shift: flow.DistributionShift | None = None, length: int | None = None) -> jax.Array:
+def sampler_times(
+    sampler: str,
+    steps: int,
+    sigma_max: float = 1.0,
+    *,
+    shift: flow.DistributionShift | None = None,
+    length: int | None = None,
+) -> jax.Array:
     """The time grid `[steps + 1]` the reference's `sample_rf` hands `sampler`."""
     if canonical_flow_sampler_name(sampler) in LINEAR_GRID_SAMPLERS:
         return flow.linear_times(steps, sigma_max, shift, length)
     return flow.sampling_times(steps, sigma_max)
 
 
-def sample(velocity: VelocityModel, x_init: jax.Array, ts: jax.Array, *, sampler: str,
-           rng: Optional[jax.Array] = None, callback: Optional[StepCallback] = None,
-           noise: Optional[jax.Array] = None) -> jax.Array:
+def sample(
+    velocity: VelocityModel,
+    x_init: jax.Array,
+    ts: jax.Array,
+    *,
+    sampler: str,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+    noise: Optional[jax.Array] = None,
+) -> jax.Array:
     """Runs the flow sampler named `sampler` (static under `jit`); `rng` or `noise` for
     pingpong, as in `sample_pingpong`. Returns `[batch, ...]`."""
     name = canonical_flow_sampler_name(sampler)

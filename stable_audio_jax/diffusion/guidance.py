@@ -25,8 +25,7 @@ def _is_python_number(value: Any, number: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
 
 
-def cfg_combine(v_cond: jax.Array, v_uncond: jax.Array, scale: Scalar,
-                rescale_phi: Scalar = 0.0) -> jax.Array:
+def cfg_combine(v_cond: jax.Array, v_uncond: jax.Array, scale: Scalar, rescale_phi: Scalar = 0.0) -> jax.Array:
     """Guided prediction `v_uncond + (v_cond - v_uncond) scale`, optionally rescaled.
 
     Args:
@@ -54,8 +53,13 @@ def cfg_combine(v_cond: jax.Array, v_uncond: jax.Array, scale: Scalar,
     return (rescale_phi * rescaled + (1.0 - rescale_phi) * v_cfg).astype(v_cfg.dtype)
 
 
-def guided_v_model(model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array], cond: Any,
-                   uncond: Any, scale: Scalar, rescale_phi: Scalar = 0.0) -> VModel:
+def guided_v_model(
+    model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
+    cond: Any,
+    uncond: Any,
+    scale: Scalar,
+    rescale_phi: Scalar = 0.0,
+) -> VModel:
     """A v-model that applies classifier-free guidance around `model_fn`.
 
     Args:

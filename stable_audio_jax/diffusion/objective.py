@@ -50,18 +50,25 @@ class TrainingObjective:
         unknown = sorted(set(shift) - {f.name for f in dataclasses.fields(flow.DistributionShift)})
         if unknown:
             raise UserError(f"unknown config.diffusion.distribution_shift fields {unknown}")
-        return cls(objective=objective, timestep_sampler=diffusion.get("timestep_sampler", "uniform"),
-                   mean_logsnr=float(diffusion.get("mean_logsnr", -1.2)),
-                   std_logsnr=float(diffusion.get("std_logsnr", 2.0)),
-                   shift=flow.DistributionShift(**shift) if enabled else None)
+        return cls(
+            objective=objective,
+            timestep_sampler=diffusion.get("timestep_sampler", "uniform"),
+            mean_logsnr=float(diffusion.get("mean_logsnr", -1.2)),
+            std_logsnr=float(diffusion.get("std_logsnr", 2.0)),
+            shift=flow.DistributionShift(**shift) if enabled else None,
+        )
 
     def times(self, rng: jax.Array, batch_size: int, frames: int) -> jax.Array:
         """Training times `[batch_size]` in [0, 1] for latents of `frames` frames."""
         if self.timestep_sampler == "uniform":
             t = schedule.sample_training_times(rng, batch_size)
         else:
-            t = flow.times_from_draws(jax.random.normal(rng, (batch_size,)), self.timestep_sampler,
-                                      mean_logsnr=self.mean_logsnr, std_logsnr=self.std_logsnr)
+            t = flow.times_from_draws(
+                jax.random.normal(rng, (batch_size,)),
+                self.timestep_sampler,
+                mean_logsnr=self.mean_logsnr,
+                std_logsnr=self.std_logsnr,
+            )
         return t if self.shift is None else self.shift(t, frames)
 
     def noised_and_target(self, x0: jax.Array, noise: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:

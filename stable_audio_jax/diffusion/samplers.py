@@ -95,9 +95,14 @@ def _safe_next(sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
     return jnp.where(sigma_next > 0, sigma_next, 0.5 * sigma)
 
 
-def scan_steps(step: Callable[[Any, dict], Any], carry: Any, sigmas: jax.Array,
-                noise: Optional[jax.Array], callback: Optional[StepCallback],
-                per_step: Optional[dict[str, jax.Array]] = None) -> Any:
+def scan_steps(
+    step: Callable[[Any, dict], Any],
+    carry: Any,
+    sigmas: jax.Array,
+    noise: Optional[jax.Array],
+    callback: Optional[StepCallback],
+    per_step: Optional[dict[str, jax.Array]] = None,
+) -> Any:
     """Runs `step(carry, xs) -> carry` once per interval of `sigmas` in a single `lax.scan`.
 
     `xs` holds the step `index`, `sigma`, `sigma_next`, for stochastic samplers that step's
@@ -125,24 +130,31 @@ def _prepare(x_init: jax.Array, sigmas: jax.Array) -> tuple[jax.Array, jax.Array
     return jnp.asarray(x_init), sigmas
 
 
-def draw_noise(rng: Optional[jax.Array], noise: Optional[jax.Array], x: jax.Array, sigmas: jax.Array,
-                name: str) -> jax.Array:
+def draw_noise(
+    rng: Optional[jax.Array], noise: Optional[jax.Array], x: jax.Array, sigmas: jax.Array, name: str
+) -> jax.Array:
     """All of a stochastic sampler's noise, `[num_steps, *x.shape]` standard normal: `noise`
     itself when given (shape-checked), else drawn from `rng`."""
     shape = (sigmas.shape[0] - 1,) + x.shape
     if noise is not None:
         if tuple(noise.shape) != shape:
-            raise ValueError(f"sampler {name!r}: noise must have shape [num_steps, *x.shape] = {shape}, "
-                             f"got {tuple(noise.shape)}")
+            raise ValueError(
+                f"sampler {name!r}: noise must have shape [num_steps, *x.shape] = {shape}, got {tuple(noise.shape)}"
+            )
         return jnp.asarray(noise, x.dtype)
     if rng is None:
         raise ValueError(f"sampler {name!r} is stochastic: pass rng=jax.random.key(...) or noise=")
     return jax.random.normal(rng, shape, x.dtype)
 
 
-def sample_euler(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                 rng: Optional[jax.Array] = None,
-                 callback: Optional[StepCallback] = None) -> jax.Array:
+def sample_euler(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+) -> jax.Array:
     """Deterministic Euler (Karras et al. 2022, Alg. 1 without churn): `d = (x - D)/sigma`,
     `x <- x + d (sigma_next - sigma)`. `rng` is ignored.
 
@@ -169,9 +181,14 @@ def sample_euler(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
     return scan_steps(step, x, sigmas, None, callback)
 
 
-def sample_ddim(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                rng: Optional[jax.Array] = None,
-                callback: Optional[StepCallback] = None) -> jax.Array:
+def sample_ddim(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+) -> jax.Array:
     """Deterministic DDIM in sigma form: `x <- D + (sigma_next/sigma)(x - D)`.
 
     In the variance-preserving form this is the reference's "v-ddim" step; it is also exactly
@@ -189,9 +206,14 @@ def sample_ddim(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
     return scan_steps(step, x, sigmas, None, callback)
 
 
-def sample_dpmpp_2m(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                    rng: Optional[jax.Array] = None,
-                    callback: Optional[StepCallback] = None) -> jax.Array:
+def sample_dpmpp_2m(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+) -> jax.Array:
     """DPM-Solver++(2M) (Lu et al. 2022), deterministic, one denoiser call per step.
 
     With `h_i = log sigma_i - log sigma_{i+1}` and `r = h_{i-1}/h_i`, the step uses the
@@ -220,10 +242,15 @@ def sample_dpmpp_2m(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
     return scan_steps(step, carry, sigmas, None, callback)[0]
 
 
-def sample_dpmpp_2m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                        rng: Optional[jax.Array] = None,
-                        callback: Optional[StepCallback] = None,
-                        noise: Optional[jax.Array] = None) -> jax.Array:
+def sample_dpmpp_2m_sde(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+    noise: Optional[jax.Array] = None,
+) -> jax.Array:
     """DPM-Solver++(2M) SDE with eta = 1, s_noise = 1 and the midpoint correction.
 
     Per step, with `h = log sigma - log sigma'` and `e = e^{-2h} = (sigma'/sigma)^2`:
@@ -253,10 +280,15 @@ def sample_dpmpp_2m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
     return scan_steps(step, carry, sigmas, noise, callback)[0]
 
 
-def sample_dpmpp_3m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                        rng: Optional[jax.Array] = None,
-                        callback: Optional[StepCallback] = None,
-                        noise: Optional[jax.Array] = None) -> jax.Array:
+def sample_dpmpp_3m_sde(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+    noise: Optional[jax.Array] = None,
+) -> jax.Array:
     """DPM-Solver++(3M) SDE with eta = 1, s_noise = 1 (k-diffusion `sample_dpmpp_3m_sde`).
 
     Per step, with `h = log sigma - log sigma'` and `g = 2h`:
@@ -287,8 +319,7 @@ def sample_dpmpp_3m_sde(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array,
         diff_1 = (denoised_1 - denoised_2) / r1
         d1 = diff_0 + (diff_0 - diff_1) * (r0 / (r0 + r1))
         d2 = (diff_0 - diff_1) / (r0 + r1)
-        correction = jnp.where(index >= 2, phi_2 * d1 - phi_3 * d2,
-                               jnp.where(index == 1, phi_2 * diff_0, 0.0))
+        correction = jnp.where(index >= 2, phi_2 * d1 - phi_3 * d2, jnp.where(index == 1, phi_2 * diff_0, 0.0))
         x_new = x_new + correction + safe_next * jnp.sqrt(-jnp.expm1(-2.0 * h)) * s["noise"]
         x = jnp.where(sigma_next > 0, x_new, denoised)
         dtype = carry[0].dtype
@@ -319,15 +350,17 @@ def _log_midpoint(sigma: jax.Array, sigma_to: jax.Array) -> jax.Array:
     return jnp.exp(0.5 * (jnp.log(sigma) + jnp.log(sigma_to)))
 
 
-def _euler_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array,
-                sigma_to: jax.Array) -> jax.Array:
+def _euler_move(
+    denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array, sigma_to: jax.Array
+) -> jax.Array:
     """One Euler step; to `sigma_to = 0` it lands on `denoised`."""
     del denoise
     return x + _slope(x, denoised, sigma) * (sigma_to - sigma)
 
 
-def _heun_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array,
-               sigma_to: jax.Array) -> jax.Array:
+def _heun_move(
+    denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array, sigma_to: jax.Array
+) -> jax.Array:
     """Heun (Karras et al. 2022, Alg. 1): an Euler predictor, then the step with the mean of
     the slopes at both ends."""
     slope = _slope(x, denoised, sigma)
@@ -336,8 +369,9 @@ def _heun_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.
     return x + 0.5 * (slope + slope_end) * (sigma_to - sigma)
 
 
-def _dpm_2_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array,
-                sigma_to: jax.Array) -> jax.Array:
+def _dpm_2_move(
+    denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array, sigma_to: jax.Array
+) -> jax.Array:
     """Euler to the log-midpoint, then the whole step with the midpoint's slope.
 
     This is also DPM-Solver-2 (Lu et al. 2022, r1 = 1/2) in its noise-prediction form:
@@ -348,8 +382,9 @@ def _dpm_2_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax
     return x + _slope(x_mid, denoise(x_mid, sigma_mid), sigma_mid) * (sigma_to - sigma)
 
 
-def _dpmpp_2s_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array,
-                   sigma_to: jax.Array) -> jax.Array:
+def _dpmpp_2s_move(
+    denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array, sigma_to: jax.Array
+) -> jax.Array:
     """DPM-Solver++(2S) (Lu et al. 2022b, r = 1/2): the data-prediction update
     `x' = (s'/s) x + (1 - s'/s) D` to the log-midpoint with `D`, then over the whole step
     with the midpoint's `D`."""
@@ -359,8 +394,9 @@ def _dpmpp_2s_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: 
     return (sigma_to / sigma) * x - jnp.expm1(-h) * denoise(x_mid, sigma_mid)
 
 
-def _dpm_solver_3_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array,
-                       sigma_to: jax.Array) -> jax.Array:
+def _dpm_solver_3_move(
+    denoise: Denoiser, x: jax.Array, denoised: jax.Array, sigma: jax.Array, sigma_to: jax.Array
+) -> jax.Array:
     """DPM-Solver-3 (Lu et al. 2022, Alg. 2 with r1 = 1/3, r2 = 2/3) on the noise prediction
     `eps = (x - D)/sigma`, with `h = log sigma - log sigma_to` the step in `-log sigma`."""
     r1, r2 = 1.0 / 3.0, 2.0 / 3.0
@@ -369,14 +405,24 @@ def _dpm_solver_3_move(denoise: Denoiser, x: jax.Array, denoised: jax.Array, sig
     sigma_1, sigma_2 = sigma * jnp.exp(-r1 * h), sigma * jnp.exp(-r2 * h)
     x_1 = x - sigma_1 * jnp.expm1(r1 * h) * eps
     eps_1 = _slope(x_1, denoise(x_1, sigma_1), sigma_1)
-    x_2 = (x - sigma_2 * jnp.expm1(r2 * h) * eps
-           - sigma_2 * (r2 / r1) * (jnp.expm1(r2 * h) / (r2 * h) - 1.0) * (eps_1 - eps))
+    x_2 = (
+        x
+        - sigma_2 * jnp.expm1(r2 * h) * eps
+        - sigma_2 * (r2 / r1) * (jnp.expm1(r2 * h) / (r2 * h) - 1.0) * (eps_1 - eps)
+    )
     eps_2 = _slope(x_2, denoise(x_2, sigma_2), sigma_2)
     return x - sigma_to * jnp.expm1(h) * eps - (sigma_to / r2) * (jnp.expm1(h) / h - 1.0) * (eps_2 - eps)
 
 
-def _eta_noise(name: str, eta: float, s_noise: float, rng: Optional[jax.Array], noise: Optional[jax.Array],
-               x: jax.Array, sigmas: jax.Array) -> Optional[jax.Array]:
+def _eta_noise(
+    name: str,
+    eta: float,
+    s_noise: float,
+    rng: Optional[jax.Array],
+    noise: Optional[jax.Array],
+    x: jax.Array,
+    sigmas: jax.Array,
+) -> Optional[jax.Array]:
     """The noise of a sampler with an `eta` option: `draw_noise`'s `[num_steps, *x.shape]`
     for eta > 0, None for eta = 0 (deterministic, so given noise is an error)."""
     if eta < 0 or s_noise < 0:
@@ -400,9 +446,19 @@ def _ancestral_step(sigma: jax.Array, sigma_next: jax.Array, eta: float) -> tupl
     return jnp.sqrt(sigma_next**2 - sigma_up**2), sigma_up
 
 
-def _sample_moves(move: Move, name: str, denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                  eta: float, s_noise: float, rng: Optional[jax.Array], noise: Optional[jax.Array],
-                  callback: Optional[StepCallback]) -> jax.Array:
+def _sample_moves(
+    move: Move,
+    name: str,
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    eta: float,
+    s_noise: float,
+    rng: Optional[jax.Array],
+    noise: Optional[jax.Array],
+    callback: Optional[StepCallback],
+) -> jax.Array:
     """The single-step samplers of k-diffusion (`sample_heun`, `sample_dpm_2` and the
     ancestral ones), told apart by `move` and `eta`.
 
@@ -421,8 +477,15 @@ def _sample_moves(move: Move, name: str, denoise: Denoiser, x_init: jax.Array, s
         sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
         # lax.cond, not where: the two-stage moves would spend a denoiser call (and divide by
         # zero) on a step that ends at sigma = 0.
-        x_new = jax.lax.cond(sigma_down > 0, functools.partial(move, denoise), functools.partial(_euler_move, denoise),
-                             x, denoised, sigma, sigma_down)
+        x_new = jax.lax.cond(
+            sigma_down > 0,
+            functools.partial(move, denoise),
+            functools.partial(_euler_move, denoise),
+            x,
+            denoised,
+            sigma,
+            sigma_down,
+        )
         if stochastic:
             x_new = jnp.where(sigma_next > 0, x_new + (s_noise * sigma_up) * s["noise"], x_new)
         return x_new.astype(x.dtype)
@@ -434,20 +497,36 @@ def _move_sampler(move: Move, name: str, doc: str, *, ancestral: bool) -> Callab
     """The public `sample_<name>` over `_sample_moves`: deterministic (eta = 0, arguments as
     in `sample_euler`) or ancestral (also `noise`, `eta`, `s_noise`)."""
     if ancestral:
-        def sampler(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                    rng: Optional[jax.Array] = None,
-                    callback: Optional[StepCallback] = None,
-                    noise: Optional[jax.Array] = None,
-                    eta: float = 1.0, s_noise: float = 1.0) -> jax.Array:
-            return _sample_moves(move, name, denoise, x_init, sigmas, eta=eta, s_noise=s_noise, rng=rng,
-                                 noise=noise, callback=callback)
+
+        def sampler(
+            denoise: Denoiser,
+            x_init: jax.Array,
+            sigmas: jax.Array,
+            *,
+            rng: Optional[jax.Array] = None,
+            callback: Optional[StepCallback] = None,
+            noise: Optional[jax.Array] = None,
+            eta: float = 1.0,
+            s_noise: float = 1.0,
+        ) -> jax.Array:
+            return _sample_moves(
+                move, name, denoise, x_init, sigmas, eta=eta, s_noise=s_noise, rng=rng, noise=noise, callback=callback
+            )
     else:
-        def sampler(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                    rng: Optional[jax.Array] = None,
-                    callback: Optional[StepCallback] = None) -> jax.Array:
+
+        def sampler(
+            denoise: Denoiser,
+            x_init: jax.Array,
+            sigmas: jax.Array,
+            *,
+            rng: Optional[jax.Array] = None,
+            callback: Optional[StepCallback] = None,
+        ) -> jax.Array:
             del rng
-            return _sample_moves(move, name, denoise, x_init, sigmas, eta=0.0, s_noise=1.0, rng=None, noise=None,
-                                 callback=callback)
+            return _sample_moves(
+                move, name, denoise, x_init, sigmas, eta=0.0, s_noise=1.0, rng=None, noise=None, callback=callback
+            )
+
     sampler.__name__ = sampler.__qualname__ = f"sample_{name}"
     sampler.__doc__ = doc
     return sampler
@@ -459,37 +538,66 @@ _ANCESTRAL_ARGS = """
     sampler) and `s_noise` (the noise's scale).
     """
 
-sample_heun = _move_sampler(_heun_move, "heun", """Heun's method (Karras et al. 2022, Alg. 1;
+sample_heun = _move_sampler(
+    _heun_move,
+    "heun",
+    """Heun's method (Karras et al. 2022, Alg. 1;
     k-diffusion `sample_heun` at its defaults, s_churn = 0): Euler to `sigma'`, denoise
     there, and redo the step with the mean of both slopes. Two denoiser calls per step, one
     (Euler) on a step to sigma = 0. Arguments as in `sample_euler`; `rng` is ignored.
-    """, ancestral=False)
+    """,
+    ancestral=False,
+)
 
-sample_dpm_2 = _move_sampler(_dpm_2_move, "dpm_2", """k-diffusion's `sample_dpm_2` (s_churn = 0):
+sample_dpm_2 = _move_sampler(
+    _dpm_2_move,
+    "dpm_2",
+    """k-diffusion's `sample_dpm_2` (s_churn = 0):
     Euler to the log-midpoint `sqrt(sigma sigma')`, denoise there, and take the whole step
     with that slope. Two denoiser calls per step, one on a step to sigma = 0. Arguments as in
     `sample_euler`; `rng` is ignored.
-    """, ancestral=False)
+    """,
+    ancestral=False,
+)
 
-sample_euler_ancestral = _move_sampler(_euler_move, "euler_ancestral", """Ancestral Euler
+sample_euler_ancestral = _move_sampler(
+    _euler_move,
+    "euler_ancestral",
+    """Ancestral Euler
     (k-diffusion `sample_euler_ancestral`): Euler to `sigma_down`, then
     `+ s_noise sigma_up n` (see `_ancestral_step`). One denoiser call per step.
-    """ + _ANCESTRAL_ARGS, ancestral=True)
+    """
+    + _ANCESTRAL_ARGS,
+    ancestral=True,
+)
 
-sample_dpm_2_ancestral = _move_sampler(_dpm_2_move, "dpm_2_ancestral", """Ancestral dpm_2
+sample_dpm_2_ancestral = _move_sampler(
+    _dpm_2_move,
+    "dpm_2_ancestral",
+    """Ancestral dpm_2
     (k-diffusion `sample_dpm_2_ancestral`): `sample_dpm_2`'s step to `sigma_down`, then
     noise. With eta > 1, `sigma_down` can be 0 before the last step; the noise is added there
     too (as in the Euler and 2S ancestral samplers), where the reference's dpm_2 variant
     skips it. With eta <= 1 the two agree.
-    """ + _ANCESTRAL_ARGS, ancestral=True)
+    """
+    + _ANCESTRAL_ARGS,
+    ancestral=True,
+)
 
-sample_dpmpp_2s_ancestral = _move_sampler(_dpmpp_2s_move, "dpmpp_2s_ancestral", """Ancestral
+sample_dpmpp_2s_ancestral = _move_sampler(
+    _dpmpp_2s_move,
+    "dpmpp_2s_ancestral",
+    """Ancestral
     DPM-Solver++(2S) (k-diffusion `sample_dpmpp_2s_ancestral`): the 2S step to `sigma_down`
     through its log-midpoint, then noise. Two denoiser calls per step.
-    """ + _ANCESTRAL_ARGS, ancestral=True)
+    """
+    + _ANCESTRAL_ARGS,
+    ancestral=True,
+)
 
 
 # ------------------------------------------------------------------------- linear multistep
+
 
 def lms_coefficients(sigmas: jax.Array, order: int = 4) -> jax.Array:
     """The weights of the linear multistep method in sigma (k-diffusion `sample_lms`).
@@ -526,10 +634,15 @@ def lms_coefficients(sigmas: jax.Array, order: int = 4) -> jax.Array:
     return jnp.where(have, jnp.sum(basis * weights * half[:, :, None], axis=-1), 0.0)
 
 
-def sample_lms(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-               rng: Optional[jax.Array] = None,
-               callback: Optional[StepCallback] = None,
-               order: int = 4) -> jax.Array:
+def sample_lms(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+    order: int = 4,
+) -> jax.Array:
     """Linear multistep (k-diffusion `sample_lms`, order 4): the ODE in sigma integrated with
     the Lagrange polynomial through the last `order` slopes (`lms_coefficients`; lower
     order while the history is shorter). One denoiser call per step; the coefficients are
@@ -569,11 +682,17 @@ def dpm_fast_orders(num_calls: int) -> tuple[int, ...]:
     return (3,) * (steps - 1) + (num_calls % 3,)
 
 
-def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
-                    rng: Optional[jax.Array] = None,
-                    callback: Optional[StepCallback] = None,
-                    noise: Optional[jax.Array] = None,
-                    eta: float = 0.0, s_noise: float = 1.0) -> jax.Array:
+def sample_dpm_fast(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+    noise: Optional[jax.Array] = None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+) -> jax.Array:
     """DPM-Solver-fast (Lu et al. 2022; k-diffusion `sample_dpm_fast`), fixed step size.
 
     "Fixed-step" is in `lambda = -log sigma`, on the solver's own grid: from
@@ -598,8 +717,10 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
     grid = jnp.exp(-jnp.linspace(-jnp.log(sigmas[0]), -jnp.log(sigma_min), len(orders) + 1))
     noise = _eta_noise("dpm_fast", eta, s_noise, rng, noise, x, grid)
     stochastic = noise is not None
-    per_step = {"order": jnp.asarray(orders, jnp.int32) - 1,
-                "first_call": jnp.asarray(np.cumsum((0,) + orders[:-1]), jnp.int32)}
+    per_step = {
+        "order": jnp.asarray(orders, jnp.int32) - 1,
+        "first_call": jnp.asarray(np.cumsum((0,) + orders[:-1]), jnp.int32),
+    }
 
     def branch(order: int) -> Callable[..., jax.Array]:
         def run(x, denoised, sigma, sigma_to, first_call):
@@ -607,6 +728,7 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
                 for k in range(1, order):
                     jax.debug.callback(callback, first_call + k)
             return _DPM_SOLVER_MOVES[order - 1](denoise, x, denoised, sigma, sigma_to)
+
         return run
 
     def step(x, s):
@@ -618,13 +740,13 @@ def sample_dpm_fast(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *,
         if stochastic:
             sigma_down, _ = _ancestral_step(sigma, sigma_next, eta)
             target = jnp.maximum(sigma_down, grid[-1])  # never below the grid's end
-        x_new = jax.lax.switch(s["order"], [branch(o) for o in (1, 2, 3)], x, denoised, sigma, target,
-                               s["first_call"])
+        x_new = jax.lax.switch(s["order"], [branch(o) for o in (1, 2, 3)], x, denoised, sigma, target, s["first_call"])
         if stochastic:
             # The last step ends on sigma_min itself: no noise (as in the reference, whose grid
             # ends on it exactly), which an ulp between two copies of the grid's end would add.
-            sigma_up = jnp.where(s["index"] < len(orders) - 1, jnp.sqrt(jnp.maximum(sigma_next**2 - target**2, 0.0)),
-                                 0.0)
+            sigma_up = jnp.where(
+                s["index"] < len(orders) - 1, jnp.sqrt(jnp.maximum(sigma_next**2 - target**2, 0.0)), 0.0
+            )
             x_new = x_new + (s_noise * sigma_up) * s["noise"]
         return x_new.astype(x.dtype)
 
@@ -648,16 +770,25 @@ SAMPLERS: dict[str, Callable[..., jax.Array]] = {
     "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
 }
 # Those that need `rng` or `noise` (dpm_fast only with eta > 0, which `sample` does not set).
-STOCHASTIC_SAMPLERS = frozenset({"dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpm_2_ancestral",
-                                 "dpmpp_2s_ancestral"})
+STOCHASTIC_SAMPLERS = frozenset(
+    {"dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral"}
+)
 
 # stable-audio-tools' spellings (`sample_k`, `sample`: "v-ddim", "k-heun", ...) map onto ours.
 # It has no "k-euler", "k-euler-ancestral" or "k-dpm-2-ancestral"; they are accepted in its
 # pattern for the k-diffusion samplers of those names.
 REFERENCE_NAMES = {
-    "ddim": "v-ddim", "euler": "k-euler", "dpmpp_2m": "dpmpp-2m", "dpmpp_2m_sde": "dpmpp-2m-sde",
-    "dpmpp_3m_sde": "dpmpp-3m-sde", "heun": "k-heun", "lms": "k-lms", "dpm_2": "k-dpm-2",
-    "dpm_fast": "k-dpm-fast", "euler_ancestral": "k-euler-ancestral", "dpm_2_ancestral": "k-dpm-2-ancestral",
+    "ddim": "v-ddim",
+    "euler": "k-euler",
+    "dpmpp_2m": "dpmpp-2m",
+    "dpmpp_2m_sde": "dpmpp-2m-sde",
+    "dpmpp_3m_sde": "dpmpp-3m-sde",
+    "heun": "k-heun",
+    "lms": "k-lms",
+    "dpm_2": "k-dpm-2",
+    "dpm_fast": "k-dpm-fast",
+    "euler_ancestral": "k-euler-ancestral",
+    "dpm_2_ancestral": "k-dpm-2-ancestral",
     "dpmpp_2s_ancestral": "k-dpmpp-2s-ancestral",
 }
 _ALIASES = {ref.replace("-", "_"): ours for ours, ref in REFERENCE_NAMES.items()}
@@ -679,10 +810,16 @@ def canonical_sampler_name(name: str) -> str:
     return key
 
 
-def sample(denoise: Denoiser, x_init: jax.Array, sigmas: jax.Array, *, sampler: str,
-           rng: Optional[jax.Array] = None,
-           callback: Optional[StepCallback] = None,
-           noise: Optional[jax.Array] = None) -> jax.Array:
+def sample(
+    denoise: Denoiser,
+    x_init: jax.Array,
+    sigmas: jax.Array,
+    *,
+    sampler: str,
+    rng: Optional[jax.Array] = None,
+    callback: Optional[StepCallback] = None,
+    noise: Optional[jax.Array] = None,
+) -> jax.Array:
     """Runs the sampler named `sampler` (a key of `SAMPLERS`, or a reference spelling such as
     "dpmpp-3m-sde" or "k-heun") with its default options (eta 1 for the ancestral samplers,
     0 for dpm_fast).

@@ -52,8 +52,10 @@ def check_known_sampler(name: str) -> None:
             return
         except UnknownSamplerError:
             pass
-    raise UnknownSamplerError(f"unknown sampler {name!r}; v-objective models: {', '.join(sampler_names('v'))}; "
-                              f"rectified-flow models: {', '.join(sampler_names('rectified_flow'))}")
+    raise UnknownSamplerError(
+        f"unknown sampler {name!r}; v-objective models: {', '.join(sampler_names('v'))}; "
+        f"rectified-flow models: {', '.join(sampler_names('rectified_flow'))}"
+    )
 
 
 def canonical_sampler_for(name: str, objective: str) -> str:
@@ -63,14 +65,18 @@ def canonical_sampler_for(name: str, objective: str) -> str:
         try:
             return flow_samplers.canonical_flow_sampler_name(name)
         except UnknownSamplerError:
-            raise UnknownSamplerError(f"sampler {name!r} is not one for a rectified-flow model ({objective}); "
-                                      f"choose one of {', '.join(sampler_names(objective))}") from None
+            raise UnknownSamplerError(
+                f"sampler {name!r} is not one for a rectified-flow model ({objective}); "
+                f"choose one of {', '.join(sampler_names(objective))}"
+            ) from None
     try:
         return canonical_sampler_name(name)
     except UnknownSamplerError:
         if name.strip().lower() in flow_samplers.FLOW_SAMPLERS:
-            raise UnknownSamplerError(f"sampler {name!r} is for rectified-flow models; this v-objective model "
-                                      f"samples with one of {', '.join(sampler_names(objective))}") from None
+            raise UnknownSamplerError(
+                f"sampler {name!r} is for rectified-flow models; this v-objective model "
+                f"samples with one of {', '.join(sampler_names(objective))}"
+            ) from None
         raise
 
 

@@ -86,8 +86,7 @@ def sample_training_times(rng: jax.Array, batch_size: int) -> jax.Array:
     return jnp.mod(offset + strata, 1.0)
 
 
-def polyexponential_sigmas(steps: int, sigma_min: float, sigma_max: float,
-                           rho: float = 1.0) -> jax.Array:
+def polyexponential_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> jax.Array:
     """Sampling noise levels `[steps + 1]` float32, from `sigma_max` down to `sigma_min`, then 0.
 
     The log of sigma is interpolated with a ramp running from 1 to 0 raised to `rho`:

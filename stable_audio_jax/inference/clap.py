@@ -39,14 +39,20 @@ def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) 
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     if peak > 0:
         audio = audio * (10 ** (-1 / 20) / peak)
-    return (np.round(audio * 32767).astype(np.int16).astype(np.float32) / 32767)
+    return np.round(audio * 32767).astype(np.int16).astype(np.float32) / 32767
 
 
 class CLAPEncoder:
     """Frozen CLAP parameters, the tokenizer and jitted, mesh-sharded encoders."""
 
-    def __init__(self, model: CLAP, params, tokenizer: TextTokenizer, mesh: jax.sharding.Mesh,
-                 rules: parallel.Rules = parallel.DEFAULT_RULES):
+    def __init__(
+        self,
+        model: CLAP,
+        params,
+        tokenizer: TextTokenizer,
+        mesh: jax.sharding.Mesh,
+        rules: parallel.Rules = parallel.DEFAULT_RULES,
+    ):
         self.model = model
         self.params = params
         self.tokenizer = tokenizer
@@ -56,9 +62,11 @@ class CLAPEncoder:
         self.window_samples = model.config.audio.num_samples
 
     @classmethod
-    def from_run(cls, run_dir: str, *, step: int | None = None, use_ema: bool = True,
-                 mesh: jax.sharding.Mesh | None = None) -> "CLAPEncoder":
+    def from_run(
+        cls, run_dir: str, *, step: int | None = None, use_ema: bool = True, mesh: jax.sharding.Mesh | None = None
+    ) -> "CLAPEncoder":
         """Load a CLAP run directory (written by `launch/train.py --config=configs/clap_*.py`)."""
+
         def use_run_tokenizer(config):
             if config.get("task") != "clap":
                 raise ValueError(f"{run_dir} holds a {config.get('task')!r} run, not a CLAP run")
@@ -78,13 +86,13 @@ class CLAPEncoder:
 
     @functools.cached_property
     def _text_features_fn(self):
-        return self._jit(lambda p, ids, mask: (self.model.apply({"params": p}, ids, mask,
-                                                                method=CLAP.text_features), mask))
+        return self._jit(
+            lambda p, ids, mask: (self.model.apply({"params": p}, ids, mask, method=CLAP.text_features), mask)
+        )
 
     @functools.cached_property
     def _text_embedding_fn(self):
-        return self._jit(lambda p, ids, mask: self.model.apply({"params": p}, ids, mask,
-                                                               method=CLAP.encode_text)[0])
+        return self._jit(lambda p, ids, mask: self.model.apply({"params": p}, ids, mask, method=CLAP.encode_text)[0])
 
     @functools.cached_property
     def _audio_embedding_fn(self):
@@ -133,7 +141,7 @@ class CLAPEncoder:
             raise ValueError(f"expected one non-empty clip [time, channels], got shape {audio.shape}")
         num_windows = max(1, -(-len(audio) // self.window_samples))
         padded = np.zeros((num_windows * self.window_samples, audio.shape[1]), np.float32)
-        padded[:len(audio)] = audio
+        padded[: len(audio)] = audio
         windows = padded.reshape(num_windows, self.window_samples, audio.shape[1])
         mean = self.embed_audio(windows).mean(axis=0)
         return mean / max(float(np.linalg.norm(mean)), 1e-12)

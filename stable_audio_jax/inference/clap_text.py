@@ -34,9 +34,16 @@ class CLAPTextEncoder(FrozenTextEncoder):
     """RoBERTa weights placed on a mesh, the tokenizer, and the jitted conditioning function:
     `text_conditioning(prompts)` gives `(features [batch, 77, hidden] float32, mask bool)`."""
 
-    def __init__(self, config: TextEncoderConfig, params: Any, tokenizer: TextTokenizer, *,
-                 feature_layer: int = -2, mesh: jax.sharding.Mesh | None = None,
-                 rules: parallel.Rules = parallel.DEFAULT_RULES):
+    def __init__(
+        self,
+        config: TextEncoderConfig,
+        params: Any,
+        tokenizer: TextTokenizer,
+        *,
+        feature_layer: int = -2,
+        mesh: jax.sharding.Mesh | None = None,
+        rules: parallel.Rules = parallel.DEFAULT_RULES,
+    ):
         """params: the plain `TextEncoder` param tree (host or device arrays), placed on
         `mesh` (default: every device on the data axis)."""
         if not -(config.num_layers + 1) <= feature_layer <= config.num_layers:

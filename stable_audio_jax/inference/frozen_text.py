@@ -40,5 +40,6 @@ class FrozenTextEncoder:
     def text_conditioning(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
         """`(features [batch, max_length, width] float32, mask [batch, max_length] bool)`,
         as arrays split over the mesh's batch axes."""
-        return parallel.run_batch_on_mesh(self._conditioning_fn, self.params, self.tokenize(prompts), self.mesh,
-                                          self.rules)
+        return parallel.run_batch_on_mesh(
+            self._conditioning_fn, self.params, self.tokenize(prompts), self.mesh, self.rules
+        )

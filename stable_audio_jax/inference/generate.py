@@ -36,9 +36,15 @@ from stable_audio_jax.models.latent_diffusion import LatentDiffusionModel
 from stable_audio_jax.training.runs import load_run
 
 
-def guidance_conditioning(text_features: jax.Array, text_mask: jax.Array, negative_features: jax.Array,
-                          negative_mask: jax.Array, use_negative: jax.Array, seconds_start: jax.Array,
-                          seconds_total: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+def guidance_conditioning(
+    text_features: jax.Array,
+    text_mask: jax.Array,
+    negative_features: jax.Array,
+    negative_mask: jax.Array,
+    use_negative: jax.Array,
+    seconds_start: jax.Array,
+    seconds_total: jax.Array,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """The conditional and unconditional inputs of `apply_model` for classifier-free guidance.
 
     Args: the prompts' features `[batch, tokens, width]` and mask `[batch, tokens]`, the
@@ -54,11 +60,21 @@ def guidance_conditioning(text_features: jax.Array, text_mask: jax.Array, negati
     return cond, uncond
 
 
-def apply_model(model: LatentDiffusionModel, params: Any, x: jax.Array, t: jax.Array,
-                cond: Mapping[str, jax.Array]) -> jax.Array:
+def apply_model(
+    model: LatentDiffusionModel, params: Any, x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array]
+) -> jax.Array:
     """v of `model` for one of `guidance_conditioning`'s input dicts."""
-    return model.apply({"params": params}, x, t, cond["features"], cond["mask"], cond["start"], cond["total"],
-                       cond["null"], cond["prompt_mask"])
+    return model.apply(
+        {"params": params},
+        x,
+        t,
+        cond["features"],
+        cond["mask"],
+        cond["start"],
+        cond["total"],
+        cond["null"],
+        cond["prompt_mask"],
+    )
 
 
 # The tqdm bar of the `generate` call in progress (None: none shown); the sampler's host
@@ -71,6 +87,7 @@ def _progress_bar(steps: int):
     """Show a progress bar over `steps` sampler steps while the block runs (0: none)."""
     if steps:
         from tqdm.auto import tqdm
+
         _PROGRESS[0] = tqdm(total=steps, desc="sampling", unit="step")
     try:
         yield
@@ -86,28 +103,48 @@ def _advance_progress(step_index) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "autoencoder", "rules", "sampler", "use_cfg", "flow_model"))
-def sample_and_decode(params: Any, vae_params: Any, rng: jax.Array, sigmas: jax.Array, cfg_scale: jax.Array,
-                      rescale_phi: jax.Array, latent_scale: jax.Array, text_features: jax.Array,
-                      text_mask: jax.Array, negative_features: jax.Array, negative_mask: jax.Array,
-                      use_negative: jax.Array, seconds_start: jax.Array, seconds_total: jax.Array,
-                      x_init: jax.Array, *, model: LatentDiffusionModel, autoencoder: AudioAutoencoder,
-                      rules: parallel.Rules, sampler: str, use_cfg: bool, flow_model: bool) -> jax.Array:
+def sample_and_decode(
+    params: Any,
+    vae_params: Any,
+    rng: jax.Array,
+    sigmas: jax.Array,
+    cfg_scale: jax.Array,
+    rescale_phi: jax.Array,
+    latent_scale: jax.Array,
+    text_features: jax.Array,
+    text_mask: jax.Array,
+    negative_features: jax.Array,
+    negative_mask: jax.Array,
+    use_negative: jax.Array,
+    seconds_start: jax.Array,
+    seconds_total: jax.Array,
+    x_init: jax.Array,
+    *,
+    model: LatentDiffusionModel,
+    autoencoder: AudioAutoencoder,
+    rules: parallel.Rules,
+    sampler: str,
+    use_cfg: bool,
+    flow_model: bool,
+) -> jax.Array:
     """Guided sampling from `x_init` `[batch, frames, latent_dim]` over `sigmas` (a v-model's
     noise levels, or a rectified-flow model's times when `flow_model`), then the VAE decode:
     audio `[batch, window_samples, 2]`. Every setting is an argument (the modules, rules and
     sampler are static and hashable), so no call can reuse another's trace."""
-    cond, uncond = guidance_conditioning(text_features, text_mask, negative_features, negative_mask,
-                                         use_negative, seconds_start, seconds_total)
+    cond, uncond = guidance_conditioning(
+        text_features, text_mask, negative_features, negative_mask, use_negative, seconds_start, seconds_total
+    )
     with nn.logical_axis_rules(rules):
         # Guidance combines the network's outputs, v or velocity alike (as the reference's DiT does).
-        guided = guidance.guided_v_model(functools.partial(apply_model, model, params), cond, uncond,
-                                         cfg_scale if use_cfg else 1.0, rescale_phi)
+        guided = guidance.guided_v_model(
+            functools.partial(apply_model, model, params), cond, uncond, cfg_scale if use_cfg else 1.0, rescale_phi
+        )
         if flow_model:
-            latents = flow_samplers.sample(guided, x_init, sigmas, sampler=sampler, rng=rng,
-                                           callback=_advance_progress)
+            latents = flow_samplers.sample(guided, x_init, sigmas, sampler=sampler, rng=rng, callback=_advance_progress)
         else:
-            latents = samplers.sample(samplers.v_denoiser(guided), x_init, sigmas, sampler=sampler, rng=rng,
-                                      callback=_advance_progress)
+            latents = samplers.sample(
+                samplers.v_denoiser(guided), x_init, sigmas, sampler=sampler, rng=rng, callback=_advance_progress
+            )
         return autoencoder.apply({"params": vae_params}, latents / latent_scale, method=type(autoencoder).decode)
 
 
@@ -126,10 +163,21 @@ class AudioGenerator:
     SA 1.0's U-Net and CLAP text branch).
     """
 
-    def __init__(self, *, model: LatentDiffusionModel, params: Any, autoencoder: AudioAutoencoder,
-                 vae_params: Any, text_encoder: TextEncoder, mesh: jax.sharding.Mesh, sample_rate: int,
-                 window_samples: int, latent_scale: float = 1.0, sampling: Mapping[str, Any] | None = None,
-                 rules: parallel.Rules = parallel.DEFAULT_RULES):
+    def __init__(
+        self,
+        *,
+        model: LatentDiffusionModel,
+        params: Any,
+        autoencoder: AudioAutoencoder,
+        vae_params: Any,
+        text_encoder: TextEncoder,
+        mesh: jax.sharding.Mesh,
+        sample_rate: int,
+        window_samples: int,
+        latent_scale: float = 1.0,
+        sampling: Mapping[str, Any] | None = None,
+        rules: parallel.Rules = parallel.DEFAULT_RULES,
+    ):
         """
         Args:
           model, params: the diffusion model and its params (placed on `mesh`).
@@ -153,24 +201,35 @@ class AudioGenerator:
         # Windows are whole multiples of this many samples (a latent frame, times the U-Net's factor).
         self.window_multiple = autoencoder.config.downsampling_ratio * model.config.downsampling_factor
         if self.window_samples % self.window_multiple:
-            raise ValueError(f"window of {self.window_samples} samples is not a multiple of {self.window_multiple} "
-                             "(the VAE ratio times the backbone's downsampling factor)")
+            raise ValueError(
+                f"window of {self.window_samples} samples is not a multiple of {self.window_multiple} "
+                "(the VAE ratio times the backbone's downsampling factor)"
+            )
         self.latent_frames = self.window_samples // autoencoder.config.downsampling_ratio
         self.latent_dim = model.config.latent_dim
         self.objective = check_objective(model.config.objective)
         self.sampling = SamplingConfig.from_dict(sampling, objective=self.objective).to_dict()
 
     @classmethod
-    def from_runs(cls, diffusion_dir: str, *, vae_dir: str | None = None, clap_dir: str | None = None,
-                  step: int | None = None, mesh: jax.sharding.Mesh | None = None) -> "AudioGenerator":
+    def from_runs(
+        cls,
+        diffusion_dir: str,
+        *,
+        vae_dir: str | None = None,
+        clap_dir: str | None = None,
+        step: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> "AudioGenerator":
         """Load a diffusion run and, unless given, the VAE and CLAP runs named in its config,
         onto `mesh` (default: every device on the data axis) with the diffusion run's rules."""
         diffusion = load_run(diffusion_dir, step=step, mesh=mesh, ema_only=True)
         if diffusion.config.task != "diffusion":
             raise ValueError(f"{diffusion_dir} holds a {diffusion.config.task!r} run, not a diffusion run")
         if diffusion.task.lora.enabled:
-            raise UserError(f"{diffusion_dir} is a LoRA run (adapters, not a model): sample it with "
-                            f"--pretrained=<its base> --lora={diffusion_dir}")
+            raise UserError(
+                f"{diffusion_dir} is a LoRA run (adapters, not a model): sample it with "
+                f"--pretrained=<its base> --lora={diffusion_dir}"
+            )
         vae_dir = vae_dir or diffusion.config.pretransform.vae_dir
         clap_dir = clap_dir or diffusion.config.pretransform.clap_dir
         for name, path in (("VAE", vae_dir), ("CLAP", clap_dir)):
@@ -178,17 +237,30 @@ class AudioGenerator:
                 raise ValueError(f"the diffusion run does not name its {name} run directory; pass it explicitly")
         vae = load_run(vae_dir, mesh=diffusion.mesh, rules=diffusion.rules, ema_only=True)
         config = diffusion.config
-        return cls(model=diffusion.task.model, params=diffusion.state.ema_params["diffusion"],
-                   autoencoder=vae.task.autoencoder, vae_params=vae.state.ema_params["autoencoder"],
-                   text_encoder=CLAPEncoder.from_run(clap_dir, mesh=diffusion.mesh), mesh=diffusion.mesh,
-                   sample_rate=int(vae.config.data.sample_rate), window_samples=int(config.data.sample_size),
-                   latent_scale=float(config.pretransform.latent_scale),
-                   sampling=config.sampling.to_dict() if "sampling" in config else None, rules=diffusion.rules)
+        return cls(
+            model=diffusion.task.model,
+            params=diffusion.state.ema_params["diffusion"],
+            autoencoder=vae.task.autoencoder,
+            vae_params=vae.state.ema_params["autoencoder"],
+            text_encoder=CLAPEncoder.from_run(clap_dir, mesh=diffusion.mesh),
+            mesh=diffusion.mesh,
+            sample_rate=int(vae.config.data.sample_rate),
+            window_samples=int(config.data.sample_size),
+            latent_scale=float(config.pretransform.latent_scale),
+            sampling=config.sampling.to_dict() if "sampling" in config else None,
+            rules=diffusion.rules,
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str, *, diffusion_dir: str | None = None,
-                        adapters: Sequence[tuple[str, float]] = (), mesh: jax.sharding.Mesh | None = None,
-                        rules: parallel.Rules = parallel.DEFAULT_RULES) -> "AudioGenerator":
+    def from_pretrained(
+        cls,
+        directory: str,
+        *,
+        diffusion_dir: str | None = None,
+        adapters: Sequence[tuple[str, float]] = (),
+        mesh: jax.sharding.Mesh | None = None,
+        rules: parallel.Rules = parallel.DEFAULT_RULES,
+    ) -> "AudioGenerator":
         """Load a converted pretrained directory (e.g. Stable Audio Open) onto `mesh`
         (default: every device on the data axis).
 
@@ -198,27 +270,50 @@ class AudioGenerator:
           merged into it (`fine_tuned.diffusion_weights`). The VAE, text encoder and sampling
           defaults stay the directory's either way (but for a run that changed the objective).
         """
-        weights = fine_tuned.pretrained_weights(directory, diffusion_dir=diffusion_dir, adapters=adapters,
-                                                mesh=mesh, rules=rules)
+        weights = fine_tuned.pretrained_weights(
+            directory, diffusion_dir=diffusion_dir, adapters=adapters, mesh=mesh, rules=rules
+        )
         config, params = weights.config, weights.params
         encoder = pretrained_parts.text_encoder(directory, config, params["text_encoder"], weights.mesh, rules)
-        return cls(model=weights.model, params=params["diffusion"], autoencoder=pretrained_parts.autoencoder(config),
-                   vae_params=params["autoencoder"], text_encoder=encoder, mesh=weights.mesh,
-                   sample_rate=config["sample_rate"], window_samples=weights.window,
-                   latent_scale=config.get("latent_scale", 1.0), sampling=weights.sampling, rules=rules)
+        return cls(
+            model=weights.model,
+            params=params["diffusion"],
+            autoencoder=pretrained_parts.autoencoder(config),
+            vae_params=params["autoencoder"],
+            text_encoder=encoder,
+            mesh=weights.mesh,
+            sample_rate=config["sample_rate"],
+            window_samples=weights.window,
+            latent_scale=config.get("latent_scale", 1.0),
+            sampling=weights.sampling,
+            rules=rules,
+        )
 
     @property
     def window_seconds(self) -> float:
         return self.window_samples / self.sample_rate
 
     # ------------------------------------------------------------------- host
-    def generate(self, prompts: Sequence[str], *, seconds_total: float | Sequence[float],
-                 seconds_start: float | Sequence[float] = 0.0, steps: int | None = None,
-                 cfg_scale: float | None = None, sampler: str | None = None, seed: int = 0,
-                 negative_prompt: str | None = None, rescale_phi: float | None = None,
-                 sigma_min: float | None = None, sigma_max: float | None = None,
-                 init_audio: np.ndarray | None = None, init_noise_level: float = 1.0,
-                 window_seconds: float | None = None, cut: bool = True, progress: bool = False) -> np.ndarray:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seconds_total: float | Sequence[float],
+        seconds_start: float | Sequence[float] = 0.0,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        negative_prompt: str | None = None,
+        rescale_phi: float | None = None,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        init_audio: np.ndarray | None = None,
+        init_noise_level: float = 1.0,
+        window_seconds: float | None = None,
+        cut: bool = True,
+        progress: bool = False,
+    ) -> np.ndarray:
         """Generate one clip per prompt; the batch is split over the mesh's batch axes.
 
         Args:
@@ -264,8 +359,9 @@ class AudioGenerator:
         totals = np.broadcast_to(np.asarray(seconds_total, np.float64), (batch,))
         starts = np.broadcast_to(np.asarray(seconds_start, np.float64), (batch,))
         if np.any(totals <= 0) or np.any(totals > window / self.sample_rate + 1e-6):
-            raise ValueError(f"seconds_total must be in (0, {window / self.sample_rate:.2f}] (the window), "
-                             f"got {totals.tolist()}")
+            raise ValueError(
+                f"seconds_total must be in (0, {window / self.sample_rate:.2f}] (the window), got {totals.tolist()}"
+            )
         if np.any(starts < 0):
             raise ValueError("seconds_start must be >= 0")
         if steps < 1:
@@ -274,7 +370,8 @@ class AudioGenerator:
         features, mask = (np.asarray(a) for a in self.text_encoder.text_conditioning(list(prompts)))
         if negative_prompt is not None:
             negative_features, negative_mask = (
-                np.asarray(a) for a in self.text_encoder.text_conditioning([negative_prompt] * batch))
+                np.asarray(a) for a in self.text_encoder.text_conditioning([negative_prompt] * batch)
+            )
             use_negative = np.ones((batch,), bool)
         else:
             negative_features, negative_mask, use_negative = features, mask, np.zeros((batch,), bool)
@@ -297,16 +394,40 @@ class AudioGenerator:
         seconds_start_cond = np.floor(starts).astype(np.int32)
 
         def run(params, *batch_arrays):
-            return sample_and_decode(params, self.vae_params, rng_sampler, sigmas, jnp.float32(cfg_scale),
-                                     jnp.float32(rescale_phi), jnp.float32(self.latent_scale), *batch_arrays,
-                                     model=self.model, autoencoder=self.autoencoder, rules=tuple(self.rules),
-                                     sampler=sampler, use_cfg=cfg_scale != 1.0, flow_model=flow_model)
+            return sample_and_decode(
+                params,
+                self.vae_params,
+                rng_sampler,
+                sigmas,
+                jnp.float32(cfg_scale),
+                jnp.float32(rescale_phi),
+                jnp.float32(self.latent_scale),
+                *batch_arrays,
+                model=self.model,
+                autoencoder=self.autoencoder,
+                rules=tuple(self.rules),
+                sampler=sampler,
+                use_cfg=cfg_scale != 1.0,
+                flow_model=flow_model,
+            )
 
         with _progress_bar(steps if progress else 0):
             audio = parallel.run_batch_on_mesh(
-                run, self.params, [features, mask, negative_features, negative_mask, use_negative,
-                                   seconds_start_cond, seconds_total_cond, x_init.astype(np.float32)],
-                self.mesh, self.rules)
+                run,
+                self.params,
+                [
+                    features,
+                    mask,
+                    negative_features,
+                    negative_mask,
+                    use_negative,
+                    seconds_start_cond,
+                    seconds_total_cond,
+                    x_init.astype(np.float32),
+                ],
+                self.mesh,
+                self.rules,
+            )
             audio = np.asarray(jax.device_get(audio), np.float32)
         if not cut:
             return audio
@@ -324,8 +445,9 @@ class AudioGenerator:
         """
         with jax.set_mesh(self.mesh):
             mean = self._encode_init(np.zeros((self.window_samples, 2), np.float32), 1, self.window_samples)
-            audio = self.autoencoder.apply({"params": self.vae_params}, mean / self.latent_scale,
-                                           method=type(self.autoencoder).decode)
+            audio = self.autoencoder.apply(
+                {"params": self.vae_params}, mean / self.latent_scale, method=type(self.autoencoder).decode
+            )
         return np.asarray(jax.device_get(audio), np.float32)[0]
 
     def _encode_init(self, init_audio: np.ndarray, batch: int, window_samples: int) -> jax.Array:
@@ -336,9 +458,10 @@ class AudioGenerator:
             raise ValueError(f"init_audio must be [samples, channels], got {audio.shape}")
         audio = np.repeat(audio, 2, axis=1) if audio.shape[1] == 1 else audio[:, :2]
         window = np.zeros((window_samples, 2), np.float32)
-        window[:min(len(audio), window_samples)] = audio[:window_samples]
-        mean, _ = self.autoencoder.apply({"params": self.vae_params}, window[None],
-                                         method=type(self.autoencoder).encode_posterior)
+        window[: min(len(audio), window_samples)] = audio[:window_samples]
+        mean, _ = self.autoencoder.apply(
+            {"params": self.vae_params}, window[None], method=type(self.autoencoder).encode_posterior
+        )
         return jnp.repeat(mean, batch, axis=0) * self.latent_scale
 
 

@@ -67,20 +67,32 @@ def abstract_part(config: Mapping[str, Any], part: str) -> Any:
     raise ValueError(f"unknown pretrained part {part!r}; parts: {pretrained.PARTS}")
 
 
-def restore_parts(directory: str | os.PathLike, config: Mapping[str, Any], parts: Sequence[str],
-                  mesh: jax.sharding.Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES) -> dict[str, Any]:
+def restore_parts(
+    directory: str | os.PathLike,
+    config: Mapping[str, Any],
+    parts: Sequence[str],
+    mesh: jax.sharding.Mesh,
+    rules: parallel.Rules = parallel.DEFAULT_RULES,
+) -> dict[str, Any]:
     """`{part: params}` for `parts` of `directory`, placed on `mesh` by the logical rules."""
     abstract = {part: abstract_part(config, part) for part in parts}
     return pretrained.restore_pretrained_params(directory, parallel.with_shardings(abstract, mesh, rules)[0])
 
 
-def text_encoder(directory: str | os.PathLike, config: Mapping[str, Any], params: Any,
-                 mesh: jax.sharding.Mesh, rules: parallel.Rules = parallel.DEFAULT_RULES) -> FrozenTextEncoder:
+def text_encoder(
+    directory: str | os.PathLike,
+    config: Mapping[str, Any],
+    params: Any,
+    mesh: jax.sharding.Mesh,
+    rules: parallel.Rules = parallel.DEFAULT_RULES,
+) -> FrozenTextEncoder:
     """The frozen prompt encoder of `directory` (its tokenizer and `params`), as sampling runs it."""
     text = config["text_encoder"]
-    tokenizer = TextTokenizer.from_file(os.path.join(os.fspath(directory), pretrained.TOKENIZER_FILE),
-                                        max_length=int(text["max_length"]))
+    tokenizer = TextTokenizer.from_file(
+        os.path.join(os.fspath(directory), pretrained.TOKENIZER_FILE), max_length=int(text["max_length"])
+    )
     if text_encoder_kind(config) == "t5":
         return T5TextEncoder(text_encoder_config(config), params, tokenizer, mesh=mesh, rules=rules)
-    return CLAPTextEncoder(text_encoder_config(config), params, tokenizer, feature_layer=int(text["feature_layer"]),
-                           mesh=mesh, rules=rules)
+    return CLAPTextEncoder(
+        text_encoder_config(config), params, tokenizer, feature_layer=int(text["feature_layer"]), mesh=mesh, rules=rules
+    )

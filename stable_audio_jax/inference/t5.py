@@ -37,9 +37,15 @@ class T5TextEncoder(FrozenTextEncoder):
     `text_conditioning(prompts)` gives `(features [batch, 128, d_model] float32, zero on
     padded tokens; mask bool)`."""
 
-    def __init__(self, config: T5Config, params: Any, tokenizer: TextTokenizer,
-                 mesh: jax.sharding.Mesh | None = None, dtype: Any = jnp.float32,
-                 rules: parallel.Rules = parallel.DEFAULT_RULES):
+    def __init__(
+        self,
+        config: T5Config,
+        params: Any,
+        tokenizer: TextTokenizer,
+        mesh: jax.sharding.Mesh | None = None,
+        dtype: Any = jnp.float32,
+        rules: parallel.Rules = parallel.DEFAULT_RULES,
+    ):
         """params: the plain `T5Encoder` param tree (host or device arrays); it is cast to
         `dtype` and placed on `mesh` (default: every device on the data axis)."""
         self.config = config
@@ -54,9 +60,14 @@ class T5TextEncoder(FrozenTextEncoder):
         self.params = jax.tree.map(lambda p: p.astype(self.dtype), jax.device_put(params, shardings))
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, mesh: jax.sharding.Mesh | None = None,
-                        dtype: Any = jnp.float32, max_length: int = T5_MAX_LENGTH,
-                        rules: parallel.Rules = parallel.DEFAULT_RULES) -> "T5TextEncoder":
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        mesh: jax.sharding.Mesh | None = None,
+        dtype: Any = jnp.float32,
+        max_length: int = T5_MAX_LENGTH,
+        rules: parallel.Rules = parallel.DEFAULT_RULES,
+    ) -> "T5TextEncoder":
         """Loads a HF T5 folder (see `convert.t5_checkpoint`); errors name what is missing."""
         config, params, tokenizer = load_t5_checkpoint(folder, max_length=max_length)
         return cls(config, params, tokenizer, mesh=mesh, dtype=dtype, rules=rules)

@@ -216,10 +216,21 @@ def make_audio_dataset(
         raise ValueError(
             f"need positive sample_rate/sample_size/batch_size, got {sample_rate}/{sample_size}/{batch_size}"
         )
-    return _build(source, DecodeAndCrop(sample_rate, sample_size, random_crop), batch_size=batch_size,
-                  seed=seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=worker_count,
-                  worker_buffer_size=worker_buffer_size, shard_index=shard_index, shard_count=shard_count,
-                  drop_remainder=drop_remainder, read_threads=read_threads, read_buffer_size=read_buffer_size)
+    return _build(
+        source,
+        DecodeAndCrop(sample_rate, sample_size, random_crop),
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        drop_remainder=drop_remainder,
+        read_threads=read_threads,
+        read_buffer_size=read_buffer_size,
+    )
 
 
 class DecodeLatentRecord(grain.transforms.Map):
@@ -239,10 +250,20 @@ class DecodeLatentRecord(grain.transforms.Map):
         }
 
 
-def make_latent_dataset(source: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
-                        num_epochs: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
-                        shard_index: int | None = None, shard_count: int | None = None,
-                        drop_remainder: bool = True, read_threads: int = 8) -> grain.IterDataset:
+def make_latent_dataset(
+    source: Any,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    drop_remainder: bool = True,
+    read_threads: int = 8,
+) -> grain.IterDataset:
     """Batches of pre-encoded diffusion examples (`data/pre_encode.py` shards).
 
     Yields `latent_mean`, `latent_std` `[batch, frames, latent_dim]`, `latent_mask`
@@ -253,10 +274,21 @@ def make_latent_dataset(source: Any, *, batch_size: int, seed: int = 0, shuffle:
     """
     if batch_size <= 0:
         raise ValueError(f"need a positive batch_size, got {batch_size}")
-    return _build(source, DecodeLatentRecord(), batch_size=batch_size, seed=seed, shuffle=shuffle,
-                  num_epochs=num_epochs, worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                  shard_index=shard_index, shard_count=shard_count, drop_remainder=drop_remainder,
-                  read_threads=read_threads, read_buffer_size=None)
+    return _build(
+        source,
+        DecodeLatentRecord(),
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        drop_remainder=drop_remainder,
+        read_threads=read_threads,
+        read_buffer_size=None,
+    )
 
 
 class ProcessBlocks(grain.MapDataset):
@@ -300,10 +332,22 @@ class ProcessBlocks(grain.MapDataset):
         return f"ProcessBlocks(block_size={self._block}, index={self._index}, count={self._count})"
 
 
-def _build(source: Any, transform: grain.transforms.Map | grain.transforms.RandomMap, *, batch_size: int,
-           seed: int, shuffle: bool, num_epochs: int | None, worker_count: int, worker_buffer_size: int,
-           shard_index: int | None, shard_count: int | None, drop_remainder: bool, read_threads: int,
-           read_buffer_size: int | None) -> grain.IterDataset:
+def _build(
+    source: Any,
+    transform: grain.transforms.Map | grain.transforms.RandomMap,
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    worker_count: int,
+    worker_buffer_size: int,
+    shard_index: int | None,
+    shard_count: int | None,
+    drop_remainder: bool,
+    read_threads: int,
+    read_buffer_size: int | None,
+) -> grain.IterDataset:
     """source -> seed/shuffle/repeat -> `transform` -> this process's slice -> batches (-> workers)."""
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count

@@ -51,11 +51,10 @@ def decode_latent_record(record: bytes) -> tuple[dict[str, np.ndarray], dict[str
     """Record bytes -> (arrays, metadata)."""
     record = bytes(record)
     if not record.startswith(MAGIC):
-        raise ValueError("not a pre-encoded latent record (wrong magic); was the shard written by "
-                         "data/pre_encode.py?")
+        raise ValueError("not a pre-encoded latent record (wrong magic); was the shard written by data/pre_encode.py?")
     (length,) = _LENGTH.unpack_from(record, len(MAGIC))
     start = len(MAGIC) + _LENGTH.size
-    metadata = json.loads(record[start:start + length].decode("utf-8"))
-    with _NPZ_LOCK, np.load(io.BytesIO(record[start + length:]), allow_pickle=False) as npz:
+    metadata = json.loads(record[start : start + length].decode("utf-8"))
+    with _NPZ_LOCK, np.load(io.BytesIO(record[start + length :]), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in ARRAY_KEYS}
     return arrays, metadata

@@ -50,8 +50,20 @@ logger = logging.getLogger(__name__)
 # Containers libsndfile decodes (MP3 and OGG/Opus need libsndfile >= 1.1, which soundfile bundles).
 AUDIO_EXTENSIONS = frozenset(
     {
-        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3",
-        ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64", ".rf64",
+        ".wav",
+        ".wave",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".aiff",
+        ".aif",
+        ".aifc",
+        ".au",
+        ".caf",
+        ".w64",
+        ".rf64",
     }
 )
 
@@ -158,8 +170,14 @@ class ConversionReport:
             "converted_later": {k: self.converted_later[k] for k in CONVERTED_LATER},
             "missing_caption": self.missing_caption,
             "missing_caption_examples": list(self.missing_caption_examples),
-            **{key: value for kind in REPAIRED for key, value in (
-                (kind, self.repaired[kind]), (f"{kind}_examples", list(self.repaired_examples[kind])))},
+            **{
+                key: value
+                for kind in REPAIRED
+                for key, value in (
+                    (kind, self.repaired[kind]),
+                    (f"{kind}_examples", list(self.repaired_examples[kind])),
+                )
+            },
         }
 
     def nothing_written(self, input_path: str | os.PathLike, num_files: int) -> UserError:
@@ -354,9 +372,7 @@ def _encode_flac(f: sf.SoundFile, path: str, gain: float = 1.0) -> tuple[bytes, 
         raise SkipExample("unreadable", f"error while decoding {path!r}: {e}") from e
 
 
-def prepare_example(
-    item: AudioItem, *, target_sample_rate: int = 44100, short_seconds: float = 1.0
-) -> PreparedExample:
+def prepare_example(item: AudioItem, *, target_sample_rate: int = 44100, short_seconds: float = 1.0) -> PreparedExample:
     """Reads one file and re-encodes it losslessly to FLAC, streaming in blocks.
 
     A float file whose peak exceeds full scale is encoded again, scaled by 1/peak, because
@@ -450,7 +466,10 @@ def iter_prepared_examples(
     results = _ordered_map(convert, items, num_workers)
     for item, result in tqdm.tqdm(
         # None: no bar unless stderr is a terminal (a log file or pipe gets only the report).
-        zip(items, results), total=len(items), disable=None if progress else True, unit="file",
+        zip(items, results),
+        total=len(items),
+        disable=None if progress else True,
+        unit="file",
         desc="audio -> records",
     ):
         if isinstance(result, SkipExample):

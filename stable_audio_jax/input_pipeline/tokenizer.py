@@ -53,8 +53,7 @@ class TextTokenizer:
         truncation are set to `max_length`).
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
-                 pad_token: str | None = None):
+    def __init__(self, tokenizer: Tokenizer, max_length: int = DEFAULT_MAX_LENGTH, pad_token: str | None = None):
         """Wraps `tokenizer` (copied, not modified).
 
         Args:
@@ -72,8 +71,10 @@ class TextTokenizer:
         tok = Tokenizer.from_str(tokenizer.to_str())
         num_special = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0
         if self._max_length <= num_special:
-            raise ValueError(f"max_length {max_length} leaves no room for text next to the "
-                             f"{num_special} special tokens the tokenizer adds")
+            raise ValueError(
+                f"max_length {max_length} leaves no room for text next to the "
+                f"{num_special} special tokens the tokenizer adds"
+            )
         pad_id, pad_token = _resolve_pad(tok, pad_token)
         tok.enable_truncation(max_length=self._max_length)
         tok.enable_padding(length=self._max_length, pad_id=pad_id, pad_token=pad_token)
@@ -111,7 +112,8 @@ class TextTokenizer:
             else:
                 raise ValueError(
                     f"no tokenizer found in directory {path!r}: looked for tokenizer.json, "
-                    "vocab.json + merges.txt (byte-level BPE), vocab.txt (WordPiece) and spiece.model (T5)")
+                    "vocab.json + merges.txt (byte-level BPE), vocab.txt (WordPiece) and spiece.model (T5)"
+                )
         else:
             try:
                 tok = Tokenizer.from_file(path)
@@ -186,11 +188,14 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         model = type(self.tokenizer.model).__name__
-        return f"TextTokenizer({model}, vocab_size={self.vocab_size}, max_length={self.max_length}, pad_id={self.pad_id})"
+        return (
+            f"TextTokenizer({model}, vocab_size={self.vocab_size}, max_length={self.max_length}, pad_id={self.pad_id})"
+        )
 
 
-def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int = 8192, min_frequency: int = 2,
-                        max_length: int = DEFAULT_MAX_LENGTH) -> TextTokenizer:
+def train_bpe_tokenizer(
+    texts: Iterable[str], *, vocab_size: int = 8192, min_frequency: int = 2, max_length: int = DEFAULT_MAX_LENGTH
+) -> TextTokenizer:
     """Trains a RoBERTa-style byte-level BPE tokenizer on `texts`, offline.
 
     Same layout as RoBERTa's: byte-level pre-tokenizer without a prefix space, no
@@ -206,14 +211,20 @@ def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int = 8192, min_fre
       max_length: `max_length` of the returned tokenizer.
     """
     if vocab_size < len(ROBERTA_SPECIAL_TOKENS) + 256:
-        raise ValueError(f"vocab_size must be at least {len(ROBERTA_SPECIAL_TOKENS) + 256} "
-                         f"(special tokens + 256 bytes), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {len(ROBERTA_SPECIAL_TOKENS) + 256} "
+            f"(special tokens + 256 bytes), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(ROBERTA_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(ROBERTA_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
 
     def checked(items: Iterable[str]) -> Iterable[str]:
         for i, t in enumerate(items):
@@ -259,8 +270,9 @@ def _set_roberta_framing(tok: Tokenizer) -> None:
     tok.add_special_tokens(present)
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     if bos is not None and eos is not None:
-        tok.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos),
-                                                          trim_offsets=True, add_prefix_space=False)
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", eos), ("<s>", bos), trim_offsets=True, add_prefix_space=False
+        )
 
 
 def _byte_level_bpe_from_files(vocab_json: str, merges_txt: str) -> Tokenizer:
@@ -290,8 +302,9 @@ def _wordpiece_from_vocab(vocab_txt: str, lowercase: bool = True) -> Tokenizer:
     except Exception as e:
         raise ValueError(f"cannot read WordPiece vocabulary {vocab_txt!r}: {e}") from e
     tok = Tokenizer(model)
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=lowercase)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens([t for t in BERT_SPECIAL_TOKENS if tok.token_to_id(t) is not None])
@@ -312,8 +325,10 @@ def _t5_unigram_from_spiece(spiece_model: str, extra_ids: int = 100) -> Tokenize
     try:
         from sentencepiece import sentencepiece_model_pb2
     except ImportError as e:
-        raise ImportError(f"reading {spiece_model!r} needs the `sentencepiece` package "
-                          "(pip install sentencepiece), or use a tokenizer.json instead") from e
+        raise ImportError(
+            f"reading {spiece_model!r} needs the `sentencepiece` package "
+            "(pip install sentencepiece), or use a tokenizer.json instead"
+        ) from e
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         with open(spiece_model, "rb") as f:
@@ -323,19 +338,24 @@ def _t5_unigram_from_spiece(spiece_model: str, extra_ids: int = 100) -> Tokenize
     if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
         raise ValueError(f"{spiece_model!r} is not a Unigram SentencePiece model (T5's kind)")
     pieces = [(p.piece, p.score) for p in proto.pieces]
-    tok = Tokenizer(models.Unigram(pieces, unk_id=proto.trainer_spec.unk_id,
-                                   byte_fallback=proto.trainer_spec.byte_fallback))
+    tok = Tokenizer(
+        models.Unigram(pieces, unk_id=proto.trainer_spec.unk_id, byte_fallback=proto.trainer_spec.byte_fallback)
+    )
     if proto.normalizer_spec.precompiled_charsmap:
         tok.normalizer = normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+        ]
+    )
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
     tok.add_special_tokens([t for t in ("<pad>", "</s>", "<unk>") if tok.token_to_id(t) is not None])
     tok.add_special_tokens([f"<extra_id_{i}>" for i in range(extra_ids - 1, -1, -1)])
     eos = tok.token_to_id("</s>")
     if eos is None:
         raise ValueError(f"{spiece_model!r} has no </s> piece, which T5 appends to every prompt")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", eos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
     return tok

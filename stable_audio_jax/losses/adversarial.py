@@ -24,14 +24,11 @@ def _mean_f32(x: jax.Array) -> jax.Array:
     return jnp.mean(x.astype(jnp.float32))
 
 
-def hinge_discriminator_loss(
-    logits_real: Sequence[jax.Array], logits_fake: Sequence[jax.Array]
-) -> jax.Array:
+def hinge_discriminator_loss(logits_real: Sequence[jax.Array], logits_fake: Sequence[jax.Array]) -> jax.Array:
     """`mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))`, averaged over scales."""
     _check_scales(logits_real, logits_fake)
     per_scale = [
-        _mean_f32(jax.nn.relu(1.0 - real.astype(jnp.float32)))
-        + _mean_f32(jax.nn.relu(1.0 + fake.astype(jnp.float32)))
+        _mean_f32(jax.nn.relu(1.0 - real.astype(jnp.float32))) + _mean_f32(jax.nn.relu(1.0 + fake.astype(jnp.float32)))
         for real, fake in zip(logits_real, logits_fake)
     ]
     return sum(per_scale) / len(per_scale)

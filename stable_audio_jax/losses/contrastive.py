@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import optax
 
 
-def contrastive_loss(audio_embeddings: jax.Array, text_embeddings: jax.Array,
-                     logit_scale: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def contrastive_loss(
+    audio_embeddings: jax.Array, text_embeddings: jax.Array, logit_scale: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Cross-entropy of matching each audio to its caption and each caption to its audio.
 
     Args:

@@ -73,8 +73,9 @@ def _grouped_mrstft(
         pred_mag = pred_mag.reshape(num_groups, -1, *pred_mag.shape[1:])  # [groups, batch, frames, bins]
         target_mag = target_mag.reshape(pred_mag.shape)
         norm_axes = (1, 2, 3) if convergence_over == "batch" else (2, 3)
-        convergence = (jnp.sqrt(jnp.sum(jnp.square(target_mag - pred_mag), axis=norm_axes))
-                       / jnp.sqrt(jnp.sum(jnp.square(target_mag), axis=norm_axes)))
+        convergence = jnp.sqrt(jnp.sum(jnp.square(target_mag - pred_mag), axis=norm_axes)) / jnp.sqrt(
+            jnp.sum(jnp.square(target_mag), axis=norm_axes)
+        )
         if convergence_over == "signal":
             convergence = jnp.mean(convergence, axis=1)
         log_mag = jnp.mean(jnp.abs(jnp.log(pred_mag) - jnp.log(target_mag)), axis=(1, 2, 3))
@@ -106,8 +107,15 @@ def multi_resolution_stft_loss(
         pred = apply_fir(pred[..., None], taps)[..., 0]
         target = apply_fir(target[..., None], taps)[..., 0]
     return _grouped_mrstft(
-        pred.astype(jnp.float32), target.astype(jnp.float32), 1,
-        fft_sizes, hop_sizes, fft_sizes if win_lengths is None else win_lengths, mag_eps, convergence_over)[0]
+        pred.astype(jnp.float32),
+        target.astype(jnp.float32),
+        1,
+        fft_sizes,
+        hop_sizes,
+        fft_sizes if win_lengths is None else win_lengths,
+        mag_eps,
+        convergence_over,
+    )[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,10 +162,16 @@ class STFTLossConfig:
 
     def mrstft_kwargs(self) -> dict:
         """Keyword arguments of `multi_resolution_stft_loss` for this config."""
-        return dict(fft_sizes=self.fft_sizes, hop_sizes=self.hop_sizes,
-                    win_lengths=self.win_lengths, perceptual_weighting=self.perceptual_weighting,
-                    sample_rate=self.sample_rate, fir_taps=self.fir_taps, mag_eps=self.mag_eps,
-                    convergence_over=self.convergence_over)
+        return dict(
+            fft_sizes=self.fft_sizes,
+            hop_sizes=self.hop_sizes,
+            win_lengths=self.win_lengths,
+            perceptual_weighting=self.perceptual_weighting,
+            sample_rate=self.sample_rate,
+            fir_taps=self.fir_taps,
+            mag_eps=self.mag_eps,
+            convergence_over=self.convergence_over,
+        )
 
 
 def stereo_stft_losses(
@@ -185,8 +199,15 @@ def stereo_stft_losses(
         return jnp.concatenate([left + right, left - right, left, right], axis=0)
 
     sum_loss, diff_loss, left, right = _grouped_mrstft(
-        signals(pred), signals(target), 4,
-        config.fft_sizes, config.hop_sizes, config.win_lengths, config.mag_eps, config.convergence_over)
+        signals(pred),
+        signals(target),
+        4,
+        config.fft_sizes,
+        config.hop_sizes,
+        config.win_lengths,
+        config.mag_eps,
+        config.convergence_over,
+    )
     sum_diff = (sum_loss + diff_loss) / 2
     spectral = config.sum_diff_weight * sum_diff + config.left_right_weight * (left + right)
     return {

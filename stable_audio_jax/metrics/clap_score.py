@@ -29,8 +29,15 @@ def cosine_similarities(text_embeddings: np.ndarray, audio_embeddings: np.ndarra
     return np.sum(t * a, axis=-1)
 
 
-def clap_score(embedder: TextAudioEmbedder, prompts: Sequence[str], audio_paths: Sequence[str], *,
-               shuffled_baseline: bool = True, seed: int = 0, recall_ks: Sequence[int] = (1, 5, 10)) -> dict:
+def clap_score(
+    embedder: TextAudioEmbedder,
+    prompts: Sequence[str],
+    audio_paths: Sequence[str],
+    *,
+    shuffled_baseline: bool = True,
+    seed: int = 0,
+    recall_ks: Sequence[int] = (1, 5, 10),
+) -> dict:
     """CLAP score of `(prompts[i], audio_paths[i])` pairs.
 
     Returns `{"clap_score": mean matched cosine, "per_item": [...], "num_items": n}` and,

@@ -52,8 +52,14 @@ def loudest_frame_db(audio: np.ndarray, sample_rate: int, frame_seconds: float =
     return float(np.max(frame_rms_db(audio, _frame_length(sample_rate, frame_seconds))))
 
 
-def non_silent_seconds(audio: np.ndarray, sample_rate: int, *, frame_seconds: float = FRAME_SECONDS,
-                       relative_db: float = 40.0, floor_db: float = -60.0) -> float:
+def non_silent_seconds(
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    frame_seconds: float = FRAME_SECONDS,
+    relative_db: float = 40.0,
+    floor_db: float = -60.0,
+) -> float:
     """Seconds from the start of `audio` (`[samples(, channels)]`) to the end of its last sounding frame.
 
     0.0 for a silent clip. The resolution is one frame (`frame_seconds`).
@@ -69,8 +75,9 @@ def non_silent_seconds(audio: np.ndarray, sample_rate: int, *, frame_seconds: fl
     return min(len(audio), (int(sounding[-1]) + 1) * frame_length) / sample_rate
 
 
-def timing_errors(clips: Sequence[np.ndarray], requested_seconds: Sequence[float], sample_rate: int,
-                  **kwargs) -> list[dict[str, float]]:
+def timing_errors(
+    clips: Sequence[np.ndarray], requested_seconds: Sequence[float], sample_rate: int, **kwargs
+) -> list[dict[str, float]]:
     """`non_silent_seconds` of each uncut clip against the `seconds_total` it was generated with."""
     if len(clips) != len(requested_seconds):
         raise ValueError(f"{len(clips)} clips but {len(requested_seconds)} requested lengths")

@@ -24,10 +24,16 @@ import jax.numpy as jnp
 Dtype = Any
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
-                          bias: jax.Array | None = None, key_mask: jax.Array | None = None,
-                          scale: float | None = None,
-                          implementation: Literal["xla", "cudnn"] | None = None) -> jax.Array:
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    bias: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+    scale: float | None = None,
+    implementation: Literal["xla", "cudnn"] | None = None,
+) -> jax.Array:
     """Softmax attention per head.
 
     Args:
@@ -49,8 +55,9 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     if bias is not None:
         bias = bias.astype(query.dtype)
-    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
-                                        implementation=implementation)
+    return jax.nn.dot_product_attention(
+        query, key, value, bias=bias, mask=mask, scale=scale, implementation=implementation
+    )
 
 
 class HeadProjection(nn.Module):
@@ -79,14 +86,23 @@ class HeadProjection(nn.Module):
             bias_axes, equation = ("embed",), "...hd,hdo->...o"
         n_in = len(in_dims)
         init = self.kernel_init or nn.initializers.variance_scaling(
-            1.0, "fan_in", "truncated_normal", in_axis=tuple(range(n_in)),
-            out_axis=tuple(range(n_in, n_in + len(self.features))))
-        kernel = self.param("kernel", nn.with_logical_partitioning(init, axes),
-                            tuple(in_dims) + tuple(self.features), self.param_dtype)
+            1.0,
+            "fan_in",
+            "truncated_normal",
+            in_axis=tuple(range(n_in)),
+            out_axis=tuple(range(n_in, n_in + len(self.features))),
+        )
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(init, axes), tuple(in_dims) + tuple(self.features), self.param_dtype
+        )
         y = jnp.einsum(equation, x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
-                              tuple(self.features), self.param_dtype)
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                tuple(self.features),
+                self.param_dtype,
+            )
             y = y + bias.astype(self.dtype)
         return y
 
@@ -117,8 +133,14 @@ class MultiHeadAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
-                 key_mask: jax.Array | None = None, bias: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        key_mask: jax.Array | None = None,
+        bias: jax.Array | None = None,
+    ) -> jax.Array:
         """x: `[batch, length, features]`; context: `[batch, kv_length, context_features]`;
         key_mask: `[batch, kv_length]`; bias: see `dot_product_attention`.
         Returns `[batch, length, out_features]`."""
@@ -152,16 +174,26 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        activations = {"gelu": lambda h: jax.nn.gelu(h, approximate=False),
-                       "gelu_tanh": lambda h: jax.nn.gelu(h, approximate=True),
-                       "relu": jax.nn.relu}
+        activations = {
+            "gelu": lambda h: jax.nn.gelu(h, approximate=False),
+            "gelu_tanh": lambda h: jax.nn.gelu(h, approximate=True),
+            "relu": jax.nn.relu,
+        }
         if self.activation not in activations:
             raise ValueError(f"unknown activation {self.activation!r}; known: {sorted(activations)}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.Dense(self.hidden_features, name="fc1",
-                     kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), **kw)(x)
+        h = nn.Dense(
+            self.hidden_features,
+            name="fc1",
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+            **kw,
+        )(x)
         h = activations[self.activation](h)
-        return nn.Dense(self.out_features or x.shape[-1], name="fc2",
-                        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), **kw)(h)
+        return nn.Dense(
+            self.out_features or x.shape[-1],
+            name="fc2",
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            **kw,
+        )(h)

@@ -68,11 +68,12 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         check_remat_policy(self.remat_policy)
-        for name, mults in (("encoder_multipliers", self.encoder_multipliers),
-                            ("decoder_multipliers", self.decoder_multipliers)):
+        for name, mults in (
+            ("encoder_multipliers", self.encoder_multipliers),
+            ("decoder_multipliers", self.decoder_multipliers),
+        ):
             if len(mults) != len(self.strides) + 1:
-                raise ValueError(f"{name} needs len(strides) + 1 = {len(self.strides) + 1} "
-                                 f"entries, got {len(mults)}")
+                raise ValueError(f"{name} needs len(strides) + 1 = {len(self.strides) + 1} entries, got {len(mults)}")
         if any(s < 2 or s % 2 for s in self.strides):
             raise ValueError(f"strides must be even (exact length arithmetic), got {self.strides}")
 
@@ -120,8 +121,9 @@ class EncoderBlock(nn.Module):
         for d in self.dilations:
             x = ResidualUnit(d, self.snake_beta, **kw)(x)
         x = Snake(beta=self.snake_beta, log_scale=self.snake_beta, **kw)(x)
-        x = WNConv(self.features, (2 * self.stride,), strides=(self.stride,),
-                   padding=(math.ceil(self.stride / 2),), **kw)(x)
+        x = WNConv(
+            self.features, (2 * self.stride,), strides=(self.stride,), padding=(math.ceil(self.stride / 2),), **kw
+        )(x)
         return constrain(x, BATCH_LENGTH_CHANNELS)
 
 
@@ -139,8 +141,7 @@ class DecoderBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = Snake(beta=self.snake_beta, log_scale=self.snake_beta, **kw)(x)
-        x = WNConvTranspose1d(self.features, 2 * self.stride, self.stride,
-                              math.ceil(self.stride / 2), **kw)(x)
+        x = WNConvTranspose1d(self.features, 2 * self.stride, self.stride, math.ceil(self.stride / 2), **kw)(x)
         for d in self.dilations:
             x = ResidualUnit(d, self.snake_beta, **kw)(x)
         return constrain(x, BATCH_LENGTH_CHANNELS)
@@ -200,8 +201,7 @@ def posterior(h: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, jax.nn.softplus(scale) + 1e-4
 
 
-def vae_bottleneck(h: jax.Array, rng: jax.Array | None,
-                   noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def vae_bottleneck(h: jax.Array, rng: jax.Array | None, noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """The reference VAE bottleneck.
 
     `h` `[batch, N, 2*latent_dim]` is split into mean and scale on channels;
@@ -245,14 +245,14 @@ class AudioAutoencoder(nn.Module):
         self.encoder = OobleckEncoder(self.config, self.dtype, self.param_dtype)
         self.decoder = OobleckDecoder(self.config, self.dtype, self.param_dtype)
 
-    def encode(self, audio: jax.Array, rng: jax.Array | None = None,
-               noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def encode(
+        self, audio: jax.Array, rng: jax.Array | None = None, noise: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Audio `[batch, T, io]` -> (latents `[batch, T/ratio, latent_dim]`, kl). rng and noise
         None: the mean; else the posterior sample with `noise` or noise drawn from `rng`."""
         ratio = self.config.downsampling_ratio
         if audio.shape[1] % ratio:
-            raise ValueError(f"audio length {audio.shape[1]} is not a multiple of the "
-                             f"downsampling ratio {ratio}")
+            raise ValueError(f"audio length {audio.shape[1]} is not a multiple of the downsampling ratio {ratio}")
         return vae_bottleneck(self.encoder(audio), rng, noise)
 
     def encode_posterior(self, audio: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -61,8 +61,10 @@ class CLAPConfig:
         check_remat_policy(self.remat_policy, "CLAP")
         layers = self.text.num_layers + 1  # hidden states include the embedding output
         if not -layers <= self.feature_layer < layers:
-            raise ValueError(f"feature_layer={self.feature_layer} is out of range for a text tower "
-                             f"with {self.text.num_layers} layers ({layers} hidden states)")
+            raise ValueError(
+                f"feature_layer={self.feature_layer} is out of range for a text tower "
+                f"with {self.text.num_layers} layers ({layers} hidden states)"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CLAPConfig":
@@ -70,8 +72,7 @@ class CLAPConfig:
         for key in ("text", "audio"):
             if key not in d:
                 raise ValueError(f"CLAP config needs a '{key}' section")
-        return cls(text=TextEncoderConfig.from_dict(d.pop("text")),
-                   audio=HTSATConfig.from_dict(d.pop("audio")), **d)
+        return cls(text=TextEncoderConfig.from_dict(d.pop("text")), audio=HTSATConfig.from_dict(d.pop("audio")), **d)
 
 
 class CLAP(nn.Module):
@@ -95,8 +96,9 @@ class CLAP(nn.Module):
         dim = self.config.embed_dim
         self.text_projection = FeedForward(dim, dim, activation="relu", **kw)
         self.audio_projection = FeedForward(dim, dim, activation="relu", **kw)
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.config.logit_scale_init),
-                                      (), jnp.float32)
+        self.logit_scale = self.param(
+            "logit_scale", nn.initializers.constant(self.config.logit_scale_init), (), jnp.float32
+        )
 
     def encode_audio(self, audio: jax.Array, *, deterministic: bool = True) -> jax.Array:
         """audio `[batch, time, channels]` (or `[batch, time]`) at `config.audio.sample_rate`
@@ -104,8 +106,9 @@ class CLAP(nn.Module):
         pooled, _ = self.audio_encoder(audio, deterministic=deterministic)
         return _normalize(self.audio_projection(pooled))
 
-    def encode_text(self, token_ids: jax.Array, mask: jax.Array, *,
-                    deterministic: bool = True) -> tuple[jax.Array, TextEncoderOutput]:
+    def encode_text(
+        self, token_ids: jax.Array, mask: jax.Array, *, deterministic: bool = True
+    ) -> tuple[jax.Array, TextEncoderOutput]:
         """token_ids, mask `[batch, length]` -> (unit-norm embeddings `[batch, embed_dim]`,
         the text tower's outputs)."""
         outputs = self.text_encoder(token_ids, mask, deterministic=deterministic)
@@ -120,8 +123,9 @@ class CLAP(nn.Module):
         """The conditioning tokens: hidden state `config.feature_layer`, `[batch, length, hidden]`."""
         return self.text_encoder(token_ids, mask).hidden_states[self.config.feature_layer]
 
-    def __call__(self, audio: jax.Array, token_ids: jax.Array, mask: jax.Array, *,
-                 deterministic: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(
+        self, audio: jax.Array, token_ids: jax.Array, mask: jax.Array, *, deterministic: bool = True
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Returns `(audio_embeddings [batch, embed_dim], text_embeddings [batch, embed_dim],
         log inverse temperature scalar)`."""
         audio_embeddings = self.encode_audio(audio, deterministic=deterministic)

@@ -43,8 +43,12 @@ class LearnedFourierFeatures(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.dim % 2:
             raise ValueError(f"LearnedFourierFeatures needs an even dim, got {self.dim}")
-        weights = self.param("weights", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None,)),
-                             (self.dim // 2,), self.param_dtype)
+        weights = self.param(
+            "weights",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), (None,)),
+            (self.dim // 2,),
+            self.param_dtype,
+        )
         x = x.astype(jnp.float32)[:, None]  # Fourier features in float32: phases need the precision
         freqs = 2.0 * math.pi * x * weights.astype(jnp.float32)[None, :]
         return jnp.concatenate([x, jnp.sin(freqs), jnp.cos(freqs)], axis=-1).astype(self.dtype)
@@ -65,8 +69,9 @@ class TimePositionalEmbedding(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = LearnedFourierFeatures(self.dim, self.dtype, self.param_dtype, name="fourier")(x)
-        return torch_dense(self.features, self.dim + 1, (None, "embed"), "proj",
-                           dtype=self.dtype, param_dtype=self.param_dtype)(h)
+        return torch_dense(
+            self.features, self.dim + 1, (None, "embed"), "proj", dtype=self.dtype, param_dtype=self.param_dtype
+        )(h)
 
 
 class NumberEmbedder(nn.Module):
@@ -90,8 +95,9 @@ class NumberEmbedder(nn.Module):
             raise ValueError(f"max_value {self.max_value} must exceed min_value {self.min_value}")
         x = jnp.clip(jnp.asarray(x, jnp.float32), self.min_value, self.max_value)
         u = (x - self.min_value) / (self.max_value - self.min_value)
-        return TimePositionalEmbedding(self.features, self.fourier_dim, self.dtype, self.param_dtype,
-                                       name="embedding")(u)
+        return TimePositionalEmbedding(self.features, self.fourier_dim, self.dtype, self.param_dtype, name="embedding")(
+            u
+        )
 
 
 class SecondsTableEmbedder(nn.Module):
@@ -109,8 +115,12 @@ class SecondsTableEmbedder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        table = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
-                           (self.num_embeddings, self.features), self.param_dtype)
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
         index = jnp.clip(jnp.asarray(x).astype(jnp.int32), 0, self.num_embeddings - 1)
         return jnp.take(table, index, axis=0).astype(self.dtype)
 
@@ -151,9 +161,15 @@ class TimingConditioner(nn.Module):
         return tokens, jnp.concatenate([start, total], axis=-1)
 
 
-def seconds_left_features(seconds_start: jax.Array, seconds_total: jax.Array, frames: int,
-                          frame_seconds: float, features: int, min_scale: float = 0.25,
-                          max_scale: float = 16.0) -> jax.Array:
+def seconds_left_features(
+    seconds_start: jax.Array,
+    seconds_total: jax.Array,
+    frames: int,
+    frame_seconds: float,
+    features: int,
+    min_scale: float = 0.25,
+    max_scale: float = 16.0,
+) -> jax.Array:
     """Per-frame timing: how many seconds of the file are left at each latent frame.
 
     Frame `f` of a window starting at `seconds_start` lies at `seconds_start + (f + 1/2) *
@@ -169,15 +185,16 @@ def seconds_left_features(seconds_start: jax.Array, seconds_total: jax.Array, fr
     """
     if features < 1 or frame_seconds <= 0:
         raise ValueError(f"need features >= 1 and frame_seconds > 0, got {features}, {frame_seconds}")
-    centres = (jnp.arange(frames, dtype=jnp.float32) + 0.5) * frame_seconds                  # [frames]
+    centres = (jnp.arange(frames, dtype=jnp.float32) + 0.5) * frame_seconds  # [frames]
     start = jnp.asarray(seconds_start, jnp.float32)[:, None]
-    left = jnp.asarray(seconds_total, jnp.float32)[:, None] - (start + centres[None, :])   # [batch, frames]
+    left = jnp.asarray(seconds_total, jnp.float32)[:, None] - (start + centres[None, :])  # [batch, frames]
     scales = jnp.geomspace(min_scale, max_scale, features) if features > 1 else jnp.array([min_scale])
     return jnp.tanh(left[..., None] / scales.astype(jnp.float32))
 
 
-def build_context(text_features: jax.Array, text_mask: jax.Array,
-                  timing_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+def build_context(
+    text_features: jax.Array, text_mask: jax.Array, timing_tokens: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Appends the timing tokens to the text tokens (the reference's cross-attention input).
 
     Args:
@@ -189,8 +206,9 @@ def build_context(text_features: jax.Array, text_mask: jax.Array,
       `(context [batch, text_length + 2, features], mask [batch, text_length + 2] bool)`.
     """
     if text_features.shape[-1] != timing_tokens.shape[-1]:
-        raise ValueError(f"text features ({text_features.shape[-1]}) and timing tokens "
-                         f"({timing_tokens.shape[-1]}) differ in size")
+        raise ValueError(
+            f"text features ({text_features.shape[-1]}) and timing tokens ({timing_tokens.shape[-1]}) differ in size"
+        )
     if text_mask.shape != text_features.shape[:2]:
         raise ValueError(f"text_mask {text_mask.shape} does not match text_features {text_features.shape}")
     dtype = jnp.result_type(text_features, timing_tokens)

@@ -84,21 +84,30 @@ class STFTDiscriminator(nn.Module):
         kernel = tuple(self.kernel_size)
         square = (kernel[0], kernel[0])
         # (kernel, stride, time dilation) of each hidden conv.
-        specs = ([(kernel, (1, 1), 1)]
-                 + [(kernel, tuple(self.stride), d) for d in self.dilations]
-                 + [(square, (1, 1), 1)])
+        specs = (
+            [(kernel, (1, 1), 1)] + [(kernel, tuple(self.stride), d) for d in self.dilations] + [(square, (1, 1), 1)]
+        )
         features: FeatureMaps = []
         for i, (kernel_size, strides, dilation) in enumerate(specs):
             x = WNConv(
-                self.filters, kernel_size, strides=strides, kernel_dilation=(dilation, 1),
+                self.filters,
+                kernel_size,
+                strides=strides,
+                kernel_dilation=(dilation, 1),
                 padding=_symmetric_padding(kernel_size, (dilation, 1)),
-                dtype=self.dtype, param_dtype=self.param_dtype, name=f"convs_{i}",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"convs_{i}",
             )(x)
             x = nn.leaky_relu(x, self.negative_slope)
             features.append(x)
         logits = WNConv(
-            1, square, padding=_symmetric_padding(square, (1, 1)),
-            dtype=self.dtype, param_dtype=self.param_dtype, name="conv_post",
+            1,
+            square,
+            padding=_symmetric_padding(square, (1, 1)),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv_post",
         )(x)
         return constrain(logits, _MAPS), features
 
@@ -132,9 +141,15 @@ class MultiScaleSTFTDiscriminator(nn.Module):
         logits, features = [], []
         for i, (n_fft, hop, win) in enumerate(zip(self.n_ffts, self.hop_lengths, self.win_lengths)):
             scale_logits, scale_features = STFTDiscriminator(
-                filters=self.filters, n_fft=n_fft, hop_length=hop, win_length=win,
-                kernel_size=tuple(self.kernel_size), dilations=tuple(self.dilations),
-                stride=(1, self.freq_stride), dtype=self.dtype, param_dtype=self.param_dtype,
+                filters=self.filters,
+                n_fft=n_fft,
+                hop_length=hop,
+                win_length=win,
+                kernel_size=tuple(self.kernel_size),
+                dilations=tuple(self.dilations),
+                stride=(1, self.freq_stride),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
                 name=f"discriminators_{i}",
             )(audio)
             logits.append(scale_logits)

@@ -94,18 +94,24 @@ class DiTConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.cond_token_dim <= 0 or self.cond_token_dim % self.head_dim:
-            raise ValueError(f"cond_token_dim {self.cond_token_dim} must be a positive multiple of the head dim "
-                             f"{self.head_dim} (it sets the cross-attention key/value heads)")
+            raise ValueError(
+                f"cond_token_dim {self.cond_token_dim} must be a positive multiple of the head dim "
+                f"{self.head_dim} (it sets the cross-attention key/value heads)"
+            )
         if self.num_heads % self.kv_heads:
-            raise ValueError(f"num_heads {self.num_heads} is not a multiple of the {self.kv_heads} cross-attention "
-                             f"key/value heads (cond_token_dim / head dim)")
+            raise ValueError(
+                f"num_heads {self.num_heads} is not a multiple of the {self.kv_heads} cross-attention "
+                f"key/value heads (cond_token_dim / head dim)"
+            )
         if self.global_cond_dim < 0 or self.depth < 0 or self.ff_mult < 1:
             raise ValueError("global_cond_dim and depth must be >= 0 and ff_mult >= 1")
         if self.timestep_features_dim % 2:
             raise ValueError(f"timestep_features_dim must be even, got {self.timestep_features_dim}")
         if self.rotary_dims % 2 or not 0 < self.rotary_dims <= self.head_dim:
-            raise ValueError(f"the rotary dim {self.rotary_dims} must be even and in [2, head dim {self.head_dim}] "
-                             "(the reference's default max(head_dim // 2, 32) needs head dim >= 32)")
+            raise ValueError(
+                f"the rotary dim {self.rotary_dims} must be even and in [2, head dim {self.head_dim}] "
+                "(the reference's default max(head_dim // 2, 32) needs head dim >= 32)"
+            )
         check_remat_policy(self.remat_policy)
 
     @property
@@ -138,8 +144,14 @@ class DiTConfig:
     def tiny(cls, io_channels: int = 32, cond_token_dim: int = 64) -> "DiTConfig":
         """A small DiT for CPU tests and demos: width 128, 2 blocks, 2 heads of 64 dims
         (RoPE on 32 of them, as SAO), 1 cross-attention key/value head for 64-d tokens."""
-        return cls(io_channels=io_channels, embed_dim=128, depth=2, num_heads=2, cond_token_dim=cond_token_dim,
-                   global_cond_dim=2 * cond_token_dim)
+        return cls(
+            io_channels=io_channels,
+            embed_dim=128,
+            depth=2,
+            num_heads=2,
+            cond_token_dim=cond_token_dim,
+            global_cond_dim=2 * cond_token_dim,
+        )
 
 
 def rotary_angles(length: int, rotary_dim: int, base: float = 10_000.0) -> tuple[jax.Array, jax.Array]:
@@ -174,16 +186,26 @@ class FourierFeatures(nn.Module):
 
     @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None)),
-                            (1, self.features // 2), self.param_dtype)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, None)),
+            (1, self.features // 2),
+            self.param_dtype,
+        )
         f = 2.0 * math.pi * t.astype(jnp.float32)[:, None] @ kernel.astype(jnp.float32)
         return jnp.concatenate([jnp.cos(f), jnp.sin(f)], axis=-1)
 
 
 def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
     # The reference's LayerNorm: learned gain, a zero bias buffer (none here), PyTorch's eps.
-    return nn.LayerNorm(epsilon=1e-5, use_bias=False, name=name, dtype=dtype, param_dtype=param_dtype,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)))
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        use_bias=False,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    )
 
 
 def _mlp(features: tuple[int, int], fan_in: int, use_bias: bool, name: str, dtype: Dtype, param_dtype: Dtype):
@@ -209,8 +231,9 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None,
-                 rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, rope: tuple[jax.Array, jax.Array] | None = None
+    ) -> jax.Array:
         kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         kv_input = x if context is None else context
         kv_heads = kv_input.shape[-1] // self.head_dim
@@ -240,15 +263,28 @@ class SwiGLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1]
         # PyTorch's `nn.Linear` init (uniform in +-1/sqrt(fan_in)) for both halves.
-        kernel = self.param("kernel", nn.with_logical_partitioning(torch_bias_init(features), ("embed", None, "mlp")),
-                            (features, 2, self.inner_features), self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(torch_bias_init(features), (None, "mlp")),
-                          (2, self.inner_features), self.param_dtype)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(torch_bias_init(features), ("embed", None, "mlp")),
+            (features, 2, self.inner_features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(torch_bias_init(features), (None, "mlp")),
+            (2, self.inner_features),
+            self.param_dtype,
+        )
         h = jnp.einsum("...e,egf->...gf", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
         h = constrain(h[..., 0, :] * nn.silu(h[..., 1, :]), ("batch", "length", "mlp"))
-        return nn.Dense(features, name="out", dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp", "embed")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
+        return nn.Dense(
+            features,
+            name="out",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        )(h)
 
 
 class TransformerBlock(nn.Module):
@@ -268,9 +304,11 @@ class TransformerBlock(nn.Module):
         features = x.shape[-1]
         head_dim = features // self.num_heads
         x = x + Attention(self.num_heads, head_dim, name="self_attn", **kw)(
-            _layer_norm("pre_norm", **kw)(x), rope=(cos, sin))
+            _layer_norm("pre_norm", **kw)(x), rope=(cos, sin)
+        )
         x = x + Attention(self.num_heads, head_dim, name="cross_attn", **kw)(
-            _layer_norm("cross_attend_norm", **kw)(x), context)
+            _layer_norm("cross_attend_norm", **kw)(x), context
+        )
         x = x + SwiGLU(features * self.ff_mult, name="ff", **kw)(_layer_norm("ff_norm", **kw)(x))
         return constrain(x, BATCH_LENGTH_CHANNELS)
 
@@ -292,8 +330,9 @@ class DiffusionTransformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array,
-                 global_cond: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, t: jax.Array, context: jax.Array, global_cond: jax.Array | None = None
+    ) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, frames, channels = x.shape
@@ -302,20 +341,25 @@ class DiffusionTransformer(nn.Module):
         if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != c.cond_token_dim:
             raise ValueError(f"context must be [batch={batch}, tokens, {c.cond_token_dim}], got {context.shape}")
         if (global_cond is None) != (c.global_cond_dim == 0):
-            raise ValueError(f"global_cond must be given exactly when config.global_cond_dim > 0 "
-                             f"(global_cond_dim={c.global_cond_dim}, global_cond given: {global_cond is not None})")
+            raise ValueError(
+                f"global_cond must be given exactly when config.global_cond_dim > 0 "
+                f"(global_cond_dim={c.global_cond_dim}, global_cond given: {global_cond is not None})"
+            )
 
         context = _mlp((c.cond_token_dim,) * 2, c.cond_token_dim, False, "to_cond_embed", **kw)(
-            constrain(context.astype(self.dtype), BATCH_LENGTH_CHANNELS))
+            constrain(context.astype(self.dtype), BATCH_LENGTH_CHANNELS)
+        )
 
         fourier = FourierFeatures(c.timestep_features_dim, self.param_dtype, name="timestep_features")(t)
         token = _mlp((c.embed_dim,) * 2, c.timestep_features_dim, True, "to_timestep_embed", **kw)(
-            fourier.astype(self.dtype))
+            fourier.astype(self.dtype)
+        )
         if global_cond is not None:
             if global_cond.shape != (batch, c.global_cond_dim):
                 raise ValueError(f"global_cond must be {(batch, c.global_cond_dim)}, got {global_cond.shape}")
             token = token + _mlp((c.embed_dim,) * 2, c.global_cond_dim, False, "to_global_embed", **kw)(
-                global_cond.astype(self.dtype))
+                global_cond.astype(self.dtype)
+            )
 
         x = constrain(x.astype(self.dtype), BATCH_LENGTH_CHANNELS)
         x = x + _conv1x1(c.io_channels, "preprocess_conv", **kw)(x)
@@ -327,27 +371,46 @@ class DiffusionTransformer(nn.Module):
         for i in range(c.depth):
             h = block(c.num_heads, c.ff_mult, name=f"layers_{i}", **kw)(h, context, cos, sin)
 
-        out = torch_dense(c.io_channels, c.embed_dim, ("embed", "channels"), "project_out", use_bias=False,
-                          **kw)(h[:, 1:])
+        out = torch_dense(c.io_channels, c.embed_dim, ("embed", "channels"), "project_out", use_bias=False, **kw)(
+            h[:, 1:]
+        )
         out = out + _conv1x1(c.io_channels, "postprocess_conv", **kw)(out)
         return constrain(out.astype(jnp.float32), BATCH_LENGTH_CHANNELS)
 
 
 def _conv1x1(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Dense:
     """The reference's zero-initialised, bias-free 1x1 Conv1d, as a Dense (kernel `[in, out]`)."""
-    return nn.Dense(features, use_bias=False, name=name, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, None)))
+    return nn.Dense(
+        features,
+        use_bias=False,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, None)),
+    )
 
 
 def expected_num_params(config: DiTConfig) -> int:
     """Closed-form parameter count (1,056,828,544 for `DiTConfig.sao()`)."""
     c = config
     e, d, inner = c.embed_dim, c.cond_token_dim, c.embed_dim * c.ff_mult
-    block = (3 * e                       # three LayerNorm gains
-             + 4 * e * e                 # self-attention q, k, v, out
-             + 2 * e * e + 2 * d * d     # cross-attention q, out; k, v: context width to kv_heads * head_dim
-             + e * 2 * inner + 2 * inner + inner * e + e)  # SwiGLU in (value and gate), out
+    block = (
+        3 * e  # three LayerNorm gains
+        + 4 * e * e  # self-attention q, k, v, out
+        + 2 * e * e
+        + 2 * d * d  # cross-attention q, out; k, v: context width to kv_heads * head_dim
+        + e * 2 * inner
+        + 2 * inner
+        + inner * e
+        + e
+    )  # SwiGLU in (value and gate), out
     timestep = c.timestep_features_dim // 2 + c.timestep_features_dim * e + e + e * e + e
     global_embed = c.global_cond_dim * e + e * e if c.global_cond_dim else 0
-    return (c.depth * block + timestep + global_embed + 2 * d * d   # to_cond_embed
-            + 2 * c.io_channels * e + 2 * c.io_channels ** 2)       # project in/out, the 1x1 convs
+    return (
+        c.depth * block
+        + timestep
+        + global_embed
+        + 2 * d * d  # to_cond_embed
+        + 2 * c.io_channels * e
+        + 2 * c.io_channels**2
+    )  # project in/out, the 1x1 convs

@@ -158,7 +158,7 @@ class HTSATConfig:
         rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
         out, start = [], 0
         for depth in self.depths:
-            out.append(tuple(rates[start:start + depth]))
+            out.append(tuple(rates[start : start + depth]))
             start += depth
         return tuple(out)
 
@@ -166,8 +166,18 @@ class HTSATConfig:
 
     def validate(self) -> None:
         """Raise ValueError if the sizes do not fit together."""
-        positive = ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "spec_size",
-                    "freq_ratio", "patch_size", "embed_dim", "window_size")
+        positive = (
+            "sample_rate",
+            "n_fft",
+            "hop_length",
+            "win_length",
+            "n_mels",
+            "spec_size",
+            "freq_ratio",
+            "patch_size",
+            "embed_dim",
+            "window_size",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -175,8 +185,9 @@ class HTSATConfig:
         if not self.depths:
             raise ValueError("depths must name at least one stage")
         if len(self.depths) != len(self.num_heads):
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must have the "
-                             f"same length (one entry per stage)")
+            raise ValueError(
+                f"depths {self.depths} and num_heads {self.num_heads} must have the same length (one entry per stage)"
+            )
         if any(d < 1 for d in self.depths) or any(h < 1 for h in self.num_heads):
             raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must be positive")
         if self.win_length > self.n_fft:
@@ -189,12 +200,13 @@ class HTSATConfig:
             raise ValueError(f"n_mels ({self.n_mels}) exceeds the {self.n_fft // 2 + 1} FFT bins")
         with warnings.catch_warnings():  # librosa warns about empty filters; we raise below
             warnings.simplefilter("ignore", UserWarning)
-            filterbank = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, float(self.f_min),
-                                        float(self.f_max))
+            filterbank = mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, float(self.f_min), float(self.f_max))
         empty = int(np.sum(~np.any(filterbank > 0, axis=0)))
         if empty:
-            raise ValueError(f"{empty} of the {self.n_mels} mel filters are empty for n_fft={self.n_fft} "
-                             f"over [{self.f_min}, {self.f_max}] Hz: use fewer mels or a larger n_fft")
+            raise ValueError(
+                f"{empty} of the {self.n_mels} mel filters are empty for n_fft={self.n_fft} "
+                f"over [{self.f_min}, {self.f_max}] Hz: use fewer mels or a larger n_fft"
+            )
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -203,20 +215,23 @@ class HTSATConfig:
         factor = self.patch_size * 2 ** (self.num_stages - 1)
         for axis, side in zip(("time side spec_size", "freq side freq_ratio * n_mels"), self.image_size):
             if side % factor:
-                raise ValueError(f"image {axis} = {side} must be divisible by patch_size * "
-                                 f"2**(stages - 1) = {factor}")
+                raise ValueError(f"image {axis} = {side} must be divisible by patch_size * 2**(stages - 1) = {factor}")
         for i, ((h, w), (window, _), dim, heads) in enumerate(
-                zip(self.stage_resolutions, self.stage_windows, self.stage_dims, self.num_heads)):
+            zip(self.stage_resolutions, self.stage_windows, self.stage_dims, self.num_heads)
+        ):
             if h % window or w % window:
-                raise ValueError(f"stage {i}: token grid {h}x{w} is not divisible by its window {window} "
-                                 f"(window_size={self.window_size})")
+                raise ValueError(
+                    f"stage {i}: token grid {h}x{w} is not divisible by its window {window} "
+                    f"(window_size={self.window_size})"
+                )
             if dim % heads:
                 raise ValueError(f"stage {i}: width {dim} is not divisible by num_heads {heads}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples as lists), JSON-friendly; `from_dict` inverts it."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HTSATConfig":
@@ -240,8 +255,18 @@ def demo(**overrides: Any) -> HTSATConfig:
     32 mels, 256 frames = 2.55 s crops (`num_samples` = 112,455), image 64 x 128 (time x
     freq) -> 16 x 32 patches, two stages of width 48 and 96 with 2 and 4 heads, window 4;
     output 96-d."""
-    config = HTSATConfig(sample_rate=44100, hop_length=441, n_mels=32, spec_size=64, freq_ratio=4,
-                         patch_size=4, embed_dim=48, depths=(2, 2), num_heads=(2, 4), window_size=4)
+    config = HTSATConfig(
+        sample_rate=44100,
+        hop_length=441,
+        n_mels=32,
+        spec_size=64,
+        freq_ratio=4,
+        patch_size=4,
+        embed_dim=48,
+        depths=(2, 2),
+        num_heads=(2, 4),
+        window_size=4,
+    )
     return dataclasses.replace(config, **overrides)
 
 
@@ -256,7 +281,8 @@ def expected_num_params(config: HTSATConfig) -> int:
     p, e = config.patch_size, config.embed_dim
     total += p * p * e + e + 2 * e  # patch conv and its LayerNorm
     for i, (dim, heads, depth, (window, _)) in enumerate(
-            zip(config.stage_dims, config.num_heads, config.depths, config.stage_windows)):
+        zip(config.stage_dims, config.num_heads, config.depths, config.stage_windows)
+    ):
         hidden = int(dim * config.mlp_ratio)
         norms, attention = 4 * dim, 4 * dim * dim + 4 * dim
         mlp, table = 2 * dim * hidden + hidden + dim, (2 * window - 1) ** 2 * heads
@@ -268,6 +294,7 @@ def expected_num_params(config: HTSATConfig) -> int:
 
 
 # ---- window helpers (work on numpy and jax arrays alike) --------------------------------
+
 
 def window_partition(x: Any, window: int) -> Any:
     """`[batch, H, W, C]` -> `[batch * (H/w) * (W/w), w * w, C]`, windows batch-major then
@@ -310,9 +337,14 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> np.
 
 
 def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=_LN_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    return nn.LayerNorm(
+        epsilon=_LN_EPS,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    )
 
 
 def _drop_path(module: nn.Module, x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
@@ -342,9 +374,12 @@ class WindowAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, channels = x.shape
         w, n = self.window, self.window * self.window
-        table = self.param("relative_position_bias_table",
-                           nn.with_logical_partitioning(_dense_init, (None, "heads")),
-                           ((2 * w - 1) ** 2, self.num_heads), self.param_dtype)
+        table = self.param(
+            "relative_position_bias_table",
+            nn.with_logical_partitioning(_dense_init, (None, "heads")),
+            ((2 * w - 1) ** 2, self.num_heads),
+            self.param_dtype,
+        )
         bias = table[relative_position_index(w)]  # [N, N, heads]
         bias = jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)  # [1, heads, N, N]
         if self.shift:
@@ -354,9 +389,14 @@ class WindowAttention(nn.Module):
             mask = jnp.broadcast_to(jnp.asarray(mask)[None], (batch, *mask.shape)).reshape(-1, 1, n, n)
             bias = bias + mask  # [batch * nW, heads, N, N]
         windows = window_partition(x, w)  # [batch * nW, N, C]
-        out = MultiHeadAttention(num_heads=self.num_heads, use_bias=True, kernel_init=_dense_init,
-                                 dtype=self.dtype, param_dtype=self.param_dtype, name="attention")(
-            windows, bias=bias)
+        out = MultiHeadAttention(
+            num_heads=self.num_heads,
+            use_bias=True,
+            kernel_init=_dense_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attention",
+        )(windows, bias=bias)
         out = window_reverse(out, w, height, width)
         if self.shift:
             out = jnp.roll(out, (self.shift, self.shift), axis=(1, 2))
@@ -387,8 +427,9 @@ class SwinBlock(nn.Module):
         h = WindowAttention(self.num_heads, self.window, self.shift, name="attention", **kw)(h)
         x = x + _drop_path(self, h, self.drop_path, self.deterministic)
         h = _layer_norm("norm2", **kw)(x)
-        h = FeedForward(int(x.shape[-1] * self.mlp_ratio), activation="gelu", kernel_init=_dense_init,
-                        name="mlp", **kw)(h)
+        h = FeedForward(
+            int(x.shape[-1] * self.mlp_ratio), activation="gelu", kernel_init=_dense_init, name="mlp", **kw
+        )(h)
         return x + _drop_path(self, h, self.drop_path, self.deterministic)
 
 
@@ -405,9 +446,14 @@ class PatchMerging(nn.Module):
         channels = x.shape[-1]
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
         x = _layer_norm("norm", self.dtype, self.param_dtype)(x)
-        return nn.Dense(2 * channels, use_bias=False, name="reduction", dtype=self.dtype,
-                        param_dtype=self.param_dtype,
-                        kernel_init=nn.with_logical_partitioning(_dense_init, (None, "embed")))(x)
+        return nn.Dense(
+            2 * channels,
+            use_bias=False,
+            name="reduction",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(_dense_init, (None, "embed")),
+        )(x)
 
 
 class HTSATEncoder(nn.Module):
@@ -438,8 +484,16 @@ class HTSATEncoder(nn.Module):
             audio = jnp.mean(audio, axis=-1)
         elif audio.ndim != 2:
             raise ValueError(f"expected audio [batch, time, channels] or [batch, time], got {audio.shape}")
-        mel = log_mel_spectrogram(audio, sample_rate=c.sample_rate, n_fft=c.n_fft, hop_length=c.hop_length,
-                                  win_length=c.win_length, n_mels=c.n_mels, f_min=c.f_min, f_max=c.f_max)
+        mel = log_mel_spectrogram(
+            audio,
+            sample_rate=c.sample_rate,
+            n_fft=c.n_fft,
+            hop_length=c.hop_length,
+            win_length=c.win_length,
+            n_mels=c.n_mels,
+            f_min=c.f_min,
+            f_max=c.f_max,
+        )
         if mel.shape[1] != c.num_frames:
             mel = jax.image.resize(mel, (mel.shape[0], c.num_frames, c.n_mels), "linear")
         return mel
@@ -457,10 +511,18 @@ class HTSATEncoder(nn.Module):
         mean = jnp.mean(mel, axis=(1, 2), keepdims=True)
         var = jnp.var(mel, axis=(1, 2), keepdims=True)
         mel = (mel - mean) * jax.lax.rsqrt(var + _STANDARDISE_EPS)
-        scale = self.param("input_scale", nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
-                           (c.n_mels,), self.param_dtype)
-        shift = self.param("input_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
-                           (c.n_mels,), self.param_dtype)
+        scale = self.param(
+            "input_scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
+            (c.n_mels,),
+            self.param_dtype,
+        )
+        shift = self.param(
+            "input_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
+            (c.n_mels,),
+            self.param_dtype,
+        )
         mel = mel * scale.astype(jnp.float32) + shift.astype(jnp.float32)
 
         # wav2img: [batch, freq_ratio * spec_size, n_mels] -> [batch, spec_size, freq_ratio * n_mels, 1].
@@ -472,16 +534,33 @@ class HTSATEncoder(nn.Module):
         # PyTorch's default conv init: HTSAT re-initialises only its Linear and LayerNorm layers.
         kernel_init = nn.with_logical_partitioning(torch_conv_init, (None, None, "conv_in", "embed"))
         bias_init = nn.with_logical_partitioning(torch_bias_init(p * p), ("embed",))
-        x = nn.Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", kernel_init=kernel_init,
-                    bias_init=bias_init, name="patch_embed", **kw)(image)
+        x = nn.Conv(
+            c.embed_dim,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            name="patch_embed",
+            **kw,
+        )(image)
         x = constrain(_layer_norm("patch_norm", **kw)(x), _GRID)  # [batch, H, W, embed_dim]
 
         block = maybe_remat(SwinBlock, self.remat_policy)
         for i, (depth, heads, (window, shift), rates) in enumerate(
-                zip(c.depths, c.num_heads, c.stage_windows, c.drop_path_rates)):
+            zip(c.depths, c.num_heads, c.stage_windows, c.drop_path_rates)
+        ):
             for j in range(depth):
-                x = block(heads, window, shift if j % 2 else 0, c.mlp_ratio, rates[j],
-                          deterministic=deterministic, name=f"stage{i}_block{j}", **kw)(x)
+                x = block(
+                    heads,
+                    window,
+                    shift if j % 2 else 0,
+                    c.mlp_ratio,
+                    rates[j],
+                    deterministic=deterministic,
+                    name=f"stage{i}_block{j}",
+                    **kw,
+                )(x)
             if i < c.num_stages - 1:
                 x = PatchMerging(name=f"stage{i}_merge", **kw)(x)
             x = constrain(x, _GRID)

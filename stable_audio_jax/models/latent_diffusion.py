@@ -41,27 +41,27 @@ Dtype = Any
 @dataclasses.dataclass(frozen=True)
 class LatentDiffusionConfig:
     """Attributes:
-      unet, dit: the backbone, exactly one of them set. The U-Net's `context_features` is
-        the token width and its `context_length` must equal the text length + 2; the DiT's
-        `cond_token_dim` is the token width.
-      timing_kind: 'table' (SA 1.0: one learned vector per second, 513 rows) or 'number'
-        (SAO: learned Fourier features of the normalised value).
-      max_seconds: timing values are clamped to [0, max_seconds].
-      text_features_dim: width of the incoming text features; a linear projection to the
-        token width is added when it differs (e.g. 384-d MiniLM -> 768).
-      global_timing: also feed the timing embeddings `[start || total]` to the backbone as
-        global conditioning: added into the U-Net's time mapping (so every ResNet block
-        sees them), or the DiT's prepended global token (SAO). Needs
-        `unet.global_features` / `dit.global_cond_dim` == 2 * the token width. Off in SA 1.0.
-      text_tokens: the number of text tokens (128 for SAO's T5). Required with `dit`; the
-        U-Net's is `context_length - 2` (None, or that value).
-      frame_seconds: seconds of audio per latent frame (the VAE's downsampling ratio / the
-        sample rate). Needed by `unet.frame_features` > 0, which then gets
-        `conditioning.seconds_left_features` at every frame (not in SA 1.0: the tiny demo
-        model learns where to stop within its CPU budget with it).
-      objective: what the output means: "v" (the paper's v-prediction) or "rectified_flow" /
-        "rf_denoiser" (the velocity `noise - x0`). The network is the same; training and
-        sampling read it (`diffusion/sampling_config.py` checks the name).
+    unet, dit: the backbone, exactly one of them set. The U-Net's `context_features` is
+      the token width and its `context_length` must equal the text length + 2; the DiT's
+      `cond_token_dim` is the token width.
+    timing_kind: 'table' (SA 1.0: one learned vector per second, 513 rows) or 'number'
+      (SAO: learned Fourier features of the normalised value).
+    max_seconds: timing values are clamped to [0, max_seconds].
+    text_features_dim: width of the incoming text features; a linear projection to the
+      token width is added when it differs (e.g. 384-d MiniLM -> 768).
+    global_timing: also feed the timing embeddings `[start || total]` to the backbone as
+      global conditioning: added into the U-Net's time mapping (so every ResNet block
+      sees them), or the DiT's prepended global token (SAO). Needs
+      `unet.global_features` / `dit.global_cond_dim` == 2 * the token width. Off in SA 1.0.
+    text_tokens: the number of text tokens (128 for SAO's T5). Required with `dit`; the
+      U-Net's is `context_length - 2` (None, or that value).
+    frame_seconds: seconds of audio per latent frame (the VAE's downsampling ratio / the
+      sample rate). Needed by `unet.frame_features` > 0, which then gets
+      `conditioning.seconds_left_features` at every frame (not in SA 1.0: the tiny demo
+      model learns where to stop within its CPU budget with it).
+    objective: what the output means: "v" (the paper's v-prediction) or "rectified_flow" /
+      "rf_denoiser" (the velocity `noise - x0`). The network is the same; training and
+      sampling read it (`diffusion/sampling_config.py` checks the name).
     """
 
     unet: UNetConfig | None = None
@@ -78,16 +78,23 @@ class LatentDiffusionConfig:
         if (self.unet is None) == (self.dit is None):
             raise ValueError("set exactly one backbone: 'unet' (SA 1.0 U-Net) or 'dit' (SAO DiT)")
         want = 2 * self.context_features if self.global_timing else 0
-        got, field = ((self.unet.global_features, "unet.global_features") if self.unet is not None
-                      else (self.dit.global_cond_dim, "dit.global_cond_dim"))
+        got, field = (
+            (self.unet.global_features, "unet.global_features")
+            if self.unet is not None
+            else (self.dit.global_cond_dim, "dit.global_cond_dim")
+        )
         if got != want:
             raise ValueError(f"global_timing={self.global_timing} needs {field}={want}, got {got}")
         if self.unet is not None and self.text_tokens not in (None, self.unet.context_length - 2):
-            raise ValueError(f"text_tokens={self.text_tokens} but the U-Net's context_length "
-                             f"{self.unet.context_length} holds {self.unet.context_length - 2} text tokens")
+            raise ValueError(
+                f"text_tokens={self.text_tokens} but the U-Net's context_length "
+                f"{self.unet.context_length} holds {self.unet.context_length - 2} text tokens"
+            )
         if self.unet is not None and self.unet.frame_features and not self.frame_seconds > 0:
-            raise ValueError(f"unet.frame_features={self.unet.frame_features} needs frame_seconds > 0 "
-                             f"(VAE downsampling ratio / sample rate), got {self.frame_seconds}")
+            raise ValueError(
+                f"unet.frame_features={self.unet.frame_features} needs frame_seconds > 0 "
+                f"(VAE downsampling ratio / sample rate), got {self.frame_seconds}"
+            )
         if self.dit is not None and (self.text_tokens is None or self.text_tokens < 1):
             raise ValueError(f"the DiT needs text_tokens >= 1 (128 for SAO), got {self.text_tokens}")
 
@@ -97,8 +104,11 @@ class LatentDiffusionConfig:
         unet, dit = d.pop("unet", None), d.pop("dit", None)
         if (unet is None) == (dit is None):
             raise ValueError("the diffusion model config needs exactly one of a 'unet' and a 'dit' section")
-        return cls(unet=None if unet is None else UNetConfig.from_dict(unet),
-                   dit=None if dit is None else DiTConfig.from_dict(dit), **d)
+        return cls(
+            unet=None if unet is None else UNetConfig.from_dict(unet),
+            dit=None if dit is None else DiTConfig.from_dict(dit),
+            **d,
+        )
 
     def to_dict(self) -> dict:
         """The fields as plain values, without the unset backbone (for `config.model`)."""
@@ -135,11 +145,14 @@ def example_inputs(config: LatentDiffusionConfig, frames: int, batch_size: int =
     t `[batch]`, text features `[batch, text_length, text width]` (the incoming width, so a
     `text_projection` is created when it differs), text mask, seconds_start, seconds_total."""
     text_dim = config.text_features_dim or config.context_features
-    return (jnp.zeros((batch_size, frames, config.latent_dim), jnp.float32),
-            jnp.zeros((batch_size,), jnp.float32),
-            jnp.zeros((batch_size, config.text_length, text_dim), jnp.float32),
-            jnp.ones((batch_size, config.text_length), bool),
-            jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), jnp.int32))
+    return (
+        jnp.zeros((batch_size, frames, config.latent_dim), jnp.float32),
+        jnp.zeros((batch_size,), jnp.float32),
+        jnp.zeros((batch_size, config.text_length, text_dim), jnp.float32),
+        jnp.ones((batch_size, config.text_length), bool),
+        jnp.zeros((batch_size,), jnp.int32),
+        jnp.zeros((batch_size,), jnp.int32),
+    )
 
 
 class LatentDiffusionModel(nn.Module):
@@ -150,9 +163,17 @@ class LatentDiffusionModel(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, text_features: jax.Array, text_mask: jax.Array,
-                 seconds_start: jax.Array, seconds_total: jax.Array,
-                 use_null_context: jax.Array | None = None, prompt_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        text_features: jax.Array,
+        text_mask: jax.Array,
+        seconds_start: jax.Array,
+        seconds_total: jax.Array,
+        use_null_context: jax.Array | None = None,
+        prompt_mask: jax.Array | None = None,
+    ) -> jax.Array:
         """x `[batch, frames, latent_dim]` (noisy latents), t `[batch]` in [0, 1],
         text_features `[batch, text_length, text_dim]`, text_mask `[batch, text_length]`,
         seconds `[batch]`, use_null_context `[batch]` bool (rows whose cross-attention context
@@ -166,31 +187,43 @@ class LatentDiffusionModel(nn.Module):
         width = c.context_features
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if text_features.shape[1] != c.text_length:
-            where = (f"the U-Net's context_length {c.unet.context_length}" if c.unet is not None
-                     else f"model.text_tokens={c.text_tokens}")
-            raise ValueError(f"{text_features.shape[1]} text tokens, but {where} expects {c.text_length} "
-                             "(+ 2 timing tokens)")
+            where = (
+                f"the U-Net's context_length {c.unet.context_length}"
+                if c.unet is not None
+                else f"model.text_tokens={c.text_tokens}"
+            )
+            raise ValueError(
+                f"{text_features.shape[1]} text tokens, but {where} expects {c.text_length} (+ 2 timing tokens)"
+            )
         if text_features.shape[-1] != width:
             if c.text_features_dim != text_features.shape[-1]:
-                raise ValueError(f"text features are {text_features.shape[-1]}-d but the {c.backbone} attends to "
-                                 f"{width}-d tokens; set model.text_features_dim={text_features.shape[-1]} "
-                                 "to learn a projection")
+                raise ValueError(
+                    f"text features are {text_features.shape[-1]}-d but the {c.backbone} attends to "
+                    f"{width}-d tokens; set model.text_features_dim={text_features.shape[-1]} "
+                    "to learn a projection"
+                )
             text_features = nn.Dense(
-                width, name="text_projection",
+                width,
+                name="text_projection",
                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "embed")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), **kw)(text_features)
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                **kw,
+            )(text_features)
         tokens, global_cond = TimingConditioner(width, c.timing_kind, c.max_seconds, name="timing", **kw)(
-            seconds_start, seconds_total)
+            seconds_start, seconds_total
+        )
         global_cond = global_cond if c.global_timing else None
         if c.unet is not None:
             context, mask = build_context(text_features, text_mask, tokens)
             frame_cond = None
             if c.unet.frame_features:
-                frame_cond = seconds_left_features(seconds_start, seconds_total, x.shape[1], c.frame_seconds,
-                                                   c.unet.frame_features)
+                frame_cond = seconds_left_features(
+                    seconds_start, seconds_total, x.shape[1], c.frame_seconds, c.unet.frame_features
+                )
             prompt_context_mask = None if prompt_mask is None else context_mask(prompt_mask, tokens.shape[1])
-            v = UNet1D(c.unet, name="unet", **kw)(x, t, context, mask, use_null_context, global_cond, frame_cond,
-                                                  prompt_context_mask)
+            v = UNet1D(c.unet, name="unet", **kw)(
+                x, t, context, mask, use_null_context, global_cond, frame_cond, prompt_context_mask
+            )
         else:
             # The DiT has no key mask: padded text tokens must be zero vectors, as T5's are.
             text_features = jnp.where(jnp.asarray(text_mask, bool)[..., None], text_features, 0)

@@ -35,7 +35,8 @@ torch_conv_init: Initializer = nn.initializers.variance_scaling(1.0 / 3.0, "fan_
 # The same for a transposed conv kernel `[taps, in, out]`: PyTorch takes its fan-in from
 # weight dim 1 of `(in, out, taps)`, i.e. taps * out.
 torch_conv_transpose_init: Initializer = nn.initializers.variance_scaling(
-    1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 2), out_axis=1)
+    1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 2), out_axis=1
+)
 
 
 def torch_bias_init(fan_in: int) -> Initializer:
@@ -44,13 +45,26 @@ def torch_bias_init(fan_in: int) -> Initializer:
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def torch_dense(features: int, fan_in: int, axes: tuple[str | None, str | None], name: str,
-                use_bias: bool = True, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> nn.Dense:
+def torch_dense(
+    features: int,
+    fan_in: int,
+    axes: tuple[str | None, str | None],
+    name: str,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+) -> nn.Dense:
     """An `nn.Dense` initialised like PyTorch's `nn.Linear` (`fan_in` = input width), with
     logical axes `axes` on the kernel `[in, out]` and `axes[1]` on the bias `[out]`."""
-    return nn.Dense(features, use_bias=use_bias, name=name, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nn.with_logical_partitioning(torch_conv_init, axes),
-                    bias_init=nn.with_logical_partitioning(torch_bias_init(fan_in), (axes[1],)))
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(torch_conv_init, axes),
+        bias_init=nn.with_logical_partitioning(torch_bias_init(fan_in), (axes[1],)),
+    )
 
 
 def _logical(init: Initializer, names: tuple[str | None, ...]) -> Initializer:
@@ -78,11 +92,7 @@ class Snake(nn.Module):
         channels = x.shape[-1]
         init = nn.initializers.zeros if self.log_scale else nn.initializers.ones
         alpha = self.param("alpha", _logical(init, ("channels",)), (channels,), self.param_dtype)
-        beta = (
-            self.param("beta", _logical(init, ("channels",)), (channels,), self.param_dtype)
-            if self.beta
-            else alpha
-        )
+        beta = self.param("beta", _logical(init, ("channels",)), (channels,), self.param_dtype) if self.beta else alpha
         if self.log_scale:
             alpha, beta = jnp.exp(alpha), jnp.exp(beta)
         x = x.astype(self.dtype)
@@ -100,8 +110,9 @@ def same_padding(kernel_size: int, stride: int = 1) -> tuple[int, int]:
     return total - total // 2, total // 2
 
 
-def _conv_kernel(module: nn.Module, shape: tuple[int, ...], init: Initializer, weight_norm: bool,
-                 gain_axis: int) -> jax.Array:
+def _conv_kernel(
+    module: nn.Module, shape: tuple[int, ...], init: Initializer, weight_norm: bool, gain_axis: int
+) -> jax.Array:
     """Creates `module`'s kernel `shape` `[*taps, in, out]` and returns it, in param dtype.
 
     Plain: one param `kernel`. Weight-normalised: `weight_v` of `shape` and `weight_g`, one
@@ -116,7 +127,9 @@ def _conv_kernel(module: nn.Module, shape: tuple[int, ...], init: Initializer, w
     g = module.param(
         "weight_g",
         _logical(lambda *_: jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes)), (names[gain_axis],)),
-        (shape[gain_axis],), module.param_dtype)
+        (shape[gain_axis],),
+        module.param_dtype,
+    )
     return _weight_norm(v, g, norm_axes)
 
 
@@ -128,8 +141,7 @@ def _weight_norm(v: jax.Array, g: jax.Array, norm_axes: tuple[int, ...]) -> jax.
 
 def _add_bias(module: nn.Module, y: jax.Array, fan_in: int) -> jax.Array:
     """`y + bias`, the bias `[out]` created on `module` with PyTorch's init for `fan_in`."""
-    bias = module.param("bias", _logical(torch_bias_init(fan_in), ("conv_out",)), (y.shape[-1],),
-                        module.param_dtype)
+    bias = module.param("bias", _logical(torch_bias_init(fan_in), ("conv_out",)), (y.shape[-1],), module.param_dtype)
     return y + bias.astype(module.dtype)
 
 
@@ -148,16 +160,23 @@ def _dimension_numbers(ndim: int) -> tuple[str, str, str]:
     return (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
 
 
-def _conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Padding] | str,
-          dilation: Sequence[int]) -> jax.Array:
+def _conv(
+    x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Padding] | str, dilation: Sequence[int]
+) -> jax.Array:
     """Channels-last cross-correlation, `x` `[batch, *spatial, in]`, `kernel` `[*taps, in, out]`;
     `padding` per spatial dim (explicit zeros, see `_pad_explicitly`) or an XLA string."""
     ndim = kernel.ndim - 2
     if not isinstance(padding, str):
         pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
         x, padding = _pad_explicitly(x, pairs), "VALID"
-    return jax.lax.conv_general_dilated(x, kernel, window_strides=tuple(strides), padding=padding,
-                                        rhs_dilation=tuple(dilation), dimension_numbers=_dimension_numbers(ndim))
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=tuple(strides),
+        padding=padding,
+        rhs_dilation=tuple(dilation),
+        dimension_numbers=_dimension_numbers(ndim),
+    )
 
 
 def polyphase_conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: tuple[int, int]) -> jax.Array:
@@ -185,7 +204,7 @@ def polyphase_conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, paddi
     y = _conv(x, dense, (1,), [(taps - 1, taps - 1)], (1,))
     batch, num_blocks, _ = y.shape
     y = y.reshape(batch, num_blocks * stride, cout)  # interleave the phases
-    return y[:, left:left + length]
+    return y[:, left : left + length]
 
 
 class WNConv(nn.Module):
@@ -212,10 +231,16 @@ class WNConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         ndim = len(self.kernel_size)
         in_features = x.shape[-1]
-        kernel = _conv_kernel(self, (*self.kernel_size, in_features, self.features), torch_conv_init,
-                              self.weight_norm, gain_axis=-1)
-        y = _conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides or (1,) * ndim, self.padding,
-                  self.kernel_dilation or (1,) * ndim)
+        kernel = _conv_kernel(
+            self, (*self.kernel_size, in_features, self.features), torch_conv_init, self.weight_norm, gain_axis=-1
+        )
+        y = _conv(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            self.strides or (1,) * ndim,
+            self.padding,
+            self.kernel_dilation or (1,) * ndim,
+        )
         if self.use_bias:
             y = _add_bias(self, y, math.prod(self.kernel_size) * in_features)
         return y
@@ -240,8 +265,9 @@ class Conv1d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
-        kernel = _conv_kernel(self, (self.kernel_size, in_features, self.features), torch_conv_init,
-                              weight_norm=False, gain_axis=-1)
+        kernel = _conv_kernel(
+            self, (self.kernel_size, in_features, self.features), torch_conv_init, weight_norm=False, gain_axis=-1
+        )
         padding = same_padding(self.kernel_size, self.stride) if self.padding is None else self.padding
         y = _conv(x.astype(self.dtype), kernel.astype(self.dtype), (self.stride,), [padding], (1,))
         return _add_bias(self, y, self.kernel_size * in_features)
@@ -272,8 +298,13 @@ class ConvTranspose1d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         in_features = x.shape[-1]
-        kernel = _conv_kernel(self, (self.kernel_size, in_features, self.features), torch_conv_transpose_init,
-                              self.weight_norm, gain_axis=1)
+        kernel = _conv_kernel(
+            self,
+            (self.kernel_size, in_features, self.features),
+            torch_conv_transpose_init,
+            self.weight_norm,
+            gain_axis=1,
+        )
         padding = same_padding(self.kernel_size, self.stride) if self.padding is None else (self.padding,) * 2
         y = polyphase_conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, padding)
         if self.use_bias:

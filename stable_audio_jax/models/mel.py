@@ -68,8 +68,9 @@ def log_mel_spectrogram(
     if audio.ndim != 2:
         raise ValueError(f"expected mono audio [batch, time], got shape {audio.shape}")
     if audio.shape[-1] <= n_fft // 2:
-        raise ValueError(f"audio of length {audio.shape[-1]} is too short for reflect padding "
-                         f"of n_fft // 2 = {n_fft // 2} samples")
+        raise ValueError(
+            f"audio of length {audio.shape[-1]} is too short for reflect padding of n_fft // 2 = {n_fft // 2} samples"
+        )
     spec = stft(audio.astype(jnp.float32), n_fft, hop_length, win_length, center=True)
     power = jnp.square(spec.real) + jnp.square(spec.imag)  # [batch, frames, bins]
     filterbank = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, float(f_min), float(f_max)))

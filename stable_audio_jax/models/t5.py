@@ -62,11 +62,14 @@ class T5Config:
             raise ValueError(f"feed_forward_proj must be one of {_FEED_FORWARDS}, got {self.feed_forward_proj!r}")
         if self.relative_attention_num_buckets < 4 or self.relative_attention_num_buckets % 2:
             # Bidirectional buckets: half per direction, half of those exact, the rest logarithmic.
-            raise ValueError("relative_attention_num_buckets must be even and >= 4, got "
-                             f"{self.relative_attention_num_buckets}")
+            raise ValueError(
+                f"relative_attention_num_buckets must be even and >= 4, got {self.relative_attention_num_buckets}"
+            )
         if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 4:
-            raise ValueError(f"relative_attention_max_distance {self.relative_attention_max_distance} must exceed "
-                             f"the {self.relative_attention_num_buckets // 4} exact buckets per direction")
+            raise ValueError(
+                f"relative_attention_max_distance {self.relative_attention_max_distance} must exceed "
+                f"the {self.relative_attention_num_buckets // 4} exact buckets per direction"
+            )
 
     @property
     def is_gated(self) -> bool:
@@ -90,8 +93,12 @@ class T5Config:
             raise ValueError(f"config.json has model_type {model_type!r}, expected 't5'")
         try:
             return cls(
-                vocab_size=int(hf["vocab_size"]), d_model=int(hf["d_model"]), d_kv=int(hf["d_kv"]),
-                d_ff=int(hf["d_ff"]), num_layers=int(hf["num_layers"]), num_heads=int(hf["num_heads"]),
+                vocab_size=int(hf["vocab_size"]),
+                d_model=int(hf["d_model"]),
+                d_kv=int(hf["d_kv"]),
+                d_ff=int(hf["d_ff"]),
+                num_layers=int(hf["num_layers"]),
+                num_heads=int(hf["num_heads"]),
                 relative_attention_num_buckets=int(hf.get("relative_attention_num_buckets", 32)),
                 relative_attention_max_distance=int(hf.get("relative_attention_max_distance", 128)),
                 layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-6)),
@@ -108,8 +115,16 @@ class T5Config:
     @classmethod
     def tiny(cls, vocab_size: int = 512) -> "T5Config":
         """A small T5 encoder for tests."""
-        return cls(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=32, relative_attention_max_distance=128)
+        return cls(
+            vocab_size=vocab_size,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+        )
 
 
 def expected_num_params(config: T5Config) -> int:
@@ -123,12 +138,12 @@ def expected_num_params(config: T5Config) -> int:
     c = config
     inner = c.num_heads * c.d_kv
     per_layer = 4 * c.d_model * inner + (3 if c.is_gated else 2) * c.d_model * c.d_ff + 2 * c.d_model
-    return c.vocab_size * c.d_model + c.relative_attention_num_buckets * c.num_heads + c.d_model \
-        + c.num_layers * per_layer
+    return (
+        c.vocab_size * c.d_model + c.relative_attention_num_buckets * c.num_heads + c.d_model + c.num_layers * per_layer
+    )
 
 
-def relative_position_bucket(relative_position: jax.Array, num_buckets: int = 32,
-                             max_distance: int = 128) -> jax.Array:
+def relative_position_bucket(relative_position: jax.Array, num_buckets: int = 32, max_distance: int = 128) -> jax.Array:
     """Bidirectional T5 bucket of `relative_position = key_pos - query_pos` (any int shape).
 
     Half the buckets are for keys after the query, half for keys at or before it. Within
@@ -158,16 +173,23 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           (x.shape[-1],), self.param_dtype)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype
+        )
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
         return x32.astype(self.dtype) * scale.astype(self.dtype)
 
 
 def _dense(features: int, name: str, axes: tuple[str, str], dtype: Dtype, param_dtype: Dtype) -> nn.Dense:
-    return nn.Dense(features, use_bias=False, name=name, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes))
+    return nn.Dense(
+        features,
+        use_bias=False,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+    )
 
 
 class T5FeedForward(nn.Module):
@@ -209,8 +231,9 @@ class T5Layer(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = RMSNorm(c.layer_norm_epsilon, name="attention_norm", **kw)(x)
-        h = MultiHeadAttention(c.num_heads, head_dim=c.d_kv, use_bias=False, out_bias=False, scale=1.0,
-                               name="attention", **kw)(h, key_mask=mask, bias=position_bias)
+        h = MultiHeadAttention(
+            c.num_heads, head_dim=c.d_kv, use_bias=False, out_bias=False, scale=1.0, name="attention", **kw
+        )(h, key_mask=mask, bias=position_bias)
         x = _clamp_half(x + h)
         h = RMSNorm(c.layer_norm_epsilon, name="mlp_norm", **kw)(x)
         x = _clamp_half(x + T5FeedForward(c, name="mlp", **kw)(h))
@@ -240,23 +263,31 @@ class T5Encoder(nn.Module):
         """
         c = self.config
         if token_ids.ndim != 2 or token_ids.shape != mask.shape:
-            raise ValueError(f"token_ids and mask must both be [batch, length], got "
-                             f"{token_ids.shape} and {mask.shape}")
+            raise ValueError(f"token_ids and mask must both be [batch, length], got {token_ids.shape} and {mask.shape}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         embed_init = nn.initializers.normal(1.0)  # HF's T5 init: N(0, factor * 1.0)
-        x = nn.Embed(c.vocab_size, c.d_model, name="token_embedding",
-                     embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")), **kw)(token_ids)
+        x = nn.Embed(
+            c.vocab_size,
+            c.d_model,
+            name="token_embedding",
+            embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")),
+            **kw,
+        )(token_ids)
         x = constrain(x, BATCH_LENGTH_HIDDEN)
         length = token_ids.shape[1]
         positions = jnp.arange(length)
-        buckets = relative_position_bucket(positions[None, :] - positions[:, None],
-                                           c.relative_attention_num_buckets, c.relative_attention_max_distance)
-        bias = nn.Embed(c.relative_attention_num_buckets, c.num_heads, name="relative_attention_bias",
-                        embedding_init=nn.with_logical_partitioning(embed_init, (None, "heads")),
-                        **kw)(buckets)                              # [query, key, heads]
-        bias = jnp.transpose(bias, (2, 0, 1))[None]                  # [1, heads, query, key]
+        buckets = relative_position_bucket(
+            positions[None, :] - positions[:, None], c.relative_attention_num_buckets, c.relative_attention_max_distance
+        )
+        bias = nn.Embed(
+            c.relative_attention_num_buckets,
+            c.num_heads,
+            name="relative_attention_bias",
+            embedding_init=nn.with_logical_partitioning(embed_init, (None, "heads")),
+            **kw,
+        )(buckets)  # [query, key, heads]
+        bias = jnp.transpose(bias, (2, 0, 1))[None]  # [1, heads, query, key]
         mask = mask.astype(bool)
         for i in range(c.num_layers):
             x = T5Layer(c, name=f"layer_{i}", **kw)(x, mask, bias)
         return RMSNorm(c.layer_norm_epsilon, name="final_norm", **kw)(x)
-

@@ -88,23 +88,53 @@ class TextEncoderConfig:
     @classmethod
     def roberta_base(cls) -> "TextEncoderConfig":
         """RoBERTa-base, the CLAP text tower of SA 1.0 (124,645,632 params)."""
-        return cls(vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
-                   max_positions=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
-                   position_style="roberta", pooling="cls_pooler")
+        return cls(
+            vocab_size=50265,
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            mlp_dim=3072,
+            max_positions=514,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            pad_token_id=1,
+            position_style="roberta",
+            pooling="cls_pooler",
+        )
 
     @classmethod
     def minilm_l6(cls) -> "TextEncoderConfig":
         """all-MiniLM-L6-v2 (its config.json; 22,713,216 params), mean pooling."""
-        return cls(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, mlp_dim=1536,
-                   max_positions=512, type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0,
-                   position_style="bert", pooling="mean")
+        return cls(
+            vocab_size=30522,
+            hidden_size=384,
+            num_layers=6,
+            num_heads=12,
+            mlp_dim=1536,
+            max_positions=512,
+            type_vocab_size=2,
+            layer_norm_eps=1e-12,
+            pad_token_id=0,
+            position_style="bert",
+            pooling="mean",
+        )
 
     @classmethod
     def tiny(cls, vocab_size: int = 4096) -> "TextEncoderConfig":
         """A small RoBERTa-style encoder for tests and from-scratch training on captions."""
-        return cls(vocab_size=vocab_size, hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512,
-                   max_positions=80, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
-                   position_style="roberta", pooling="cls_pooler")
+        return cls(
+            vocab_size=vocab_size,
+            hidden_size=128,
+            num_layers=2,
+            num_heads=4,
+            mlp_dim=512,
+            max_positions=80,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            pad_token_id=1,
+            position_style="roberta",
+            pooling="cls_pooler",
+        )
 
 
 def expected_num_params(config: TextEncoderConfig) -> int:
@@ -135,13 +165,17 @@ def check_vocab(tokenizer: Any, config: TextEncoderConfig) -> None:
     """
     vocab_size = int(tokenizer.vocab_size)
     if vocab_size > config.vocab_size:
-        raise ValueError(f"tokenizer has {vocab_size} ids but the text encoder embeds only "
-                         f"{config.vocab_size}; use a config with vocab_size >= {vocab_size}")
+        raise ValueError(
+            f"tokenizer has {vocab_size} ids but the text encoder embeds only "
+            f"{config.vocab_size}; use a config with vocab_size >= {vocab_size}"
+        )
     max_length = getattr(tokenizer, "max_length", None)
     if max_length is not None and int(max_length) > config.max_length:
-        raise ValueError(f"tokenizer max_length {max_length} exceeds the {config.max_length} positions "
-                         f"the text encoder supports (max_positions={config.max_positions}, "
-                         f"position_style={config.position_style!r})")
+        raise ValueError(
+            f"tokenizer max_length {max_length} exceeds the {config.max_length} positions "
+            f"the text encoder supports (max_positions={config.max_positions}, "
+            f"position_style={config.position_style!r})"
+        )
 
 
 def position_ids(mask: jax.Array, config: TextEncoderConfig) -> jax.Array:
@@ -179,9 +213,14 @@ def _init(stddev: float = 0.02) -> Any:
 
 
 def _layer_norm(config: TextEncoderConfig, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, name=name, dtype=dtype, param_dtype=param_dtype,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    )
 
 
 class TextEmbeddings(nn.Module):
@@ -199,13 +238,18 @@ class TextEmbeddings(nn.Module):
         c = self.config
 
         def table(num: int, name: str, axes: tuple[str | None, str]) -> nn.Embed:
-            return nn.Embed(num, c.hidden_size, name=name, dtype=self.dtype, param_dtype=self.param_dtype,
-                            embedding_init=nn.with_logical_partitioning(_init(), axes))
+            return nn.Embed(
+                num,
+                c.hidden_size,
+                name=name,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                embedding_init=nn.with_logical_partitioning(_init(), axes),
+            )
 
         words = table(c.vocab_size, "word_embeddings", ("vocab", "embed"))(token_ids)
         positions = table(c.max_positions, "position_embeddings", (None, "embed"))(position_ids(mask, c))
-        token_types = table(c.type_vocab_size, "token_type_embeddings", (None, "embed"))(
-            jnp.zeros((1, 1), jnp.int32))
+        token_types = table(c.type_vocab_size, "token_type_embeddings", (None, "embed"))(jnp.zeros((1, 1), jnp.int32))
         x = words + positions + token_types
         x = _layer_norm(c, "layer_norm", self.dtype, self.param_dtype)(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -265,11 +309,12 @@ class TextEncoder(nn.Module):
         """
         c = self.config
         if token_ids.ndim != 2 or token_ids.shape != mask.shape:
-            raise ValueError(f"token_ids and mask must both be [batch, length], got "
-                             f"{token_ids.shape} and {mask.shape}")
+            raise ValueError(f"token_ids and mask must both be [batch, length], got {token_ids.shape} and {mask.shape}")
         if token_ids.shape[1] > c.max_length:
-            raise ValueError(f"sequence length {token_ids.shape[1]} exceeds the {c.max_length} positions "
-                             f"of this text encoder (max_positions={c.max_positions})")
+            raise ValueError(
+                f"sequence length {token_ids.shape[1]} exceeds the {c.max_length} positions "
+                f"of this text encoder (max_positions={c.max_positions})"
+            )
         mask = mask.astype(bool)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = TextEmbeddings(c, name="embeddings", **kw)(token_ids, mask, deterministic=deterministic)
@@ -278,10 +323,15 @@ class TextEncoder(nn.Module):
         for i in range(c.num_layers):
             x = layer(c, deterministic=deterministic, name=f"layer_{i}", **kw)(x, mask)
             hidden_states.append(x)
-        pooler_output = jnp.tanh(nn.Dense(
-            c.hidden_size, name="pooler",
-            kernel_init=nn.with_logical_partitioning(_init(), ("embed", None)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)), **kw)(x[:, 0]))
+        pooler_output = jnp.tanh(
+            nn.Dense(
+                c.hidden_size,
+                name="pooler",
+                kernel_init=nn.with_logical_partitioning(_init(), ("embed", None)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                **kw,
+            )(x[:, 0])
+        )
         if c.pooling == "mean":
             pooled = masked_mean(x, mask)
         else:

@@ -121,26 +121,31 @@ class UNetConfig:
         if len(self.num_blocks) != levels:
             raise ValueError(f"num_blocks needs len(factors) = {levels} entries, got {len(self.num_blocks)}")
         if len(self.attentions) != levels + 1:
-            raise ValueError(f"attentions needs len(factors) + 1 = {levels + 1} entries (one per level and "
-                             f"the bottleneck), got {len(self.attentions)}")
+            raise ValueError(
+                f"attentions needs len(factors) + 1 = {levels + 1} entries (one per level and "
+                f"the bottleneck), got {len(self.attentions)}"
+            )
         if any(f < 1 for f in self.factors):
             raise ValueError(f"factors must be >= 1, got {self.factors}")
         if any(n < 0 for n in self.num_blocks) or any(a < 0 for a in self.attentions):
             raise ValueError("num_blocks and attentions must be >= 0")
         if self.kernel_multiplier_downsample < 2 or self.kernel_multiplier_downsample % 2:
-            raise ValueError(f"kernel_multiplier_downsample must be even and >= 2, got "
-                             f"{self.kernel_multiplier_downsample}")
+            raise ValueError(
+                f"kernel_multiplier_downsample must be even and >= 2, got {self.kernel_multiplier_downsample}"
+            )
         if self.channels % 2:
             raise ValueError(f"channels must be even (Fourier time features), got {self.channels}")
         for i, width in enumerate(self.widths):
             if width % self.resnet_groups:
-                raise ValueError(f"level width {width} (multipliers[{i}]) is not divisible by "
-                                 f"resnet_groups {self.resnet_groups}")
+                raise ValueError(
+                    f"level width {width} (multipliers[{i}]) is not divisible by resnet_groups {self.resnet_groups}"
+                )
             if self.attentions[i] and width % self.attention_heads:
                 raise ValueError(f"level width {width} is not divisible by attention_heads {self.attention_heads}")
             if self.attentions[i] and width % self.transformer_groups:
-                raise ValueError(f"level width {width} is not divisible by transformer_groups "
-                                 f"{self.transformer_groups}")
+                raise ValueError(
+                    f"level width {width} is not divisible by transformer_groups {self.transformer_groups}"
+                )
         if self.global_features < 0:
             raise ValueError(f"global_features must be >= 0, got {self.global_features}")
         if self.position_features < 0 or self.position_features % 2:
@@ -182,24 +187,47 @@ class UNetConfig:
     @classmethod
     def tiny(cls, in_channels: int = 32, text_length: int = 77, context_features: int = 128) -> "UNetConfig":
         """A small U-Net for CPU tests and demos: widths 32/32/64, 4x downsampling."""
-        return cls(in_channels=in_channels, channels=32, multipliers=(1, 1, 2), factors=(2, 2),
-                   num_blocks=(1, 1), attentions=(0, 1, 1), attention_heads=2, attention_multiplier=2,
-                   resnet_groups=8, transformer_groups=32, kernel_multiplier_downsample=2,
-                   mapping_multiplier=2, use_skip_scale=True, context_features=context_features,
-                   context_length=text_length + 2)
+        return cls(
+            in_channels=in_channels,
+            channels=32,
+            multipliers=(1, 1, 2),
+            factors=(2, 2),
+            num_blocks=(1, 1),
+            attentions=(0, 1, 1),
+            attention_heads=2,
+            attention_multiplier=2,
+            resnet_groups=8,
+            transformer_groups=32,
+            kernel_multiplier_downsample=2,
+            mapping_multiplier=2,
+            use_skip_scale=True,
+            context_features=context_features,
+            context_length=text_length + 2,
+        )
 
 
 def _group_norm(groups: int, eps: float, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, epsilon=eps, name=name, dtype=dtype, param_dtype=param_dtype,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)))
+    return nn.GroupNorm(
+        num_groups=groups,
+        epsilon=eps,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
+    )
 
 
 def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
     # PyTorch's LayerNorm eps (1e-5), not Flax's default 1e-6.
-    return nn.LayerNorm(epsilon=1e-5, name=name, dtype=dtype, param_dtype=param_dtype,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    )
 
 
 class ConvBlock1d(nn.Module):
@@ -237,8 +265,9 @@ class ResnetBlock1d(nn.Module):
     def __call__(self, x: jax.Array, mapping: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = ConvBlock1d(self.features, self.num_groups, name="block1", **kw)(x)
-        scale_shift = torch_dense(2 * self.features, mapping.shape[-1], ("embed", "channels"),
-                                  "to_scale_shift", **kw)(nn.silu(mapping))
+        scale_shift = torch_dense(2 * self.features, mapping.shape[-1], ("embed", "channels"), "to_scale_shift", **kw)(
+            nn.silu(mapping)
+        )
         scale, shift = jnp.split(scale_shift[:, None, :], 2, axis=-1)
         h = ConvBlock1d(self.features, self.num_groups, name="block2", **kw)(h, (scale, shift))
         if x.shape[-1] != self.features:
@@ -262,8 +291,9 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, context: jax.Array | None = None,
-                 context_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, context_mask: jax.Array | None = None
+    ) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         context = x if context is None else context
         q_in = _layer_norm("norm", **kw)(x)
@@ -274,7 +304,8 @@ class Attention(nn.Module):
             kv_in = kv_in * context_mask[..., None].astype(kv_in.dtype)
             key_mask = None
         return MultiHeadAttention(self.num_heads, use_bias=False, out_bias=True, name="attention", **kw)(
-            q_in, kv_in, key_mask=key_mask)
+            q_in, kv_in, key_mask=key_mask
+        )
 
 
 class TransformerBlock(nn.Module):
@@ -290,11 +321,11 @@ class TransformerBlock(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x + Attention(self.num_heads, name="attention", **kw)(x)
-        x = x + Attention(self.num_heads, self.mask_semantics, name="cross_attention", **kw)(
-            x, context, context_mask)
+        x = x + Attention(self.num_heads, self.mask_semantics, name="cross_attention", **kw)(x, context, context_mask)
         # ADP's MLP has no pre-norm: Dense(C -> C * multiplier) -> GELU -> Dense(C).
-        return x + FeedForward(x.shape[-1] * self.multiplier, activation="gelu", kernel_init=torch_conv_init,
-                               name="feed_forward", **kw)(x)
+        return x + FeedForward(
+            x.shape[-1] * self.multiplier, activation="gelu", kernel_init=torch_conv_init, name="feed_forward", **kw
+        )(x)
 
 
 class Transformer1d(nn.Module):
@@ -321,7 +352,8 @@ class Transformer1d(nn.Module):
         block = maybe_remat(TransformerBlock, self.remat_policy)
         for j in range(self.num_layers):
             x = block(self.num_heads, self.multiplier, self.mask_semantics, name=f"blocks_{j}", **kw)(
-                x, context, context_mask)
+                x, context, context_mask
+            )
         return constrain(Conv1d(channels, 1, name="to_out", **kw)(x), BATCH_LENGTH_CHANNELS)
 
 
@@ -355,15 +387,25 @@ class UNet1D(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array, context_mask: jax.Array | None = None,
-                 use_null_context: jax.Array | None = None, global_cond: jax.Array | None = None,
-                 frame_cond: jax.Array | None = None, prompt_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        context: jax.Array,
+        context_mask: jax.Array | None = None,
+        use_null_context: jax.Array | None = None,
+        global_cond: jax.Array | None = None,
+        frame_cond: jax.Array | None = None,
+        prompt_mask: jax.Array | None = None,
+    ) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch, frames, in_channels = x.shape
         if frames % c.downsampling_factor:
-            raise ValueError(f"input length {frames} is not a multiple of the U-Net's downsampling "
-                             f"factor {c.downsampling_factor} (factors {c.factors})")
+            raise ValueError(
+                f"input length {frames} is not a multiple of the U-Net's downsampling "
+                f"factor {c.downsampling_factor} (factors {c.factors})"
+            )
         if in_channels != c.in_channels:
             raise ValueError(f"x has {in_channels} channels, the config expects {c.in_channels}")
         if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != c.context_features:
@@ -371,14 +413,18 @@ class UNet1D(nn.Module):
         length = context.shape[1]
         if length > c.context_length:
             raise ValueError(f"context length {length} exceeds config.context_length {c.context_length}")
-        context_mask = (jnp.ones((batch, length), bool) if context_mask is None
-                        else jnp.asarray(context_mask).astype(bool))
+        context_mask = (
+            jnp.ones((batch, length), bool) if context_mask is None else jnp.asarray(context_mask).astype(bool)
+        )
         if context_mask.shape != (batch, length):
             raise ValueError(f"context_mask must be {(batch, length)}, got {context_mask.shape}")
 
-        null = self.param("fixed_embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                          (None, "embed")),
-                          (c.context_length, c.context_features), self.param_dtype)
+        null = self.param(
+            "fixed_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+            (c.context_length, c.context_features),
+            self.param_dtype,
+        )
         null = null[None, :length].astype(self.dtype)
         context = context.astype(self.dtype)
         if c.mask_semantics == "reference":
@@ -398,43 +444,63 @@ class UNet1D(nn.Module):
                 context_mask = jnp.where(drop[:, None], True, context_mask)
         context = constrain(context, BATCH_LENGTH_EMBED)
         if (global_cond is None) != (c.global_features == 0):
-            raise ValueError(f"global_cond must be given exactly when config.global_features > 0 "
-                             f"(global_features={c.global_features}, global_cond given: {global_cond is not None})")
+            raise ValueError(
+                f"global_cond must be given exactly when config.global_features > 0 "
+                f"(global_features={c.global_features}, global_cond given: {global_cond is not None})"
+            )
         if (frame_cond is None) != (c.frame_features == 0):
-            raise ValueError(f"frame_cond must be given exactly when config.frame_features > 0 "
-                             f"(frame_features={c.frame_features}, frame_cond given: {frame_cond is not None})")
+            raise ValueError(
+                f"frame_cond must be given exactly when config.frame_features > 0 "
+                f"(frame_features={c.frame_features}, frame_cond given: {frame_cond is not None})"
+            )
         if frame_cond is not None and frame_cond.shape != (batch, frames, c.frame_features):
             raise ValueError(f"frame_cond must be {(batch, frames, c.frame_features)}, got {frame_cond.shape}")
 
         # Time mapping, shared by every ResNet block.
-        mapping = nn.gelu(TimePositionalEmbedding(c.mapping_features, c.channels, name="to_time", **kw)(t),
-                          approximate=False)
+        mapping = nn.gelu(
+            TimePositionalEmbedding(c.mapping_features, c.channels, name="to_time", **kw)(t), approximate=False
+        )
         if global_cond is not None:
             if global_cond.shape != (batch, c.global_features):
                 raise ValueError(f"global_cond must be {(batch, c.global_features)}, got {global_cond.shape}")
             global_cond = global_cond.astype(self.dtype)
             if use_null_context is not None:
                 global_cond = jnp.where(drop[:, None], 0, global_cond)
-            mapping = mapping + nn.gelu(torch_dense(c.mapping_features, c.global_features, ("embed", "mlp"),
-                                                    "to_features", **kw)(global_cond), approximate=False)
+            mapping = mapping + nn.gelu(
+                torch_dense(c.mapping_features, c.global_features, ("embed", "mlp"), "to_features", **kw)(global_cond),
+                approximate=False,
+            )
         for j in range(2):
-            mapping = torch_dense(c.mapping_features, c.mapping_features, ("embed", "mlp"), f"to_mapping_{j}",
-                                  **kw)(mapping)
+            mapping = torch_dense(c.mapping_features, c.mapping_features, ("embed", "mlp"), f"to_mapping_{j}", **kw)(
+                mapping
+            )
             mapping = nn.gelu(mapping, approximate=False)
 
         widths = c.widths
         attend = dict(context=context, context_mask=context_mask)
 
         def transformer(num_layers: int, name: str) -> Transformer1d:
-            return Transformer1d(num_layers, c.attention_heads, c.attention_multiplier, c.transformer_groups,
-                                 c.remat_policy, c.mask_semantics, name=name, **kw)
+            return Transformer1d(
+                num_layers,
+                c.attention_heads,
+                c.attention_multiplier,
+                c.transformer_groups,
+                c.remat_policy,
+                c.mask_semantics,
+                name=name,
+                **kw,
+            )
 
         resnet_block = maybe_remat(ResnetBlock1d, c.remat_policy)
 
         h = resnet_block(widths[0], 1, name="to_in", **kw)(constrain(x, BATCH_LENGTH_CHANNELS), mapping)
         if c.position_features:
-            h = h + torch_dense(widths[0], c.position_features, (None, "channels"), "to_position", **kw)(
-                frame_position_features(frames, c.position_features).astype(self.dtype))[None]
+            h = (
+                h
+                + torch_dense(widths[0], c.position_features, (None, "channels"), "to_position", **kw)(
+                    frame_position_features(frames, c.position_features).astype(self.dtype)
+                )[None]
+            )
         if frame_cond is not None:
             frame_cond = frame_cond.astype(self.dtype)
             if use_null_context is not None:
@@ -443,8 +509,9 @@ class UNet1D(nn.Module):
         skips = [h]
         for i, factor in enumerate(c.factors):
             prefix = f"downsamples_{i}"
-            h = Conv1d(widths[i + 1], factor * c.kernel_multiplier_downsample + 1, factor,
-                       name=f"{prefix}_downsample", **kw)(h)
+            h = Conv1d(
+                widths[i + 1], factor * c.kernel_multiplier_downsample + 1, factor, name=f"{prefix}_downsample", **kw
+            )(h)
             for j in range(c.num_blocks[i]):
                 h = resnet_block(widths[i + 1], c.resnet_groups, name=f"{prefix}_blocks_{j}", **kw)(h, mapping)
                 skips.append(h)
@@ -457,7 +524,7 @@ class UNet1D(nn.Module):
             h = transformer(c.attentions[-1], "bottleneck_transformer")(h, **attend)
         h = resnet_block(widths[-1], c.resnet_groups, name="bottleneck_post_block", **kw)(h, mapping)
 
-        skip_scale = 2.0 ** -0.5 if c.use_skip_scale else 1.0
+        skip_scale = 2.0**-0.5 if c.use_skip_scale else 1.0
         for n, i in enumerate(reversed(range(len(c.factors)))):
             prefix = f"upsamples_{n}"
             for j in range(c.num_blocks[i] + (1 if c.attentions[i] else 0)):
@@ -491,25 +558,38 @@ def expected_num_params(config: UNetConfig) -> int:
     m, d = c.mapping_features, c.context_features
 
     def resnet(cin: int, cout: int) -> int:
-        return (2 * cin + 3 * cin * cout + cout          # block1: GroupNorm(in), conv k3
-                + m * 2 * cout + 2 * cout                # FiLM Dense
-                + 2 * cout + 3 * cout * cout + cout      # block2
-                + (cin * cout + cout if cin != cout else 0))
+        return (
+            2 * cin
+            + 3 * cin * cout
+            + cout  # block1: GroupNorm(in), conv k3
+            + m * 2 * cout
+            + 2 * cout  # FiLM Dense
+            + 2 * cout
+            + 3 * cout * cout
+            + cout  # block2
+            + (cin * cout + cout if cin != cout else 0)
+        )
 
     def transformer(width: int, layers: int) -> int:
         hidden = width * c.attention_multiplier
-        self_attn = 4 * width + 4 * width * width + width                     # 2 LayerNorms, q k v out, out bias
+        self_attn = 4 * width + 4 * width * width + width  # 2 LayerNorms, q k v out, out bias
         cross_attn = 2 * width + 2 * d + 2 * width * width + 2 * d * width + width
         mlp = 2 * width * hidden + hidden + width
         return 2 * width + 2 * (width * width + width) + layers * (self_attn + cross_attn + mlp)
 
     w = c.widths
-    total = (c.channels // 2 + (c.channels + 1) * m + m + 2 * (m * m + m)   # time mapping
-             + c.context_length * d                                         # null embedding
-             + (c.global_features * m + m if c.global_features else 0)      # global conditioning
-             + (c.position_features * w[0] + w[0] if c.position_features else 0)  # frame positions
-             + (c.frame_features * w[0] + w[0] if c.frame_features else 0)  # per-frame conditioning
-             + resnet(c.in_channels, w[0]) + resnet(w[0], c.in_channels))
+    total = (
+        c.channels // 2
+        + (c.channels + 1) * m
+        + m
+        + 2 * (m * m + m)  # time mapping
+        + c.context_length * d  # null embedding
+        + (c.global_features * m + m if c.global_features else 0)  # global conditioning
+        + (c.position_features * w[0] + w[0] if c.position_features else 0)  # frame positions
+        + (c.frame_features * w[0] + w[0] if c.frame_features else 0)  # per-frame conditioning
+        + resnet(c.in_channels, w[0])
+        + resnet(w[0], c.in_channels)
+    )
     for i, f in enumerate(c.factors):
         k = f * c.kernel_multiplier_downsample + 1
         total += k * w[i] * w[i + 1] + w[i + 1]

@@ -24,8 +24,9 @@ def config_steps(config: Any) -> int:
     """
     steps = int(config.optimizer.get("grad_accum_steps", 1))
     if steps < 1 or config.data.batch_size % steps:
-        raise ValueError(f"optimizer.grad_accum_steps={steps} must be >= 1 and divide "
-                         f"data.batch_size={config.data.batch_size}")
+        raise ValueError(
+            f"optimizer.grad_accum_steps={steps} must be >= 1 and divide data.batch_size={config.data.batch_size}"
+        )
     return steps
 
 
@@ -42,18 +43,21 @@ def split_micro_batches(inputs: PyTree, steps: int) -> PyTree:
 
     Raises ValueError when `batch` is not divisible by `steps`.
     """
+
     def split(x: jax.Array) -> jax.Array:
         batch = x.shape[0]
         if batch % steps:
-            raise ValueError(f"the global batch of {batch} examples is not divisible by "
-                             f"optimizer.grad_accum_steps={steps}")
+            raise ValueError(
+                f"the global batch of {batch} examples is not divisible by optimizer.grad_accum_steps={steps}"
+            )
         return jnp.swapaxes(x.reshape((batch // steps, steps) + x.shape[1:]), 0, 1)
 
     return jax.tree.map(split, inputs)
 
 
-def accumulated_value_and_grad(loss_fn: Callable[[PyTree, PyTree], Any], params: PyTree,
-                               inputs: PyTree, steps: int, *, has_aux: bool = False) -> tuple[Any, PyTree]:
+def accumulated_value_and_grad(
+    loss_fn: Callable[[PyTree, PyTree], Any], params: PyTree, inputs: PyTree, steps: int, *, has_aux: bool = False
+) -> tuple[Any, PyTree]:
     """`jax.value_and_grad(loss_fn, has_aux=has_aux)(params, inputs)`, computed over `steps`
     micro-batches.
 
@@ -79,6 +83,7 @@ def accumulated_value_and_grad(loss_fn: Callable[[PyTree, PyTree], Any], params:
         value, grads = grad_fn(params, micro)
         return jax.tree.map(jnp.add, grad_sum, grads), value
 
-    grad_sum, values = jax.lax.scan(add_micro_batch, jax.tree.map(jnp.zeros_like, params),
-                                    split_micro_batches(inputs, steps))
+    grad_sum, values = jax.lax.scan(
+        add_micro_batch, jax.tree.map(jnp.zeros_like, params), split_micro_batches(inputs, steps)
+    )
     return jax.tree.map(lambda v: jnp.mean(v, axis=0), values), jax.tree.map(lambda g: g / steps, grad_sum)

@@ -58,10 +58,12 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
     """Orbax's standard pytree handler, with replica-parallel writes for large shards only."""
     array_handler = type_handlers.ArrayHandler(
         min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
-        array_metadata_store=_ArrayMetadataStore() if _ArrayMetadataStore else None)
+        array_metadata_store=_ArrayMetadataStore() if _ArrayMetadataStore else None,
+    )
     registry = type_handlers.create_type_handler_registry(
         *[(ty, type_handlers.get_type_handler(ty)) for ty in type_handlers.supported_types() if ty is not jax.Array],
-        (jax.Array, array_handler))
+        (jax.Array, array_handler),
+    )
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
@@ -73,7 +75,7 @@ class _KeepLatestAndVerified:
     verified: int | None = None
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
-        newest = {c.step for c in checkpoints[-self.n:]}
+        newest = {c.step for c in checkpoints[-self.n :]}
         return [c.step in newest or c.step == self.verified for c in checkpoints]
 
 
@@ -92,8 +94,10 @@ def shape_mismatch(metadata_tree: Any, abstract: Any, *, check_dtypes: bool = Tr
             return f"{path} (shape {tuple(leaf.shape)}) is not in the checkpoint"
         meta = saved[path]
         if tuple(meta.shape) != tuple(leaf.shape) or (check_dtypes and np.dtype(meta.dtype) != np.dtype(leaf.dtype)):
-            return (f"{path} is {np.dtype(meta.dtype).name}{list(meta.shape)} in the checkpoint but "
-                    f"{np.dtype(leaf.dtype).name}{list(leaf.shape)} in this config")
+            return (
+                f"{path} is {np.dtype(meta.dtype).name}{list(meta.shape)} in the checkpoint but "
+                f"{np.dtype(leaf.dtype).name}{list(leaf.shape)} in this config"
+            )
     for path in saved:
         if path not in wanted:
             return f"the checkpoint has {path}, which this config does not"
@@ -116,8 +120,9 @@ def _all_processes(ok: bool) -> bool:
 class Checkpointer:
     """A run's checkpoint manager (keeps the newest `max_to_keep` steps + the newest verified)."""
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True,
-                 writer: bool = True):
+    def __init__(
+        self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True, writer: bool = True
+    ):
         """`writer=False` for readers (sampling, export): they never delete or move anything,
         so a run that is still training is left alone."""
         self.directory = os.path.abspath(os.fspath(directory))
@@ -164,16 +169,18 @@ class Checkpointer:
         self._check_disk_space(step, state)
         checksum = np.asarray(self._checksum_fn(state).addressable_data(0))
         record = {"step": int(step), "num_arrays": int(checksum.shape[0]), "checksum": checksum.tolist()}
-        items = dict(state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config),
-                     integrity=ocp.args.JsonSave(record))
+        items = dict(
+            state=ocp.args.PyTreeSave(state), config=ocp.args.JsonSave(config), integrity=ocp.args.JsonSave(record)
+        )
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         try:
             self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as error:  # noqa: BLE001 - a write that fails part-way (e.g. the disk filled)
-            raise UserError(f"writing the checkpoint of step {step} to {self.directory} failed "
-                            f"({_short(error)}); the previous checkpoint ({self.latest_step()}) is intact"
-                            ) from error
+            raise UserError(
+                f"writing the checkpoint of step {step} to {self.directory} failed "
+                f"({_short(error)}); the previous checkpoint ({self.latest_step()}) is intact"
+            ) from error
         logging.info("checkpoint: saving step %d to %s", step, self.directory)
 
     def _check_disk_space(self, step: int, state: Any) -> None:
@@ -183,22 +190,27 @@ class Checkpointer:
         latest = self.latest_step()
         if latest is not None:
             folder = os.path.join(self.directory, str(latest))
-            needed = max(needed, sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder)
-                                     for f in files))
+            needed = max(
+                needed, sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+            )
         needed *= DISK_HEADROOM
         free = shutil.disk_usage(self.directory).free
         if free < needed:
-            raise UserError(f"not enough disk space for the checkpoint of step {step} in {self.directory}: "
-                            f"it needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; "
-                            f"the previous checkpoint ({self.latest_step()}) is intact")
+            raise UserError(
+                f"not enough disk space for the checkpoint of step {step} in {self.directory}: "
+                f"it needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; "
+                f"the previous checkpoint ({self.latest_step()}) is intact"
+            )
 
     def check_for_errors(self) -> None:
         """Raise the error of a finished background save, if it failed (e.g. the disk filled)."""
         try:
             self._manager.check_for_errors()
         except Exception as error:  # noqa: BLE001 - Orbax re-raises the writer's exception
-            raise UserError(f"writing a checkpoint to {self.directory} failed ({_short(error)}); "
-                            f"the newest complete checkpoint is {self.latest_step()}") from error
+            raise UserError(
+                f"writing a checkpoint to {self.directory} failed ({_short(error)}); "
+                f"the newest complete checkpoint is {self.latest_step()}"
+            ) from error
 
     # --------------------------------------------------------------- restore
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:
@@ -224,8 +236,9 @@ class Checkpointer:
         self._check_checksum(step, restored, actual, positions=positions)
         return restored
 
-    def _restore_state(self, step: int, target: Any, *, data_iterator: Any | None = None,
-                       fields: Sequence[str] | None = None) -> Any:
+    def _restore_state(
+        self, step: int, target: Any, *, data_iterator: Any | None = None, fields: Sequence[str] | None = None
+    ) -> Any:
         """Read the saved state onto `target`'s shardings after checking that its arrays fit;
         with `fields`, `target` is `{field: tree}` and only those fields are read."""
         saved = self._read(step, "state metadata", self._manager.item_metadata, step)["state"].tree
@@ -233,11 +246,17 @@ class Checkpointer:
             saved = {f: saved[f] for f in fields}
         mismatch = shape_mismatch(saved, target)
         if mismatch is not None:
-            raise UserError(f"the checkpoint at step {step} in {self.directory} does not fit this config: "
-                            f"{mismatch}; use a new --workdir or the config the run was started with")
-        items = dict(state=ocp.args.PyTreeRestore(
-            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=fields is not None))
+            raise UserError(
+                f"the checkpoint at step {step} in {self.directory} does not fit this config: "
+                f"{mismatch}; use a new --workdir or the config the run was started with"
+            )
+        items = dict(
+            state=ocp.args.PyTreeRestore(
+                target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=fields is not None,
+            )
+        )
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(**items)).state
@@ -248,8 +267,13 @@ class Checkpointer:
         self.wait()
         item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_state)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        restored = self._read(step, "files", self._manager.restore, step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)))
+        restored = self._read(
+            step,
+            "files",
+            self._manager.restore,
+            step,
+            args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)),
+        )
         self._check_checksum(step, restored.state, integrity.host_checksum(restored.state))
         self._policy.verified = step
 
@@ -263,12 +287,14 @@ class Checkpointer:
         """Compare `actual` with the recorded checksums (those at `positions` of the saved
         state's leaves when only part of it was read)."""
         if not os.path.exists(os.path.join(self.directory, str(step), "integrity")):
-            logging.warning("checkpoint step %d has no checksum record (written by an older version): "
-                            "restored without verification", step)
+            logging.warning(
+                "checkpoint step %d has no checksum record (written by an older version): "
+                "restored without verification",
+                step,
+            )
             return
         try:
-            record = self._manager.restore(step, args=ocp.args.Composite(
-                integrity=ocp.args.JsonRestore())).integrity
+            record = self._manager.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
             expected = np.asarray(record["checksum"], np.uint32)
             if positions is not None:
                 expected = expected[positions]
@@ -296,13 +322,20 @@ class Checkpointer:
                 if damaged:
                     self._move_aside(damaged)
                 return step, state
-            logging.error("checkpoint step %d in %s is damaged: %s; trying an older one", step, self.directory,
-                          reason or "another process could not restore it")
+            logging.error(
+                "checkpoint step %d in %s is damaged: %s; trying an older one",
+                step,
+                self.directory,
+                reason or "another process could not restore it",
+            )
             damaged.append(step)
         self._move_aside(damaged)
-        raise UserError(f"no intact checkpoint in {self.directory}: steps {sorted(damaged)} are all damaged "
-                        f"(moved to {os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)}); "
-                        f"start a new --workdir", exit_code=EXIT_NO_CHECKPOINT)
+        raise UserError(
+            f"no intact checkpoint in {self.directory}: steps {sorted(damaged)} are all damaged "
+            f"(moved to {os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)}); "
+            f"start a new --workdir",
+            exit_code=EXIT_NO_CHECKPOINT,
+        )
 
     def _move_aside(self, steps: list[int]) -> None:
         """Move damaged steps out of the checkpoint directory (kept for inspection), so later

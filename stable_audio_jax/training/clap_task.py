@@ -36,18 +36,22 @@ from stable_audio_jax.training.train_state import TrainState
 
 def build_clap(config: ml_collections.ConfigDict) -> CLAP:
     """The CLAP module described by `config.model` (and `config.dtype`)."""
-    return CLAP(CLAPConfig.from_dict(config.model.to_dict()),
-                dtype=jnp.dtype(config.get("dtype", "float32")),
-                param_dtype=jnp.dtype(config.get("param_dtype", "float32")))
+    return CLAP(
+        CLAPConfig.from_dict(config.model.to_dict()),
+        dtype=jnp.dtype(config.get("dtype", "float32")),
+        param_dtype=jnp.dtype(config.get("param_dtype", "float32")),
+    )
 
 
 def load_tokenizer(config: ml_collections.ConfigDict) -> TextTokenizer:
     """The tokenizer named by `config.text.tokenizer`, checked against the text tower."""
     path = config.text.tokenizer
     if not path:
-        raise ValueError("config.text.tokenizer is empty: train one on your captions with "
-                         "`python data/train_tokenizer.py --manifest=<train.jsonl> --output=<dir>/tokenizer.json` "
-                         "and pass --config.text.tokenizer=<dir>/tokenizer.json")
+        raise ValueError(
+            "config.text.tokenizer is empty: train one on your captions with "
+            "`python data/train_tokenizer.py --manifest=<train.jsonl> --output=<dir>/tokenizer.json` "
+            "and pass --config.text.tokenizer=<dir>/tokenizer.json"
+        )
     tokenizer = TextTokenizer.from_file(path, max_length=config.text.max_length)
     check_vocab(tokenizer, CLAPConfig.from_dict(config.model.to_dict()).text)
     return tokenizer
@@ -66,14 +70,19 @@ class CLAPTask(Task):
         self.grad_accum_steps = accumulate.config_steps(config)
         audio = self.model.config.audio
         if config.data.sample_rate != audio.sample_rate:
-            raise ValueError(f"data.sample_rate={config.data.sample_rate} differs from the audio tower's "
-                             f"model.audio.sample_rate={audio.sample_rate}; set them equal (the pipeline "
-                             "resamples every file to data.sample_rate)")
+            raise ValueError(
+                f"data.sample_rate={config.data.sample_rate} differs from the audio tower's "
+                f"model.audio.sample_rate={audio.sample_rate}; set them equal (the pipeline "
+                "resamples every file to data.sample_rate)"
+            )
         max_tokens = self.model.config.text.max_positions - (
-            self.model.config.text.pad_token_id + 1 if self.model.config.text.position_style == "roberta" else 0)
+            self.model.config.text.pad_token_id + 1 if self.model.config.text.position_style == "roberta" else 0
+        )
         if config.text.max_length > max_tokens:
-            raise ValueError(f"text.max_length={config.text.max_length} exceeds the {max_tokens} positions "
-                             f"of the text tower (model.text.max_positions={self.model.config.text.max_positions})")
+            raise ValueError(
+                f"text.max_length={config.text.max_length} exceeds the {max_tokens} positions "
+                f"of the text tower (model.text.max_positions={self.model.config.text.max_positions})"
+            )
 
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:
@@ -98,16 +107,26 @@ class CLAPTask(Task):
     def init_state(self, rng: jax.Array) -> TrainState:
         params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
         params = self.model.init({"params": params_rng, "dropout": dropout_rng}, *self.example_inputs())["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params={"clap": params},
-                          opt_state={"clap": self.tx.init(params)}, ema_params={"clap": params}, rng=state_rng)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params={"clap": params},
+            opt_state={"clap": self.tx.init(params)},
+            ema_params={"clap": params},
+            rng=state_rng,
+        )
 
     # ------------------------------------------------------------------ step
     def embed(self, params: Any, inputs: Batch, dropout_rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Training-mode (dropout on) audio and text embeddings `[batch, embed_dim]` of
         `inputs` (`audio`, `text_ids`, `text_mask`); row i depends on example i only."""
         audio_emb, text_emb, _ = self.model.apply(
-            {"params": params}, inputs["audio"], inputs["text_ids"], inputs["text_mask"],
-            deterministic=False, rngs={"dropout": dropout_rng})
+            {"params": params},
+            inputs["audio"],
+            inputs["text_ids"],
+            inputs["text_mask"],
+            deterministic=False,
+            rngs={"dropout": dropout_rng},
+        )
         return audio_emb, text_emb
 
     def contrastive(self, params: Any, embeddings: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, Metrics]:
@@ -123,7 +142,8 @@ class CLAPTask(Task):
         to rounding; dropout masks are drawn per micro-batch, so they differ from k=1's)."""
         inputs = {k: batch[k] for k in ("audio", "text_ids", "text_mask")}
         (_, metrics), grads = grad_cache.grad_cache_value_and_grad(
-            self.embed, self.contrastive, state.params["clap"], inputs, state.step_rng(), self.grad_accum_steps)
+            self.embed, self.contrastive, state.params["clap"], inputs, state.step_rng(), self.grad_accum_steps
+        )
         return state.apply_gradients(grads, self.tx, "clap", ema=self.config.ema), metrics
 
     def model_inputs(self, batch: Batch) -> dict[str, np.ndarray]:
@@ -135,7 +155,8 @@ class CLAPTask(Task):
         """Embeddings of the eval batch with the EMA weights, plus its contrastive loss."""
         params = state.ema_params if self.config.get("eval_use_ema", True) else state.params
         audio_emb, text_emb, logit_scale = self.model.apply(
-            {"params": params["clap"]}, batch["audio"], batch["text_ids"], batch["text_mask"])
+            {"params": params["clap"]}, batch["audio"], batch["text_ids"], batch["text_mask"]
+        )
         loss, metrics = contrastive_loss(audio_emb, text_emb, logit_scale)
         return dict(metrics, audio_embeddings=audio_emb, text_embeddings=text_emb)
 

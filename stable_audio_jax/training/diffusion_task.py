@@ -37,15 +37,24 @@ from stable_audio_jax.training.task import Batch, Metrics, Task
 from stable_audio_jax.training.train_state import TrainState
 
 ADAPTERS = "diffusion_lora"  # params key of a LoRA run's adapters
-MODEL_INPUTS = ("latent_mean", "latent_std", "latent_mask", "text_features", "text_mask",
-                "seconds_start", "seconds_total")
+MODEL_INPUTS = (
+    "latent_mean",
+    "latent_std",
+    "latent_mask",
+    "text_features",
+    "text_mask",
+    "seconds_start",
+    "seconds_total",
+)
 
 
 def build_diffusion_model(config: ml_collections.ConfigDict) -> LatentDiffusionModel:
     """The model described by `config.model` (and `config.dtype`)."""
-    return LatentDiffusionModel(LatentDiffusionConfig.from_dict(config.model.to_dict()),
-                                dtype=jnp.dtype(config.get("dtype", "float32")),
-                                param_dtype=jnp.dtype(config.get("param_dtype", "float32")))
+    return LatentDiffusionModel(
+        LatentDiffusionConfig.from_dict(config.model.to_dict()),
+        dtype=jnp.dtype(config.get("dtype", "float32")),
+        param_dtype=jnp.dtype(config.get("param_dtype", "float32")),
+    )
 
 
 class DiffusionTask(Task):
@@ -60,37 +69,51 @@ class DiffusionTask(Task):
         model = self.model.config
         ratio = config.pretransform.downsampling_ratio
         if config.data.sample_size % (ratio * model.downsampling_factor):
-            raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the VAE ratio "
-                             f"{ratio} times the {model.backbone}'s downsampling factor {model.downsampling_factor}")
+            raise ValueError(
+                f"data.sample_size={config.data.sample_size} must be a multiple of the VAE ratio "
+                f"{ratio} times the {model.backbone}'s downsampling factor {model.downsampling_factor}"
+            )
         self.latent_frames = config.data.sample_size // ratio
         if model.unet is not None and model.unet.frame_features:
             frame_seconds = ratio / config.data.sample_rate
             if abs(model.frame_seconds - frame_seconds) > 1e-9 * frame_seconds:
-                raise ValueError(f"model.frame_seconds={model.frame_seconds} but one latent frame is "
-                                 f"pretransform.downsampling_ratio / data.sample_rate = {ratio} / "
-                                 f"{config.data.sample_rate} = {frame_seconds} s")
+                raise ValueError(
+                    f"model.frame_seconds={model.frame_seconds} but one latent frame is "
+                    f"pretransform.downsampling_ratio / data.sample_rate = {ratio} / "
+                    f"{config.data.sample_rate} = {frame_seconds} s"
+                )
         self.objective = TrainingObjective.from_config(model.objective, config.get("diffusion", {}))
         try:  # demo samples and `launch/sample.py` use these: a v-sampler on a flow model fails here
             SamplingConfig.from_dict(config.get("sampling"), objective=model.objective)
         except (UserError, ValueError) as error:
-            raise UserError(f"config.sampling does not fit config.model.objective={model.objective!r}: {error}"
-                            ) from None
+            raise UserError(
+                f"config.sampling does not fit config.model.objective={model.objective!r}: {error}"
+            ) from None
         self.grad_accum_steps = accumulate.config_steps(config)
         self.lora = lora.LoraSettings.from_config(config.get("lora"))
         self.base_dtype = jnp.dtype(config.lora.get("base_dtype", "float32")) if self.lora.enabled else None
         self.lora_targets: dict[str, lora.Target] = {}
         if self.lora.enabled:
             if not config.get("init_from"):
-                raise UserError("config.lora.rank > 0 trains adapters over pretrained weights: set "
-                                "--config.init_from to the pretrained or run directory they adapt")
-            boxed = jax.eval_shape(lambda rng: self.model.init(rng, *self.example_inputs())["params"],
-                                   jax.random.PRNGKey(0))
+                raise UserError(
+                    "config.lora.rank > 0 trains adapters over pretrained weights: set "
+                    "--config.init_from to the pretrained or run directory they adapt"
+                )
+            boxed = jax.eval_shape(
+                lambda rng: self.model.init(rng, *self.example_inputs())["params"], jax.random.PRNGKey(0)
+            )
             self.lora_targets = lora.find_targets(boxed, self.lora)
             trainable = lora.adapter_size(self.lora_targets, self.lora)
             total = parallel.count_params(boxed)
-            logging.info("LoRA (%s, rank %d) on %d kernels: %d trainable parameters, %.2f%% of %d",
-                         self.lora.kind, self.lora.rank, len(self.lora_targets), trainable, 100 * trainable / total,
-                         total)
+            logging.info(
+                "LoRA (%s, rank %d) on %d kernels: %d trainable parameters, %.2f%% of %d",
+                self.lora.kind,
+                self.lora.rank,
+                len(self.lora_targets),
+                trainable,
+                100 * trainable / total,
+                total,
+            )
 
     # ----------------------------------------------------------------- data
     def make_dataset(self, split: str, *, batch_size: int, shard_index: int, shard_count: int):
@@ -98,16 +121,27 @@ class DiffusionTask(Task):
 
         data = self.config.data
         is_train = split == "train"
-        return iter(make_latent_dataset(self.shards(split), batch_size=batch_size, seed=data.seed, shuffle=is_train,
-                                        num_epochs=None, worker_count=data.worker_count if is_train else 0,
-                                        shard_index=shard_index, shard_count=shard_count))
+        return iter(
+            make_latent_dataset(
+                self.shards(split),
+                batch_size=batch_size,
+                seed=data.seed,
+                shuffle=is_train,
+                num_epochs=None,
+                worker_count=data.worker_count if is_train else 0,
+                shard_index=shard_index,
+                shard_count=shard_count,
+            )
+        )
 
     def model_inputs(self, batch: Batch) -> dict[str, np.ndarray]:
         frames = np.shape(batch["latent_mean"])[1]
         if frames != self.latent_frames:
-            raise ValueError(f"the latent shards hold {frames} frames per example but data.sample_size / "
-                             f"pretransform.downsampling_ratio = {self.latent_frames}; pre-encode with "
-                             f"--sample_size={self.config.data.sample_size} or fix the config")
+            raise ValueError(
+                f"the latent shards hold {frames} frames per example but data.sample_size / "
+                f"pretransform.downsampling_ratio = {self.latent_frames}; pre-encode with "
+                f"--sample_size={self.config.data.sample_size} or fix the config"
+            )
         return {k: np.asarray(batch[k]) for k in MODEL_INPUTS}
 
     # ----------------------------------------------------------------- state
@@ -121,26 +155,40 @@ class DiffusionTask(Task):
         if self.lora.enabled:
             adapters = lora.init_adapters(jax.random.fold_in(params_rng, 1), self.lora_targets, self.lora)
             base = jax.tree.map(lambda x: x.astype(self.base_dtype), params)
-            return TrainState(step=jnp.zeros((), jnp.int32), params={ADAPTERS: adapters},
-                              opt_state={ADAPTERS: self.tx.init(adapters)}, ema_params={ADAPTERS: adapters},
-                              rng=state_rng, frozen={"diffusion": base})
-        return TrainState(step=jnp.zeros((), jnp.int32), params={"diffusion": params},
-                          opt_state={"diffusion": self.tx.init(params)}, ema_params={"diffusion": params},
-                          rng=state_rng)
+            return TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params={ADAPTERS: adapters},
+                opt_state={ADAPTERS: self.tx.init(adapters)},
+                ema_params={ADAPTERS: adapters},
+                rng=state_rng,
+                frozen={"diffusion": base},
+            )
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params={"diffusion": params},
+            opt_state={"diffusion": self.tx.init(params)},
+            ema_params={"diffusion": params},
+            rng=state_rng,
+        )
 
     def pretrained_abstract(self, abstract: TrainState) -> dict[str, Any]:
         if not self.lora.enabled:
             return super().pretrained_abstract(abstract)
         # The base is read at its stored precision (float32), which `lora.fingerprint` hashes.
-        return {"diffusion": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding),
-                                          abstract.frozen["diffusion"])}
+        return {
+            "diffusion": jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding), abstract.frozen["diffusion"]
+            )
+        }
 
     def with_pretrained(self, state: TrainState, weights: dict[str, Any], abstract: TrainState) -> TrainState:
         if not self.lora.enabled:
             return super().with_pretrained(state, weights, abstract)
         frozen = abstract.frozen["diffusion"]
-        place = jax.jit(lambda tree: jax.tree.map(lambda x, a: x.astype(a.dtype), tree, frozen),
-                        out_shardings=jax.tree.map(lambda a: a.sharding, frozen))
+        place = jax.jit(
+            lambda tree: jax.tree.map(lambda x, a: x.astype(a.dtype), tree, frozen),
+            out_shardings=jax.tree.map(lambda a: a.sharding, frozen),
+        )
         return state.replace(frozen={"diffusion": place(weights["diffusion"])})
 
     def adapter(self, adapter_params: Any) -> lora.Adapter:
@@ -172,16 +220,27 @@ class DiffusionTask(Task):
         t = self.objective.times(time_rng, batch_size, x0.shape[1])
         noise = jax.random.normal(noise_rng, x0.shape)
         x_t, target = self.objective.noised_and_target(x0, noise, t)
-        return {"x_t": x_t, "t": t, "target": target.astype(jnp.float32),
-                "use_null_context": jax.random.bernoulli(drop_rng, cfg_dropout, (batch_size,)),
-                **{k: batch[k] for k in ("text_features", "text_mask", "seconds_start", "seconds_total")}}
+        return {
+            "x_t": x_t,
+            "t": t,
+            "target": target.astype(jnp.float32),
+            "use_null_context": jax.random.bernoulli(drop_rng, cfg_dropout, (batch_size,)),
+            **{k: batch[k] for k in ("text_features", "text_mask", "seconds_start", "seconds_total")},
+        }
 
     def prediction_loss(self, params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
         """Mean squared error of the prediction (v or velocity) over every element of `inputs` (from
         `noised_inputs`), in float32 whatever the compute dtype."""
-        v = self.model.apply({"params": params}, inputs["x_t"], inputs["t"], inputs["text_features"],
-                             inputs["text_mask"], inputs["seconds_start"], inputs["seconds_total"],
-                             inputs["use_null_context"])
+        v = self.model.apply(
+            {"params": params},
+            inputs["x_t"],
+            inputs["t"],
+            inputs["text_features"],
+            inputs["text_mask"],
+            inputs["seconds_start"],
+            inputs["seconds_total"],
+            inputs["use_null_context"],
+        )
         return jnp.mean(jnp.square(v.astype(jnp.float32) - inputs["target"]))
 
     def loss(self, params: Any, batch: Batch, rng: jax.Array, cfg_dropout: float) -> tuple[jax.Array, Metrics]:

@@ -38,6 +38,7 @@ PyTree = Any
 def merge_micro_batches(stacked: PyTree, steps: int) -> PyTree:
     """Inverse of `accumulate.split_micro_batches`: `[steps, batch / steps, ...]` leaves ->
     `[batch, ...]` in the original example order (micro-batch j, row i -> example i * steps + j)."""
+
     def merge(x: jax.Array) -> jax.Array:
         if x.shape[0] != steps:
             raise ValueError(f"expected {steps} stacked micro-batches, got a leading axis of {x.shape[0]}")
@@ -46,10 +47,14 @@ def merge_micro_batches(stacked: PyTree, steps: int) -> PyTree:
     return jax.tree.map(merge, stacked)
 
 
-def grad_cache_value_and_grad(embed_fn: Callable[[PyTree, PyTree, jax.Array], PyTree],
-                              loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, Any]],
-                              params: PyTree, inputs: PyTree, rng: jax.Array,
-                              steps: int) -> tuple[tuple[jax.Array, Any], PyTree]:
+def grad_cache_value_and_grad(
+    embed_fn: Callable[[PyTree, PyTree, jax.Array], PyTree],
+    loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, Any]],
+    params: PyTree,
+    inputs: PyTree,
+    rng: jax.Array,
+    steps: int,
+) -> tuple[tuple[jax.Array, Any], PyTree]:
     """`jax.value_and_grad(lambda p: loss_fn(p, embed_fn(p, inputs, rng)), has_aux=True)(params)`,
     back-propagated one micro-batch at a time.
 
@@ -97,7 +102,8 @@ def grad_cache_value_and_grad(embed_fn: Callable[[PyTree, PyTree, jax.Array], Py
     # (ii) The loss of the whole batch, differentiated with respect to the embeddings and to
     # the parameters it uses directly.
     (loss, aux), (direct_grads, embedding_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        params, embeddings)
+        params, embeddings
+    )
 
     # (iii) Each micro-batch's embeddings again, under vjp, pulling back its cotangents.
     def backward(grad_sum: PyTree, xs: tuple[PyTree, jax.Array, PyTree]) -> tuple[PyTree, None]:
@@ -106,6 +112,7 @@ def grad_cache_value_and_grad(embed_fn: Callable[[PyTree, PyTree, jax.Array], Py
         (grads,) = pull_back(cotangent)
         return jax.tree.map(jnp.add, grad_sum, grads), None
 
-    grads, _ = jax.lax.scan(backward, direct_grads,
-                            (micro_inputs, indices, split_micro_batches(embedding_grads, steps)))
+    grads, _ = jax.lax.scan(
+        backward, direct_grads, (micro_inputs, indices, split_micro_batches(embedding_grads, steps))
+    )
     return (loss, aux), grads

@@ -25,8 +25,9 @@ from stable_audio_jax.training.task import Task
 from stable_audio_jax.training.train_state import TrainState
 
 
-def init_state_from(source: str, task: Task, abstract: TrainState, rng: jax.Array, *, mesh: jax.sharding.Mesh,
-                    rules: parallel.Rules) -> tuple[TrainState, dict[str, Any]]:
+def init_state_from(
+    source: str, task: Task, abstract: TrainState, rng: jax.Array, *, mesh: jax.sharding.Mesh, rules: parallel.Rules
+) -> tuple[TrainState, dict[str, Any]]:
     """A fresh state of `task` (as `task.init_state(rng)`, sharded like `abstract`) whose
     exported parts hold the weights of `source` (`Task.with_pretrained`), and those weights.
 
@@ -39,8 +40,9 @@ def init_state_from(source: str, task: Task, abstract: TrainState, rng: jax.Arra
     return task.with_pretrained(state, weights, abstract), weights
 
 
-def load_weights(source: str, task: Task, wanted: dict[str, Any], *, mesh: jax.sharding.Mesh,
-                 rules: parallel.Rules) -> dict[str, Any]:
+def load_weights(
+    source: str, task: Task, wanted: dict[str, Any], *, mesh: jax.sharding.Mesh, rules: parallel.Rules
+) -> dict[str, Any]:
     """`{part: params}` of `source` for each of `task.pretrained_parts`, checked against and
     read into `wanted` (`Task.pretrained_abstract`: `{part: abstract tree}`)."""
     flag = f"config.init_from={source}"
@@ -53,15 +55,18 @@ def load_weights(source: str, task: Task, wanted: dict[str, Any], *, mesh: jax.s
     elif os.path.isdir(os.path.join(source, "checkpoints")):
         stored = _run_ema_params(source, task, mesh, rules, flag)
     else:
-        raise UserError(f"{flag} is neither a pretrained model directory (no {pretrained.CONFIG_FILE}) nor a run "
-                        "directory (no checkpoints/)")
+        raise UserError(
+            f"{flag} is neither a pretrained model directory (no {pretrained.CONFIG_FILE}) nor a run "
+            "directory (no checkpoints/)"
+        )
     missing = [part for part in wanted if part not in stored]
     if missing:
         raise UserError(f"{flag} holds no {' or '.join(missing)} weights (it has {sorted(stored)})")
     mismatch = shape_mismatch({p: stored[p] for p in wanted}, wanted, check_dtypes=False)
     if mismatch is not None:
-        raise UserError(f"{flag} does not fit this config: {mismatch}; the config's model must be the "
-                        "architecture of the weights")
+        raise UserError(
+            f"{flag} does not fit this config: {mismatch}; the config's model must be the architecture of the weights"
+        )
     if os.path.isfile(os.path.join(source, pretrained.CONFIG_FILE)):
         return pretrained.restore_pretrained_params(source, wanted)
     return {part: stored[part] for part in wanted}
@@ -76,8 +81,9 @@ def _pretrained_metadata(source: str, flag: str) -> dict[str, Any]:
         raise UserError(f"{flag}: {e}") from None
 
 
-def _run_ema_params(source: str, task: Task, mesh: jax.sharding.Mesh, rules: parallel.Rules,
-                    flag: str) -> dict[str, Any]:
+def _run_ema_params(
+    source: str, task: Task, mesh: jax.sharding.Mesh, rules: parallel.Rules, flag: str
+) -> dict[str, Any]:
     """The EMA params of the newest step of a run of the same task, on `mesh`."""
     from stable_audio_jax.training.runs import load_run, run_task  # builds tasks: imported late
 
@@ -86,6 +92,8 @@ def _run_ema_params(source: str, task: Task, mesh: jax.sharding.Mesh, rules: par
     except FileNotFoundError as e:
         raise UserError(f"{flag}: {e}") from None
     if kind != task.name:
-        raise UserError(f"{flag} is a {kind or 'task-less'} run, but this config trains a {task.name} model "
-                        f"(config.task={task.name!r})")
+        raise UserError(
+            f"{flag} is a {kind or 'task-less'} run, but this config trains a {task.name} model "
+            f"(config.task={task.name!r})"
+        )
     return load_run(source, mesh=mesh, rules=rules, ema_only=True).state.ema_params

@@ -37,16 +37,25 @@ class RunLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
-                   if holder else "another process")
-            raise UserError(f"run directory {os.path.dirname(self.path)} is in use by {who}; stop that trainer "
-                            f"or use another --workdir", exit_code=EXIT_LOCKED) from None
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+                if holder
+                else "another process"
+            )
+            raise UserError(
+                f"run directory {os.path.dirname(self.path)} is in use by {who}; stop that trainer "
+                f"or use another --workdir",
+                exit_code=EXIT_LOCKED,
+            ) from None
         previous = _read_holder(fd)
         if previous:
-            logging.info("run lock: taking over %s (its holder, pid %s on %s, is gone)", self.path,
-                         previous.get("pid"), previous.get("host"))
-        record = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            logging.info(
+                "run lock: taking over %s (its holder, pid %s on %s, is gone)",
+                self.path,
+                previous.get("pid"),
+                previous.get("host"),
+            )
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd = fd

@@ -70,10 +70,15 @@ def run_task(run_dir: str) -> str:
         checkpointer.close()
 
 
-def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
-             rules: parallel.Rules | None = None,
-             edit_config: Callable[[ml_collections.ConfigDict], None] | None = None,
-             ema_only: bool = False) -> LoadedRun:
+def load_run(
+    run_dir: str,
+    *,
+    step: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: parallel.Rules | None = None,
+    edit_config: Callable[[ml_collections.ConfigDict], None] | None = None,
+    ema_only: bool = False,
+) -> LoadedRun:
     """Restore the train state of `run_dir` (newest step by default) onto `mesh`.
 
     Args:
@@ -104,19 +109,22 @@ def load_run(run_dir: str, *, step: int | None = None, mesh: jax.sharding.Mesh |
         if mesh is None:
             mesh = parallel.mesh_from_config(config.mesh, shape=(-1, 1, 1))[0]
         rules = parallel.rules_from_config(config.mesh) if rules is None else rules
-        abstract, _ = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0),
-                                                       mesh=mesh, rules=rules)
+        abstract, _ = parallel.abstract_with_shardings(task.init_state, jax.random.PRNGKey(0), mesh=mesh, rules=rules)
         try:
             # Frozen weights (a LoRA run's base) are not in checkpoints: `state.frozen` is empty.
             if ema_only:
-                state = TrainState(params={}, opt_state={}, **checkpointer.restore_fields(
-                    step, abstract.checkpointed(), ("step", "ema_params", "rng")))
+                state = TrainState(
+                    params={},
+                    opt_state={},
+                    **checkpointer.restore_fields(step, abstract.checkpointed(), ("step", "ema_params", "rng")),
+                )
             else:
                 state = TrainState.from_checkpoint(checkpointer.restore(step, abstract.checkpointed()))
         except CheckpointDamaged as error:
-            raise UserError(f"checkpoint step {step} of {run_dir} is damaged: {error}; steps there: "
-                            f"{checkpointer.all_steps()} (resuming the run's training moves damaged steps aside)"
-                            ) from error
+            raise UserError(
+                f"checkpoint step {step} of {run_dir} is damaged: {error}; steps there: "
+                f"{checkpointer.all_steps()} (resuming the run's training moves damaged steps aside)"
+            ) from error
     finally:
         checkpointer.close()
     return LoadedRun(config=config, task=task, state=state, step=step, mesh=mesh, rules=rules)

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import optax
 
 
-def inverse_lr(base_lr: float, *, inv_gamma: float, power: float, warmup: float = 0.0,
-               final_lr: float = 0.0) -> optax.Schedule:
+def inverse_lr(
+    base_lr: float, *, inv_gamma: float, power: float, warmup: float = 0.0, final_lr: float = 0.0
+) -> optax.Schedule:
     """The reference `InverseLR`: `warmup_factor * max(final_lr, base_lr * (1 + t/inv_gamma)^-power)`,
 
     with `warmup_factor = 1 - warmup^(t + 1)` (an exponential warm-up; `warmup=0` disables it).

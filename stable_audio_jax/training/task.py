@@ -49,8 +49,9 @@ class Task(abc.ABC):
         train step donates the state, and params and EMA may not share buffers)."""
         shardings = {part: jax.tree.map(lambda x: x.sharding, abstract.params[part]) for part in weights}
         place = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
-        return state.replace(params={**state.params, **place(weights)},
-                             ema_params={**state.ema_params, **place(weights)})
+        return state.replace(
+            params={**state.params, **place(weights)}, ema_params={**state.ema_params, **place(weights)}
+        )
 
     @abc.abstractmethod
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:

@@ -34,16 +34,30 @@ class TrainState:
 
     def checkpointed(self) -> "CheckpointedState":
         """What a checkpoint holds: everything but the frozen weights."""
-        return CheckpointedState(step=self.step, params=self.params, opt_state=self.opt_state,
-                                 ema_params=self.ema_params, rng=self.rng)
+        return CheckpointedState(
+            step=self.step, params=self.params, opt_state=self.opt_state, ema_params=self.ema_params, rng=self.rng
+        )
 
     @classmethod
     def from_checkpoint(cls, saved: "CheckpointedState", frozen: dict[str, Any] | None = None) -> "TrainState":
-        return cls(step=saved.step, params=saved.params, opt_state=saved.opt_state, ema_params=saved.ema_params,
-                   rng=saved.rng, frozen=frozen or {})
+        return cls(
+            step=saved.step,
+            params=saved.params,
+            opt_state=saved.opt_state,
+            ema_params=saved.ema_params,
+            rng=saved.rng,
+            frozen=frozen or {},
+        )
 
-    def apply_gradients(self, grads: Any, tx: optax.GradientTransformation, part: str, *,
-                        opt_key: str | None = None, ema: Mapping[str, float] | None = None) -> "TrainState":
+    def apply_gradients(
+        self,
+        grads: Any,
+        tx: optax.GradientTransformation,
+        part: str,
+        *,
+        opt_key: str | None = None,
+        ema: Mapping[str, float] | None = None,
+    ) -> "TrainState":
         """One update of `params[part]` by `tx` (its state in `opt_state[opt_key or part]`),
         then, with `ema` (`beta`, `power` of `schedules.ema_decay`), of `ema_params[part]`;
         the step advances by one. The other parts are kept as they are."""
@@ -53,10 +67,16 @@ class TrainState:
         ema_params = self.ema_params
         if ema is not None:
             decay = schedules.ema_decay(self.step, beta=ema["beta"], power=ema["power"])
-            ema_params = {**ema_params, part: jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                                                           ema_params[part], params)}
-        return self.replace(step=self.step + 1, params={**self.params, part: params},
-                            opt_state={**self.opt_state, opt_key: opt_state}, ema_params=ema_params)
+            ema_params = {
+                **ema_params,
+                part: jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params[part], params),
+            }
+        return self.replace(
+            step=self.step + 1,
+            params={**self.params, part: params},
+            opt_state={**self.opt_state, opt_key: opt_state},
+            ema_params=ema_params,
+        )
 
     def step_rng(self) -> jax.Array:
         return jax.random.fold_in(self.rng, self.step)

@@ -48,15 +48,18 @@ NONFINITE_MODES = ("stop", "skip")
 FINITE_KEY = "_finite"  # the guard's flag among a step's metrics; stripped before logging
 
 
-def jit_train_step(step_fn: Callable, *, mesh, rules: parallel.Rules, state_shardings: Any,
-                   example_batch: dict[str, Any]) -> Callable:
+def jit_train_step(
+    step_fn: Callable, *, mesh, rules: parallel.Rules, state_shardings: Any, example_batch: dict[str, Any]
+) -> Callable:
     """`jax.jit` of a pure `(state, batch) -> (state, metrics)` with the state's shardings,
     the batch split over the data axes, and the old state donated."""
     batch_shardings = {k: parallel.batch_sharding(mesh, np.ndim(v), rules) for k, v in example_batch.items()}
-    return jax.jit(parallel.with_rules(step_fn, rules),
-                   in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, None),
-                   donate_argnums=0)
+    return jax.jit(
+        parallel.with_rules(step_fn, rules),
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
 
 
 def guard_nonfinite(step_fn: Callable, *, skip: bool) -> Callable:
@@ -64,17 +67,21 @@ def guard_nonfinite(step_fn: Callable, *, skip: bool) -> Callable:
     updated parameter is finite. With `skip`, a non-finite step keeps the old params,
     optimizer state and EMA (the step counter still advances, so the data and the per-step
     rng move on to the next batch)."""
+
     def guarded(state, batch):
         new_state, metrics = step_fn(state, batch)
         checks = [jnp.all(jnp.isfinite(v)) for v in metrics.values()]
-        checks += [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params)
-                   if jnp.issubdtype(p.dtype, jnp.inexact)]
+        checks += [
+            jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_state.params) if jnp.issubdtype(p.dtype, jnp.inexact)
+        ]
         finite = jnp.all(jnp.stack(checks))
         if skip:  # the frozen weights never change: no select over them
-            kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state.checkpointed(),
-                                state.checkpointed())
+            kept = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), new_state.checkpointed(), state.checkpointed()
+            )
             new_state = TrainState.from_checkpoint(kept.replace(step=new_state.step), frozen=new_state.frozen)
         return new_state, dict(metrics, **{FINITE_KEY: finite})
+
     return guarded
 
 
@@ -84,8 +91,10 @@ class ProfileWindow:
 
     def __init__(self, directory: str, steps: tuple[int, int]):
         if tuple(steps) != (0, 0) and (len(steps) != 2 or not 1 <= steps[0] <= steps[1]):
-            raise UserError(f"config.trainer.profile_steps={steps}: give (first, last) with 1 <= first <= last, "
-                            "or (0, 0) for no trace")
+            raise UserError(
+                f"config.trainer.profile_steps={steps}: give (first, last) with 1 <= first <= last, "
+                "or (0, 0) for no trace"
+            )
         self.directory, (self.first, self.last) = directory, steps
         self.active = False
 
@@ -134,6 +143,7 @@ class MetricLogger:
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             try:
                 from tensorboardX import SummaryWriter
+
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
             except ImportError:  # TensorBoard is optional; the JSONL log always exists
                 logging.warning("tensorboardX is not installed: no TensorBoard events")
@@ -247,9 +257,11 @@ class Trainer:
         try:
             # This process loads `size` rows of every global batch, share `index` of `count`.
             self.process_batch = parallel.process_batch(config.data.batch_size, self.mesh, self.rules)
-            self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
-                                             max_to_keep=tc.max_checkpoints,
-                                             async_save=tc.get("async_checkpointing", True))
+            self.checkpointer = Checkpointer(
+                os.path.join(self.workdir, "checkpoints"),
+                max_to_keep=tc.max_checkpoints,
+                async_save=tc.get("async_checkpointing", True),
+            )
             self.logger = MetricLogger(self.workdir, enabled=self.is_main)
         except BaseException:
             if self.lock is not None:
@@ -265,7 +277,8 @@ class Trainer:
         (from the weights of `config.init_from` when set: `init_from.py`)."""
         rng = jax.random.PRNGKey(self.config.seed)
         abstract, shardings = parallel.abstract_with_shardings(
-            self.task.init_state, rng, mesh=self.mesh, rules=self.rules)
+            self.task.init_state, rng, mesh=self.mesh, rules=self.rules
+        )
         self._abstract = abstract.checkpointed()
         restored = self.checkpointer.restore_latest(self._abstract, data_iterator)
         init_from = self.config.get("init_from", "")
@@ -279,8 +292,7 @@ class Trainer:
             self.logger.truncate_after(step)
         else:
             if init_from:
-                state, weights = init_state_from(init_from, self.task, abstract, rng, mesh=self.mesh,
-                                                 rules=self.rules)
+                state, weights = init_state_from(init_from, self.task, abstract, rng, mesh=self.mesh, rules=self.rules)
                 logging.info("initialised %s from %s", ", ".join(self.task.pretrained_parts), init_from)
                 if abstract.frozen and self.is_main:
                     lora.write_base_record(self.workdir, init_from, weights)
@@ -292,8 +304,9 @@ class Trainer:
     def _with_frozen_base(self, state, abstract, init_from: str):
         """A restored state with its frozen base read again from `init_from`, which must be
         the base the run started from (`lora.check_base_record`)."""
-        weights = load_weights(init_from, self.task, self.task.pretrained_abstract(abstract), mesh=self.mesh,
-                               rules=self.rules)
+        weights = load_weights(
+            init_from, self.task, self.task.pretrained_abstract(abstract), mesh=self.mesh, rules=self.rules
+        )
         lora.check_base_record(self.workdir, weights, f"config.init_from={init_from}")
         logging.info("frozen %s read again from %s", ", ".join(weights), init_from)
         return self.task.with_pretrained(state, weights, abstract)
@@ -312,8 +325,9 @@ class Trainer:
         outputs = multihost_utils.process_allgather(outputs, tiled=True)
         if not self.is_main:
             return {}
-        scalars = self.task.write_eval(jax.tree.map(np.asarray, outputs), eval_batch, step,
-                                       os.path.join(self.workdir, "eval"))
+        scalars = self.task.write_eval(
+            jax.tree.map(np.asarray, outputs), eval_batch, step, os.path.join(self.workdir, "eval")
+        )
         self.logger.write(step, scalars, prefix="eval")
         return scalars
 
@@ -342,8 +356,11 @@ class Trainer:
         if self.is_main:
             os.makedirs(os.path.join(self.workdir, "assets"), exist_ok=True)
             self.task.write_assets(os.path.join(self.workdir, "assets"))
-        share = dict(batch_size=self.process_batch.size, shard_index=self.process_batch.index,
-                     shard_count=self.process_batch.count)
+        share = dict(
+            batch_size=self.process_batch.size,
+            shard_index=self.process_batch.index,
+            shard_count=self.process_batch.count,
+        )
         train_it = self.task.make_dataset("train", **share)
         iterators.append(train_it)
         eval_batch = None
@@ -362,8 +379,8 @@ class Trainer:
         progress = None
         if self.is_main:
             from tqdm.auto import tqdm
-            progress = tqdm(total=tc.num_steps, initial=start_step, desc=f"train {self.task.name}",
-                            dynamic_ncols=True)
+
+            progress = tqdm(total=tc.num_steps, initial=start_step, desc=f"train {self.task.name}", dynamic_ncols=True)
             progress_bars.append(progress)
         pending = None  # (step, device metrics) logged one step late
         unverified = None  # the newest saved step not yet read back
@@ -378,7 +395,11 @@ class Trainer:
                 if first_use:
                     self._jit_train_steps[phase] = jit_train_step(
                         guard_nonfinite(self.task.train_phases()[phase], skip=self.on_nonfinite == "skip"),
-                        mesh=self.mesh, rules=self.rules, state_shardings=state_shardings, example_batch=batch)
+                        mesh=self.mesh,
+                        rules=self.rules,
+                        state_shardings=state_shardings,
+                        example_batch=batch,
+                    )
                 t0 = time.time()
                 self.profile.before(step + 1)
                 state, metrics = self._jit_train_steps[phase](state, batch)
@@ -415,8 +436,9 @@ class Trainer:
             summary["eval"] = self.evaluate(state, eval_batch, step)
         if "interrupted_at" not in summary:
             self._verify(unverified)
-        summary.update(end_step=step, wall_seconds=time.time() - t_start,
-                       verified_checkpoint=self.checkpointer.verified_step)
+        summary.update(
+            end_step=step, wall_seconds=time.time() - t_start, verified_checkpoint=self.checkpointer.verified_step
+        )
         self.state = state
         return summary
 
@@ -440,8 +462,9 @@ class Trainer:
         self.logger.add(metrics)
         if progress is not None:
             progress.update(step - progress.n)
-            self._shown.update({k: f"{v:.4g}" for k, v in metrics.items()
-                                if math.isfinite(v) and k in self.task.progress_keys})
+            self._shown.update(
+                {k: f"{v:.4g}" for k, v in metrics.items() if math.isfinite(v) and k in self.task.progress_keys}
+            )
             progress.set_postfix(self._shown, refresh=False)
 
     def _nonfinite(self, step: int, metrics: dict[str, float], summary: dict[str, Any]) -> None:
@@ -450,8 +473,13 @@ class Trainer:
         what = f"non-finite {', '.join(bad)}" if bad else "non-finite parameters after the update"
         if self.on_nonfinite == "skip":
             summary["nonfinite_skipped"] += 1
-            logging.warning("step %d: %s; update skipped (%d of at most %d)", step, what,
-                            summary["nonfinite_skipped"], self.max_nonfinite_skips)
+            logging.warning(
+                "step %d: %s; update skipped (%d of at most %d)",
+                step,
+                what,
+                summary["nonfinite_skipped"],
+                self.max_nonfinite_skips,
+            )
             if summary["nonfinite_skipped"] <= self.max_nonfinite_skips:
                 self.logger.add({"nonfinite_skipped": 1.0})  # the window's fraction of skipped steps
                 return
@@ -459,9 +487,11 @@ class Trainer:
         self.checkpointer.wait()
         latest = self.checkpointer.latest_step()
         saved = f"the newest checkpoint is step {latest}" if latest is not None else "no checkpoint was written"
-        raise UserError(f"training stopped at step {step}: {what}; nothing non-finite was saved and {saved}; "
-                        f"lower the learning rate or set --config.trainer.on_nonfinite=skip",
-                        exit_code=EXIT_NONFINITE)
+        raise UserError(
+            f"training stopped at step {step}: {what}; nothing non-finite was saved and {saved}; "
+            f"lower the learning rate or set --config.trainer.on_nonfinite=skip",
+            exit_code=EXIT_NONFINITE,
+        )
 
     def close(self) -> None:
         self.checkpointer.close()

@@ -38,15 +38,17 @@ from stable_audio_jax.training.train_state import TrainState
 
 def build_autoencoder(config: ml_collections.ConfigDict) -> AudioAutoencoder:
     """The autoencoder module described by `config.model` (and `config.dtype`)."""
-    return AudioAutoencoder(AutoencoderConfig.from_dict(config.model.to_dict()),
-                            dtype=jnp.dtype(config.get("dtype", "float32")),
-                            param_dtype=jnp.dtype(config.get("param_dtype", "float32")))
+    return AudioAutoencoder(
+        AutoencoderConfig.from_dict(config.model.to_dict()),
+        dtype=jnp.dtype(config.get("dtype", "float32")),
+        param_dtype=jnp.dtype(config.get("param_dtype", "float32")),
+    )
 
 
 def _split_batch(tree: Any) -> tuple[Any, Any]:
     """Split every array of a tree in half along the batch axis: (first half, second half)."""
     half = lambda x: x.shape[0] // 2
-    return jax.tree.map(lambda x: x[:half(x)], tree), jax.tree.map(lambda x: x[half(x):], tree)
+    return jax.tree.map(lambda x: x[: half(x)], tree), jax.tree.map(lambda x: x[half(x) :], tree)
 
 
 class VAETask(Task):
@@ -64,11 +66,15 @@ class VAETask(Task):
         self.grad_accum_steps = accumulate.config_steps(config)
         ratio = self.autoencoder.config.downsampling_ratio
         if config.data.sample_size % ratio:
-            raise ValueError(f"data.sample_size={config.data.sample_size} must be a multiple of the "
-                             f"autoencoder's downsampling ratio {ratio}")
+            raise ValueError(
+                f"data.sample_size={config.data.sample_size} must be a multiple of the "
+                f"autoencoder's downsampling ratio {ratio}"
+            )
         if config.data.sample_size < max(self.discriminator.n_ffts):
-            raise ValueError(f"data.sample_size={config.data.sample_size} is shorter than the largest "
-                             f"discriminator FFT {max(self.discriminator.n_ffts)}")
+            raise ValueError(
+                f"data.sample_size={config.data.sample_size} is shorter than the largest "
+                f"discriminator FFT {max(self.discriminator.n_ffts)}"
+            )
 
     # ----------------------------------------------------------------- state
     def init_state(self, rng: jax.Array) -> TrainState:
@@ -81,8 +87,10 @@ class VAETask(Task):
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params={"autoencoder": ae_params, "discriminator": disc_params},
-            opt_state={"generator": self.generator_tx.init(ae_params),
-                       "discriminator": self.discriminator_tx.init(disc_params)},
+            opt_state={
+                "generator": self.generator_tx.init(ae_params),
+                "discriminator": self.discriminator_tx.init(disc_params),
+            },
             ema_params={"autoencoder": ae_params},
             rng=state_rng,
         )
@@ -108,8 +116,7 @@ class VAETask(Task):
 
     def _discriminate(self, disc_params, reals: jax.Array, fakes: jax.Array):
         """One discriminator pass over reals and fakes stacked on the batch axis."""
-        logits, features = self.discriminator.apply({"params": disc_params},
-                                                    jnp.concatenate([reals, fakes], axis=0))
+        logits, features = self.discriminator.apply({"params": disc_params}, jnp.concatenate([reals, fakes], axis=0))
         return _split_batch(logits), _split_batch(features)
 
     def step_inputs(self, state: TrainState, batch: Batch) -> dict[str, jax.Array]:
@@ -122,8 +129,9 @@ class VAETask(Task):
         shape = (audio.shape[0], audio.shape[1] // c.downsampling_ratio, c.latent_dim)
         return {"audio": audio, "noise": jax.random.normal(state.step_rng(), shape, jnp.float32)}
 
-    def generator_loss(self, ae_params, disc_params, inputs: dict[str, jax.Array], *,
-                       adversarial: bool) -> tuple[jax.Array, Metrics]:
+    def generator_loss(
+        self, ae_params, disc_params, inputs: dict[str, jax.Array], *, adversarial: bool
+    ) -> tuple[jax.Array, Metrics]:
         """Spectral + KL (+ adversarial and feature matching) on `inputs` (from `step_inputs`)."""
         cfg = self.config.loss
         audio = inputs["audio"]
@@ -154,27 +162,27 @@ class VAETask(Task):
         """The autoencoder's gradient and metrics for one step, accumulated over
         `grad_accum_steps` micro-batches (metrics: means over them)."""
         disc_params = state.params["discriminator"]
-        loss_fn = lambda ae_params, inputs: self.generator_loss(ae_params, disc_params, inputs,
-                                                                adversarial=adversarial)
+        loss_fn = lambda ae_params, inputs: self.generator_loss(ae_params, disc_params, inputs, adversarial=adversarial)
         (_, metrics), grads = accumulate.accumulated_value_and_grad(
-            loss_fn, state.params["autoencoder"], self.step_inputs(state, batch), self.grad_accum_steps,
-            has_aux=True)
+            loss_fn, state.params["autoencoder"], self.step_inputs(state, batch), self.grad_accum_steps, has_aux=True
+        )
         return grads, metrics
 
     def discriminator_grads(self, state: TrainState, batch: Batch) -> tuple[Any, Metrics]:
         """The discriminator's gradient and loss for one step, accumulated over
         `grad_accum_steps` micro-batches (each reconstructed inside its own iteration)."""
-        loss_fn = lambda disc_params, inputs: self.discriminator_loss(disc_params, state.params["autoencoder"],
-                                                                      inputs)
+        loss_fn = lambda disc_params, inputs: self.discriminator_loss(disc_params, state.params["autoencoder"], inputs)
         loss, grads = accumulate.accumulated_value_and_grad(
-            loss_fn, state.params["discriminator"], self.step_inputs(state, batch), self.grad_accum_steps)
+            loss_fn, state.params["discriminator"], self.step_inputs(state, batch), self.grad_accum_steps
+        )
         return grads, {"discriminator_loss": loss}
 
     def _generator_update(self, state: TrainState, batch: Batch, *, adversarial: bool):
         """Autoencoder step: spectral + KL (+ adversarial and feature matching), then EMA."""
         grads, metrics = self.generator_grads(state, batch, adversarial=adversarial)
-        return state.apply_gradients(grads, self.generator_tx, "autoencoder", opt_key="generator",
-                                     ema=self.config.ema), metrics
+        return state.apply_gradients(
+            grads, self.generator_tx, "autoencoder", opt_key="generator", ema=self.config.ema
+        ), metrics
 
     def _discriminator_update(self, state: TrainState, batch: Batch):
         """Discriminator step: hinge loss on reals vs the autoencoder's current reconstructions."""
@@ -198,6 +206,5 @@ class VAETask(Task):
         sample_rate = self.config.data.sample_rate
         for i in range(min(self.config.get("eval_num_audio", 2), len(outputs["reconstruction"]))):
             write_wav(os.path.join(folder, f"clip{i}_original.wav"), np.asarray(batch["audio"][i]), sample_rate)
-            write_wav(os.path.join(folder, f"clip{i}_reconstruction.wav"), outputs["reconstruction"][i],
-                      sample_rate)
+            write_wav(os.path.join(folder, f"clip{i}_reconstruction.wav"), outputs["reconstruction"][i], sample_rate)
         return {k: float(v) for k, v in outputs.items() if np.ndim(v) == 0}

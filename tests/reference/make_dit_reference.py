@@ -54,9 +54,15 @@ BATCH, FRAMES, TOKENS = 2, 12, 6
 
 
 def build(case: dict) -> DiffusionTransformer:
-    return DiffusionTransformer(io_channels=IO_CHANNELS, patch_size=1, global_cond_dim=GLOBAL_DIM,
-                                project_cond_tokens=False, transformer_type="continuous_transformer",
-                                ff_kwargs={"mult": FF_MULT}, **case)
+    return DiffusionTransformer(
+        io_channels=IO_CHANNELS,
+        patch_size=1,
+        global_cond_dim=GLOBAL_DIM,
+        project_cond_tokens=False,
+        transformer_type="continuous_transformer",
+        ff_kwargs={"mult": FF_MULT},
+        **case,
+    )
 
 
 def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -97,23 +103,42 @@ def main() -> None:
             common = dict(cross_attn_cond=cond, global_embed=global_cond)
             v_plain = model(x, t, cfg_scale=1.0, **common)
             v_cfg6 = model(x, t, cfg_scale=6.0, **common)
-            v_neg = model(x, t, cfg_scale=6.0, scale_phi=0.7, negative_cross_attn_cond=negative,
-                          negative_cross_attn_mask=negative_mask, **common)
+            v_neg = model(
+                x,
+                t,
+                cfg_scale=6.0,
+                scale_phi=0.7,
+                negative_cross_attn_cond=negative,
+                negative_cross_attn_mask=negative_mask,
+                **common,
+            )
 
-        state = {f"model.model.{k}": v.detach().contiguous().half() if v.is_floating_point() else v
-                 for k, v in model.state_dict().items()}
+        state = {
+            f"model.model.{k}": v.detach().contiguous().half() if v.is_floating_point() else v
+            for k, v in model.state_dict().items()
+        }
         # The buffers are stored as built (zeros / the reference's frequencies) in float32.
         for k, v in model.state_dict().items():
             if k.endswith(".beta") or k.endswith("inv_freq"):
                 state[f"model.model.{k}"] = v.contiguous()
         save_file(state, os.path.join(OUT, f"dit_{name}_state.safetensors"))
-        arrays = dict(x=x, t=t, cond=cond, global_cond=global_cond, negative=negative,
-                      negative_mask=negative_mask, v_plain=v_plain, v_cfg6=v_cfg6, v_cfg6_neg_rescale=v_neg)
-        np.savez_compressed(os.path.join(OUT, f"dit_{name}_reference.npz"),
-                            **{k: v.numpy() for k, v in arrays.items()})
+        arrays = dict(
+            x=x,
+            t=t,
+            cond=cond,
+            global_cond=global_cond,
+            negative=negative,
+            negative_mask=negative_mask,
+            v_plain=v_plain,
+            v_cfg6=v_cfg6,
+            v_cfg6_neg_rescale=v_neg,
+        )
+        np.savez_compressed(os.path.join(OUT, f"dit_{name}_reference.npz"), **{k: v.numpy() for k, v in arrays.items()})
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"{name}: {n_params:,} params; |v_plain| max {v_plain.abs().max():.3f}, "
-              f"|v_cfg6| max {v_cfg6.abs().max():.3f}, |v_neg| max {v_neg.abs().max():.3f}")
+        print(
+            f"{name}: {n_params:,} params; |v_plain| max {v_plain.abs().max():.3f}, "
+            f"|v_cfg6| max {v_cfg6.abs().max():.3f}, |v_neg| max {v_neg.abs().max():.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -66,14 +66,16 @@ class PreDrawnRandnLike:
         return out
 
 
-def run_sample_rf(model, sampler: str, noise: torch.Tensor, init: torch.Tensor | None, sigma_max: float,
-                  step_noise: torch.Tensor) -> torch.Tensor:
+def run_sample_rf(
+    model, sampler: str, noise: torch.Tensor, init: torch.Tensor | None, sigma_max: float, step_noise: torch.Tensor
+) -> torch.Tensor:
     randn_like = PreDrawnRandnLike(step_noise)
     original = sampling.torch.randn_like
     sampling.torch.randn_like = randn_like
     try:
-        result = sampling.sample_rf(model, noise, init_data=init, steps=STEPS, sampler_type=sampler,
-                                    sigma_max=sigma_max, device="cpu")
+        result = sampling.sample_rf(
+            model, noise, init_data=init, steps=STEPS, sampler_type=sampler, sigma_max=sigma_max, device="cpu"
+        )
     finally:
         sampling.torch.randn_like = original
     assert randn_like.calls == (STEPS if sampler == "pingpong" else 0)
@@ -91,8 +93,9 @@ def sample_rf_grid(sigma_max: float) -> torch.Tensor:
     original = sampling.sample_discrete_euler
     sampling.sample_discrete_euler = record
     try:
-        sampling.sample_rf(None, torch.zeros(SHAPE), steps=STEPS, sampler_type="euler", sigma_max=sigma_max,
-                           device="cpu")
+        sampling.sample_rf(
+            None, torch.zeros(SHAPE), steps=STEPS, sampler_type="euler", sigma_max=sigma_max, device="cpu"
+        )
     finally:
         sampling.sample_discrete_euler = original
     return recorded["t"]
@@ -153,8 +156,13 @@ def main() -> None:
     np.savez(OUT, **{k: v.numpy() for k, v in out.items()})
     print(f"{OUT}: {os.path.getsize(OUT)} bytes")
     for sampler in SAMPLERS:
-        print(sampler, "max |x| from noise", float(out[f"{sampler}_from_noise"].abs().max()),
-              "from init", float(out[f"{sampler}_from_init"].abs().max()))
+        print(
+            sampler,
+            "max |x| from noise",
+            float(out[f"{sampler}_from_noise"].abs().max()),
+            "from init",
+            float(out[f"{sampler}_from_init"].abs().max()),
+        )
 
 
 if __name__ == "__main__":

@@ -53,41 +53,94 @@ from stable_audio_tools.models.factory import create_model_from_config
 
 OUT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "sa1_small"))
 COND_DIM, LATENT, TEXT_TOKENS = 16, 4, 77
-PROMPTS = ("", "lo-fi piano, 80 BPM", "BPM: 120 | Genre: Synth pop | Instruments: Square lead, Drums | Mood: upbeat "
-           "| a prompt long enough to be truncated at seventy-seven tokens")
+PROMPTS = (
+    "",
+    "lo-fi piano, 80 BPM",
+    "BPM: 120 | Genre: Synth pop | Instruments: Square lead, Drums | Mood: upbeat "
+    "| a prompt long enough to be truncated at seventy-seven tokens",
+)
 
 
 def model_config() -> dict:
     vae = dict(channels=4, c_mults=[1, 2], strides=[2, 4])
-    unet = dict(in_channels=LATENT, channels=16, multipliers=[1, 2, 2], factors=[1, 2], num_blocks=[1, 1],
-                attentions=[0, 1, 1], attention_heads=2, attention_multiplier=2, resnet_groups=4,
-                kernel_multiplier_downsample=2, use_nearest_upsample=False, use_skip_scale=True,
-                use_context_time=True, context_features_multiplier=2, context_embedding_features=COND_DIM,
-                context_embedding_max_length=TEXT_TOKENS + 2)
+    unet = dict(
+        in_channels=LATENT,
+        channels=16,
+        multipliers=[1, 2, 2],
+        factors=[1, 2],
+        num_blocks=[1, 1],
+        attentions=[0, 1, 1],
+        attention_heads=2,
+        attention_multiplier=2,
+        resnet_groups=4,
+        kernel_multiplier_downsample=2,
+        use_nearest_upsample=False,
+        use_skip_scale=True,
+        use_context_time=True,
+        context_features_multiplier=2,
+        context_embedding_features=COND_DIM,
+        context_embedding_max_length=TEXT_TOKENS + 2,
+    )
     return {
-        "model_type": "diffusion_cond", "sample_size": 512, "sample_rate": 44100, "audio_channels": 2,
+        "model_type": "diffusion_cond",
+        "sample_size": 512,
+        "sample_rate": 44100,
+        "audio_channels": 2,
         "model": {
-            "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
-                "encoder": {"type": "oobleck", "config": dict(in_channels=2, latent_dim=2 * LATENT, use_snake=True,
-                                                              **vae)},
-                "decoder": {"type": "oobleck", "config": dict(out_channels=2, latent_dim=LATENT, use_snake=True,
-                                                              final_tanh=True, **vae)},
-                "bottleneck": {"type": "vae"}, "latent_dim": LATENT, "downsampling_ratio": 8, "io_channels": 2}},
-            "conditioning": {"configs": [
-                {"id": "prompt", "type": "clap_text",
-                 "config": {"audio_model_type": "HTSAT-base", "enable_fusion": True, "clap_ckpt_path": "clap.ckpt",
-                            "use_text_features": True, "feature_layer_ix": -2}},
-                {"id": "seconds_start", "type": "int", "config": {"min_val": 0, "max_val": 512}},
-                {"id": "seconds_total", "type": "int", "config": {"min_val": 0, "max_val": 512}}],
-                "cond_dim": COND_DIM},
-            "diffusion": {"type": "adp_cfg_1d", "cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
-                          "config": unet},
-            "io_channels": LATENT},
+            "pretransform": {
+                "type": "autoencoder",
+                "iterate_batch": True,
+                "config": {
+                    "encoder": {
+                        "type": "oobleck",
+                        "config": dict(in_channels=2, latent_dim=2 * LATENT, use_snake=True, **vae),
+                    },
+                    "decoder": {
+                        "type": "oobleck",
+                        "config": dict(out_channels=2, latent_dim=LATENT, use_snake=True, final_tanh=True, **vae),
+                    },
+                    "bottleneck": {"type": "vae"},
+                    "latent_dim": LATENT,
+                    "downsampling_ratio": 8,
+                    "io_channels": 2,
+                },
+            },
+            "conditioning": {
+                "configs": [
+                    {
+                        "id": "prompt",
+                        "type": "clap_text",
+                        "config": {
+                            "audio_model_type": "HTSAT-base",
+                            "enable_fusion": True,
+                            "clap_ckpt_path": "clap.ckpt",
+                            "use_text_features": True,
+                            "feature_layer_ix": -2,
+                        },
+                    },
+                    {"id": "seconds_start", "type": "int", "config": {"min_val": 0, "max_val": 512}},
+                    {"id": "seconds_total", "type": "int", "config": {"min_val": 0, "max_val": 512}},
+                ],
+                "cond_dim": COND_DIM,
+            },
+            "diffusion": {
+                "type": "adp_cfg_1d",
+                "cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
+                "config": unet,
+            },
+            "io_channels": LATENT,
+        },
     }
 
 
-GAINS = ("norm.weight", "norm_context.weight", "LayerNorm.weight", "groupnorm.weight", "transformer.to_in.0.weight",
-         "weight_g")
+GAINS = (
+    "norm.weight",
+    "norm_context.weight",
+    "LayerNorm.weight",
+    "groupnorm.weight",
+    "transformer.to_in.0.weight",
+    "weight_g",
+)
 
 
 def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -127,26 +180,42 @@ def write_roberta(generator: torch.Generator) -> dict:
         json.dump(vocab, f, ensure_ascii=False)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n")
-    config = RobertaConfig(vocab_size=len(vocab), hidden_size=COND_DIM, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=TEXT_TOKENS + 3, type_vocab_size=1,
-                           layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    config = RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=COND_DIM,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=TEXT_TOKENS + 3,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     config.to_json_file(os.path.join(folder, "config.json"))
     model = RobertaModel(config).eval()
     randomise(model, generator)
     tokenizer = RobertaTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
-    tokens = tokenizer(list(PROMPTS), padding="max_length", truncation=True, max_length=TEXT_TOKENS,
-                       return_tensors="pt")
+    tokens = tokenizer(
+        list(PROMPTS), padding="max_length", truncation=True, max_length=TEXT_TOKENS, return_tensors="pt"
+    )
     with torch.no_grad():
-        hidden = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                       output_hidden_states=True)["hidden_states"][-2]
+        hidden = model(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], output_hidden_states=True
+        )["hidden_states"][-2]
     state = {f"module.text_branch.{k}": v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     # A LAION-CLAP checkpoint holds more than the text branch; the importer must ignore it.
     state["module.text_projection.0.weight"] = torch.randn(8, COND_DIM, generator=generator).half()
     state["module.audio_branch.patch_embed.proj.weight"] = torch.randn(4, 1, 2, 2, generator=generator).half()
     state["module.logit_scale_a"] = torch.tensor(2.0)
     torch.save({"state_dict": state, "epoch": 1}, os.path.join(OUT, "clap.ckpt"))
-    return dict(prompts=np.array(PROMPTS), input_ids=tokens["input_ids"].numpy(),
-                attention_mask=tokens["attention_mask"].numpy().astype(bool), text_features=hidden.numpy())
+    return dict(
+        prompts=np.array(PROMPTS),
+        input_ids=tokens["input_ids"].numpy(),
+        attention_mask=tokens["attention_mask"].numpy().astype(bool),
+        text_features=hidden.numpy(),
+    )
 
 
 def main() -> None:
@@ -186,18 +255,41 @@ def main() -> None:
             v_null=net(x, t, cfg_scale=1.0, cfg_dropout_prob=1.0, **common),
             v_cfg=net(x, t, cfg_scale=6.0, rescale_cfg=False, **common),
             v_cfg_rescale=net(x, t, cfg_scale=6.0, rescale_cfg=True, **common),
-            v_neg_rescale=net(x, t, cfg_scale=6.0, rescale_cfg=True, negative_cross_attn_cond=neg,
-                              negative_cross_attn_mask=neg_mask, **common))
-    arrays = dict(x=x.numpy(), t=t.numpy(), seconds_start=np.array(seconds_start), seconds_total=np.array(seconds_total),
-                  text=text.numpy(), text_mask=text_mask.numpy(), negative=negative.numpy(),
-                  negative_mask=negative_mask.numpy(), **{k: v.numpy() for k, v in outputs.items()})
+            v_neg_rescale=net(
+                x,
+                t,
+                cfg_scale=6.0,
+                rescale_cfg=True,
+                negative_cross_attn_cond=neg,
+                negative_cross_attn_mask=neg_mask,
+                **common,
+            ),
+        )
+    arrays = dict(
+        x=x.numpy(),
+        t=t.numpy(),
+        seconds_start=np.array(seconds_start),
+        seconds_total=np.array(seconds_total),
+        text=text.numpy(),
+        text_mask=text_mask.numpy(),
+        negative=negative.numpy(),
+        negative_mask=negative_mask.numpy(),
+        **{k: v.numpy() for k, v in outputs.items()},
+    )
     arrays.update(write_roberta(generator))
     np.savez_compressed(os.path.join(OUT, "reference.npz"), **arrays)
-    print(json.dumps({"tensors": len(state), "parameters": sum(p.numel() for p in model.parameters()),
-                      "unet": sum(p.numel() for p in model.model.parameters()),
-                      "conditioner": sum(p.numel() for p in model.conditioner.parameters()),
-                      "pretransform": sum(p.numel() for p in model.pretransform.parameters()),
-                      **{k: round(float(v.abs().max()), 3) for k, v in outputs.items()}}))
+    print(
+        json.dumps(
+            {
+                "tensors": len(state),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "unet": sum(p.numel() for p in model.model.parameters()),
+                "conditioner": sum(p.numel() for p in model.conditioner.parameters()),
+                "pretransform": sum(p.numel() for p in model.pretransform.parameters()),
+                **{k: round(float(v.abs().max()), 3) for k, v in outputs.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

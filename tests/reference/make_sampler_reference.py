@@ -48,8 +48,10 @@ DETERMINISTIC = ("dpmpp_2m", "heun", "lms", "dpm_2")
 STOCHASTIC = ("dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral")
 SAMPLERS = DETERMINISTIC + STOCHASTIC + ("dpm_fast",)
 # Non-default options: name -> (sampler, options); each takes the pre-drawn noise.
-VARIANTS = {"dpmpp_2s_ancestral_eta05": ("dpmpp_2s_ancestral", {"eta": 0.5, "s_noise": 0.7}),
-            "dpm_fast_eta1": ("dpm_fast", {"eta": 1.0, "s_noise": 1.0})}
+VARIANTS = {
+    "dpmpp_2s_ancestral_eta05": ("dpmpp_2s_ancestral", {"eta": 0.5, "s_noise": 0.7}),
+    "dpm_fast_eta1": ("dpm_fast", {"eta": 1.0, "s_noise": 1.0}),
+}
 LMS_ORDER = 4
 
 
@@ -78,15 +80,22 @@ class PreDrawnNoise:
         return self.noise[i]
 
 
-def run_sampler(denoiser, sampler: str, x_init: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor,
-                sigma_min: float, sigma_max: float, options: dict) -> torch.Tensor:
+def run_sampler(
+    denoiser,
+    sampler: str,
+    x_init: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    sigma_min: float,
+    sigma_max: float,
+    options: dict,
+) -> torch.Tensor:
     """k-diffusion's `sample_<sampler>` as `sample_k` calls it, plus `options`; the stochastic
     ones (and dpm_fast with eta > 0) are handed the pre-drawn `noise`."""
     fn = getattr(sampling, f"sample_{sampler}")
     if sampler == "dpm_fast":
         noise_sampler = PreDrawnNoise(noise, None)
-        result = fn(denoiser, x_init, sigma_min, sigma_max, STEPS, disable=True, noise_sampler=noise_sampler,
-                    **options)
+        result = fn(denoiser, x_init, sigma_min, sigma_max, STEPS, disable=True, noise_sampler=noise_sampler, **options)
         assert noise_sampler.calls == STEPS // 3 + 1  # called on every step, even at eta 0
         return result
     if sampler in DETERMINISTIC:
@@ -109,23 +118,41 @@ def main() -> None:
 
     probe_x = 3.0 * torch.randn(SHAPE, generator=gen)
     probe_sigmas = torch.tensor([0.01, 0.3, 1.0, 10.0, 500.0])
-    out.update(probe_x=probe_x, probe_sigmas=probe_sigmas, probe_t=denoiser.sigma_to_t(probe_sigmas),
-               probe_denoised=torch.stack([denoiser(probe_x, s * torch.ones(SHAPE[0])) for s in probe_sigmas]))
+    out.update(
+        probe_x=probe_x,
+        probe_sigmas=probe_sigmas,
+        probe_t=denoiser.sigma_to_t(probe_sigmas),
+        probe_denoised=torch.stack([denoiser(probe_x, s * torch.ones(SHAPE[0])) for s in probe_sigmas]),
+    )
 
     for name, (sigma_min, sigma_max) in SCHEDULES.items():
         sigmas = sampling.get_sigmas_polyexponential(STEPS, sigma_min, sigma_max, rho=1.0)
         x_init = torch.randn(SHAPE, generator=gen) * sigmas[0]
-        out.update({f"{name}_sigmas": sigmas, f"{name}_x_init": x_init,
-                    f"{name}_sigma_min": torch.tensor(sigma_min), f"{name}_sigma_max": torch.tensor(sigma_max)})
+        out.update(
+            {
+                f"{name}_sigmas": sigmas,
+                f"{name}_x_init": x_init,
+                f"{name}_sigma_min": torch.tensor(sigma_min),
+                f"{name}_sigma_max": torch.tensor(sigma_max),
+            }
+        )
         for sampler in SAMPLERS:
             out[f"{name}_{sampler}"] = run_sampler(denoiser, sampler, x_init, sigmas, noise, sigma_min, sigma_max, {})
         for variant, (sampler, options) in VARIANTS.items():
-            out[f"{name}_{variant}"] = run_sampler(denoiser, sampler, x_init, sigmas, noise, sigma_min, sigma_max,
-                                                   options)
+            out[f"{name}_{variant}"] = run_sampler(
+                denoiser, sampler, x_init, sigmas, noise, sigma_min, sigma_max, options
+            )
         sigmas_np = sigmas.numpy()
         out[f"{name}_lms_coeffs"] = torch.tensor(
-            [[sampling.linear_multistep_coeff(min(i + 1, LMS_ORDER), sigmas_np, i, j) if j <= i else 0.0
-              for j in range(LMS_ORDER)] for i in range(STEPS)], dtype=torch.float32)
+            [
+                [
+                    sampling.linear_multistep_coeff(min(i + 1, LMS_ORDER), sigmas_np, i, j) if j <= i else 0.0
+                    for j in range(LMS_ORDER)
+                ]
+                for i in range(STEPS)
+            ],
+            dtype=torch.float32,
+        )
 
     np.savez(OUT, **{k: v.numpy() for k, v in out.items()})
     print(f"{OUT}: {os.path.getsize(OUT)} bytes")

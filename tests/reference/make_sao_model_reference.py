@@ -47,24 +47,53 @@ def model_config(size: str) -> dict:
         cond_dim, sample_size, ratio = 32, 8192, 64
     latent = vae.pop("latent_dim")
     return {
-        "model_type": "diffusion_cond", "sample_size": sample_size, "sample_rate": 44100, "audio_channels": 2,
+        "model_type": "diffusion_cond",
+        "sample_size": sample_size,
+        "sample_rate": 44100,
+        "audio_channels": 2,
         "model": {
-            "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
-                "encoder": {"type": "oobleck", "requires_grad": False,
-                            "config": dict(in_channels=2, latent_dim=2 * latent, use_snake=True, **vae)},
-                "decoder": {"type": "oobleck",
-                            "config": dict(out_channels=2, latent_dim=latent, use_snake=True, final_tanh=False, **vae)},
-                "bottleneck": {"type": "vae"}, "latent_dim": latent, "downsampling_ratio": ratio, "io_channels": 2}},
-            "conditioning": {"configs": [
-                {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 128}},
-                {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
-                {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}}],
-                "cond_dim": cond_dim},
-            "diffusion": {"cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
-                          "global_cond_ids": ["seconds_start", "seconds_total"], "type": "dit",
-                          "config": dict(io_channels=latent, cond_token_dim=cond_dim, global_cond_dim=2 * cond_dim,
-                                         project_cond_tokens=False, transformer_type="continuous_transformer", **dit)},
-            "io_channels": latent},
+            "pretransform": {
+                "type": "autoencoder",
+                "iterate_batch": True,
+                "config": {
+                    "encoder": {
+                        "type": "oobleck",
+                        "requires_grad": False,
+                        "config": dict(in_channels=2, latent_dim=2 * latent, use_snake=True, **vae),
+                    },
+                    "decoder": {
+                        "type": "oobleck",
+                        "config": dict(out_channels=2, latent_dim=latent, use_snake=True, final_tanh=False, **vae),
+                    },
+                    "bottleneck": {"type": "vae"},
+                    "latent_dim": latent,
+                    "downsampling_ratio": ratio,
+                    "io_channels": 2,
+                },
+            },
+            "conditioning": {
+                "configs": [
+                    {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 128}},
+                    {"id": "seconds_start", "type": "number", "config": {"min_val": 0, "max_val": 512}},
+                    {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 512}},
+                ],
+                "cond_dim": cond_dim,
+            },
+            "diffusion": {
+                "cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
+                "global_cond_ids": ["seconds_start", "seconds_total"],
+                "type": "dit",
+                "config": dict(
+                    io_channels=latent,
+                    cond_token_dim=cond_dim,
+                    global_cond_dim=2 * cond_dim,
+                    project_cond_tokens=False,
+                    transformer_type="continuous_transformer",
+                    **dit,
+                ),
+            },
+            "io_channels": latent,
+        },
     }
 
 
@@ -101,16 +130,26 @@ def main() -> None:
     with open(os.path.join(args.output_dir, "model_config.json"), "w") as f:
         json.dump(config, f, indent=2)
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"tensors": len(state), "parameters": params,
-                      "dit": sum(p.numel() for p in model.model.parameters()),
-                      "conditioner": sum(p.numel() for p in model.conditioner.parameters()),
-                      "pretransform": sum(p.numel() for p in model.pretransform.parameters())}))
+    print(
+        json.dumps(
+            {
+                "tensors": len(state),
+                "parameters": params,
+                "dit": sum(p.numel() for p in model.model.parameters()),
+                "conditioner": sum(p.numel() for p in model.conditioner.parameters()),
+                "pretransform": sum(p.numel() for p in model.pretransform.parameters()),
+            }
+        )
+    )
     if args.size == "full":
         from transformers import T5Config, T5EncoderModel
 
         t5_dir = os.path.join(args.output_dir, "t5")
-        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12,
-                                     num_heads=12, feed_forward_proj="relu")).eval()
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, feed_forward_proj="relu"
+            )
+        ).eval()
         t5.save_pretrained(t5_dir)
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(os.path.join(FIXTURES, "t5_relu", name), t5_dir)

@@ -54,8 +54,10 @@ def autoencoder_config() -> dict:
         "sample_rate": 44100,
         "model": {
             "encoder": {"type": "oobleck", "config": {**shared, "in_channels": 2, "latent_dim": 2 * LATENT_DIM}},
-            "decoder": {"type": "oobleck", "config": {**shared, "out_channels": 2, "latent_dim": LATENT_DIM,
-                                                      "final_tanh": False}},
+            "decoder": {
+                "type": "oobleck",
+                "config": {**shared, "out_channels": 2, "latent_dim": LATENT_DIM, "final_tanh": False},
+            },
             "bottleneck": {"type": "vae"},
             "latent_dim": LATENT_DIM,
             "downsampling_ratio": int(np.prod(STRIDES)),
@@ -95,23 +97,37 @@ def make_vae(gen: torch.Generator) -> None:
     _, kl = vae_sample(mean, scale)
     latents = torch.randn(2, LATENT_DIM, 32, generator=gen)
     decoded = model.decoder(latents)
-    np.savez(os.path.join(OUT, "sao_vae_reference.npz"), audio=audio16.numpy(),
-             encoder_out=encoder_out.numpy(), mean=mean.numpy(), kl=kl.numpy(),
-             latents=latents.numpy(), decoded=decoded.numpy())
+    np.savez(
+        os.path.join(OUT, "sao_vae_reference.npz"),
+        audio=audio16.numpy(),
+        encoder_out=encoder_out.numpy(),
+        mean=mean.numpy(),
+        kl=kl.numpy(),
+        latents=latents.numpy(),
+        decoded=decoded.numpy(),
+    )
 
 
 def make_timing() -> None:
-    conditioning = {"cond_dim": TIMING_DIM, "configs": [
-        {"id": name, "type": "number", "config": {"min_val": 0, "max_val": 512}}
-        for name in ("seconds_start", "seconds_total")]}
+    conditioning = {
+        "cond_dim": TIMING_DIM,
+        "configs": [
+            {"id": name, "type": "number", "config": {"min_val": 0, "max_val": 512}}
+            for name in ("seconds_start", "seconds_total")
+        ],
+    }
     conditioner = create_multi_conditioner_from_conditioning_config(conditioning).eval()
     save_file(contiguous_state(conditioner, "conditioner."), os.path.join(OUT, "sao_timing_state.safetensors"))
-    out = conditioner([{"seconds_start": s, "seconds_total": t} for s, t in zip(SECONDS_START, SECONDS_TOTAL)],
-                      device="cpu")
-    np.savez(os.path.join(OUT, "sao_timing_reference.npz"),
-             seconds_start=np.asarray(SECONDS_START, np.float32), seconds_total=np.asarray(SECONDS_TOTAL, np.float32),
-             start_embeds=out["seconds_start"][0][:, 0].numpy(),
-             total_embeds=out["seconds_total"][0][:, 0].numpy())
+    out = conditioner(
+        [{"seconds_start": s, "seconds_total": t} for s, t in zip(SECONDS_START, SECONDS_TOTAL)], device="cpu"
+    )
+    np.savez(
+        os.path.join(OUT, "sao_timing_reference.npz"),
+        seconds_start=np.asarray(SECONDS_START, np.float32),
+        seconds_total=np.asarray(SECONDS_TOTAL, np.float32),
+        start_embeds=out["seconds_start"][0][:, 0].numpy(),
+        total_embeds=out["seconds_total"][0][:, 0].numpy(),
+    )
 
 
 @torch.no_grad()

@@ -33,11 +33,17 @@ def main() -> None:
         "transposed": base.t(),  # strides (1, 6) over base's storage
         "row_view": base[1],  # offset 6 into the same storage
     }
-    ckpt = {"state_dict": state, "hyper_parameters": argparse.Namespace(lr=1e-4), "callbacks": NotImportable(),
-            "epoch": 7}
+    ckpt = {
+        "state_dict": state,
+        "hyper_parameters": argparse.Namespace(lr=1e-4),
+        "callbacks": NotImportable(),
+        "epoch": 7,
+    }
     torch.save(ckpt, os.path.join(OUT, "state_dict_lightning.ckpt"))
-    expected = {k.replace(".", "__"): (v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy())
-                for k, v in state.items()}
+    expected = {
+        k.replace(".", "__"): (v.detach().float().numpy() if v.dtype == torch.bfloat16 else v.detach().numpy())
+        for k, v in state.items()
+    }
     np.savez(os.path.join(OUT, "state_dict_expected.npz"), **expected)
 
 

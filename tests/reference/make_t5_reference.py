@@ -44,10 +44,32 @@ FIXTURES = os.path.join(os.path.dirname(HERE), "fixtures")
 MAX_LENGTH = 128
 VOCAB_SIZE = 160  # model rows; the trained tokenizer has fewer ids
 
-GENRES = ("ambient", "techno", "baroque chorale", "lo-fi hip hop", "synth pop", "jazz trio", "drum and bass",
-          "folk ballad", "cinematic score", "house")
-INSTRUMENTS = ("piano", "violin", "cello", "analog synth", "drums", "bass guitar", "flute", "pads",
-               "acoustic guitar", "choir", "808 kick", "strings")
+GENRES = (
+    "ambient",
+    "techno",
+    "baroque chorale",
+    "lo-fi hip hop",
+    "synth pop",
+    "jazz trio",
+    "drum and bass",
+    "folk ballad",
+    "cinematic score",
+    "house",
+)
+INSTRUMENTS = (
+    "piano",
+    "violin",
+    "cello",
+    "analog synth",
+    "drums",
+    "bass guitar",
+    "flute",
+    "pads",
+    "acoustic guitar",
+    "choir",
+    "808 kick",
+    "strings",
+)
 MOODS = ("upbeat", "melancholic", "dreamy", "dark", "energetic", "calm", "epic", "playful")
 KEYS = ("C major", "A minor", "F# minor", "Eb major", "D dorian", "G major")
 
@@ -56,8 +78,14 @@ PROMPTS = (
     "ambient pads, 70 BPM",
     "BPM: 128 | Techno | analog synth, 808 kick | dark",
     # Long enough to be truncated: exercises the far relative-position buckets (distance 127).
-    " ".join(itertools.islice(itertools.cycle(
-        "a dreamy cinematic score with strings , choir and a slow piano melody in D dorian".split()), 150)),
+    " ".join(
+        itertools.islice(
+            itertools.cycle(
+                "a dreamy cinematic score with strings , choir and a slow piano melody in D dorian".split()
+            ),
+            150,
+        )
+    ),
     "Quiet café — rain; zyxwq ÆØÅ 🎹",
 )
 
@@ -67,8 +95,10 @@ def captions(n: int = 400, seed: int = 0) -> list[str]:
     out = []
     for _ in range(n):
         inst = rng.sample(INSTRUMENTS, rng.randint(1, 3))
-        out.append(f"{rng.choice(MOODS)} {rng.choice(GENRES)} with {', '.join(inst)}, "
-                   f"{rng.randint(60, 180)} BPM, {rng.choice(KEYS)}")
+        out.append(
+            f"{rng.choice(MOODS)} {rng.choice(GENRES)} with {', '.join(inst)}, "
+            f"{rng.randint(60, 180)} BPM, {rng.choice(KEYS)}"
+        )
     return out
 
 
@@ -79,19 +109,22 @@ def make_tokenizer():
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=VOCAB_SIZE, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
     tok.train_from_iterator(captions(), trainer=trainer)
     # The trainer orders equal-score pieces and sums scores in a run-dependent order:
     # rebuild the model with rounded scores in a fixed order, so the files are reproducible.
     specials = ["<pad>", "</s>", "<unk>"]
     trained = json.loads(tok.to_str())["model"]["vocab"]
-    pieces = sorted(((piece, round(score, 6)) for piece, score in trained if piece not in specials),
-                    key=lambda p: (-p[1], p[0]))
+    pieces = sorted(
+        ((piece, round(score, 6)) for piece, score in trained if piece not in specials), key=lambda p: (-p[1], p[0])
+    )
     tok.model = models.Unigram([(t, 0.0) for t in specials] + pieces, unk_id=2, byte_fallback=False)
     assert [tok.token_to_id(t) for t in specials] == [0, 1, 2] and tok.get_vocab_size() <= VOCAB_SIZE
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
     return tok
 
 
@@ -100,9 +133,18 @@ def make_spiece_model() -> bytes:
 
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions(seed=1)), model_writer=buffer, vocab_size=100, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, normalization_rule_name="identity",
-        minloglevel=2)
+        sentence_iterator=iter(captions(seed=1)),
+        model_writer=buffer,
+        vocab_size=100,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
     return buffer.getvalue()
 
 
@@ -114,8 +156,7 @@ def write_tokenizer(tok, folder: str) -> None:
 
 
 def hf_ids(tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    batch = tokenizer(list(PROMPTS), padding="max_length", truncation=True, max_length=MAX_LENGTH,
-                      return_tensors="np")
+    batch = tokenizer(list(PROMPTS), padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="np")
     return batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(bool)
 
 
@@ -134,8 +175,9 @@ def count_t5_base() -> None:
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
-                                   feed_forward_proj="relu")
+    config = transformers.T5Config(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, feed_forward_proj="relu"
+    )
     model = transformers.T5EncoderModel(config)
     print("t5-base T5EncoderModel params:", sum(p.numel() for p in model.parameters()))
 
@@ -167,16 +209,27 @@ def main() -> None:
     assert [e.ids for e in ours.encode_batch(list(PROMPTS))] == ids.tolist(), "HF and tokenizers disagree"
     spiece_ids, spiece_mask = hf_ids(transformers.T5Tokenizer.from_pretrained(spiece_dir, local_files_only=True))
 
-    common = dict(vocab_size=VOCAB_SIZE, d_model=32, d_ff=64, num_layers=2, num_heads=4,
-                  relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0,
-                  layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        d_model=32,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        dropout_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     torch.manual_seed(0)
-    relu = transformers.T5EncoderModel(transformers.T5Config(d_kv=12, feed_forward_proj="relu", **common)
-                                       ).eval()
+    relu = transformers.T5EncoderModel(transformers.T5Config(d_kv=12, feed_forward_proj="relu", **common)).eval()
     relu.save_pretrained(relu_dir)
     torch.manual_seed(1)
     gated = transformers.T5ForConditionalGeneration(
-        transformers.T5Config(d_kv=8, feed_forward_proj="gated-gelu", num_decoder_layers=1, **common)).eval()
+        transformers.T5Config(d_kv=8, feed_forward_proj="gated-gelu", num_decoder_layers=1, **common)
+    ).eval()
     gated.config.save_pretrained(gated_dir)
     torch.save(gated.state_dict(), os.path.join(gated_dir, "pytorch_model.bin"))
     for name in ("generation_config.json",):
@@ -185,13 +238,22 @@ def main() -> None:
                 os.remove(os.path.join(folder, name))
 
     relative = np.arange(-300, 301)
-    buckets = {f"buckets_{n}_{d}": T5Attention._relative_position_bucket(
-        torch.from_numpy(relative), bidirectional=True, num_buckets=n, max_distance=d).numpy().astype(np.int32)
-        for n, d in ((32, 128), (16, 20))}
+    buckets = {
+        f"buckets_{n}_{d}": T5Attention._relative_position_bucket(
+            torch.from_numpy(relative), bidirectional=True, num_buckets=n, max_distance=d
+        )
+        .numpy()
+        .astype(np.int32)
+        for n, d in ((32, 128), (16, 20))
+    }
     arrays = dict(
-        prompts=np.array(PROMPTS), input_ids=ids, attention_mask=mask,
-        spiece_input_ids=spiece_ids, spiece_attention_mask=spiece_mask,
-        relative_positions=relative.astype(np.int32), **buckets,
+        prompts=np.array(PROMPTS),
+        input_ids=ids,
+        attention_mask=mask,
+        spiece_input_ids=spiece_ids,
+        spiece_attention_mask=spiece_mask,
+        relative_positions=relative.astype(np.int32),
+        **buckets,
         relu_hidden=encoder_output(relu, ids, mask),
         gated_hidden=encoder_output(gated.get_encoder(), ids, mask),
     )
@@ -204,8 +266,10 @@ def main() -> None:
             total += size
             print(f"  {os.path.relpath(os.path.join(folder, name), FIXTURES)}: {size / 1e3:.1f} kB")
     total += os.path.getsize(path)
-    print(f"wrote {path} ({os.path.getsize(path) / 1e3:.1f} kB); fixtures total {total / 1e3:.1f} kB; "
-          f"torch {torch.__version__}, transformers {transformers.__version__}")
+    print(
+        f"wrote {path} ({os.path.getsize(path) / 1e3:.1f} kB); fixtures total {total / 1e3:.1f} kB; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}"
+    )
     print("tokens per prompt:", mask.sum(1).tolist(), "spiece:", spiece_mask.sum(1).tolist())
     print("max |relu|", np.abs(arrays["relu_hidden"]).max(), "max |gated|", np.abs(arrays["gated_hidden"]).max())
 

@@ -48,10 +48,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cond_token_dim", type=int, default=768)
     p.add_argument("--global_cond_dim", type=int, default=1536)
     p.add_argument("--ff_mult", type=int, default=4, help="SwiGLU inner width / embed_dim")
-    p.add_argument("--text_tokens", type=int, default=130,
-                   help="cross-attention tokens: text tokens + 2 timing tokens (SAO: 128 + 2)")
-    p.add_argument("--frames", type=lambda s: [int(f) for f in s.split(",") if f], default=[1024],
-                   help="comma-separated latent lengths, one timed row each")
+    p.add_argument(
+        "--text_tokens",
+        type=int,
+        default=130,
+        help="cross-attention tokens: text tokens + 2 timing tokens (SAO: 128 + 2)",
+    )
+    p.add_argument(
+        "--frames",
+        type=lambda s: [int(f) for f in s.split(",") if f],
+        default=[1024],
+        help="comma-separated latent lengths, one timed row each",
+    )
     p.add_argument("--batch_size", type=int, default=1, help="B: the forward batch is 2B (CFG)")
     p.add_argument("--steps", type=int, default=5, help="timed calls per length")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per length")
@@ -70,11 +78,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    model = DiffusionTransformer(
-        io_channels=args.io_channels, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads,
-        cond_token_dim=args.cond_token_dim, global_cond_dim=args.global_cond_dim, project_cond_tokens=False,
-        transformer_type="continuous_transformer", ff_kwargs={"mult": args.ff_mult},
-    ).float().eval()
+    model = (
+        DiffusionTransformer(
+            io_channels=args.io_channels,
+            embed_dim=args.embed_dim,
+            depth=args.depth,
+            num_heads=args.num_heads,
+            cond_token_dim=args.cond_token_dim,
+            global_cond_dim=args.global_cond_dim,
+            project_cond_tokens=False,
+            transformer_type="continuous_transformer",
+            ff_kwargs={"mult": args.ff_mult},
+        )
+        .float()
+        .eval()
+    )
     build_seconds = time.perf_counter() - start
 
     rows = []
@@ -95,17 +113,23 @@ def main() -> None:
                     step_seconds.append(elapsed)
             if tuple(out.shape) != (b2, args.io_channels, frames):
                 raise RuntimeError(f"unexpected output shape {tuple(out.shape)} for {frames} frames")
-            rows.append({"frames": frames, "step_seconds": step_seconds,
-                         "median_seconds": statistics.median(step_seconds)})
+            rows.append(
+                {"frames": frames, "step_seconds": step_seconds, "median_seconds": statistics.median(step_seconds)}
+            )
 
-    print(json.dumps({
-        "torch_version": torch.__version__,
-        "stable_audio_tools_version": importlib.metadata.version("stable-audio-tools"),
-        "threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in model.parameters()),
-        "build_seconds": build_seconds,
-        "rows": rows,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "torch_version": torch.__version__,
+                "stable_audio_tools_version": importlib.metadata.version("stable-audio-tools"),
+                "threads": torch.get_num_threads(),
+                "params": sum(p.numel() for p in model.parameters()),
+                "build_seconds": build_seconds,
+                "rows": rows,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -3,4 +3,5 @@
 stable-audio-tools only needs `torchaudio.transforms.Resample`, and the parity fixtures keep
 sample rates equal, so the shim's Resample is the identity and refuses anything else.
 """
+
 from . import transforms  # noqa: F401
