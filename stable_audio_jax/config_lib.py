@@ -373,3 +373,27 @@ def lora_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(rank=0, alpha=16.0, targets=lora.DEFAULT_TARGETS, kind="lora", base_dtype="bfloat16")
     )
+
+
+def arc_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`c`, a rectified-flow diffusion config, as ARC post-training (`training/arc_task.py`):
+    the `arc` section holds the discriminator's depth and head, both players' time
+    distributions (`diffusion/flow.py` TIMESTEP_SAMPLERS), the loss weights and the
+    discriminator's optimizer; `config.optimizer` stays the generator's. Sampling becomes the
+    few-step setting (8 pingpong steps, no CFG); `config.init_from` must name the RF model."""
+    c.task = "arc"
+    c.arc = ml_collections.ConfigDict(
+        dict(
+            discriminator_layer=1,  # the last backbone block the discriminator runs (0-based)
+            soft_clip_scale=0.0,  # > 0: scores bounded by scale * tanh(s / scale)
+            generator_times="logit_normal",
+            discriminator_times="logit_normal",
+            contrastive=True,
+            generator_weight=1.0,
+            discriminator_weight=1.0,
+            contrastive_weight=1.0,
+            optimizer=adamw_config(1e-4, b1=0.9, b2=0.99, weight_decay=0.0, warmup=0.0),
+        )
+    )
+    c.sampling.update(sampling_config.FEW_STEP_FLOW.to_dict())
+    return c

@@ -22,6 +22,9 @@ from stable_audio_jax.inference import pretrained_parts
 from stable_audio_jax.training.diffusion_task import ADAPTERS
 from stable_audio_jax.training.runs import load_run
 
+# Runs whose EMA "diffusion" params are a diffusion model to sample (ARC's generator too).
+DIFFUSION_TASKS = ("diffusion", "arc")
+
 
 class DiffusionWeights(NamedTuple):
     """A diffusion model to sample or export, and where its weights and settings came from."""
@@ -36,7 +39,7 @@ def full_run_weights(diffusion_dir: str, *, mesh: jax.sharding.Mesh, rules: para
     """The EMA weights of the newest step of a diffusion run trained without adapters, with
     the run's model, window and sampling section."""
     run = load_run(diffusion_dir, mesh=mesh, rules=rules, ema_only=True)
-    if run.config.task != "diffusion":
+    if run.config.task not in DIFFUSION_TASKS:
         raise ValueError(f"{diffusion_dir} holds a {run.config.task!r} run, not a diffusion run")
     if run.task.lora.enabled:
         raise UserError(

@@ -223,7 +223,7 @@ class AudioGenerator:
         """Load a diffusion run and, unless given, the VAE and CLAP runs named in its config,
         onto `mesh` (default: every device on the data axis) with the diffusion run's rules."""
         diffusion = load_run(diffusion_dir, step=step, mesh=mesh, ema_only=True)
-        if diffusion.config.task != "diffusion":
+        if diffusion.config.task not in fine_tuned.DIFFUSION_TASKS:
             raise ValueError(f"{diffusion_dir} holds a {diffusion.config.task!r} run, not a diffusion run")
         if diffusion.task.lora.enabled:
             raise UserError(

@@ -1,10 +1,12 @@
-"""Hinge adversarial and feature-matching losses for a multi-scale discriminator.
+"""Adversarial losses: hinge and feature matching for the VAE's multi-scale discriminator,
+and the relativistic pair for ARC post-training.
 
 Inputs are per-scale lists as returned by `MultiScaleSTFTDiscriminator`: logits
 `[batch, frames, bins, 1]` per scale and, per scale, a list of feature maps. Each loss is
 computed per scale and then averaged over the scales (stable-audio-tools >= 0.0.17;
 0.0.16 summed over the scales instead, i.e. 5x larger with five scales). Results are
-float32 scalars whatever the discriminator's compute dtype.
+float32 scalars whatever the discriminator's compute dtype. The relativistic losses take two
+score maps of one shape (real and fake, paired by row).
 """
 
 from __future__ import annotations
@@ -60,3 +62,15 @@ def feature_matching_loss(
         ]
         per_scale.append(sum(distances) / len(distances))
     return sum(per_scale) / len(per_scale)
+
+
+def relativistic_discriminator_loss(scores_real: jax.Array, scores_fake: jax.Array) -> jax.Array:
+    """`mean(softplus(-(D(real) - D(fake))))`: the relativistic pairing GAN loss of ARC (arXiv
+    2505.08175; stable-audio-tools `training/arc.py` `calculate_disc_loss`), on paired
+    score maps of one shape; also the contrastive loss with D(fake) the scores under swapped prompts."""
+    return _mean_f32(jax.nn.softplus(-(scores_real.astype(jnp.float32) - scores_fake.astype(jnp.float32))))
+
+
+def relativistic_generator_loss(scores_real: jax.Array, scores_fake: jax.Array) -> jax.Array:
+    """`mean(softplus(D(real) - D(fake)))`: the generator's side of the relativistic loss."""
+    return _mean_f32(jax.nn.softplus(scores_real.astype(jnp.float32) - scores_fake.astype(jnp.float32)))

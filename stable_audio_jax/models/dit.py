@@ -322,6 +322,10 @@ class DiffusionTransformer(nn.Module):
       context: `[batch, tokens, cond_token_dim]` cross-attention tokens, all attended to
         (zero tokens included; the unconditional branch is an all-zero context).
       global_cond: `[batch, global_cond_dim]`, required iff `config.global_cond_dim` > 0.
+      return_hidden: return the last block's hidden states `[batch, 1 + frames, embed_dim]`
+        (the prepended global token first) instead of v; `project_out` and
+        `postprocess_conv` are then neither created nor run. With `depth = k + 1` this is the
+        reference's `exit_layer_ix=k`, what ARC's discriminator reads.
     Returns v: `[batch, frames, io_channels]` float32.
     """
 
@@ -331,7 +335,12 @@ class DiffusionTransformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, t: jax.Array, context: jax.Array, global_cond: jax.Array | None = None
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        context: jax.Array,
+        global_cond: jax.Array | None = None,
+        return_hidden: bool = False,
     ) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -370,6 +379,8 @@ class DiffusionTransformer(nn.Module):
         block = maybe_remat(TransformerBlock, c.remat_policy)
         for i in range(c.depth):
             h = block(c.num_heads, c.ff_mult, name=f"layers_{i}", **kw)(h, context, cos, sin)
+        if return_hidden:
+            return constrain(h.astype(jnp.float32), BATCH_LENGTH_CHANNELS)
 
         out = torch_dense(c.io_channels, c.embed_dim, ("embed", "channels"), "project_out", use_bias=False, **kw)(
             h[:, 1:]

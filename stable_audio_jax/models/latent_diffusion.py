@@ -173,6 +173,7 @@ class LatentDiffusionModel(nn.Module):
         seconds_total: jax.Array,
         use_null_context: jax.Array | None = None,
         prompt_mask: jax.Array | None = None,
+        return_hidden: bool = False,
     ) -> jax.Array:
         """x `[batch, frames, latent_dim]` (noisy latents), t `[batch]` in [0, 1],
         text_features `[batch, text_length, text_dim]`, text_mask `[batch, text_length]`,
@@ -182,8 +183,11 @@ class LatentDiffusionModel(nn.Module):
         to, e.g. the prompt's on a negative-prompt row; used by the U-Net's "reference"
         mask semantics, see `models/unet.py`; the DiT has no key mask) -> v
         `[batch, frames, latent_dim]`, float32 whatever `dtype` (the loss, CFG and the
-        sampler's updates then run in float32)."""
+        sampler's updates then run in float32). `return_hidden` (DiT only): the last block's
+        hidden states `[batch, 1 + frames, embed_dim]` instead (`DiffusionTransformer`)."""
         c = self.config
+        if return_hidden and c.dit is None:
+            raise ValueError("return_hidden needs a DiT backbone (the ARC discriminator reads its hidden states)")
         width = c.context_features
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if text_features.shape[1] != c.text_length:
@@ -232,5 +236,5 @@ class LatentDiffusionModel(nn.Module):
                 # The unconditional context is all zeros, not learned; the global timing stays.
                 drop = jnp.asarray(use_null_context).astype(bool).reshape(x.shape[0])
                 context = jnp.where(drop[:, None, None], 0, context)
-            v = DiffusionTransformer(c.dit, name="dit", **kw)(x, t, context, global_cond)
+            v = DiffusionTransformer(c.dit, name="dit", **kw)(x, t, context, global_cond, return_hidden)
         return v.astype(jnp.float32)

@@ -203,6 +203,12 @@ class DiffusionTask(Task):
         return lora.merge(state.frozen["diffusion"], [(self.adapter(params[ADAPTERS]), 1.0)])
 
     # ------------------------------------------------------------------ loss
+    def clean_latents(self, batch: Batch, rng: jax.Array) -> jax.Array:
+        """A sample of the VAE posterior the shards hold, times `latent_scale`: x0 `[batch, frames,
+        latent_dim]`."""
+        mean, std = batch["latent_mean"], batch["latent_std"]
+        return (mean + std * jax.random.normal(rng, mean.shape)) * self.config.pretransform.latent_scale
+
     def noised_inputs(self, batch: Batch, rng: jax.Array, cfg_dropout: float) -> dict[str, jax.Array]:
         """Every random draw of a step, made once for the whole (global) batch.
 
@@ -214,8 +220,7 @@ class DiffusionTask(Task):
         the batch gives micro-batches whose losses average to the batch's.
         """
         latent_rng, time_rng, noise_rng, drop_rng = jax.random.split(rng, 4)
-        mean, std = batch["latent_mean"], batch["latent_std"]
-        x0 = (mean + std * jax.random.normal(latent_rng, mean.shape)) * self.config.pretransform.latent_scale
+        x0 = self.clean_latents(batch, latent_rng)
         batch_size = x0.shape[0]
         t = self.objective.times(time_rng, batch_size, x0.shape[1])
         noise = jax.random.normal(noise_rng, x0.shape)

@@ -84,14 +84,15 @@ def _pretrained_metadata(source: str, flag: str) -> dict[str, Any]:
 def _run_ema_params(
     source: str, task: Task, mesh: jax.sharding.Mesh, rules: parallel.Rules, flag: str
 ) -> dict[str, Any]:
-    """The EMA params of the newest step of a run of the same task, on `mesh`."""
+    """The EMA params of the newest step of a run of the same task (or one of
+    `task.init_from_tasks`), on `mesh`."""
     from stable_audio_jax.training.runs import load_run, run_task  # builds tasks: imported late
 
     try:
         kind = run_task(source)
     except FileNotFoundError as e:
         raise UserError(f"{flag}: {e}") from None
-    if kind != task.name:
+    if kind not in (task.init_from_tasks or (task.name,)):
         raise UserError(
             f"{flag} is a {kind or 'task-less'} run, but this config trains a {task.name} model "
             f"(config.task={task.name!r})"

@@ -30,6 +30,8 @@ class Task(abc.ABC):
     # Keys of `params` / `ema_params` that `config.init_from` fills from existing weights (the
     # parts of a pretrained directory of the same names, or another run's EMA); () for none.
     pretrained_parts: tuple[str, ...] = ()
+    # Tasks whose runs `config.init_from` may name (their EMA holds `pretrained_parts`); () = this task's.
+    init_from_tasks: tuple[str, ...] = ()
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
