@@ -4,7 +4,7 @@
     python launch/benchmark.py --config=configs/vae_sao.py --batch_size=1 --seconds=1.5 \
         --steps=5 --output_json=/tmp/bench_sao.json
     python launch/benchmark.py --config=configs/dit_sao.py --config.dtype=float32 --skip_train \
-        --sample_steps=0 --forward_seconds=10,47 --reference_python=/work/refvenv/bin/python
+        --sample_steps=0 --forward_seconds=10,47 --reference_python=$REFERENCE_PYTHON
     python launch/benchmark.py --compare /tmp/bench_gpu.json /tmp/bench_tpu.json
     python launch/benchmark.py --config=configs/diffusion_sa1.py --memory_estimate --batch_size=256 \
         --memory_mesh=8,8,1 --remat_policies=none,full,dots_with_no_batch_dims_saveable
@@ -182,7 +182,7 @@ _REFERENCE_PYTHON = flags.DEFINE_string(
     "reference_python",
     None,
     "Diffusion with a DiT and --forward_seconds: a Python with torch and "
-    "stable-audio-tools (e.g. /work/refvenv/bin/python) that times the "
+    "stable-audio-tools (README: the reference environment) that times the "
     "reference DiT's forward at the same lengths (rows reference/forward/...).",
 )
 _MEMORY_ESTIMATE = flags.DEFINE_bool(

@@ -54,7 +54,8 @@ def _head_tokens(tokens: int) -> int:
 class ARCTask(DiffusionTask):
     name = "arc"
     progress_keys = ("generator", "discriminator")
-    init_from_tasks = ("diffusion", "arc")  # an RF diffusion run, or an ARC run to continue from
+    # An RF diffusion run, or an ARC run (its generator; a run resumes from its own workdir).
+    init_from_tasks = ("diffusion", "arc")
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

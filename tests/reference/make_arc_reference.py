@@ -3,7 +3,7 @@
 Run once, with the PyTorch reference (stable-audio-tools 0.0.19, torch 2.13 CPU), from the
 repository root:
 
-    PYTHONPATH=tests/reference/shims:tests/reference /work/refenv/bin/python tests/reference/make_arc_reference.py
+    PYTHONPATH=tests/reference/shims:tests/reference $REFERENCE_PYTHON tests/reference/make_arc_reference.py
 
 The players of ARC on a fixed batch, with the reference's modules and random weights:
 a `DiffusionTransformer` shaped like make_dit_reference.py's "rope_full" case (embed 64,

@@ -3,7 +3,7 @@
 Run once, with the PyTorch reference (stable-audio-tools 0.0.19, torch 2.13 CPU, no flash-attn,
 so attention is PyTorch's float32 SDPA):
 
-    cd /work/main && PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_dit_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_dit_reference.py
 
 Two small `stable_audio_tools.models.dit.DiffusionTransformer`s, configured as SAO
 (`continuous_transformer`, prepended global token, timestep as global conditioning,

@@ -3,7 +3,7 @@
 Run once, with the PyTorch reference (stable-audio-tools 0.0.19, torch 2.13 CPU), from the
 repository root:
 
-    PYTHONPATH=tests/reference/shims /work/refenv/bin/python tests/reference/make_flow_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_flow_reference.py
 
 Everything comes from stable-audio-tools' own functions in `inference/sampling.py`:
 `sample_rf` with each `sampler_type` (euler, rk4, dpmpp, pingpong; from noise with sigma_max 1

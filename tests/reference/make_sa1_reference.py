@@ -3,7 +3,7 @@
 Run once, with the PyTorch reference (stable-audio-tools 0.0.19, k-diffusion, transformers,
 torch CPU; no flash-attn, so the U-Net's attention is the float32 einsum path):
 
-    PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_sa1_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sa1_reference.py
 
 The model is stable-audio-tools' own `create_model_from_config` of an SA 1.0-structured
 `model_config.json` at a tiny size: an `adp_cfg_1d` U-Net (`UNetCFG1d`: widths 16/32/32,

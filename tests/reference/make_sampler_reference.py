@@ -3,7 +3,7 @@
 Run once, with the PyTorch reference (k-diffusion 0.1.1, as used by stable-audio-tools
 0.0.19's `sample_k`; torch 2.13 CPU), from the repository root:
 
-    PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_sampler_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sampler_reference.py
 
 The network is a small analytic v-model that JAX computes identically,
 `v(x, t) = tanh(x @ W + t b)` on `x` `[batch, frames, channels]`, wrapped in k-diffusion's

@@ -1,9 +1,9 @@
 """Builds a whole SAO-layout checkpoint with the PyTorch reference and random weights.
 
     # the small fixture of tests/test_sao_checkpoint.py (tests/fixtures/sao_small/)
-    PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_sao_model_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sao_model_reference.py
     # Stable Audio Open's full size (1.21 B params, 4.9 GB) plus a t5-base-shaped T5 folder
-    PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_sao_model_reference.py \
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sao_model_reference.py \
         --size=full --output_dir=/tmp/sao_full
 
 The model comes from stable-audio-tools' own `create_model_from_config` with SAO's

@@ -2,7 +2,7 @@
 
 Run once, with the PyTorch reference (stable-audio-tools 0.0.19, torch 2.13 CPU):
 
-    cd /work/main && PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_sao_vae_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sao_vae_reference.py
 
 The models are built by stable-audio-tools itself (`create_autoencoder_from_config`,
 `create_multi_conditioner_from_conditioning_config`), so the state dicts carry the

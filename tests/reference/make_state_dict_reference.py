@@ -1,6 +1,6 @@
 """Writes the `torch.save` fixture for tests/test_state_dict.py (run once, with PyTorch).
 
-    PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_state_dict_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_state_dict_reference.py
 
 A Lightning-style checkpoint: a `state_dict` of tensors in several dtypes, one a
 transposed (non-contiguous) view and two sharing one storage, next to objects the loader

@@ -20,9 +20,9 @@ deterministically:
 
 PyTorch and transformers are not project dependencies; run it in the reference venv:
 
-    PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_t5_reference.py
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_t5_reference.py
     # once, to re-measure the parameter count the test pins:
-    PYTHONPATH=tests/reference/shims /work/refvenv/bin/python tests/reference/make_t5_reference.py --count_t5_base
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_t5_reference.py --count_t5_base
 
 (needs torch, transformers, tokenizers, safetensors, sentencepiece, protobuf; the files
 were made with torch 2.13.0+cpu, transformers 5.23.0, tokenizers 0.23.3, sentencepiece 0.2.3).

@@ -1,6 +1,6 @@
 """Times the PyTorch reference DiT's forward on a CFG batch; launch/benchmark.py runs it.
 
-    cd /work/main && PYTHONPATH=tests/reference/shims /work/refvenv/bin/python \
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON \
         tests/reference/time_reference_dit.py --frames=217,1013 --batch_size=1 --steps=3
 
 (`launch/benchmark.py --forward_seconds=... --reference_python=...` calls it so, with the
