@@ -8,7 +8,8 @@
 
 Everything is read from local files (nothing is downloaded): the checkpoint (`.safetensors`,
 or `.ckpt` read without executing its pickle) and its `model_config.json`, whose
-`diffusion.type` says which model it is. The prompt encoder lives outside the checkpoint:
+`diffusion.type` says which model it is (Stable Audio Open Small is a `dit` with
+`seconds_total` timing only; it converts like SAO 1.0). The prompt encoder lives outside the checkpoint:
 for SAO (`dit`) a Hugging Face T5 folder (`config.json`, `model.safetensors` or
 `pytorch_model.bin`, `tokenizer.json` or `spiece.model`); for SA 1.0 (`adp_cfg_1d`) the
 LAION-CLAP checkpoint its conditioner loads (`clap_ckpt_path`) and a RoBERTa folder for

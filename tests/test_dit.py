@@ -81,6 +81,8 @@ def test_sao_parameter_count_by_eval_shape():
     model_config = LatentDiffusionConfig.from_dict(config.model.to_dict())
     assert dataclasses.replace(model_config.dit, remat_policy="none") == DiTConfig.sao()
     assert expected_num_params(model_config.dit) == SAO_DIT_PARAMS
+    # SAO Small's DiT: the count of the reference's DiffusionTransformer with its options.
+    assert expected_num_params(DiTConfig.sao_small()) == 340_879_488
     frames = config.data.sample_size // config.pretransform.downsampling_ratio
     assert frames == 1024 and model_config.text_length == 128 and model_config.latent_dim == 64
     model = LatentDiffusionModel(model_config, dtype=jnp.bfloat16)
@@ -116,8 +118,20 @@ def test_sao_parameter_count_by_eval_shape():
             ff_mult=2,
             timestep_features_dim=32,
         ),
+        # SAO Small's options: prompt tokens projected to the width, q/k LayerNorms.
+        DiTConfig(
+            io_channels=4,
+            embed_dim=128,
+            num_heads=2,
+            depth=2,
+            cond_token_dim=32,
+            global_cond_dim=32,
+            project_cond_tokens=True,
+            qk_norm="ln",
+        ),
+        DiTConfig.sao_small(),
     ],
-    ids=["tiny", "rope_half", "no_global"],
+    ids=["tiny", "rope_half", "no_global", "open_small", "sao_small"],
 )
 def test_expected_num_params_matches_the_module(config):
     x, t, context, global_cond = _dit_inputs(config)

@@ -11,7 +11,9 @@ Two model kinds, told apart by `diffusion.type` in the model config:
 - Stable Audio Open (`dit`): the DiT (`convert/sao_dit.py`), number timing conditioners,
   and T5 prompts from a local Hugging Face T5 folder (the reference keeps T5 outside its
   checkpoint, `T5Conditioner`). Samples with SAO's defaults (100 steps of DPM-Solver++ 3M
-  SDE, CFG 7, sigma 0.3..500).
+  SDE, CFG 7, sigma 0.3..500). Stable Audio Open Small is this kind too: `seconds_total`
+  as its only timing conditioner, projected prompt tokens, q/k LayerNorms, the
+  `rf_denoiser` objective and its defaults (8 pingpong steps, no CFG).
 - Stable Audio 1.0 (`adp_cfg_1d`): the U-Net (`convert/sa1_unet.py`) with the reference's
   mask semantics, per-second table timing conditioners, and the CLAP text branch from its
   own checkpoint plus a RoBERTa folder for config and tokenizer
@@ -43,7 +45,8 @@ from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader
 from stable_audio_jax.convert.t5_checkpoint import load_t5_checkpoint
 from stable_audio_jax.diffusion import sampling_config
 from stable_audio_jax.models.autoencoder import AutoencoderConfig
-from stable_audio_jax.models.dit import DiTConfig
+from stable_audio_jax.models.conditioning import TIMING_IDS as _TIMING_IDS
+from stable_audio_jax.models.dit import QK_NORMS, DiTConfig
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
 from stable_audio_jax.models.unet import UNetConfig
 
@@ -55,9 +58,10 @@ _DIT_RENAMES = {
     "num_heads": "num_heads",
     "cond_token_dim": "cond_token_dim",
     "global_cond_dim": "global_cond_dim",
+    "project_cond_tokens": "project_cond_tokens",
+    "attn_kwargs": "attn_kwargs",  # parsed by `_dit`: only `qk_norm`
 }
 _DIT_FIXED = {
-    "project_cond_tokens": False,
     "transformer_type": "continuous_transformer",
     "patch_size": 1,
     "input_concat_dim": 0,
@@ -94,7 +98,6 @@ _UNET_FIXED = {
     "attention_features": None,
 }
 _WRAPPER_PREFIXES = ("diffusion_ema.", "diffusion.")
-_TIMING_IDS = ("seconds_start", "seconds_total")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +201,26 @@ def _dit_objective(diffusion: Mapping[str, Any]) -> str:
 
 
 def _dit(diffusion: Mapping[str, Any]) -> DiTConfig:
-    return DiTConfig(**{k: int(v) for k, v in _options(diffusion, _DIT_RENAMES, _DIT_FIXED).items()})
+    options = _options(diffusion, _DIT_RENAMES, _DIT_FIXED)
+    attn_kwargs = dict(options.pop("attn_kwargs", None) or {})
+    unknown = sorted(set(attn_kwargs) - {"qk_norm"})
+    if unknown:
+        raise ConversionError(f"model_config: unsupported diffusion.config.attn_kwargs keys {unknown}")
+    qk_norm = attn_kwargs.get("qk_norm", "none")
+    if qk_norm not in QK_NORMS:
+        raise ConversionError(
+            f"model_config: diffusion.config.attn_kwargs.qk_norm is {qk_norm!r}; supported: {list(QK_NORMS)}"
+        )
+    # The reference's DiffusionTransformer projects the prompt tokens to embed_dim unless told not to.
+    project = options.pop("project_cond_tokens", True)
+    if not isinstance(project, bool):
+        raise ConversionError(
+            f"model_config: diffusion.config.project_cond_tokens must be true or false, got {project!r}"
+        )
+    try:
+        return DiTConfig(**{k: int(v) for k, v in options.items()}, project_cond_tokens=project, qk_norm=str(qk_norm))
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"model_config: diffusion.config does not describe a supported DiT: {e}") from e
 
 
 def _unet(diffusion: Mapping[str, Any]) -> UNetConfig:
@@ -218,10 +240,10 @@ def _unet(diffusion: Mapping[str, Any]) -> UNetConfig:
 _TIMING_MAX_DEFAULTS = {"number": 1, "int": 512}
 
 
-def _timing(conditioners: Mapping[str, Any], kind: str) -> int:
-    """The shared `max_val` of the two timing conditioners of SAT type `kind`."""
+def _timing(conditioners: Mapping[str, Any], kind: str, ids: tuple[str, ...]) -> int:
+    """The shared `max_val` of the timing conditioners `ids`, each of SAT type `kind`."""
     max_seconds = None
-    for name in _TIMING_IDS:
+    for name in ids:
         c = conditioners[name]
         _require(c.get("type"), kind, f"conditioning {name} type")
         _require(float(c.get("config", {}).get("min_val", 0)), 0.0, f"conditioning {name} min_val")
@@ -251,10 +273,15 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
         )
     conditioners = {c.get("id"): c for c in _get(model, "conditioning.configs")}
     cond_dim = int(_get(model, "conditioning.cond_dim"))
-    _require(sorted(conditioners), sorted(("prompt",) + _TIMING_IDS), "the conditioner ids")
+    # SAO and SA 1.0 time by start and total; SAO Small by seconds_total alone.
+    timing_ids = tuple(name for name in _TIMING_IDS if name in conditioners)
+    if backbone == "adp_cfg_1d" or "seconds_start" in conditioners:
+        _require(sorted(conditioners), sorted(("prompt",) + _TIMING_IDS), "the conditioner ids")
+    else:
+        _require(sorted(conditioners), sorted(("prompt", "seconds_total")), "the conditioner ids")
     _require(
         list(diffusion.get("cross_attention_cond_ids", [])),
-        ["prompt", *_TIMING_IDS],
+        ["prompt", *timing_ids],
         "diffusion.cross_attention_cond_ids",
     )
     prompt = conditioners["prompt"]
@@ -269,9 +296,14 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
     if backbone == "dit":
         dit, objective = _dit(diffusion), _dit_objective(diffusion)
         _require(prompt.get("type"), "t5", "conditioning prompt type")
-        max_seconds = _timing(conditioners, "number")
-        _require(list(diffusion.get("global_cond_ids", [])), list(_TIMING_IDS), "diffusion.global_cond_ids")
+        max_seconds = _timing(conditioners, "number", timing_ids)
+        _require(list(diffusion.get("global_cond_ids", [])), list(timing_ids), "diffusion.global_cond_ids")
         _require(dit.cond_token_dim, cond_dim, "diffusion.config.cond_token_dim (vs conditioning.cond_dim)")
+        _require(
+            dit.global_cond_dim,
+            len(timing_ids) * cond_dim,
+            "diffusion.config.global_cond_dim (vs the global conditioners' widths)",
+        )
         _require(dit.io_channels, autoencoder.latent_dim, "diffusion.config.io_channels (vs the VAE latent_dim)")
         text_max_length = int(prompt_config.get("max_length", 128))
         return Architecture(
@@ -280,6 +312,7 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
                 timing_kind="number",
                 max_seconds=max_seconds,
                 global_timing=True,
+                timing_ids=timing_ids,
                 text_tokens=text_max_length,
                 objective=objective,
             ),
@@ -292,7 +325,7 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
     unet = _unet(diffusion)
     _require(prompt.get("type"), "clap_text", "conditioning prompt type")
     _require(prompt_config.get("use_text_features", False), True, "the CLAP conditioner's use_text_features")
-    max_seconds = _timing(conditioners, "int")
+    max_seconds = _timing(conditioners, "int", timing_ids)
     _require(list(diffusion.get("global_cond_ids", [])), [], "diffusion.global_cond_ids")
     _require(list(diffusion.get("input_concat_ids", [])), [], "diffusion.input_concat_ids")
     _require(unet.context_features, cond_dim, "diffusion.config.context_embedding_features (vs conditioning.cond_dim)")
@@ -336,7 +369,7 @@ def diffusion_params_from_state_dict(reader: StateDictReader, arch: Architecture
     """`LatentDiffusionModel` params (`timing` + the backbone) from the backbone and conditioner tensors."""
     c = arch.diffusion
     timing = sao_conditioners.timing_params_from_state_dict(
-        reader, c.context_features, kind=c.timing_kind, max_seconds=c.max_seconds
+        reader, c.context_features, kind=c.timing_kind, max_seconds=c.max_seconds, ids=c.timing_ids
     )
     backbone = (
         sao_dit.dit_params_from_state_dict(reader, c.dit)

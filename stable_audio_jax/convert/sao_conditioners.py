@@ -26,12 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from stable_audio_jax.convert.state_dict import StateDictReader, check_tree, linear_kernel
-from stable_audio_jax.models.conditioning import TimingConditioner
+from stable_audio_jax.models.conditioning import TIMING_IDS, TimingConditioner, check_timing_ids
 
 Params = dict[str, Any]
 
 CONDITIONER_PREFIX = "conditioner.conditioners."
-TIMING_IDS = ("seconds_start", "seconds_total")
 FOURIER_DIM = 256  # the reference NumberEmbedder's fixed width, also ours (NumberEmbedder.fourier_dim)
 
 
@@ -52,7 +51,12 @@ def _table_embedder(reader: StateDictReader, features: int, max_seconds: int) ->
 
 
 def timing_params_from_state_dict(
-    reader: StateDictReader, features: int | None = None, *, kind: str = "number", max_seconds: int = 512
+    reader: StateDictReader,
+    features: int | None = None,
+    *,
+    kind: str = "number",
+    max_seconds: int = 512,
+    ids: tuple[str, ...] = TIMING_IDS,
 ) -> Params:
     """The `TimingConditioner(features, kind, max_seconds)` params, float32.
 
@@ -64,23 +68,28 @@ def timing_params_from_state_dict(
         checkpoint.
       kind: 'number' (SAO's `NumberConditioner`) or 'table' (SA 1.0's `IntConditioner`).
       max_seconds: the table's last row (512); the number embedder's clamp is not stored.
+      ids: the conditioners to read (both; SAO Small has `seconds_total` only).
 
     Raises:
       ConversionError naming the key for a missing tensor or a wrong shape.
     """
     scoped = reader.scoped(CONDITIONER_PREFIX)
+    ids = check_timing_ids(ids)
     if kind not in ("number", "table"):
         raise ValueError(f"kind must be 'number' or 'table', got {kind!r}")
     if features is None:
         probe = "embedder.embedding.1.bias" if kind == "number" else "int_embedder.weight"
-        features = int(np.shape(scoped.take(f"{TIMING_IDS[0]}.{probe}"))[-1])
+        features = int(np.shape(scoped.take(f"{ids[0]}.{probe}"))[-1])
     if kind == "number":
-        params = {name: _number_embedder(scoped.scoped(f"{name}."), features) for name in TIMING_IDS}
+        params = {name: _number_embedder(scoped.scoped(f"{name}."), features) for name in ids}
     else:
-        params = {name: _table_embedder(scoped.scoped(f"{name}."), features, max_seconds) for name in TIMING_IDS}
+        params = {name: _table_embedder(scoped.scoped(f"{name}."), features, max_seconds) for name in ids}
     seconds = jax.ShapeDtypeStruct((1,), jnp.float32)
     abstract = jax.eval_shape(
-        TimingConditioner(features, kind=kind, max_seconds=max_seconds).init, jax.random.key(0), seconds, seconds
+        TimingConditioner(features, kind=kind, max_seconds=max_seconds, ids=ids).init,
+        jax.random.key(0),
+        seconds,
+        seconds,
     )
     check_tree(params, abstract["params"], "timing conditioner")
     return params

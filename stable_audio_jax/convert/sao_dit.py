@@ -16,11 +16,14 @@ Key mapping (stable-audio-tools' `DiTWrapper` state dict; `P = model.model.`, `L
     L self_attn.to_out.weight (E, E)              -> layers_i/self_attn/out/kernel (H, D, E)
     L cross_attn.to_q.weight (E, E)               -> layers_i/cross_attn/query/kernel (E, H, D)
     L cross_attn.to_kv.weight (2C, C)             -> layers_i/cross_attn/{key,value}/kernel (C, K, D)
+    L {self,cross}_attn.{q,k}_norm.{weight,bias}  -> layers_i/<attn>/{q,k}_norm/{scale,bias} (D,)  (qk_norm "ln")
     L cross_attn.to_out.weight (E, E)             -> layers_i/cross_attn/out/kernel (H, D, E)
     L ff.ff.0.proj.weight/.bias (2I, E) / (2I,)   -> layers_i/ff/kernel (E, 2, I) / bias (2, I): [value, gate]
     L ff.ff.2.weight/.bias (E, I) / (E,)          -> layers_i/ff/out/kernel (I, E) / bias
 
-Fused projections are split in their chunk order (q, k, v and k, v); heads are the
+C is the context width: `cond_token_dim`, or E with `project_cond_tokens` (then
+`to_cond_embed.0` is `(E, cond_token_dim)`). Fused projections are split in their chunk
+order (q, k, v and k, v); heads are the
 contiguous `(h d)` blocks of an output dim. Every tensor under the prefix must be used or
 be one of the checked buffers, and every shape must match the config: the errors name the key.
 """
@@ -55,8 +58,22 @@ def _norm(reader: StateDictReader, key: str, width: int) -> Params:
     return {"scale": reader.take(f"{key}.gamma", (width,))}
 
 
+def _qk_norms(reader: StateDictReader, attention: str, c: DiTConfig) -> Params:
+    """The per-head q/k LayerNorms of one attention (none unless `qk_norm` is "ln")."""
+    if c.qk_norm != "ln":
+        return {}
+    d = c.head_dim
+    return {
+        f"{x}_norm": {
+            "scale": reader.take(f"{attention}.{x}_norm.weight", (d,)),
+            "bias": reader.take(f"{attention}.{x}_norm.bias", (d,)),
+        }
+        for x in ("q", "k")
+    }
+
+
 def _block(reader: StateDictReader, c: DiTConfig) -> Params:
-    e, h, d, k, cd = c.embed_dim, c.num_heads, c.head_dim, c.kv_heads, c.cond_token_dim
+    e, h, d, k, cd = c.embed_dim, c.num_heads, c.head_dim, c.kv_heads, c.cond_embed_dim
     inner = e * c.ff_mult
     out_kernel = lambda key: linear_kernel(reader.take(key, (e, e))).reshape(h, d, e)  # noqa: E731
     q, k_self, v = np.split(reader.take("self_attn.to_qkv.weight", (3 * e, e)), 3, axis=0)
@@ -69,6 +86,7 @@ def _block(reader: StateDictReader, c: DiTConfig) -> Params:
             "key": {"kernel": head_kernel(k_self, h, d)},
             "value": {"kernel": head_kernel(v, h, d)},
             "out": {"kernel": out_kernel("self_attn.to_out.weight")},
+            **_qk_norms(reader, "self_attn", c),
         },
         "cross_attend_norm": _norm(reader, "cross_attend_norm", e),
         "cross_attn": {
@@ -76,6 +94,7 @@ def _block(reader: StateDictReader, c: DiTConfig) -> Params:
             "key": {"kernel": head_kernel(k_cross, k, d)},
             "value": {"kernel": head_kernel(v_cross, k, d)},
             "out": {"kernel": out_kernel("cross_attn.to_out.weight")},
+            **_qk_norms(reader, "cross_attn", c),
         },
         "ff_norm": _norm(reader, "ff_norm", e),
         "ff": {
@@ -116,8 +135,8 @@ def dit_params_from_state_dict(
         "timestep_features": {"kernel": dit.take("timestep_features.weight", (c.timestep_features_dim // 2, 1)).T},
         "to_timestep_embed_0": dense_params(dit, "to_timestep_embed.0", c.timestep_features_dim, e, bias=True),
         "to_timestep_embed_2": dense_params(dit, "to_timestep_embed.2", e, e, bias=True),
-        "to_cond_embed_0": dense_params(dit, "to_cond_embed.0", c.cond_token_dim, c.cond_token_dim, bias=False),
-        "to_cond_embed_2": dense_params(dit, "to_cond_embed.2", c.cond_token_dim, c.cond_token_dim, bias=False),
+        "to_cond_embed_0": dense_params(dit, "to_cond_embed.0", c.cond_token_dim, c.cond_embed_dim, bias=False),
+        "to_cond_embed_2": dense_params(dit, "to_cond_embed.2", c.cond_embed_dim, c.cond_embed_dim, bias=False),
         "preprocess_conv": {"kernel": conv("preprocess_conv.weight")},
         "postprocess_conv": {"kernel": conv("postprocess_conv.weight")},
         "project_in": dense_params(dit, "transformer.project_in", io, e, bias=False),

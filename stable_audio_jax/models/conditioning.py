@@ -9,7 +9,8 @@ whole file's length in seconds (stable-audio-tools `models/conditioners.py`):
 
 Each number has its own embedder. The two embeddings are appended to the text tokens as
 two extra cross-attention tokens (SA 1.0 and SAO) and, concatenated, form SAO's global
-conditioning vector.
+conditioning vector. Stable Audio Open Small conditions on `seconds_total` alone (one
+token, a single embedding as the global vector): `TimingConditioner.ids` says which.
 
 Shapes are channels last: numbers `[batch]`, tokens `[batch, length, features]`.
 """
@@ -26,6 +27,16 @@ import jax.numpy as jnp
 from stable_audio_jax.models.layers import torch_dense
 
 Dtype = Any
+
+TIMING_IDS = ("seconds_start", "seconds_total")  # the reference's conditioner ids, in its order
+
+
+def check_timing_ids(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """`ids` as a tuple: a non-empty, ordered subset of `TIMING_IDS`; ValueError otherwise."""
+    ids = tuple(ids)
+    if not ids or len(set(ids)) != len(ids) or [i for i in TIMING_IDS if i in ids] != list(ids):
+        raise ValueError(f"timing ids must be a non-empty ordered subset of {list(TIMING_IDS)}, got {list(ids)}")
+    return ids
 
 
 class LearnedFourierFeatures(nn.Module):
@@ -129,18 +140,20 @@ class TimingConditioner(nn.Module):
     """Embeds `seconds_start` and `seconds_total` with separate parameters.
 
     `kind='number'`: SAO's `NumberEmbedder` (range [0, max_seconds]); `kind='table'`:
-    SA 1.0's `SecondsTableEmbedder` (max_seconds + 1 rows). Submodules are named
-    `seconds_start` and `seconds_total`, as the reference conditioner ids.
+    SA 1.0's `SecondsTableEmbedder` (max_seconds + 1 rows). Submodules are named after
+    the reference conditioner ids; `ids` picks which numbers are embedded (both, or
+    `("seconds_total",)` for Stable Audio Open Small).
 
     `__call__(seconds_start [batch], seconds_total [batch])` returns
-    `(tokens [batch, 2, features], global_cond [batch, 2 * features])`: the two tokens
-    appended to the text tokens for cross-attention, and their concatenation
-    `[start || total]`, SAO's global conditioning.
+    `(tokens [batch, len(ids), features], global_cond [batch, len(ids) * features])`: the
+    tokens appended to the text tokens for cross-attention, and their concatenation
+    (`[start || total]` for SAO), the global conditioning.
     """
 
     features: int
     kind: Literal["number", "table"] = "number"
     max_seconds: int = 512
+    ids: tuple[str, ...] = TIMING_IDS
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -155,10 +168,9 @@ class TimingConditioner(nn.Module):
                 return NumberEmbedder(self.features, 0.0, float(self.max_seconds), name=name, **kw)
             return SecondsTableEmbedder(self.features, self.max_seconds + 1, name=name, **kw)
 
-        start = make("seconds_start")(seconds_start)
-        total = make("seconds_total")(seconds_total)
-        tokens = jnp.stack([start, total], axis=1)
-        return tokens, jnp.concatenate([start, total], axis=-1)
+        values = {"seconds_start": seconds_start, "seconds_total": seconds_total}
+        embeddings = [make(name)(values[name]) for name in check_timing_ids(self.ids)]
+        return jnp.stack(embeddings, axis=1), jnp.concatenate(embeddings, axis=-1)
 
 
 def seconds_left_features(
@@ -200,10 +212,10 @@ def build_context(
     Args:
       text_features: `[batch, text_length, features]`.
       text_mask: `[batch, text_length]`, True (or 1) for real tokens.
-      timing_tokens: `[batch, 2, features]` from `TimingConditioner`; always unmasked.
+      timing_tokens: `[batch, n, features]` from `TimingConditioner`; always unmasked.
 
     Returns:
-      `(context [batch, text_length + 2, features], mask [batch, text_length + 2] bool)`.
+      `(context [batch, text_length + n, features], mask [batch, text_length + n] bool)`.
     """
     if text_features.shape[-1] != timing_tokens.shape[-1]:
         raise ValueError(

@@ -9,7 +9,8 @@ Channels last throughout: latents `[batch, frames, io_channels]`, cross-attentio
 - global token: `to_global_embed(global_cond)` (Dense -> SiLU -> Dense, no bias)
   + `to_timestep_embed(fourier(t))` (learned Fourier features `[cos, sin]` of t, then
   Dense -> SiLU -> Dense with bias); one `[batch, 1, E]` token.
-- context: `to_cond_embed` (Dense -> SiLU -> Dense, no bias, width kept at `cond_token_dim`).
+- context: `to_cond_embed` (Dense -> SiLU -> Dense, no bias), width kept at `cond_token_dim`
+  (SAO 1.0) or projected to E (`project_cond_tokens`, SAO Small).
 - `x = x + preprocess_conv(x)` (1x1, no bias), `project_in` to E, the global token
   prepended (sequence length frames + 1; the token is RoPE position 0).
 - `depth` blocks, each `x += SelfAttn(LN(x))`, `x += CrossAttn(LN(x), context)`,
@@ -19,9 +20,10 @@ Channels last throughout: latents `[batch, frames, io_channels]`, cross-attentio
 
 Attention: self-attention with partial GPT-NeoX rotary embeddings (the first
 `rotary_dim` of each head's D dims, rotate-half, angles in float32); cross-attention
-with `cond_token_dim / D` key/value heads (grouped-query attention: query head h reads
+with `context width / D` key/value heads (grouped-query attention: query head h reads
 key/value head `h // (H / kv_heads)`), no key mask (zero context tokens stay in the
-softmax, as the reference). All projections are bias-free; the attention output
+softmax, as the reference). `qk_norm="ln"` (SAO Small's `attn_kwargs`) puts a LayerNorm
+over each head's D dims (gain and bias, eps 1e-6) on q and k, before RoPE, in both. All projections are bias-free; the attention output
 projections, the second SwiGLU Dense and both 1x1 convs start at zero.
 
 Parameters mirror the reference's state dict (`model.model.*`, see
@@ -34,7 +36,8 @@ mapping); `DiTConfig.remat_policy` rematerialises each block as in the U-Net.
 
 Precision: params in `param_dtype`, compute in `dtype`; the Fourier time features, the
 RoPE rotation, the LayerNorm statistics and the softmax run in float32; v is float32.
-`DiTConfig.sao()` has exactly 1,056,828,544 parameters, as the reference.
+`DiTConfig.sao()` has exactly 1,056,828,544 parameters and `DiTConfig.sao_small()`
+340,879,488, as the reference.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from stable_audio_jax.models.sharding import BATCH_LENGTH_CHANNELS, constrain
 Dtype = Any
 
 _HEADS = ("batch", "length", "heads", "kv")  # per-head q/k/v: heads over `tensor`
+QK_NORMS = ("none", "ln")  # the reference's "l2" and "dyt" are not ported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +71,17 @@ class DiTConfig:
       embed_dim: transformer width E.
       depth: number of transformer blocks.
       num_heads: self- and cross-attention query heads; head dim = E / num_heads.
-      cond_token_dim: width of the cross-attention tokens (kept, not projected to E, as
-        SAO's `project_cond_tokens=false`); key/value heads = cond_token_dim / head dim.
+      cond_token_dim: width of the incoming cross-attention tokens.
+      project_cond_tokens: `to_cond_embed` maps the tokens to E (SAO Small) instead of
+        keeping `cond_token_dim` (SAO 1.0's `project_cond_tokens=false`); key/value heads =
+        that width / head dim.
       global_cond_dim: width of the global conditioning vector (0: only the timestep
         forms the prepended token).
       ff_mult: SwiGLU inner width = E * ff_mult.
       timestep_features_dim: learned Fourier features of t (cos half, sin half).
       rotary_dim: head dims rotated by RoPE; None is the reference's `max(head_dim // 2, 32)`.
       rotary_base: RoPE wavelength base.
+      qk_norm: "none", or "ln": LayerNorm of q and k per head (SAO Small).
       remat_policy: one of `remat.REMAT_CHOICES`, applied to every block.
     """
 
@@ -88,21 +95,26 @@ class DiTConfig:
     timestep_features_dim: int = 256
     rotary_dim: int | None = None
     rotary_base: float = 10_000.0
+    project_cond_tokens: bool = False
+    qk_norm: str = "none"
     remat_policy: str = "none"
 
     def __post_init__(self):
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.cond_token_dim <= 0 or self.cond_token_dim % self.head_dim:
+        if self.cond_token_dim <= 0 or self.cond_embed_dim % self.head_dim:
             raise ValueError(
-                f"cond_token_dim {self.cond_token_dim} must be a positive multiple of the head dim "
-                f"{self.head_dim} (it sets the cross-attention key/value heads)"
+                f"cond_token_dim {self.cond_token_dim} must be positive and the context width "
+                f"{self.cond_embed_dim} a multiple of the head dim {self.head_dim} (it sets the "
+                "cross-attention key/value heads)"
             )
         if self.num_heads % self.kv_heads:
             raise ValueError(
                 f"num_heads {self.num_heads} is not a multiple of the {self.kv_heads} cross-attention "
-                f"key/value heads (cond_token_dim / head dim)"
+                f"key/value heads (context width / head dim)"
             )
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {list(QK_NORMS)}, got {self.qk_norm!r}")
         if self.global_cond_dim < 0 or self.depth < 0 or self.ff_mult < 1:
             raise ValueError("global_cond_dim and depth must be >= 0 and ff_mult >= 1")
         if self.timestep_features_dim % 2:
@@ -119,9 +131,14 @@ class DiTConfig:
         return self.embed_dim // self.num_heads
 
     @property
+    def cond_embed_dim(self) -> int:
+        """Width of the context the cross-attention reads (after `to_cond_embed`)."""
+        return self.embed_dim if self.project_cond_tokens else self.cond_token_dim
+
+    @property
     def kv_heads(self) -> int:
         """Key/value heads of the cross-attention (12 for SAO's 24 query heads)."""
-        return self.cond_token_dim // self.head_dim
+        return self.cond_embed_dim // self.head_dim
 
     @property
     def rotary_dims(self) -> int:
@@ -139,6 +156,21 @@ class DiTConfig:
     def sao(cls) -> "DiTConfig":
         """Stable Audio Open 1.0 (1,056,828,544 parameters)."""
         return cls()
+
+    @classmethod
+    def sao_small(cls) -> "DiTConfig":
+        """Stable Audio Open Small (340,879,488 parameters, as the reference's
+        `DiffusionTransformer` with its model config): width 1024, 16 blocks of 8 heads,
+        prompt tokens projected to the width, q/k LayerNorms, `seconds_total` alone as the
+        768-d global conditioning."""
+        return cls(
+            embed_dim=1024,
+            depth=16,
+            num_heads=8,
+            global_cond_dim=768,
+            project_cond_tokens=True,
+            qk_norm="ln",
+        )
 
     @classmethod
     def tiny(cls, io_channels: int = 32, cond_token_dim: int = 64) -> "DiTConfig":
@@ -208,6 +240,19 @@ def _layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
     )
 
 
+def _head_layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    # The reference's `q_norm` / `k_norm`: PyTorch LayerNorm(head_dim, eps 1e-6) with gain and bias.
+    axes = ("kv",)
+    return nn.LayerNorm(
+        epsilon=1e-6,
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes),
+    )
+
+
 def _mlp(features: tuple[int, int], fan_in: int, use_bias: bool, name: str, dtype: Dtype, param_dtype: Dtype):
     """Dense -> SiLU -> Dense, `name_0` and `name_2` as the reference's `nn.Sequential`."""
     kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype)
@@ -227,6 +272,7 @@ class Attention(nn.Module):
 
     num_heads: int
     head_dim: int
+    qk_norm: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -240,6 +286,9 @@ class Attention(nn.Module):
         query = HeadProjection((self.num_heads, self.head_dim), True, name="query", **kw)(x)
         key = HeadProjection((kv_heads, self.head_dim), True, name="key", **kw)(kv_input)
         value = HeadProjection((kv_heads, self.head_dim), True, name="value", **kw)(kv_input)
+        if self.qk_norm == "ln":
+            query = _head_layer_norm("q_norm", self.dtype, self.param_dtype)(query).astype(query.dtype)
+            key = _head_layer_norm("k_norm", self.dtype, self.param_dtype)(key).astype(key.dtype)
         if rope is not None:
             query, key = apply_rotary(query, *rope), apply_rotary(key, *rope)
         query, key, value = (constrain(a, _HEADS) for a in (query, key, value))
@@ -295,6 +344,7 @@ class TransformerBlock(nn.Module):
 
     num_heads: int
     ff_mult: int
+    qk_norm: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -303,10 +353,10 @@ class TransformerBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         features = x.shape[-1]
         head_dim = features // self.num_heads
-        x = x + Attention(self.num_heads, head_dim, name="self_attn", **kw)(
+        x = x + Attention(self.num_heads, head_dim, self.qk_norm, name="self_attn", **kw)(
             _layer_norm("pre_norm", **kw)(x), rope=(cos, sin)
         )
-        x = x + Attention(self.num_heads, head_dim, name="cross_attn", **kw)(
+        x = x + Attention(self.num_heads, head_dim, self.qk_norm, name="cross_attn", **kw)(
             _layer_norm("cross_attend_norm", **kw)(x), context
         )
         x = x + SwiGLU(features * self.ff_mult, name="ff", **kw)(_layer_norm("ff_norm", **kw)(x))
@@ -355,7 +405,7 @@ class DiffusionTransformer(nn.Module):
                 f"(global_cond_dim={c.global_cond_dim}, global_cond given: {global_cond is not None})"
             )
 
-        context = _mlp((c.cond_token_dim,) * 2, c.cond_token_dim, False, "to_cond_embed", **kw)(
+        context = _mlp((c.cond_embed_dim,) * 2, c.cond_token_dim, False, "to_cond_embed", **kw)(
             constrain(context.astype(self.dtype), BATCH_LENGTH_CHANNELS)
         )
 
@@ -378,7 +428,7 @@ class DiffusionTransformer(nn.Module):
         cos, sin = rotary_angles(frames + 1, c.rotary_dims, c.rotary_base)
         block = maybe_remat(TransformerBlock, c.remat_policy)
         for i in range(c.depth):
-            h = block(c.num_heads, c.ff_mult, name=f"layers_{i}", **kw)(h, context, cos, sin)
+            h = block(c.num_heads, c.ff_mult, c.qk_norm, name=f"layers_{i}", **kw)(h, context, cos, sin)
         if return_hidden:
             return constrain(h.astype(jnp.float32), BATCH_LENGTH_CHANNELS)
 
@@ -404,12 +454,14 @@ def _conv1x1(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.D
 def expected_num_params(config: DiTConfig) -> int:
     """Closed-form parameter count (1,056,828,544 for `DiTConfig.sao()`)."""
     c = config
-    e, d, inner = c.embed_dim, c.cond_token_dim, c.embed_dim * c.ff_mult
+    e, d, w, inner = c.embed_dim, c.cond_token_dim, c.cond_embed_dim, c.embed_dim * c.ff_mult
+    qk_norm = 2 * 2 * 2 * c.head_dim if c.qk_norm == "ln" else 0  # q and k, gain and bias, two attentions
     block = (
         3 * e  # three LayerNorm gains
         + 4 * e * e  # self-attention q, k, v, out
         + 2 * e * e
-        + 2 * d * d  # cross-attention q, out; k, v: context width to kv_heads * head_dim
+        + 2 * w * w  # cross-attention q, out; k, v: context width to kv_heads * head_dim
+        + qk_norm
         + e * 2 * inner
         + 2 * inner
         + inner * e
@@ -421,7 +473,8 @@ def expected_num_params(config: DiTConfig) -> int:
         c.depth * block
         + timestep
         + global_embed
-        + 2 * d * d  # to_cond_embed
+        + d * w
+        + w * w  # to_cond_embed
         + 2 * c.io_channels * e
         + 2 * c.io_channels**2
     )  # project in/out, the 1x1 convs

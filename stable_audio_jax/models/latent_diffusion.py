@@ -1,10 +1,13 @@
 """The conditioned diffusion backbone: timing embedders + text tokens -> cross-attention context -> U-Net or DiT.
 
     text_features [B, L, D_text] (frozen text encoder), text_mask [B, L]
-    seconds_start, seconds_total [B]  --TimingConditioner-->  2 tokens [B, 2, D]
-    context = [text tokens (projected to D if D_text != D) ; timing tokens]  [B, L + 2, D]
+    seconds_start, seconds_total [B]  --TimingConditioner-->  n tokens [B, n, D]
+    context = [text tokens (projected to D if D_text != D) ; timing tokens]  [B, L + n, D]
     v = UNet1D(x_t [B, N, latent_dim], t [B], context, mask, use_null_context [B])    (SA 1.0)
     v = DiffusionTransformer(x_t, t, context, global_cond = [start || total])        (SAO)
+
+n = len(`timing_ids`): 2 (start and total) for SA 1.0 and SAO, 1 (`seconds_total`) for
+Stable Audio Open Small, whose global conditioning is that one embedding.
 
 SA 1.0 appends the two timing tokens to the 77 text tokens (79 in all) and uses no global
 conditioning (`global_timing=True` adds it, as `configs/diffusion_tiny.py` does so that a
@@ -30,7 +33,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stable_audio_jax.models.conditioning import TimingConditioner, build_context, context_mask, seconds_left_features
+from stable_audio_jax.models.conditioning import (
+    TIMING_IDS,
+    TimingConditioner,
+    build_context,
+    check_timing_ids,
+    context_mask,
+    seconds_left_features,
+)
 from stable_audio_jax.models.config_fields import checked_fields
 from stable_audio_jax.models.dit import DiffusionTransformer, DiTConfig
 from stable_audio_jax.models.unet import UNet1D, UNetConfig
@@ -42,17 +52,20 @@ Dtype = Any
 class LatentDiffusionConfig:
     """Attributes:
     unet, dit: the backbone, exactly one of them set. The U-Net's `context_features` is
-      the token width and its `context_length` must equal the text length + 2; the DiT's
-      `cond_token_dim` is the token width.
+      the token width and its `context_length` must equal the text length + the timing
+      tokens; the DiT's `cond_token_dim` is the token width.
     timing_kind: 'table' (SA 1.0: one learned vector per second, 513 rows) or 'number'
       (SAO: learned Fourier features of the normalised value).
     max_seconds: timing values are clamped to [0, max_seconds].
     text_features_dim: width of the incoming text features; a linear projection to the
       token width is added when it differs (e.g. 384-d MiniLM -> 768).
-    global_timing: also feed the timing embeddings `[start || total]` to the backbone as
+    global_timing: also feed the timing embeddings (`[start || total]`) to the backbone as
       global conditioning: added into the U-Net's time mapping (so every ResNet block
       sees them), or the DiT's prepended global token (SAO). Needs
-      `unet.global_features` / `dit.global_cond_dim` == 2 * the token width. Off in SA 1.0.
+      `unet.global_features` / `dit.global_cond_dim` == len(timing_ids) * the token
+      width. Off in SA 1.0.
+    timing_ids: which timing numbers condition the model, in the reference's order:
+      ("seconds_start", "seconds_total"), or ("seconds_total",) (SAO Small).
     text_tokens: the number of text tokens (128 for SAO's T5). Required with `dit`; the
       U-Net's is `context_length - 2` (None, or that value).
     frame_seconds: seconds of audio per latent frame (the VAE's downsampling ratio / the
@@ -73,11 +86,14 @@ class LatentDiffusionConfig:
     text_tokens: int | None = None
     frame_seconds: float = 0.0
     objective: str = "v"
+    timing_ids: tuple[str, ...] = TIMING_IDS
 
     def __post_init__(self):
         if (self.unet is None) == (self.dit is None):
             raise ValueError("set exactly one backbone: 'unet' (SA 1.0 U-Net) or 'dit' (SAO DiT)")
-        want = 2 * self.context_features if self.global_timing else 0
+        # Configs read back from JSON or ml_collections hold lists.
+        object.__setattr__(self, "timing_ids", check_timing_ids(self.timing_ids))
+        want = self.timing_tokens * self.context_features if self.global_timing else 0
         got, field = (
             (self.unet.global_features, "unet.global_features")
             if self.unet is not None
@@ -85,10 +101,10 @@ class LatentDiffusionConfig:
         )
         if got != want:
             raise ValueError(f"global_timing={self.global_timing} needs {field}={want}, got {got}")
-        if self.unet is not None and self.text_tokens not in (None, self.unet.context_length - 2):
+        if self.unet is not None and self.text_tokens not in (None, self.text_length):
             raise ValueError(
                 f"text_tokens={self.text_tokens} but the U-Net's context_length "
-                f"{self.unet.context_length} holds {self.unet.context_length - 2} text tokens"
+                f"{self.unet.context_length} holds {self.text_length} text tokens"
             )
         if self.unet is not None and self.unet.frame_features and not self.frame_seconds > 0:
             raise ValueError(
@@ -121,8 +137,13 @@ class LatentDiffusionConfig:
         return "unet" if self.unet is not None else "dit"
 
     @property
+    def timing_tokens(self) -> int:
+        """Cross-attention tokens of the timing conditioning (one per id)."""
+        return len(self.timing_ids)
+
+    @property
     def text_length(self) -> int:
-        return self.unet.context_length - 2 if self.unet is not None else self.text_tokens
+        return self.unet.context_length - self.timing_tokens if self.unet is not None else self.text_tokens
 
     @property
     def context_features(self) -> int:
@@ -197,7 +218,8 @@ class LatentDiffusionModel(nn.Module):
                 else f"model.text_tokens={c.text_tokens}"
             )
             raise ValueError(
-                f"{text_features.shape[1]} text tokens, but {where} expects {c.text_length} (+ 2 timing tokens)"
+                f"{text_features.shape[1]} text tokens, but {where} expects {c.text_length} "
+                f"(+ {c.timing_tokens} timing tokens)"
             )
         if text_features.shape[-1] != width:
             if c.text_features_dim != text_features.shape[-1]:
@@ -213,7 +235,7 @@ class LatentDiffusionModel(nn.Module):
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                 **kw,
             )(text_features)
-        tokens, global_cond = TimingConditioner(width, c.timing_kind, c.max_seconds, name="timing", **kw)(
+        tokens, global_cond = TimingConditioner(width, c.timing_kind, c.max_seconds, c.timing_ids, name="timing", **kw)(
             seconds_start, seconds_total
         )
         global_cond = global_cond if c.global_timing else None

@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 import torch
+from predrawn_noise import PreDrawnRandnLike  # tests/reference/, the script's own folder
 from stable_audio_tools.inference import sampling
 
 FIXTURES = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
@@ -51,19 +52,6 @@ class TanhVelocity(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x @ self.w + t[:, None, None] * self.b)
-
-
-class PreDrawnRandnLike:
-    """Stands in for `torch.randn_like` in `inference/sampling.py`: `noise[i]` at call i."""
-
-    def __init__(self, noise: torch.Tensor):
-        self.noise, self.calls = noise, 0
-
-    def __call__(self, like: torch.Tensor) -> torch.Tensor:
-        assert like.shape == self.noise.shape[1:]
-        out = self.noise[self.calls]
-        self.calls += 1
-        return out
 
 
 def run_sample_rf(

@@ -5,6 +5,10 @@
     # Stable Audio Open's full size (1.21 B params, 4.9 GB) plus a t5-base-shaped T5 folder
     PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sao_model_reference.py \
         --size=full --output_dir=/tmp/sao_full
+    # Stable Audio Open Small's layout at a tiny size, with an 8-step pingpong sample
+    # (tests/test_sao_open_small.py, tests/fixtures/sao_open_small/)
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sao_model_reference.py \
+        --variant=open_small
 
 The model comes from stable-audio-tools' own `create_model_from_config` with SAO's
 `model_config.json` structure (Oobleck VAE, number conditioners for seconds_start/total,
@@ -18,6 +22,24 @@ script prints the parameter count the converted tree must reproduce.
 For `--size=full` a `t5/` folder is written next to it: a randomly initialised
 `transformers` T5EncoderModel of t5-base's shape (`save_pretrained`) with the small
 offline tokenizer of tests/fixtures/t5_relu (real t5-base files are not available offline).
+
+`--variant=open_small` writes Stable Audio Open Small's `model_config.json` structure
+instead (arXiv 2505.08175; Hugging Face `stabilityai/stable-audio-open-small`): a
+`seconds_total` number conditioner only (max 256; no `seconds_start`), an `rf_denoiser`
+DiT whose prompt tokens are projected to its width (`project_cond_tokens` left at the
+reference's default, true) and whose attention normalises q and k
+(`attn_kwargs.qk_norm = "ln"`). Next to the checkpoint it writes `reference.npz`, the
+reference's own `generate_diffusion_cond` with SAO Small's defaults (8 pingpong steps,
+cfg_scale 1) for two padded prompts:
+  prompts str [2], seconds_total [2]; text [2, L, 32], text_mask bool [2, L]: T5 of
+    tests/fixtures/t5_relu in float32 with `T5Conditioner.forward`'s tokenisation and
+    masking (the conditioner itself casts T5 to float16 and loads by hub name, so the
+    same computation is written out here and passed as the prompt's conditioning tensor);
+  noise [2, C, F] (the draw after `torch.manual_seed(seed)`, as generate_diffusion_cond's),
+    step_noise [8, 2, C, F] (pingpong's per-step `torch.randn_like`, pre-drawn);
+  x [2, C, F], t [2], v [2, C, F]: one forward of the DiT wrapper on those conditions;
+  latents [2, C, F] (`return_latents=True`) and audio [2, 2, samples]: the sample;
+  parameters int: the model's parameter count. PyTorch layout `[batch, channels, frames]`.
 """
 
 from __future__ import annotations
@@ -28,15 +50,18 @@ import json
 import os
 import shutil
 
+import numpy as np
 import torch
+from predrawn_noise import PreDrawnRandnLike  # tests/reference/, the script's own folder
 from safetensors.torch import save_file
 from stable_audio_tools.models.factory import create_model_from_config
 
 FIXTURES = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
 
 
-def model_config(size: str) -> dict:
-    """SAO's model_config.json, or the same structure at a tiny size."""
+def model_config(size: str, variant: str = "sao") -> dict:
+    """SAO's model_config.json, or the same structure at a tiny size; `variant="open_small"`
+    gives SAO Small's structure (see the module docstring)."""
     if size == "full":
         vae = dict(channels=128, c_mults=[1, 2, 4, 8, 16], strides=[2, 4, 4, 8, 8], latent_dim=64)
         dit = dict(embed_dim=1536, depth=24, num_heads=24)
@@ -46,7 +71,7 @@ def model_config(size: str) -> dict:
         dit = dict(embed_dim=64, depth=1, num_heads=2)
         cond_dim, sample_size, ratio = 32, 8192, 64
     latent = vae.pop("latent_dim")
-    return {
+    config = {
         "model_type": "diffusion_cond",
         "sample_size": sample_size,
         "sample_rate": 44100,
@@ -95,6 +120,21 @@ def model_config(size: str) -> dict:
             "io_channels": latent,
         },
     }
+    if variant == "open_small":
+        conditioning = config["model"]["conditioning"]
+        conditioning["configs"] = [
+            {"id": "prompt", "type": "t5", "config": {"t5_model_name": "t5-base", "max_length": 16}},
+            {"id": "seconds_total", "type": "number", "config": {"min_val": 0, "max_val": 256}},
+        ]
+        diffusion = config["model"]["diffusion"]
+        diffusion.update(
+            cross_attention_cond_ids=["prompt", "seconds_total"],
+            global_cond_ids=["seconds_total"],
+            diffusion_objective="rf_denoiser",
+        )
+        del diffusion["config"]["project_cond_tokens"]  # the reference's default (true)
+        diffusion["config"].update(global_cond_dim=cond_dim, depth=2, attn_kwargs={"qk_norm": "ln"})
+    return config
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
@@ -111,18 +151,85 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(noise / float(p[0].numel()) ** 0.5)
 
 
+def t5_prompt_tensors(prompts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`T5Conditioner.forward` (conditioners.py) on the T5 fixture, in float32."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    folder = os.path.join(FIXTURES, "t5_relu")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    t5 = T5EncoderModel.from_pretrained(folder).eval()
+    encoded = tokenizer(prompts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+    mask = encoded["attention_mask"].to(torch.bool)
+    with torch.no_grad():
+        embeddings = t5(input_ids=encoded["input_ids"], attention_mask=mask)["last_hidden_state"]
+    return embeddings.float() * mask.unsqueeze(-1).float(), mask
+
+
+def open_small_sample(model, config: dict, seed: int = 7, steps: int = 8) -> dict:
+    """SAO Small's default generation (8 pingpong steps, no CFG) with the reference's code."""
+    from stable_audio_tools.inference import sampling
+    from stable_audio_tools.inference.generation import generate_diffusion_cond
+
+    prompts = ["a short drum loop", "soft piano chords over rain, 90 bpm"]
+    seconds_total = [1.0, 3.0]
+    max_length = config["model"]["conditioning"]["configs"][0]["config"]["max_length"]
+    text, text_mask = t5_prompt_tensors(prompts, max_length)
+    assert not bool(text_mask.all()), "the prompts should be padded"
+    timing = model.conditioner([{"seconds_total": s} for s in seconds_total], "cpu")
+    tensors = {"prompt": (text, text_mask), **timing}
+    sample_size = config["sample_size"]
+    frames = sample_size // model.pretransform.downsampling_ratio
+    torch.manual_seed(seed)  # what generate_diffusion_cond draws first
+    noise = torch.randn([len(prompts), model.io_channels, frames])
+    step_noise = torch.randn((steps,) + tuple(noise.shape), generator=torch.Generator().manual_seed(seed + 1))
+    kwargs = dict(
+        steps=steps,
+        cfg_scale=1.0,
+        conditioning_tensors=tensors,
+        batch_size=len(prompts),
+        sample_size=sample_size,
+        seed=seed,
+        device="cpu",
+        sampler_type="pingpong",
+    )
+    out = {}
+    original = sampling.torch.randn_like
+    try:
+        for name, return_latents in (("latents", True), ("audio", False)):
+            sampling.torch.randn_like = randn_like = PreDrawnRandnLike(step_noise)
+            with torch.no_grad():
+                out[name] = generate_diffusion_cond(model, return_latents=return_latents, **kwargs)
+            assert randn_like.calls == steps
+    finally:
+        sampling.torch.randn_like = original
+    inputs = model.get_conditioning_inputs(tensors)
+    x = torch.randn(noise.shape, generator=torch.Generator().manual_seed(seed + 2))
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        out["v"] = model.model(x, t, **inputs, cfg_scale=1.0)
+    arrays = dict(text=text, text_mask=text_mask, noise=noise, step_noise=step_noise, x=x, t=t, **out)
+    arrays = {k: v.numpy() for k, v in arrays.items()}
+    return dict(arrays, prompts=np.array(prompts), seconds_total=np.array(seconds_total, np.float32))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=("small", "full"), default="small")
-    parser.add_argument("--output_dir", default=os.path.join(FIXTURES, "sao_small"))
+    parser.add_argument("--variant", choices=("sao", "open_small"), default="sao")
+    parser.add_argument("--output_dir", default=None, help="default: fixtures/sao_small or fixtures/sao_open_small")
     args = parser.parse_args()
-    config = model_config(args.size)
+    if args.output_dir is None:
+        args.output_dir = os.path.join(FIXTURES, "sao_small" if args.variant == "sao" else "sao_open_small")
+    config = model_config(args.size, args.variant)
     buildable = copy.deepcopy(config)  # without the T5 conditioner (it would download t5-base)
     buildable["model"]["conditioning"]["configs"] = buildable["model"]["conditioning"]["configs"][1:]
     model = create_model_from_config(buildable).eval()
     randomise(model, seed=0)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if args.size == "small":  # float16 parameters keep the fixture small (buffers stay as built)
+        with torch.no_grad():  # the reference then runs on exactly the stored values
+            for p in model.parameters():
+                p.copy_(p.half().float())
         names = {name for name, _ in model.named_parameters()}
         state = {k: v.half() if k in names else v for k, v in state.items()}
     os.makedirs(args.output_dir, exist_ok=True)
@@ -141,6 +248,8 @@ def main() -> None:
             }
         )
     )
+    if args.variant == "open_small":
+        np.savez(os.path.join(args.output_dir, "reference.npz"), **open_small_sample(model, config), parameters=params)
     if args.size == "full":
         from transformers import T5Config, T5EncoderModel
 

@@ -1,0 +1,177 @@
+"""Stable Audio Open Small, as the reference writes it, converts exactly and samples like it.
+
+The fixture `fixtures/sao_open_small/` is SAO Small's layout at a tiny size, built,
+randomised and sampled by stable-audio-tools itself
+(`tests/reference/make_sao_model_reference.py --variant=open_small`): one `seconds_total`
+conditioner, an `rf_denoiser` DiT with projected prompt tokens and q/k LayerNorms, and the
+reference's `generate_diffusion_cond` with SAO Small's defaults (8 pingpong steps, no CFG)
+on two padded prompts, with its initial and per-step noise saved.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stable_audio_jax.convert import sao_checkpoint
+from stable_audio_jax.convert.state_dict import ConversionError
+from stable_audio_jax.diffusion import flow_samplers, guidance
+from stable_audio_jax.inference.generate import AudioGenerator, apply_model, guidance_conditioning
+from tests.fixture_paths import T5_DIR
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sao_open_small")
+CHECKPOINT = os.path.join(FIXTURE, "model.safetensors")
+MODEL_CONFIG = os.path.join(FIXTURE, "model_config.json")
+
+
+def _model_config() -> dict:
+    with open(MODEL_CONFIG) as f:
+        return json.load(f)
+
+
+def _channels_last(a: np.ndarray) -> np.ndarray:
+    """PyTorch `[batch, channels, frames]` (or `[steps, batch, channels, frames]`) -> channels last."""
+    return np.swapaxes(a, -1, -2)
+
+
+def _close(got, want, tol: float = 1e-4) -> None:
+    """Within `tol` of the output scale (the reference's peak magnitude)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = np.abs(want).max()
+    assert scale > 0
+    err = np.abs(got - want).max() / scale
+    assert err <= tol, f"max |diff| / scale = {err:.2e} > {tol:.0e}"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    with np.load(os.path.join(FIXTURE, "reference.npz")) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[str, dict]:
+    out = str(tmp_path_factory.mktemp("sao_open_small") / "pretrained")
+    summary = sao_checkpoint.convert_checkpoint(CHECKPOINT, MODEL_CONFIG, out, t5_dir=T5_DIR, log=lambda _: None)
+    return out, summary
+
+
+def test_architecture_of_the_small_model_config():
+    arch = sao_checkpoint.architecture_from_model_config(_model_config())
+    dit = arch.diffusion.dit
+    assert (dit.qk_norm, dit.project_cond_tokens, dit.cond_embed_dim, dit.kv_heads) == ("ln", True, 64, 2)
+    assert arch.diffusion.timing_ids == ("seconds_total",) and arch.diffusion.max_seconds == 256
+    assert dit.global_cond_dim == 32 and arch.diffusion.objective == "rf_denoiser"
+    assert arch.text_max_length == 16
+    assert (arch.sampling["sampler"], arch.sampling["steps"], arch.sampling["cfg_scale"]) == ("pingpong", 8, 1.0)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["model"]["diffusion"]["config"].update(attn_kwargs={"qk_norm": "l2"}), "qk_norm is 'l2'"),
+        (lambda c: c["model"]["diffusion"]["config"].update(attn_kwargs={"feat_scale": True}), "attn_kwargs keys"),
+        (lambda c: c["model"]["diffusion"].update(global_cond_ids=[]), "global_cond_ids"),
+        (lambda c: c["model"]["diffusion"]["config"].update(global_cond_dim=64), "global_cond_dim"),
+        (lambda c: c["model"]["diffusion"]["config"].update(project_cond_tokens="yes"), "project_cond_tokens"),
+    ],
+)
+def test_unsupported_small_configs_name_the_field(edit, message):
+    config = _model_config()
+    edit(config)
+    with pytest.raises(ConversionError, match=message):
+        sao_checkpoint.architecture_from_model_config(config)
+
+
+def test_conversion_keeps_every_parameter(converted, reference):
+    _, summary = converted
+    params = summary["params"]
+    # The reference model: DiT + the seconds_total conditioner + the VAE (T5 is kept outside it).
+    assert params["diffusion"] + params["autoencoder"] == int(reference["parameters"]) == 251_482
+
+
+def test_prompt_features_match_the_t5_conditioner(converted, reference):
+    generator = AudioGenerator.from_pretrained(converted[0])
+    features, mask = generator.text_encoder.text_conditioning(list(reference["prompts"]))
+    np.testing.assert_array_equal(np.asarray(mask), reference["text_mask"])
+    masked = np.where(np.asarray(mask)[..., None], np.asarray(features), 0)
+    _close(masked, reference["text"])
+
+
+def _conditions(generator: AudioGenerator, reference: dict):
+    """The guidance rows of the reference's prompts (its T5 features, so only the model is compared)."""
+    batch = len(reference["prompts"])
+    text, mask = jnp.asarray(reference["text"]), jnp.asarray(reference["text_mask"])
+    zeros = jnp.zeros((batch,), jnp.int32)
+    totals = jnp.asarray(reference["seconds_total"]).astype(jnp.int32)
+    return guidance_conditioning(text, mask, text, mask, jnp.zeros((batch,), bool), zeros, totals)
+
+
+def test_velocity_matches_the_reference(converted, reference):
+    generator = AudioGenerator.from_pretrained(converted[0])
+    cond, _ = _conditions(generator, reference)
+    x, t = jnp.asarray(_channels_last(reference["x"])), jnp.asarray(reference["t"])
+    v = apply_model(generator.model, generator.params, x, t, cond)
+    _close(v, _channels_last(reference["v"]))
+
+
+def test_eight_pingpong_steps_match_the_reference_sample(converted, reference):
+    generator = AudioGenerator.from_pretrained(converted[0])
+    assert (generator.sampling["sampler"], generator.sampling["steps"], generator.sampling["cfg_scale"]) == (
+        "pingpong",
+        8,
+        1.0,
+    )
+    cond, uncond = _conditions(generator, reference)
+    velocity = guidance.guided_v_model(
+        functools.partial(apply_model, generator.model, generator.params), cond, uncond, 1.0, 0.0
+    )
+    ts = flow_samplers.sampler_times("pingpong", 8, generator.sampling["sigma_max"])
+    latents = flow_samplers.sample(
+        velocity,
+        jnp.asarray(_channels_last(reference["noise"])),
+        ts,
+        sampler="pingpong",
+        noise=jnp.asarray(_channels_last(reference["step_noise"])),
+    )
+    _close(latents, _channels_last(reference["latents"]))
+    audio = generator.autoencoder.apply(
+        {"params": generator.vae_params},
+        latents / generator.latent_scale,
+        method=type(generator.autoencoder).decode,
+    )
+    _close(audio, _channels_last(reference["audio"]))
+
+
+@pytest.mark.e2e
+def test_sample_script_uses_the_small_defaults(converted, tmp_path):
+    out = tmp_path / "samples"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "sample.py"),
+            f"--pretrained={converted[0]}",
+            "--prompt=a short drum loop",
+            "--seconds_total=0.15",
+            f"--output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    wavs = sorted(p for p in os.listdir(out) if p.endswith(".wav"))
+    assert wavs, os.listdir(out)
+    with open(out / "settings.json") as f:
+        settings = json.load(f)
+    assert (settings["sampler"], settings["steps"], settings["cfg_scale"]) == ("pingpong", 8, 1.0), settings
