@@ -12,9 +12,12 @@
     8. pre-encode the training shards with the frozen VAE and CLAP (<output_dir>/latents)
     9. train the tiny timing-conditioned diffusion model (configs/diffusion_tiny.py) in
        <output_dir>/diffusion (resumable)
-   10. generate held-out prompts at several seconds_total (DPM-Solver++ with CFG) into
-       <output_dir>/samples: WAV cut to seconds_total + spectrogram PNG each, and measure
-       how far the non-silent length of the uncut output is from the request
+   10. generate held-out prompts at several seconds_total with the model's sampler (100
+       steps with CFG) into <output_dir>/samples, and for a rectified-flow model also with
+       8 pingpong steps without CFG into <output_dir>/samples_8_steps_pingpong: WAV cut to
+       seconds_total + spectrogram PNG each; per run, how far the non-silent length of the
+       uncut output is from the request, the CLAP score of the clips (matched prompts
+       against other prompts) and the wall time per clip
     and write <output_dir>/summary.json with the loss curves and every figure
 
 Every stage is skipped when its output is complete (a training stage: its run reached
@@ -177,49 +180,87 @@ def train_diffusion(out: str, config):
     return summary
 
 
+# The few-step setting every rectified-flow model is also sampled with (arXiv 2505.08175).
+FEW_STEP = {"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0}
+
+
 def generate_samples(out: str) -> dict:
-    """Held-out prompts at each requested length: WAV + spectrogram, and the timing error.
+    """Held-out prompts at each requested length, with the model's own sampler settings and,
+    for a rectified-flow model, also 8 pingpong steps without CFG. Each run writes a WAV +
+    spectrogram per clip into its folder (`samples/`, `samples_8_steps_pingpong/`) and
+    reports the timing error, the CLAP score of its clips and the wall time per clip.
 
     The model always generates its whole window; the timing error compares where the
     uncut output's content really stops with `seconds_total`. "Silence" is what this VAE
     decodes from the latents of digital silence (the tiny VAE leaves a hiss about 12 dB
     under its music), so a 50 ms frame counts as sound 6 dB (twice the amplitude) above it.
+    The clips are generated in two equal batches: the first compiles the sampler, the
+    second (same shapes) times it.
     """
     import numpy as np
 
+    from stable_audio_jax.diffusion.sampling_config import is_flow
+    from stable_audio_jax.inference.clap import CLAPEncoder
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import write_wav
+    from stable_audio_jax.metrics.clap_score import clap_score
     from stable_audio_jax.metrics.timing import loudest_frame_db, timing_errors
 
     generator = AudioGenerator.from_runs(os.path.join(out, "diffusion"))
+    clap = CLAPEncoder.from_run(os.path.join(out, "clap"))
     rate = generator.sample_rate
     with open(os.path.join(out, "data", "valid.jsonl")) as f:
         captions = [json.loads(line)["caption"] for line in f][: _NUM_PROMPTS.value]
     lengths = [float(s) for s in _SAMPLE_SECONDS.value]
     prompts = [c for c in captions for _ in lengths]
     seconds = [s for _ in captions for s in lengths]
-    audio = generator.generate(prompts, seconds_total=seconds, seed=0, cut=False, progress=True)
-    silence = generator.decode_silence()
-    silence_db = loudest_frame_db(silence, rate)
-    rows = timing_errors(list(audio), seconds, rate, relative_db=60.0, floor_db=silence_db + 6.0)
-    folder = os.path.join(out, "samples")
-    os.makedirs(folder, exist_ok=True)
-    for i, (prompt, clip, row) in enumerate(zip(prompts, audio, rows)):
-        clip = clip[: int(round(row["requested"] * rate))]
-        name = f"{i:02d}_{row['requested']:g}s"
-        write_wav(os.path.join(folder, name + ".wav"), clip, rate)
-        spectrogram_png(clip, rate, os.path.join(folder, name + ".png"), f"{prompt[:60]} ({row['requested']:g} s)")
-        with open(os.path.join(folder, name + ".txt"), "w") as f:
-            f.write(prompt + "\n")
-        row.update(file=name + ".wav", prompt=prompt)
-    errors = np.abs([r["error"] for r in rows])
-    return {
-        "clips": rows,
-        "silence_level_db": round(silence_db, 1),
-        "mean_abs_error_seconds": float(errors.mean()),
-        "within_1s": float(np.mean(errors <= 1.0)),
-        "sampling": generator.sampling,
-    }
+    silence_db = loudest_frame_db(generator.decode_silence(), rate)
+    settings = [("samples", {})] + ([("samples_8_steps_pingpong", FEW_STEP)] if is_flow(generator.objective) else [])
+    half = len(prompts) // 2 if len(captions) > 1 else len(prompts)
+    runs = []
+    for folder_name, overrides in settings:
+        batches, walls = [], []
+        for first in range(0, len(prompts), half):
+            chunk = slice(first, first + half)
+            start = time.perf_counter()
+            batches.append(
+                generator.generate(
+                    prompts[chunk], seconds_total=seconds[chunk], seed=first, cut=False, progress=True, **overrides
+                )
+            )
+            walls.append(time.perf_counter() - start)
+        audio = np.concatenate(batches)
+        rows = timing_errors(list(audio), seconds, rate, relative_db=60.0, floor_db=silence_db + 6.0)
+        folder = os.path.join(out, folder_name)
+        os.makedirs(folder, exist_ok=True)
+        for i, (prompt, clip, row) in enumerate(zip(prompts, audio, rows)):
+            clip = clip[: int(round(row["requested"] * rate))]
+            name = f"{i:02d}_{row['requested']:g}s"
+            write_wav(os.path.join(folder, name + ".wav"), clip, rate)
+            spectrogram_png(clip, rate, os.path.join(folder, name + ".png"), f"{prompt[:60]} ({row['requested']:g} s)")
+            with open(os.path.join(folder, name + ".txt"), "w") as f:
+                f.write(prompt + "\n")
+            row.update(file=name + ".wav", prompt=prompt)
+        score = clap_score(
+            clap, prompts, [os.path.join(folder, r["file"]) for r in rows], shuffled="other_prompts", recall_ks=(1,)
+        )
+        errors = np.abs([r["error"] for r in rows])
+        timed = len(walls) > 1  # the last batch reused the first one's compiled sampler
+        runs.append(
+            {
+                "folder": folder_name,
+                "sampling": {k: v for k, v in generator.sampling.items() if k not in overrides} | overrides,
+                "clips": rows,
+                "mean_abs_error_seconds": float(errors.mean()),
+                "within_1s": float(np.mean(errors <= 1.0)),
+                "clap_score": score["clap_score"],
+                "shuffled_clap_score": score.get("shuffled_clap_score"),
+                "seconds_per_clip": walls[-1] / half if timed else walls[0] / len(prompts),
+                "seconds_per_clip_includes_compile": not timed,
+                "first_batch_seconds": walls[0],
+            }
+        )
+    return {"silence_level_db": round(silence_db, 1), "runs": runs}
 
 
 def reconstruct(out: str, config, task, state) -> list[dict]:
@@ -353,16 +394,22 @@ def main(argv):
     )
     diffusion_loss = [v for _, v in summary["diffusion_loss_curve"]]
     if diffusion_loss:
-        print(f"  diffusion v-loss (train): {diffusion_loss[0]:.3f} -> {diffusion_loss[-1]:.3f}")
-    for row in samples["clips"]:
+        objective = diffusion_config.model.objective
+        print(f"  diffusion loss ({objective} objective, train): {diffusion_loss[0]:.3f} -> {diffusion_loss[-1]:.3f}")
+    for run in samples["runs"]:
+        s = run["sampling"]
+        print(f"  {run['folder']}: {s['steps']} steps of {s['sampler']}, CFG {s['cfg_scale']:g}")
+        for row in run["clips"]:
+            print(
+                f"    {row['file']}: asked {row['requested']:g} s, content ends at {row['measured']:.2f} s "
+                f"(error {row['error']:+.2f} s)"
+            )
         print(
-            f"  {row['file']}: asked {row['requested']:g} s, content ends at {row['measured']:.2f} s "
-            f"(error {row['error']:+.2f} s)"
+            f"    timing: mean |error| {run['mean_abs_error_seconds']:.2f} s, within 1 s: "
+            f"{run['within_1s']:.0%} (silence = the VAE's {samples['silence_level_db']:.0f} dB hiss); "
+            f"CLAP score matched {run['clap_score']:.3f}, other prompts {run['shuffled_clap_score']:.3f}; "
+            f"{run['seconds_per_clip']:.2f} s per clip"
         )
-    print(
-        f"  timing: mean |error| {samples['mean_abs_error_seconds']:.2f} s, within 1 s: "
-        f"{samples['within_1s']:.0%} (silence = the VAE's {samples['silence_level_db']:.0f} dB hiss)"
-    )
     print(f"  reconstructions: {os.path.join(out, 'reconstructions')}   samples: {os.path.join(out, 'samples')}")
     print(f"  summary: {os.path.join(out, 'summary.json')}")
     print(

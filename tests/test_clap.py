@@ -92,6 +92,26 @@ def test_clap_score_of_an_ideal_embedder_beats_shuffled_pairs(tmp_path):
     assert sorted(perm) == list(range(7)) and not np.any(perm == np.arange(7))
 
 
+def test_shuffled_baseline_over_other_prompts_when_prompts_repeat(tmp_path):
+    """Two prompts, each generated twice: the baseline pairs a prompt only with the other
+    prompt's clips (a derangement could pair it with its own clip at another length)."""
+    embeddings = {"a": np.array([1.0, 0.0]), "b": np.array([0.6, 0.8])}
+
+    class Exact:
+        def embed_text(self, prompts):
+            return np.stack([embeddings[p] for p in prompts])
+
+        def embed_audio_file(self, path):
+            return embeddings[os.path.basename(path)[0]]
+
+    prompts, files = ["a", "a", "b", "b"], [str(tmp_path / n) for n in ("a1", "a2", "b1", "b2")]
+    result = clap_score(Exact(), prompts, files, shuffled="other_prompts")
+    assert result["clap_score"] == pytest.approx(1.0)
+    assert result["shuffled_clap_score"] == pytest.approx(0.6)  # cos(a, b), all 8 cross pairs
+    with pytest.raises(ValueError, match="shuffled must be"):
+        clap_score(Exact(), prompts, files, shuffled="random")
+
+
 # --------------------------------------------------------------------------- config errors
 def test_clear_errors_for_missing_tokenizer_and_wrong_sample_rate(captioned_data, tmp_path):
     config = micro_clap_config(dict(captioned_data, tokenizer=""))
