@@ -19,7 +19,12 @@ devices.
 Writes, per prompt, `<i>_<slug>.wav` (44.1 kHz stereo, cut to --seconds_total), a spectrogram
 `<i>_<slug>.png`, the prompt as `<i>_<slug>.txt` (so `launch/clap_score.py --input=<dir>` can
 score the folder), and `settings.json`. With --init_audio the sampler starts from that
-audio's latents plus noise at --init_noise_level (audio-to-audio).
+audio's latents plus noise at --init_noise_level (audio-to-audio). With --inpaint_audio and
+one or more --inpaint_region=start:end (seconds) only those regions are regenerated; the
+rest of the clip keeps its own latents (`diffusion/inpainting.py`):
+
+    python launch/sample.py --pretrained=pretrained/sao --inpaint_audio=loop.wav \
+        --inpaint_region=4:8 --prompt="drum fill" --seconds_total=12
 """
 
 from __future__ import annotations
@@ -87,6 +92,13 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Prompts generated together.
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "Negative prompt for the unconditional branch.")
 _INIT_AUDIO = flags.DEFINE_string("init_audio", None, "Audio file to start from (audio-to-audio).")
 _INIT_NOISE = flags.DEFINE_float("init_noise_level", 1.0, "Noise level added to --init_audio.", lower_bound=0.0)
+_INPAINT_AUDIO = flags.DEFINE_string("inpaint_audio", None, "Audio file to edit (with --inpaint_region).")
+_INPAINT_REGION = flags.DEFINE_multi_string(
+    "inpaint_region", [], "start:end in seconds of --inpaint_audio to regenerate (repeatable; overlaps merge)."
+)
+_INPAINT_CROSSFADE = flags.DEFINE_float(
+    "inpaint_crossfade", 0.1, "Seconds blended inside each region's edges.", lower_bound=0.0
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "samples", "Where the files are written.")
 _MESH = flags.DEFINE_list(
     "mesh",
@@ -150,6 +162,13 @@ def _check_inputs() -> list[str]:
         cli.check_run_tasks({"lora": (cli.split_scale(value)[0], "diffusion")})
     if _INIT_AUDIO.value and not os.path.isfile(_INIT_AUDIO.value):
         raise UserError(f"--init_audio={_INIT_AUDIO.value}: no such file")
+    if bool(_INPAINT_AUDIO.value) != bool(_INPAINT_REGION.value):
+        raise UserError("--inpaint_audio and --inpaint_region go together")
+    if _INPAINT_AUDIO.value and _INIT_AUDIO.value:
+        raise UserError("--init_audio (audio-to-audio) and --inpaint_audio cannot be combined")
+    if _INPAINT_AUDIO.value and not os.path.isfile(_INPAINT_AUDIO.value):
+        raise UserError(f"--inpaint_audio={_INPAINT_AUDIO.value}: no such file")
+    _inpaint_regions()
     cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")
     if _DIFFUSION_DIR.value is not None:  # a converted --pretrained directory is no training run
         cli.check_run_tasks(
@@ -162,11 +181,24 @@ def _check_inputs() -> list[str]:
     return prompts
 
 
+def _inpaint_regions() -> list[tuple[float, float]]:
+    """--inpaint_region values as (start, end) seconds; their range is checked against the audio."""
+    regions = []
+    for value in _INPAINT_REGION.value:
+        try:
+            start, end = (float(v) for v in value.split(":"))
+        except ValueError:
+            raise UserError(f"--inpaint_region={value}: expected start:end in seconds, e.g. 4.0:8.0") from None
+        regions.append((start, end))
+    return regions
+
+
 def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     prompts = _check_inputs()
+    from stable_audio_jax.diffusion.inpainting import check_regions
     from stable_audio_jax.diffusion.sampling_config import SamplingConfig, check_known_sampler
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
@@ -209,10 +241,15 @@ def main(argv):
                 f"--seconds_total={seconds_total} is outside (0, {window_seconds:.2f}], "
                 "the window" + ("" if _WINDOW_SECONDS.value else " the model was trained on")
             )
-        init_audio = None
+        init_audio = inpaint_audio = None
         if _INIT_AUDIO.value:
             audio, rate = decode_audio(_INIT_AUDIO.value)
             init_audio = to_stereo(resample(audio, rate, generator.sample_rate))
+        if _INPAINT_AUDIO.value:  # any rate or channel count, converted as the data pipeline does
+            audio, rate = decode_audio(_INPAINT_AUDIO.value)
+            inpaint_audio = to_stereo(resample(audio, rate, generator.sample_rate))
+            # Checked before anything is written: the regions must lie in the audio (and window).
+            check_regions(_inpaint_regions(), min(len(inpaint_audio), generator.window_samples) / generator.sample_rate)
     except (FileNotFoundError, ValueError) as e:  # a run directory or a setting the model rejects
         raise UserError(str(e)) from None
 
@@ -235,6 +272,9 @@ def main(argv):
         "negative_prompt": _NEGATIVE.value,
         "init_audio": _INIT_AUDIO.value,
         "init_noise_level": _INIT_NOISE.value,
+        "inpaint_audio": _INPAINT_AUDIO.value,
+        "inpaint_regions": _inpaint_regions(),
+        "inpaint_crossfade": _INPAINT_CROSSFADE.value,
         "sample_rate": generator.sample_rate,
         "files": [],
     }
@@ -255,6 +295,9 @@ def main(argv):
             sigma_max=settings["sigma_max"],
             init_audio=init_audio,
             init_noise_level=_INIT_NOISE.value,
+            inpaint_audio=inpaint_audio,
+            inpaint_regions=_inpaint_regions() or None,
+            inpaint_crossfade=_INPAINT_CROSSFADE.value,
             window_seconds=_WINDOW_SECONDS.value,
             progress=True,
         )

@@ -1,4 +1,5 @@
-"""The bad-input contract of the launch and data scripts, as a checker the tests share: a `Case`
+"""The bad-input contract of the launch and data scripts, as a checker the tests share (and
+`run_script`, which runs one as a user would): a `Case`
 is one command line a user might type wrongly; `check_cases` runs cases as subprocesses and
 asserts exit status 2, one `error: ...` line on stderr naming the flag, key or path, no
 traceback, and nothing written."""
@@ -24,11 +25,16 @@ class Case:
     not_written: list[str] = dataclasses.field(default_factory=list)  # paths that must not exist after
 
 
-def _run(case: Case) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`script` (relative to the repository root) as a user runs it, on CPU; output captured."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(
-        [sys.executable, case.script, *case.args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def _run(case: Case) -> subprocess.CompletedProcess:
+    return run_script(case.script, *case.args, timeout=120)
 
 
 def check_cases(cases: list[Case]) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +22,7 @@ from stable_audio_jax.convert import sao_checkpoint
 from stable_audio_jax.convert.state_dict import ConversionError
 from stable_audio_jax.diffusion import flow_samplers, guidance
 from stable_audio_jax.inference.generate import AudioGenerator, apply_model, guidance_conditioning
+from tests.bad_input import run_script
 from tests.fixture_paths import T5_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,20 +153,12 @@ def test_eight_pingpong_steps_match_the_reference_sample(converted, reference):
 @pytest.mark.e2e
 def test_sample_script_uses_the_small_defaults(converted, tmp_path):
     out = tmp_path / "samples"
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "launch", "sample.py"),
-            f"--pretrained={converted[0]}",
-            "--prompt=a short drum loop",
-            "--seconds_total=0.15",
-            f"--output_dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        cwd=ROOT,
+    result = run_script(
+        "launch/sample.py",
+        f"--pretrained={converted[0]}",
+        "--prompt=a short drum loop",
+        "--seconds_total=0.15",
+        f"--output_dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     wavs = sorted(p for p in os.listdir(out) if p.endswith(".wav"))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stable_audio_jax import parallel
-from stable_audio_jax.diffusion import flow_samplers, guidance, samplers, schedule
+from stable_audio_jax.diffusion import flow_samplers, guidance, inpainting, samplers, schedule
 from stable_audio_jax.diffusion.sampling_config import SamplingConfig, canonical_sampler_for, check_objective, is_flow
 from stable_audio_jax.errors import UserError
 from stable_audio_jax.inference import fine_tuned, pretrained_parts
@@ -102,7 +102,9 @@ def _advance_progress(step_index) -> None:
         _PROGRESS[0].update(1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "autoencoder", "rules", "sampler", "use_cfg", "flow_model"))
+@functools.partial(
+    jax.jit, static_argnames=("model", "autoencoder", "rules", "sampler", "use_cfg", "flow_model", "inpaint", "decode")
+)
 def sample_and_decode(
     params: Any,
     vae_params: Any,
@@ -119,6 +121,9 @@ def sample_and_decode(
     seconds_start: jax.Array,
     seconds_total: jax.Array,
     x_init: jax.Array,
+    known: jax.Array,
+    noise: jax.Array,
+    mask: jax.Array,
     *,
     model: LatentDiffusionModel,
     autoencoder: AudioAutoencoder,
@@ -126,11 +131,16 @@ def sample_and_decode(
     sampler: str,
     use_cfg: bool,
     flow_model: bool,
+    inpaint: bool = False,
+    decode: bool = True,
 ) -> jax.Array:
     """Guided sampling from `x_init` `[batch, frames, latent_dim]` over `sigmas` (a v-model's
     noise levels, or a rectified-flow model's times when `flow_model`), then the VAE decode:
-    audio `[batch, window_samples, 2]`. Every setting is an argument (the modules, rules and
-    sampler are static and hashable), so no call can reuse another's trace."""
+    audio `[batch, window_samples, 2]` (the latents when not `decode`). With `inpaint`, the
+    frames where `mask` `[batch, frames]` is 0 keep `known` (`diffusion/inpainting.py`,
+    replacement with the initial `noise`); otherwise those three are unused. Every setting
+    is an argument (the modules, rules and sampler are static and hashable), so no call can
+    reuse another's trace."""
     cond, uncond = guidance_conditioning(
         text_features, text_mask, negative_features, negative_mask, use_negative, seconds_start, seconds_total
     )
@@ -139,12 +149,20 @@ def sample_and_decode(
         guided = guidance.guided_v_model(
             functools.partial(apply_model, model, params), cond, uncond, cfg_scale if use_cfg else 1.0, rescale_phi
         )
+        mask = mask[..., None]
         if flow_model:
-            latents = flow_samplers.sample(guided, x_init, sigmas, sampler=sampler, rng=rng, callback=_advance_progress)
-        else:
-            latents = samplers.sample(
-                samplers.v_denoiser(guided), x_init, sigmas, sampler=sampler, rng=rng, callback=_advance_progress
+            velocity = inpainting.masked_velocity(guided, known, noise, mask) if inpaint else guided
+            latents = flow_samplers.sample(
+                velocity, x_init, sigmas, sampler=sampler, rng=rng, callback=_advance_progress
             )
+        else:
+            denoiser = samplers.v_denoiser(guided)
+            denoiser = inpainting.masked_denoiser(denoiser, known, noise, mask) if inpaint else denoiser
+            latents = samplers.sample(denoiser, x_init, sigmas, sampler=sampler, rng=rng, callback=_advance_progress)
+        if inpaint:
+            latents = inpainting.blend(latents, known, mask)
+        if not decode:
+            return latents
         return autoencoder.apply({"params": vae_params}, latents / latent_scale, method=type(autoencoder).decode)
 
 
@@ -311,8 +329,12 @@ class AudioGenerator:
         init_audio: np.ndarray | None = None,
         init_noise_level: float = 1.0,
         window_seconds: float | None = None,
+        inpaint_audio: np.ndarray | None = None,
+        inpaint_regions: Sequence[Sequence[float]] | None = None,
+        inpaint_crossfade: float = 0.1,
         cut: bool = True,
         progress: bool = False,
+        return_latents: bool = False,
     ) -> np.ndarray:
         """Generate one clip per prompt; the batch is split over the mesh's batch axes.
 
@@ -332,8 +354,15 @@ class AudioGenerator:
           window_seconds: generate this window instead of the trained one (rounded up to a
             whole number of latent frames). The DiT has no absolute positions, so a shorter
             window is a cheaper way to get short clips; the U-Net was trained at one length.
+          inpaint_audio, inpaint_regions: `[samples, 2]` audio at the model's rate whose
+            `(start, end)` regions (seconds; overlapping ones are merged) are regenerated
+            while every other latent frame keeps the audio's own latents exactly
+            (`diffusion/inpainting.py`); `inpaint_crossfade` seconds of latent frames inside
+            each region's edges blend the two. Not together with `init_audio`.
           cut: cut each clip to its `seconds_total` (else the whole window is returned).
           progress: show a progress bar over the sampler steps.
+          return_latents: return the sampled latents `[batch, frames, latent_dim]` (the
+            model's scale) instead of decoding them.
 
         Returns:
           float32 `[batch, samples, 2]` (zero-padded to the longest clip when cut lengths differ).
@@ -366,6 +395,12 @@ class AudioGenerator:
             raise ValueError("seconds_start must be >= 0")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if (inpaint_audio is None) != (inpaint_regions is None):
+            raise UserError("inpainting needs both the audio and its regions")
+        if inpaint_audio is not None and init_audio is not None:
+            raise UserError("init_audio (audio-to-audio) and inpaint_audio cannot be combined")
+        if inpaint_crossfade < 0:
+            raise UserError(f"inpaint_crossfade must be >= 0 seconds, got {inpaint_crossfade:g}")
 
         features, mask = (np.asarray(a) for a in self.text_encoder.text_conditioning(list(prompts)))
         if negative_prompt is not None:
@@ -389,6 +424,23 @@ class AudioGenerator:
         else:
             sigmas = schedule.polyexponential_sigmas(steps, sigma_min, top)
             x_init = noise * top if init_latents is None else init_latents + noise * top
+        frames = x_init.shape[1]
+        if inpaint_audio is None:  # placeholders of the unused inpainting inputs
+            known, inpaint_mask = np.zeros((batch, 1, 1), np.float32), np.ones((batch, 1), np.float32)
+            keep_noise = known
+        else:
+            audio_seconds = min(len(np.asarray(inpaint_audio)), window) / self.sample_rate
+            regions = inpainting.check_regions(inpaint_regions, audio_seconds)
+            frame_seconds = self.autoencoder.config.downsampling_ratio / self.sample_rate
+            crossfade = int(round(inpaint_crossfade / frame_seconds))
+            inpaint_mask = np.broadcast_to(
+                inpainting.region_mask(regions, frames, frame_seconds, crossfade), (batch, frames)
+            )
+            known = np.asarray(self._encode_init(inpaint_audio, batch, window))
+            keep_noise = noise
+            # The kept frames start on their own path, at the first level of the grid.
+            kept = known * (1 - top) + noise * top if flow_model else known + noise * top
+            x_init = np.where(inpaint_mask[..., None] > 0, x_init, kept)
         # Seconds are whole numbers for the table embedder (ceil, as training's seconds_total).
         seconds_total_cond = np.ceil(totals).astype(np.int32)
         seconds_start_cond = np.floor(starts).astype(np.int32)
@@ -409,6 +461,8 @@ class AudioGenerator:
                 sampler=sampler,
                 use_cfg=cfg_scale != 1.0,
                 flow_model=flow_model,
+                inpaint=inpaint_audio is not None,
+                decode=not return_latents,
             )
 
         with _progress_bar(steps if progress else 0):
@@ -424,12 +478,15 @@ class AudioGenerator:
                     seconds_start_cond,
                     seconds_total_cond,
                     x_init.astype(np.float32),
+                    np.asarray(known, np.float32),
+                    np.asarray(keep_noise, np.float32),
+                    np.asarray(inpaint_mask, np.float32),
                 ],
                 self.mesh,
                 self.rules,
             )
             audio = np.asarray(jax.device_get(audio), np.float32)
-        if not cut:
+        if not cut or return_latents:
             return audio
         lengths = [min(audio.shape[1], int(round(s * self.sample_rate))) for s in totals]
         out = np.zeros((batch, max(lengths), audio.shape[2]), np.float32)

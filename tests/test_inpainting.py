@@ -1,0 +1,207 @@
+"""Training-free inpainting (`diffusion/inpainting.py`): regions, masks, the replacement
+wrappers on every sampler, and `AudioGenerator.generate(inpaint_audio=...)` on converted
+stable-audio-tools checkpoints (SAO's v-model and SAO Small's rectified flow)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stable_audio_jax.convert import sao_checkpoint
+from stable_audio_jax.diffusion import flow_samplers, inpainting, samplers, schedule
+from stable_audio_jax.errors import UserError
+from stable_audio_jax.inference.generate import AudioGenerator
+from stable_audio_jax.input_pipeline.audio_io import write_wav
+from tests.bad_input import Case, check_cases, run_script
+from tests.fixture_paths import CHECKPOINT, FIXTURES, MODEL_CONFIG, T5_DIR
+
+OPEN_SMALL = os.path.join(FIXTURES, "sao_open_small")
+
+
+def test_regions_are_checked_sorted_and_merged():
+    assert inpainting.check_regions([(3, 4), (1, 2), (1.5, 2.5), (4, 5)], 6) == [(1.0, 2.5), (3.0, 5.0)]
+    for regions, message in [
+        ([], "no inpainting region"),
+        ([(2, 2)], "start < end"),
+        ([(3, 1)], "start < end"),
+        ([(-1, 1)], "outside the audio"),
+        ([(5, 7)], "outside the audio"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            inpainting.check_regions(regions, 6)
+
+
+def test_region_mask_ramps_inside_the_region_only():
+    mask = inpainting.region_mask([(1.0, 2.0)], frames=30, frame_seconds=0.1, crossfade_frames=3)
+    assert np.all(mask[:10] == 0) and np.all(mask[20:] == 0)  # outside: kept exactly
+    np.testing.assert_allclose(mask[10:14], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(mask[16:20], [1.0, 0.75, 0.5, 0.25])
+    # At the window's edges there is nothing to blend with: no ramp.
+    edge = inpainting.region_mask([(0.0, 0.5)], frames=30, frame_seconds=0.1, crossfade_frames=3)
+    assert edge[0] == 1.0 and edge[4] == 0.25 and np.all(edge[5:] == 0)
+    hard = inpainting.region_mask([(1.05, 1.31)], frames=30, frame_seconds=0.1)
+    assert np.flatnonzero(hard).tolist() == [10, 11, 12, 13]  # every frame a region touches
+
+
+def _toy_problem(batch: int = 2, frames: int = 24, channels: int = 3):
+    keys = jax.random.split(jax.random.key(0), 3)
+    known = jax.random.normal(keys[0], (batch, frames, channels))
+    noise = jax.random.normal(keys[1], (batch, frames, channels))
+    mask = jnp.asarray(inpainting.region_mask([(8, 16)], frames, 1.0, crossfade_frames=2))[None, :, None]
+    weights = 0.5 * jax.random.normal(keys[2], (channels, channels))
+    return known, noise, jnp.broadcast_to(mask, (batch, frames, 1)), weights
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "dpmpp_3m_sde", "heun", "lms", "dpmpp_2s_ancestral"])
+def test_every_v_sampler_keeps_the_known_frames(sampler):
+    known, noise, mask, w = _toy_problem()
+
+    def denoiser(x, sigma):  # any smooth network stands in for the model
+        return jnp.tanh(x @ w) / (1.0 + schedule_level(sigma, x))
+
+    sigmas = schedule.polyexponential_sigmas(12, 0.03, 80.0)
+    wrapped = inpainting.masked_denoiser(denoiser, known, noise, mask)
+    x_init = jnp.where(mask > 0, noise * 80.0, known + noise * 80.0)
+    raw = samplers.sample(wrapped, x_init, sigmas, sampler=sampler, rng=jax.random.key(1))
+    out = inpainting.blend(raw, known, mask)
+    keep = np.asarray(mask[..., 0] == 0)
+    np.testing.assert_array_equal(np.asarray(out)[keep], np.asarray(known)[keep])
+    # Replacement keeps the frames on their own path: even before the blend they land on
+    # the known latents (up to the last step's sigma_min).
+    assert np.abs(np.asarray(raw - known))[keep].max() < 0.1
+    inside = np.asarray(mask[..., 0] == 1)
+    assert np.abs(np.asarray(out - known))[inside].mean() > 0.3  # the region is regenerated
+
+
+def schedule_level(sigma, x):
+    return jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))[:, None, None]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "rk4", "dpmpp", "pingpong"])
+def test_every_flow_sampler_keeps_the_known_frames(sampler):
+    known, noise, mask, w = _toy_problem()
+    wrapped = inpainting.masked_velocity(lambda x, t: jnp.tanh(x @ w), known, noise, mask)
+    ts = flow_samplers.sampler_times(sampler, 8)
+    raw = flow_samplers.sample(wrapped, noise, ts, sampler=sampler, rng=jax.random.key(2))
+    out = inpainting.blend(raw, known, mask)
+    keep = np.asarray(mask[..., 0] == 0)
+    np.testing.assert_array_equal(np.asarray(out)[keep], np.asarray(known)[keep])
+    if sampler != "pingpong":  # pingpong re-noises with fresh noise; the next input replaces it
+        np.testing.assert_allclose(np.asarray(raw)[keep], np.asarray(known)[keep], atol=1e-5)
+    assert np.abs(np.asarray(out - known))[np.asarray(mask[..., 0] == 1)].mean() > 0.3
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, tuple[str, AudioGenerator]]:
+    """The tiny SAO (v) and SAO Small (rectified flow) checkpoints, converted and loaded."""
+    out = {}
+    for name, (checkpoint, model_config) in {
+        "v": (CHECKPOINT, MODEL_CONFIG),
+        "flow": (os.path.join(OPEN_SMALL, "model.safetensors"), os.path.join(OPEN_SMALL, "model_config.json")),
+    }.items():
+        target = str(tmp_path_factory.mktemp(name) / "pretrained")
+        sao_checkpoint.convert_checkpoint(checkpoint, model_config, target, t5_dir=T5_DIR, log=lambda _: None)
+        out[name] = (target, AudioGenerator.from_pretrained(target))
+    return out
+
+
+def _clip(seconds: float = 0.17, rate: int = 44100) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * np.sin(2 * np.pi * 220 * t) * np.exp(-3 * t))[:, None].repeat(2, axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["v", "flow"])
+def test_generator_keeps_the_latents_outside_the_region(converted, kind):
+    generator = converted[kind][1]
+    clip = _clip()
+    region = (0.06, 0.12)
+    kw = dict(seconds_total=0.17, steps=4, seed=5, inpaint_audio=clip, inpaint_regions=[region])
+    latents = generator.generate(["a bell", "a drum"], return_latents=True, **kw)
+    known = np.asarray(generator._encode_init(clip, 2, generator.window_samples))
+    frame_seconds = generator.autoencoder.config.downsampling_ratio / generator.sample_rate
+    mask = inpainting.region_mask([region], generator.latent_frames, frame_seconds)
+    np.testing.assert_array_equal(latents[:, mask == 0], known[:, mask == 0])  # exactly the input's
+    assert np.abs(latents[:, mask == 1] - known[:, mask == 1]).mean() > 0.1
+    # Decoded: far from the region the audio is the VAE reconstruction of the input.
+    audio = generator.generate(["a bell", "a drum"], cut=False, **kw)
+    vae = generator.autoencoder
+    recon = np.asarray(
+        vae.apply({"params": generator.vae_params}, known / generator.latent_scale, method=type(vae).decode)
+    )
+    head = int(0.02 * generator.sample_rate)
+    np.testing.assert_allclose(audio[:, :head], recon[:, :head], atol=1e-4 * np.abs(recon).max())
+    assert np.abs(audio - recon).max() > 1e-2 * np.abs(recon).max()
+
+
+def test_generator_inpainting_bad_inputs(converted):
+    generator = converted["flow"][1]
+    clip = _clip(0.1)
+    kw = dict(seconds_total=0.1, steps=2)
+    with pytest.raises(UserError, match="outside the audio"):
+        generator.generate(["x"], inpaint_audio=clip, inpaint_regions=[(0.05, 0.15)], **kw)
+    with pytest.raises(UserError, match="both the audio and its regions"):
+        generator.generate(["x"], inpaint_audio=clip, **kw)
+    with pytest.raises(UserError, match="cannot be combined"):
+        generator.generate(["x"], inpaint_audio=clip, inpaint_regions=[(0, 0.05)], init_audio=clip, **kw)
+
+
+@pytest.mark.e2e
+def test_sample_script_inpaints_regions_and_rejects_bad_ones(converted, tmp_path):
+    pretrained = converted["flow"][0]
+    source, text = str(tmp_path / "clip.wav"), str(tmp_path / "notes.wav")
+    write_wav(source, _clip()[:, :1], 22050)  # mono at 22.05 kHz: converted on the way in
+    with open(text, "w") as f:
+        f.write("not audio")
+    out = tmp_path / "samples"
+    common = [f"--pretrained={pretrained}", "--prompt=a bell", "--seconds_total=0.15", "--steps=2"]
+    result = run_script(
+        "launch/sample.py",
+        *common,
+        f"--inpaint_audio={source}",
+        "--inpaint_region=0.02:0.05",
+        "--inpaint_region=0.04:0.08",
+        f"--output_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "settings.json") as f:
+        settings = json.load(f)
+    assert settings["inpaint_regions"] == [[0.02, 0.05], [0.04, 0.08]] and len(settings["files"]) == 1
+    bad = str(tmp_path / "bad")
+    inpaint = lambda *flags: common + [f"--output_dir={bad}", *flags]  # noqa: E731
+    check_cases(
+        [
+            Case(
+                "launch/sample.py",
+                inpaint(f"--inpaint_audio={source}", "--inpaint_region=0.1:0.05"),
+                ["start < end"],
+                [bad],
+            ),
+            Case(
+                "launch/sample.py",
+                inpaint(f"--inpaint_audio={source}", "--inpaint_region=0.1:0.5"),
+                ["outside the audio"],
+                [bad],
+            ),
+            Case(
+                "launch/sample.py",
+                inpaint(f"--inpaint_audio={source}", "--inpaint_region=4-8"),
+                ["--inpaint_region=4-8"],
+                [bad],
+            ),
+            Case(
+                "launch/sample.py", inpaint(f"--inpaint_audio={text}", "--inpaint_region=0:0.05"), ["notes.wav"], [bad]
+            ),
+            Case("launch/sample.py", inpaint("--inpaint_region=0:0.05"), ["--inpaint_audio"], [bad]),
+            Case(
+                "launch/sample.py",
+                inpaint(f"--inpaint_audio={tmp_path}/missing.wav", "--inpaint_region=0:1"),
+                ["missing.wav"],
+                [bad],
+            ),
+        ]
+    )
