@@ -25,6 +25,13 @@ rest of the clip keeps its own latents (`diffusion/inpainting.py`):
 
     python launch/sample.py --pretrained=pretrained/sao --inpaint_audio=loop.wav \
         --inpaint_region=4:8 --prompt="drum fill" --seconds_total=12
+
+With --continue_audio the clip is continued to --seconds_total, which may be longer than the
+model's window (`inference/continuation.py`: each window keeps the last --continue_context
+seconds and inpaints the rest):
+
+    python launch/sample.py --pretrained=pretrained/sao --continue_audio=intro.wav \
+        --prompt="ambient techno, 120 BPM" --seconds_total=180
 """
 
 from __future__ import annotations
@@ -99,6 +106,12 @@ _INPAINT_REGION = flags.DEFINE_multi_string(
 _INPAINT_CROSSFADE = flags.DEFINE_float(
     "inpaint_crossfade", 0.1, "Seconds blended inside each region's edges.", lower_bound=0.0
 )
+_CONTINUE_AUDIO = flags.DEFINE_string(
+    "continue_audio", None, "Audio file to continue to --seconds_total (which may pass the window)."
+)
+_CONTINUE_CONTEXT = flags.DEFINE_float(
+    "continue_context", None, "Seconds of the audio so far each window keeps (default: half the window)."
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "samples", "Where the files are written.")
 _MESH = flags.DEFINE_list(
     "mesh",
@@ -168,6 +181,12 @@ def _check_inputs() -> list[str]:
         raise UserError("--init_audio (audio-to-audio) and --inpaint_audio cannot be combined")
     if _INPAINT_AUDIO.value and not os.path.isfile(_INPAINT_AUDIO.value):
         raise UserError(f"--inpaint_audio={_INPAINT_AUDIO.value}: no such file")
+    if _CONTINUE_AUDIO.value and (_INPAINT_AUDIO.value or _INIT_AUDIO.value):
+        raise UserError("--continue_audio does not go with --init_audio or --inpaint_audio")
+    if _CONTINUE_AUDIO.value and not os.path.isfile(_CONTINUE_AUDIO.value):
+        raise UserError(f"--continue_audio={_CONTINUE_AUDIO.value}: no such file")
+    if _CONTINUE_AUDIO.value and _SECONDS_TOTAL.value is None:
+        raise UserError("--continue_audio needs --seconds_total, the length to continue to")
     _inpaint_regions()
     cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")
     if _DIFFUSION_DIR.value is not None:  # a converted --pretrained directory is no training run
@@ -200,6 +219,7 @@ def main(argv):
     prompts = _check_inputs()
     from stable_audio_jax.diffusion.inpainting import check_regions
     from stable_audio_jax.diffusion.sampling_config import SamplingConfig, check_known_sampler
+    from stable_audio_jax.inference.continuation import check_continuation
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
 
@@ -236,7 +256,7 @@ def main(argv):
             raise ValueError("--window_seconds needs a DiT model; a U-Net generates the window it was trained on")
         window_seconds = _WINDOW_SECONDS.value or generator.window_seconds
         seconds_total = window_seconds if _SECONDS_TOTAL.value is None else _SECONDS_TOTAL.value
-        if not 0 < seconds_total <= window_seconds + 1e-6:
+        if not _CONTINUE_AUDIO.value and not 0 < seconds_total <= window_seconds + 1e-6:
             raise ValueError(
                 f"--seconds_total={seconds_total} is outside (0, {window_seconds:.2f}], "
                 "the window" + ("" if _WINDOW_SECONDS.value else " the model was trained on")
@@ -250,6 +270,17 @@ def main(argv):
             inpaint_audio = to_stereo(resample(audio, rate, generator.sample_rate))
             # Checked before anything is written: the regions must lie in the audio (and window).
             check_regions(_inpaint_regions(), min(len(inpaint_audio), generator.window_samples) / generator.sample_rate)
+        continue_audio = None
+        if _CONTINUE_AUDIO.value:
+            audio, rate = decode_audio(_CONTINUE_AUDIO.value)
+            continue_audio = to_stereo(resample(audio, rate, generator.sample_rate))
+            check_continuation(
+                len(continue_audio),
+                seconds_total,
+                _CONTINUE_CONTEXT.value,
+                generator.sample_rate,
+                generator.window_samples,
+            )
     except (FileNotFoundError, ValueError) as e:  # a run directory or a setting the model rejects
         raise UserError(str(e)) from None
 
@@ -275,32 +306,48 @@ def main(argv):
         "inpaint_audio": _INPAINT_AUDIO.value,
         "inpaint_regions": _inpaint_regions(),
         "inpaint_crossfade": _INPAINT_CROSSFADE.value,
+        "continue_audio": _CONTINUE_AUDIO.value,
+        "continue_context": _CONTINUE_CONTEXT.value,
         "sample_rate": generator.sample_rate,
         "files": [],
     }
     start = time.time()
+    sampler_settings = {
+        k: settings[k] for k in ("steps", "cfg_scale", "sampler", "rescale_phi", "sigma_min", "sigma_max")
+    }
     for first in range(0, len(prompts), _BATCH_SIZE.value):
         chunk = prompts[first : first + _BATCH_SIZE.value]
-        audio = generator.generate(
-            chunk,
-            seconds_total=seconds_total,
-            seconds_start=_SECONDS_START.value,
-            steps=settings["steps"],
-            cfg_scale=settings["cfg_scale"],
-            sampler=settings["sampler"],
-            seed=_SEED.value + first,
-            negative_prompt=_NEGATIVE.value,
-            rescale_phi=settings["rescale_phi"],
-            sigma_min=settings["sigma_min"],
-            sigma_max=settings["sigma_max"],
-            init_audio=init_audio,
-            init_noise_level=_INIT_NOISE.value,
-            inpaint_audio=inpaint_audio,
-            inpaint_regions=_inpaint_regions() or None,
-            inpaint_crossfade=_INPAINT_CROSSFADE.value,
-            window_seconds=_WINDOW_SECONDS.value,
-            progress=True,
-        )
+        if continue_audio is not None:  # one prompt at a time, window after window
+            audio = [
+                generator.continue_audio(
+                    prompt,
+                    continue_audio,
+                    seconds_total=seconds_total,
+                    context_seconds=_CONTINUE_CONTEXT.value,
+                    seed=_SEED.value + first + i,
+                    negative_prompt=_NEGATIVE.value,
+                    inpaint_crossfade=_INPAINT_CROSSFADE.value,
+                    progress=True,
+                    **sampler_settings,
+                )
+                for i, prompt in enumerate(chunk)
+            ]
+        else:
+            audio = generator.generate(
+                chunk,
+                seconds_total=seconds_total,
+                seconds_start=_SECONDS_START.value,
+                seed=_SEED.value + first,
+                negative_prompt=_NEGATIVE.value,
+                init_audio=init_audio,
+                init_noise_level=_INIT_NOISE.value,
+                inpaint_audio=inpaint_audio,
+                inpaint_regions=_inpaint_regions() or None,
+                inpaint_crossfade=_INPAINT_CROSSFADE.value,
+                window_seconds=_WINDOW_SECONDS.value,
+                progress=True,
+                **sampler_settings,
+            )
         for i, (prompt, clip) in enumerate(zip(chunk, audio)):
             name = f"{first + i:03d}_{_slug(prompt)}"
             write_wav(os.path.join(_OUTPUT_DIR.value, name + ".wav"), clip, generator.sample_rate)

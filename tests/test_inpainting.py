@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile as sf
 
 from stable_audio_jax.convert import sao_checkpoint
 from stable_audio_jax.diffusion import flow_samplers, inpainting, samplers, schedule
 from stable_audio_jax.errors import UserError
+from stable_audio_jax.inference.continuation import continue_audio
 from stable_audio_jax.inference.generate import AudioGenerator
 from stable_audio_jax.input_pipeline.audio_io import write_wav
 from tests.bad_input import Case, check_cases, run_script
@@ -171,6 +173,18 @@ def test_sample_script_inpaints_regions_and_rejects_bad_ones(converted, tmp_path
     with open(out / "settings.json") as f:
         settings = json.load(f)
     assert settings["inpaint_regions"] == [[0.02, 0.05], [0.04, 0.08]] and len(settings["files"]) == 1
+    continued = tmp_path / "continued"
+    result = run_script(
+        "launch/sample.py",
+        *common[:2],
+        "--seconds_total=0.4",
+        "--steps=2",
+        f"--continue_audio={source}",
+        f"--output_dir={continued}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = sf.info(str(continued / "000_a_bell.wav"))
+    assert info.frames == round(0.4 * 44100)
     bad = str(tmp_path / "bad")
     inpaint = lambda *flags: common + [f"--output_dir={bad}", *flags]  # noqa: E731
     check_cases(
@@ -197,6 +211,19 @@ def test_sample_script_inpaints_regions_and_rejects_bad_ones(converted, tmp_path
                 "launch/sample.py", inpaint(f"--inpaint_audio={text}", "--inpaint_region=0:0.05"), ["notes.wav"], [bad]
             ),
             Case("launch/sample.py", inpaint("--inpaint_region=0:0.05"), ["--inpaint_audio"], [bad]),
+            Case("launch/sample.py", [*common[:2], f"--continue_audio={source}"], ["--seconds_total"]),
+            Case(
+                "launch/sample.py",
+                inpaint(f"--continue_audio={source}", f"--inpaint_audio={source}", "--inpaint_region=0:0.05"),
+                ["--continue_audio"],
+                [bad],
+            ),
+            Case(
+                "launch/sample.py",
+                [*common[:2], "--seconds_total=0.1", f"--continue_audio={source}", f"--output_dir={bad}"],
+                ["longer than the audio"],
+                [bad],
+            ),
             Case(
                 "launch/sample.py",
                 inpaint(f"--inpaint_audio={tmp_path}/missing.wav", "--inpaint_region=0:1"),
@@ -205,3 +232,49 @@ def test_sample_script_inpaints_regions_and_rejects_bad_ones(converted, tmp_path
             ),
         ]
     )
+
+
+class _Recording:
+    """The generator, with every `generate` call's keyword arguments recorded."""
+
+    def __init__(self, generator: AudioGenerator):
+        self.generator, self.calls = generator, []
+
+    def __getattr__(self, name):
+        return getattr(self.generator, name)
+
+    def generate(self, prompts, **kwargs):
+        self.calls.append(kwargs)
+        return self.generator.generate(prompts, **kwargs)
+
+
+def _max_jump_near(audio: np.ndarray, joins: list[int], reach: int = 64) -> tuple[float, float]:
+    """(largest sample-to-sample step within `reach` of a join, the output's 99th-percentile step)."""
+    steps = np.abs(np.diff(audio.astype(np.float64), axis=0)).max(axis=-1)
+    return max(steps[max(0, j - reach) : j + reach].max() for j in joins), float(np.percentile(steps, 99))
+
+
+@pytest.mark.parametrize("kind", ["v", "flow"])
+def test_continuation_past_the_window(converted, kind):
+    generator = _Recording(converted[kind][1])
+    rate, window = generator.sample_rate, generator.window_samples  # 8192 samples, 0.19 s
+    clip = _clip(0.1)
+    out = continue_audio(generator, "a bell", clip, seconds_total=0.5, steps=3)
+    assert out.shape == (round(0.5 * rate), 2)
+    np.testing.assert_array_equal(out[: len(clip) - int(0.05 * rate)], clip[: len(clip) - int(0.05 * rate)])
+    # Each window keeps the last half window and says where it lies in the 0.5 s file.
+    starts = [call["seconds_start"] for call in generator.calls]
+    assert len(starts) >= 3 and starts[0] == pytest.approx((len(clip) - window // 2) / rate)
+    assert all(call["seconds_total"] == pytest.approx(0.5) for call in generator.calls)
+    assert all(call["inpaint_regions"][0][0] == pytest.approx(window // 2 / rate) for call in generator.calls)
+    joins = [len(clip)] + [round(s * rate) + window for s in starts[:-1]]
+    jump, typical = _max_jump_near(out, [j for j in joins if j < len(out)])
+    assert jump <= 2 * typical, (jump, typical)
+
+
+def test_continuation_bad_inputs(converted):
+    generator = converted["flow"][1]
+    with pytest.raises(UserError, match="longer than the audio"):
+        generator.continue_audio("x", _clip(0.1), seconds_total=0.05)
+    with pytest.raises(UserError, match="shorter than the model's window"):
+        generator.continue_audio("x", _clip(0.1), seconds_total=0.5, context_seconds=0.3)

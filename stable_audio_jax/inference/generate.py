@@ -29,7 +29,7 @@ from stable_audio_jax import parallel
 from stable_audio_jax.diffusion import flow_samplers, guidance, inpainting, samplers, schedule
 from stable_audio_jax.diffusion.sampling_config import SamplingConfig, canonical_sampler_for, check_objective, is_flow
 from stable_audio_jax.errors import UserError
-from stable_audio_jax.inference import fine_tuned, pretrained_parts
+from stable_audio_jax.inference import continuation, fine_tuned, pretrained_parts
 from stable_audio_jax.inference.clap import CLAPEncoder
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
 from stable_audio_jax.models.latent_diffusion import LatentDiffusionModel
@@ -341,7 +341,8 @@ class AudioGenerator:
         Args:
           prompts: the text prompts (a list; one clip each).
           seconds_total, seconds_start: timing conditioning, one value or one per prompt;
-            `seconds_total` may not exceed the model's window.
+            the clip ends `seconds_total - seconds_start` into the window, which it may not
+            pass when `cut`.
           steps, sampler, sigma_min, sigma_max: the sampler and its schedule: log-linear sigmas
             for a v-model; for a rectified-flow model the reference's time grid from
             `sigma_max` in (0, 1] (`sigma_min` unused), `sampling_config.sampler_names` says which.
@@ -387,12 +388,17 @@ class AudioGenerator:
             window = -(-int(np.ceil(window_seconds * self.sample_rate)) // self.window_multiple) * self.window_multiple
         totals = np.broadcast_to(np.asarray(seconds_total, np.float64), (batch,))
         starts = np.broadcast_to(np.asarray(seconds_start, np.float64), (batch,))
-        if np.any(totals <= 0) or np.any(totals > window / self.sample_rate + 1e-6):
+        if np.any(starts < 0):
+            raise ValueError("seconds_start must be >= 0")
+        # The clip ends `seconds_total - seconds_start` into the window; uncut, it may go on
+        # past it (a window in the middle of a continuation).
+        ends = totals - starts
+        if np.any(totals <= 0) or (cut and np.any(ends > window / self.sample_rate + 1e-6)):
             raise ValueError(
                 f"seconds_total must be in (0, {window / self.sample_rate:.2f}] (the window), got {totals.tolist()}"
             )
-        if np.any(starts < 0):
-            raise ValueError("seconds_start must be >= 0")
+        if np.any(ends <= 0):
+            raise ValueError(f"seconds_total {totals.tolist()} must be after seconds_start {starts.tolist()}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if (inpaint_audio is None) != (inpaint_regions is None):
@@ -488,11 +494,16 @@ class AudioGenerator:
             audio = np.asarray(jax.device_get(audio), np.float32)
         if not cut or return_latents:
             return audio
-        lengths = [min(audio.shape[1], int(round(s * self.sample_rate))) for s in totals]
+        lengths = [min(audio.shape[1], int(round(s * self.sample_rate))) for s in ends]
         out = np.zeros((batch, max(lengths), audio.shape[2]), np.float32)
         for i, n in enumerate(lengths):
             out[i, :n] = audio[i, :n]
         return out
+
+    def continue_audio(self, prompt: str, audio: np.ndarray, *, seconds_total: float, **kwargs) -> np.ndarray:
+        """`audio` `[samples, 2]` continued to `seconds_total`, window after window
+        (`inference/continuation.py`; keyword arguments as `continuation.continue_audio`)."""
+        return continuation.continue_audio(self, prompt, audio, seconds_total=seconds_total, **kwargs)
 
     def decode_silence(self) -> np.ndarray:
         """What the VAE decodes from the latents of a silent window: `[window_samples, 2]`.
