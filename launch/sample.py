@@ -351,7 +351,8 @@ def main(argv):
         for i, (prompt, clip) in enumerate(zip(chunk, audio)):
             name = f"{first + i:03d}_{_slug(prompt)}"
             write_wav(os.path.join(_OUTPUT_DIR.value, name + ".wav"), clip, generator.sample_rate)
-            spectrogram_png(clip, generator.sample_rate, os.path.join(_OUTPUT_DIR.value, name + ".png"), prompt)
+            png = os.path.join(_OUTPUT_DIR.value, name + ".png")
+            spectrogram_png(clip, generator.sample_rate, png, prompt, regions=settings["inpaint_regions"])
             with open(os.path.join(_OUTPUT_DIR.value, name + ".txt"), "w") as f:
                 f.write(prompt + "\n")
             settings["files"].append(name + ".wav")

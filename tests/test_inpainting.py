@@ -278,3 +278,16 @@ def test_continuation_bad_inputs(converted):
         generator.continue_audio("x", _clip(0.1), seconds_total=0.05)
     with pytest.raises(UserError, match="shorter than the model's window"):
         generator.continue_audio("x", _clip(0.1), seconds_total=0.5, context_seconds=0.3)
+
+
+def test_spectrogram_outlines_the_regions(tmp_path):
+    from PIL import Image
+
+    from stable_audio_jax.inference.generate import spectrogram_png
+
+    clip = _clip(1.0)
+    plain, marked = str(tmp_path / "plain.png"), str(tmp_path / "marked.png")
+    spectrogram_png(clip, 44100, plain, "bell")
+    spectrogram_png(clip, 44100, marked, "bell", regions=[(0.25, 0.5)])
+    a, b = (np.asarray(Image.open(p).convert("RGB"), np.int32) for p in (plain, marked))
+    assert a.shape == b.shape and np.abs(a - b).sum(axis=-1).astype(bool).mean() > 0.001

@@ -533,8 +533,11 @@ class AudioGenerator:
         return jnp.repeat(mean, batch, axis=0) * self.latent_scale
 
 
-def spectrogram_png(audio: np.ndarray, sample_rate: int, path: str, title: str = "") -> None:
-    """Write a log-magnitude spectrogram image of `[samples, channels]` audio (channel mean)."""
+def spectrogram_png(
+    audio: np.ndarray, sample_rate: int, path: str, title: str = "", regions: Sequence[Sequence[float]] = ()
+) -> None:
+    """Write a log-magnitude spectrogram image of `[samples, channels]` audio (channel mean);
+    `regions` (start, end) in seconds, e.g. the inpainted ones, are outlined."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -547,6 +550,8 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, path: str, title: str =
     freqs, times, power = signal.spectrogram(mono, fs=sample_rate, nperseg=2048, noverlap=1536)
     fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
     ax.pcolormesh(times, freqs, 10 * np.log10(power + 1e-10), shading="auto", cmap="magma", vmin=-100, vmax=-10)
+    for start, end in regions:
+        ax.axvspan(start, end, facecolor="none", edgecolor="cyan", linewidth=1.5, linestyle="--")
     ax.set_xlabel("seconds")
     ax.set_ylabel("Hz")
     ax.set_title(title[:90], fontsize=8)
