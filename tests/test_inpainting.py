@@ -117,6 +117,7 @@ def _clip(seconds: float = 0.17, rate: int = 44100) -> np.ndarray:
     return (0.4 * np.sin(2 * np.pi * 220 * t) * np.exp(-3 * t))[:, None].repeat(2, axis=1).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["v", "flow"])
 def test_generator_keeps_the_latents_outside_the_region(converted, kind):
     generator = converted[kind][1]
@@ -140,6 +141,7 @@ def test_generator_keeps_the_latents_outside_the_region(converted, kind):
     assert np.abs(audio - recon).max() > 1e-2 * np.abs(recon).max()
 
 
+@pytest.mark.slow
 def test_generator_inpainting_bad_inputs(converted):
     generator = converted["flow"][1]
     clip = _clip(0.1)
@@ -254,6 +256,7 @@ def _max_jump_near(audio: np.ndarray, joins: list[int], reach: int = 64) -> tupl
     return max(steps[max(0, j - reach) : j + reach].max() for j in joins), float(np.percentile(steps, 99))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["v", "flow"])
 def test_continuation_past_the_window(converted, kind):
     generator = _Recording(converted[kind][1])
@@ -272,6 +275,7 @@ def test_continuation_past_the_window(converted, kind):
     assert jump <= 2 * typical, (jump, typical)
 
 
+@pytest.mark.slow
 def test_continuation_bad_inputs(converted):
     generator = converted["flow"][1]
     with pytest.raises(UserError, match="longer than the audio"):

@@ -97,6 +97,7 @@ def test_conversion_keeps_every_parameter(converted, reference):
     assert params["diffusion"] + params["autoencoder"] == int(reference["parameters"]) == 251_482
 
 
+@pytest.mark.parity
 def test_prompt_features_match_the_t5_conditioner(converted, reference):
     generator = AudioGenerator.from_pretrained(converted[0])
     features, mask = generator.text_encoder.text_conditioning(list(reference["prompts"]))
@@ -114,6 +115,7 @@ def _conditions(generator: AudioGenerator, reference: dict):
     return guidance_conditioning(text, mask, text, mask, jnp.zeros((batch,), bool), zeros, totals)
 
 
+@pytest.mark.parity
 def test_velocity_matches_the_reference(converted, reference):
     generator = AudioGenerator.from_pretrained(converted[0])
     cond, _ = _conditions(generator, reference)
@@ -122,6 +124,7 @@ def test_velocity_matches_the_reference(converted, reference):
     _close(v, _channels_last(reference["v"]))
 
 
+@pytest.mark.parity
 def test_eight_pingpong_steps_match_the_reference_sample(converted, reference):
     generator = AudioGenerator.from_pretrained(converted[0])
     assert (generator.sampling["sampler"], generator.sampling["steps"], generator.sampling["cfg_scale"]) == (
