@@ -180,10 +180,6 @@ def train_diffusion(out: str, config):
     return summary
 
 
-# The few-step setting every rectified-flow model is also sampled with (arXiv 2505.08175).
-FEW_STEP = {"sampler": "pingpong", "steps": 8, "cfg_scale": 1.0}
-
-
 def generate_samples(out: str) -> dict:
     """Held-out prompts at each requested length, with the model's own sampler settings and,
     for a rectified-flow model, also 8 pingpong steps without CFG. Each run writes a WAV +
@@ -199,7 +195,7 @@ def generate_samples(out: str) -> dict:
     """
     import numpy as np
 
-    from stable_audio_jax.diffusion.sampling_config import is_flow
+    from stable_audio_jax.diffusion.sampling_config import FEW_STEP_FLOW, is_flow
     from stable_audio_jax.inference.clap import CLAPEncoder
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import write_wav
@@ -215,7 +211,9 @@ def generate_samples(out: str) -> dict:
     prompts = [c for c in captions for _ in lengths]
     seconds = [s for _ in captions for s in lengths]
     silence_db = loudest_frame_db(generator.decode_silence(), rate)
-    settings = [("samples", {})] + ([("samples_8_steps_pingpong", FEW_STEP)] if is_flow(generator.objective) else [])
+    # A rectified-flow model is also sampled the few-step way (arXiv 2505.08175).
+    few_step = {k: FEW_STEP_FLOW.to_dict()[k] for k in ("sampler", "steps", "cfg_scale")}
+    settings = [("samples", {})] + ([("samples_8_steps_pingpong", few_step)] if is_flow(generator.objective) else [])
     half = len(prompts) // 2 if len(captions) > 1 else len(prompts)
     runs = []
     for folder_name, overrides in settings:

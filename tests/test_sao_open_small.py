@@ -24,6 +24,7 @@ from stable_audio_jax.diffusion import flow_samplers, guidance
 from stable_audio_jax.inference.generate import AudioGenerator, apply_model, guidance_conditioning
 from tests.bad_input import run_script
 from tests.fixture_paths import T5_DIR
+from tests.parity import assert_parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sao_open_small")
@@ -39,15 +40,6 @@ def _model_config() -> dict:
 def _channels_last(a: np.ndarray) -> np.ndarray:
     """PyTorch `[batch, channels, frames]` (or `[steps, batch, channels, frames]`) -> channels last."""
     return np.swapaxes(a, -1, -2)
-
-
-def _close(got, want, tol: float = 1e-4) -> None:
-    """Within `tol` of the output scale (the reference's peak magnitude)."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = np.abs(want).max()
-    assert scale > 0
-    err = np.abs(got - want).max() / scale
-    assert err <= tol, f"max |diff| / scale = {err:.2e} > {tol:.0e}"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +95,7 @@ def test_prompt_features_match_the_t5_conditioner(converted, reference):
     features, mask = generator.text_encoder.text_conditioning(list(reference["prompts"]))
     np.testing.assert_array_equal(np.asarray(mask), reference["text_mask"])
     masked = np.where(np.asarray(mask)[..., None], np.asarray(features), 0)
-    _close(masked, reference["text"])
+    assert_parity(masked, reference["text"], "T5 features")
 
 
 def _conditions(generator: AudioGenerator, reference: dict):
@@ -121,7 +113,7 @@ def test_velocity_matches_the_reference(converted, reference):
     cond, _ = _conditions(generator, reference)
     x, t = jnp.asarray(_channels_last(reference["x"])), jnp.asarray(reference["t"])
     v = apply_model(generator.model, generator.params, x, t, cond)
-    _close(v, _channels_last(reference["v"]))
+    assert_parity(v, _channels_last(reference["v"]), "velocity")
 
 
 @pytest.mark.parity
@@ -144,13 +136,13 @@ def test_eight_pingpong_steps_match_the_reference_sample(converted, reference):
         sampler="pingpong",
         noise=jnp.asarray(_channels_last(reference["step_noise"])),
     )
-    _close(latents, _channels_last(reference["latents"]))
+    assert_parity(latents, _channels_last(reference["latents"]), "8-step latents")
     audio = generator.autoencoder.apply(
         {"params": generator.vae_params},
         latents / generator.latent_scale,
         method=type(generator.autoencoder).decode,
     )
-    _close(audio, _channels_last(reference["audio"]))
+    assert_parity(audio, _channels_last(reference["audio"]), "decoded audio")
 
 
 @pytest.mark.e2e

@@ -71,11 +71,9 @@ def continue_audio(
         raise UserError(f"the audio to continue must be stereo [samples, 2], got {clip.shape}")
     total, context = check_continuation(len(clip), seconds_total, context_seconds, rate, window)
     fade = min(int(round(crossfade_seconds * rate)), context)
-    out = clip
-    for k in range(total):  # at least one new sample per window: the loop ends
-        if len(out) >= total:
-            break
-        kept = out[-context:] if len(out) >= context else out
+    out, k = clip, 0
+    while len(out) < total:  # every window adds at least one sample (context < window)
+        kept = out[-context:]  # the whole of `out` while it is shorter than the context
         start = len(out) - len(kept)
         end = min(start + window, total)
         # The part to generate is zeros in the audio handed over; the region replaces it.
@@ -95,4 +93,5 @@ def continue_audio(
         ramp = np.linspace(0.0, 1.0, fade + 2, dtype=np.float32)[1:-1, None]
         joined = out[len(out) - fade :] * (1 - ramp) + generated[len(kept) - fade : len(kept)] * ramp
         out = np.concatenate([out[: len(out) - fade], joined, generated[len(kept) :]])
+        k += 1
     return out[:total]

@@ -424,12 +424,17 @@ class AudioGenerator:
         if flow_model and init_audio is not None and not 0.0 < top <= 1.0:
             raise UserError(f"init_noise_level must be in (0, 1] for a rectified-flow model, got {top:g}")
         init_latents = None if init_audio is None else np.asarray(self._encode_init(init_audio, batch, window))
+
+        def noised(latents: np.ndarray) -> np.ndarray:
+            """Latents at the grid's first level: the flow path's point at t = top, or plus noise at sigma = top."""
+            return latents * (1 - top) + noise * top if flow_model else latents + noise * top
+
         if flow_model:  # the reference's `sample_rf`: noise alone, or the point at t = top on the path
             sigmas = flow_samplers.sampler_times(sampler, steps, top)
-            x_init = noise if init_latents is None else init_latents * (1 - top) + noise * top
+            x_init = noise if init_latents is None else noised(init_latents)
         else:
             sigmas = schedule.polyexponential_sigmas(steps, sigma_min, top)
-            x_init = noise * top if init_latents is None else init_latents + noise * top
+            x_init = noise * top if init_latents is None else noised(init_latents)
         frames = x_init.shape[1]
         if inpaint_audio is None:  # placeholders of the unused inpainting inputs
             known, inpaint_mask = np.zeros((batch, 1, 1), np.float32), np.ones((batch, 1), np.float32)
@@ -444,9 +449,7 @@ class AudioGenerator:
             )
             known = np.asarray(self._encode_init(inpaint_audio, batch, window))
             keep_noise = noise
-            # The kept frames start on their own path, at the first level of the grid.
-            kept = known * (1 - top) + noise * top if flow_model else known + noise * top
-            x_init = np.where(inpaint_mask[..., None] > 0, x_init, kept)
+            x_init = np.where(inpaint_mask[..., None] > 0, x_init, noised(known))  # kept frames: on their path
         # Seconds are whole numbers for the table embedder (ceil, as training's seconds_total).
         seconds_total_cond = np.ceil(totals).astype(np.int32)
         seconds_start_cond = np.floor(starts).astype(np.int32)
