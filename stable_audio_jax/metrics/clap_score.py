@@ -66,7 +66,7 @@ def clap_score(
         result["shuffled_clap_score"] = float(cosine_similarities(text, audio[derangement(len(prompts), seed)]).mean())
     elif shuffled_baseline and len(set(prompts)) > 1:
         similarity = _unit(text) @ _unit(audio).T
-        labels = np.asarray([list(dict.fromkeys(prompts)).index(p) for p in prompts])
+        labels = np.asarray(prompts)
         result["shuffled_clap_score"] = float(similarity[labels[:, None] != labels[None, :]].mean())
     if len(prompts) > 1:
         result["retrieval"] = recall_at_k(text @ audio.T, recall_ks)
