@@ -13,13 +13,20 @@ per block on a CPU. Pre-encode for it with `data/pre_encode.py --sample_size=655
 
 `--config=configs/dit_tiny.py:rectified_flow` (or `:rf_denoiser`) trains the same model on the
 rectified-flow objective, sampled with the flow samplers (`diffusion/flow_samplers.py`).
+Adding `,inpaint` (`:v,inpaint`, `:rectified_flow,inpaint`) makes it inpainting-conditioned
+(`config_lib.inpainting_model`: masked latents and mask as extra input channels, random
+training masks).
 """
 
 from stable_audio_jax import config_lib
 from stable_audio_jax.models.dit import DiTConfig
 
 
-def get_config(objective: str = "v"):
+def get_config(options: str = "v"):
+    objective, *flags = options.split(",")
+    unknown = sorted(set(flags) - {"inpaint"})
+    if unknown:
+        raise ValueError(f"configs/dit_tiny.py options are '<objective>[,inpaint]', got unknown {unknown}")
     c = config_lib.diffusion_config(
         dit=DiTConfig.tiny(io_channels=32, cond_token_dim=128).to_dict(),
         timing_kind="number",
@@ -30,4 +37,6 @@ def get_config(objective: str = "v"):
     c.sampling.update(cfg_scale=7.0, rescale_phi=0.0)
     config_lib.tiny_diffusion_recipe(c)
     c.data.sample_size = 65_536
+    if "inpaint" in flags:
+        config_lib.inpainting_model(c)
     return c

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 import ml_collections
 
 from stable_audio_jax import lora, parallel
-from stable_audio_jax.diffusion import sampling_config
+from stable_audio_jax.diffusion import inpaint_masks, sampling_config
 from stable_audio_jax.errors import UserError
 
 
@@ -353,6 +353,12 @@ def diffusion_config(
             distribution_shift=dict(
                 enabled=False, base_shift=0.5, max_shift=1.15, min_length=256, max_length=4096, use_sine=False
             ),
+            # Read by an inpainting-conditioned model (`inpainting_model`): its random
+            # training masks' (random segments, full, causal) odds, `diffusion/inpaint_masks.py`.
+            inpaint_masks=dict(
+                mask_type_probabilities=inpaint_masks.DEFAULT_PROBABILITIES,
+                max_mask_segments=inpaint_masks.DEFAULT_MAX_SEGMENTS,
+            ),
         )
     )
     training_sampling = dataclasses.replace(sampling_config.TRAINING, sampler=None, sigma_max=None, objective=objective)
@@ -363,6 +369,17 @@ def diffusion_config(
     c.ema = ml_collections.ConfigDict(dict(beta=0.9999, power=0.75))
     c.lora = lora_config()
     c.trainer.eval_every = 1000
+    return c
+
+
+def inpainting_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Make `c`'s DiT inpainting-conditioned (stable-audio-tools' `diffusion_cond_inpaint`):
+    it also reads the masked latents and the mask, joined to its input in that order, and
+    training draws random masks (`config.diffusion.inpaint_masks`)."""
+    if "dit" not in c.model:
+        raise ValueError("an inpainting-conditioned model needs a DiT backbone")
+    c.model.input_concat_ids = ("inpaint_masked_input", "inpaint_mask")
+    c.model.dit.input_concat_dim = c.model.dit.io_channels + 1
     return c
 
 

@@ -14,6 +14,7 @@ than one process is requested or detected (TPU pod, SLURM, Open MPI, Kubernetes)
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -141,10 +142,12 @@ def with_shardings(abstract: Any, mesh: Mesh, rules: Rules):
     return structs, shardings
 
 
-def abstract_params(module: nn.Module, *example_inputs: Any) -> Any:
+def abstract_params(module: nn.Module, *example_inputs: Any, **keyword_inputs: Any) -> Any:
     """The (logically boxed) parameter shapes of `module`, traced on `example_inputs`
-    (arrays or `jax.ShapeDtypeStruct`s, `None` for absent optional inputs), allocating nothing."""
-    return jax.eval_shape(module.init, jax.random.key(0), *example_inputs)["params"]
+    (arrays or `jax.ShapeDtypeStruct`s, `None` for absent optional inputs) and
+    `keyword_inputs` (passed as they are, not traced), allocating nothing."""
+    init = functools.partial(module.init, **keyword_inputs)
+    return jax.eval_shape(init, jax.random.key(0), *example_inputs)["params"]
 
 
 def count_params(tree: Any) -> int:

@@ -62,6 +62,7 @@ def finetune_config(
         text_tokens=model["text_tokens"],
     )
     c.model.max_seconds = model["max_seconds"]
+    c.model.input_concat_ids = tuple(model.get("input_concat_ids", ()))
     c.init_from = pretrained_dir if init_from is None else init_from
     c.pretransform.downsampling_ratio = 64
     c.data.update(train_shards=shards, sample_size=WINDOW, batch_size=BATCH, worker_count=0)

@@ -23,40 +23,24 @@ from stable_audio_jax.convert.state_dict import ConversionError
 from stable_audio_jax.diffusion import flow_samplers, guidance
 from stable_audio_jax.inference.generate import AudioGenerator, apply_model, guidance_conditioning
 from tests.bad_input import run_script
-from tests.fixture_paths import T5_DIR
 from tests.parity import assert_parity
+from tests.sao_fixture import SaoFixture, channels_last
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(ROOT, "tests", "fixtures", "sao_open_small")
-CHECKPOINT = os.path.join(FIXTURE, "model.safetensors")
-MODEL_CONFIG = os.path.join(FIXTURE, "model_config.json")
-
-
-def _model_config() -> dict:
-    with open(MODEL_CONFIG) as f:
-        return json.load(f)
-
-
-def _channels_last(a: np.ndarray) -> np.ndarray:
-    """PyTorch `[batch, channels, frames]` (or `[steps, batch, channels, frames]`) -> channels last."""
-    return np.swapaxes(a, -1, -2)
+FIXTURE = SaoFixture("sao_open_small")
 
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    with np.load(os.path.join(FIXTURE, "reference.npz")) as f:
-        return {k: f[k] for k in f.files}
+    return FIXTURE.reference()
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> tuple[str, dict]:
-    out = str(tmp_path_factory.mktemp("sao_open_small") / "pretrained")
-    summary = sao_checkpoint.convert_checkpoint(CHECKPOINT, MODEL_CONFIG, out, t5_dir=T5_DIR, log=lambda _: None)
-    return out, summary
+    return FIXTURE.convert(str(tmp_path_factory.mktemp("sao_open_small") / "pretrained"))
 
 
 def test_architecture_of_the_small_model_config():
-    arch = sao_checkpoint.architecture_from_model_config(_model_config())
+    arch = sao_checkpoint.architecture_from_model_config(FIXTURE.model_config())
     dit = arch.diffusion.dit
     assert (dit.qk_norm, dit.project_cond_tokens, dit.cond_embed_dim, dit.kv_heads) == ("ln", True, 64, 2)
     assert arch.diffusion.timing_ids == ("seconds_total",) and arch.diffusion.max_seconds == 256
@@ -76,7 +60,7 @@ def test_architecture_of_the_small_model_config():
     ],
 )
 def test_unsupported_small_configs_name_the_field(edit, message):
-    config = _model_config()
+    config = FIXTURE.model_config()
     edit(config)
     with pytest.raises(ConversionError, match=message):
         sao_checkpoint.architecture_from_model_config(config)
@@ -111,9 +95,9 @@ def _conditions(generator: AudioGenerator, reference: dict):
 def test_velocity_matches_the_reference(converted, reference):
     generator = AudioGenerator.from_pretrained(converted[0])
     cond, _ = _conditions(generator, reference)
-    x, t = jnp.asarray(_channels_last(reference["x"])), jnp.asarray(reference["t"])
+    x, t = jnp.asarray(channels_last(reference["x"])), jnp.asarray(reference["t"])
     v = apply_model(generator.model, generator.params, x, t, cond)
-    assert_parity(v, _channels_last(reference["v"]), "velocity")
+    assert_parity(v, channels_last(reference["v"]), "velocity")
 
 
 @pytest.mark.parity
@@ -131,18 +115,18 @@ def test_eight_pingpong_steps_match_the_reference_sample(converted, reference):
     ts = flow_samplers.sampler_times("pingpong", 8, generator.sampling["sigma_max"])
     latents = flow_samplers.sample(
         velocity,
-        jnp.asarray(_channels_last(reference["noise"])),
+        jnp.asarray(channels_last(reference["noise"])),
         ts,
         sampler="pingpong",
-        noise=jnp.asarray(_channels_last(reference["step_noise"])),
+        noise=jnp.asarray(channels_last(reference["step_noise"])),
     )
-    assert_parity(latents, _channels_last(reference["latents"]), "8-step latents")
+    assert_parity(latents, channels_last(reference["latents"]), "8-step latents")
     audio = generator.autoencoder.apply(
         {"params": generator.vae_params},
         latents / generator.latent_scale,
         method=type(generator.autoencoder).decode,
     )
-    assert_parity(audio, _channels_last(reference["audio"]), "decoded audio")
+    assert_parity(audio, channels_last(reference["audio"]), "decoded audio")
 
 
 @pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""Import a stable-audio-tools `diffusion_cond` checkpoint into a pretrained directory.
+"""Import a stable-audio-tools `diffusion_cond` (or `diffusion_cond_inpaint`) checkpoint into a pretrained directory.
 
     python launch/convert_sao.py --checkpoint=stable-audio-open-1.0/model.safetensors \
         --model_config=stable-audio-open-1.0/model_config.json --t5_dir=t5-base \
@@ -13,7 +13,9 @@ Two model kinds, told apart by `diffusion.type` in the model config:
   checkpoint, `T5Conditioner`). Samples with SAO's defaults (100 steps of DPM-Solver++ 3M
   SDE, CFG 7, sigma 0.3..500). Stable Audio Open Small is this kind too: `seconds_total`
   as its only timing conditioner, projected prompt tokens, q/k LayerNorms, the
-  `rf_denoiser` objective and its defaults (8 pingpong steps, no CFG).
+  `rf_denoiser` objective and its defaults (8 pingpong steps, no CFG). A
+  `diffusion_cond_inpaint` model is this kind with `input_concat_ids` naming the mask and
+  the masked latents (`input_concat_dim` = latent_dim + 1), kept in the checkpoint's order.
 - Stable Audio 1.0 (`adp_cfg_1d`): the U-Net (`convert/sa1_unet.py`) with the reference's
   mask semantics, per-second table timing conditioners, and the CLAP text branch from its
   own checkpoint plus a RoBERTa folder for config and tokenizer
@@ -47,7 +49,12 @@ from stable_audio_jax.diffusion import sampling_config
 from stable_audio_jax.models.autoencoder import AutoencoderConfig
 from stable_audio_jax.models.conditioning import TIMING_IDS as _TIMING_IDS
 from stable_audio_jax.models.dit import QK_NORMS, DiTConfig
-from stable_audio_jax.models.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel, example_inputs
+from stable_audio_jax.models.latent_diffusion import (
+    INPAINT_INPUTS,
+    LatentDiffusionConfig,
+    LatentDiffusionModel,
+    example_inputs,
+)
 from stable_audio_jax.models.unet import UNetConfig
 
 # SAT DiT options: ours by name, or a value that must hold because only it is implemented.
@@ -59,12 +66,12 @@ _DIT_RENAMES = {
     "cond_token_dim": "cond_token_dim",
     "global_cond_dim": "global_cond_dim",
     "project_cond_tokens": "project_cond_tokens",
+    "input_concat_dim": "input_concat_dim",  # an inpainting model's mask and masked latents
     "attn_kwargs": "attn_kwargs",  # parsed by `_dit`: only `qk_norm`
 }
 _DIT_FIXED = {
     "transformer_type": "continuous_transformer",
     "patch_size": 1,
-    "input_concat_dim": 0,
     "prepend_cond_dim": 0,
     "global_cond_type": "prepend",
     "timestep_cond_type": "global",
@@ -98,6 +105,8 @@ _UNET_FIXED = {
     "attention_features": None,
 }
 _WRAPPER_PREFIXES = ("diffusion_ema.", "diffusion.")
+# `diffusion_cond_inpaint`: the same wrapper, its DiT also reading `INPAINT_INPUTS`.
+_MODEL_TYPES = ("diffusion_cond", "diffusion_cond_inpaint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +270,9 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
       ConversionError naming the field for anything this port does not implement (another
       backbone, conditioner or VAE type, an option with a non-default value).
     """
-    _require(model_config.get("model_type"), "diffusion_cond", "model_type")
+    model_type = model_config.get("model_type")
+    if model_type not in _MODEL_TYPES:
+        raise ConversionError(f"model_config: model_type is {model_type!r}; supported: {list(_MODEL_TYPES)}")
     model = _get(model_config, "model")
     autoencoder, latent_scale = _autoencoder(model)
     diffusion = _get(model, "diffusion")
@@ -306,8 +317,13 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
         )
         _require(dit.io_channels, autoencoder.latent_dim, "diffusion.config.io_channels (vs the VAE latent_dim)")
         text_max_length = int(prompt_config.get("max_length", 128))
-        return Architecture(
-            diffusion=LatentDiffusionConfig(
+        input_concat_ids = tuple(diffusion.get("input_concat_ids", []))
+        if model_type == "diffusion_cond_inpaint":
+            _require(sorted(input_concat_ids), sorted(INPAINT_INPUTS), "diffusion.input_concat_ids (sorted)")
+        else:
+            _require(list(input_concat_ids), [], "diffusion.input_concat_ids")
+        try:
+            config = LatentDiffusionConfig(
                 dit=dit,
                 timing_kind="number",
                 max_seconds=max_seconds,
@@ -315,13 +331,19 @@ def architecture_from_model_config(model_config: Mapping[str, Any]) -> Architect
                 timing_ids=timing_ids,
                 text_tokens=text_max_length,
                 objective=objective,
-            ),
+                input_concat_ids=input_concat_ids,
+            )
+        except ValueError as e:
+            raise ConversionError(f"model_config: {e}") from e
+        return Architecture(
+            diffusion=config,
             text_max_length=text_max_length,
             text_encoder="t5",
             text_model_name=str(prompt_config.get("t5_model_name", "t5-base")),
             sampling=sampling_config.release_defaults(objective).to_dict(),
             **common,
         )
+    _require(model_type, "diffusion_cond", "model_type (an inpainting model needs the 'dit' backbone)")
     unet = _unet(diffusion)
     _require(prompt.get("type"), "clap_text", "conditioning prompt type")
     _require(prompt_config.get("use_text_features", False), True, "the CLAP conditioner's use_text_features")

@@ -8,7 +8,7 @@ Key mapping (stable-audio-tools' `DiTWrapper` state dict; `P = model.model.`, `L
 
     P timestep_features.weight (half, 1)          -> timestep_features/kernel (1, half)
     P to_{timestep,cond,global}_embed.{0,2}.*     -> to_..._embed_{0,2}/kernel (in, out) [, bias]
-    P {pre,post}process_conv.weight (C, C, 1)     -> {pre,post}process_conv/kernel (C, C)
+    P {pre,post}process_conv.weight (C, C, 1)     -> {pre,post}process_conv/kernel (C, C)  (pre: C + input_concat_dim)
     P transformer.project_{in,out}.weight         -> project_{in,out}/kernel
     P transformer.rotary_pos_emb.inv_freq         (buffer: checked against the config's RoPE)
     L {pre_norm,cross_attend_norm,ff_norm}.gamma  -> layers_i/<norm>/scale   (`.beta`: zero buffer, checked)
@@ -129,17 +129,17 @@ def dit_params_from_state_dict(
     """
     c = config
     dit = reader.scoped(prefix)
-    e, io = c.embed_dim, c.io_channels
-    conv = lambda key: dit.take(key, (io, io, 1))[:, :, 0].T  # noqa: E731  (out, in, 1) -> (in, out)
+    e, io, dim_in = c.embed_dim, c.io_channels, c.input_dim
+    conv = lambda key, n: dit.take(key, (n, n, 1))[:, :, 0].T  # noqa: E731  (out, in, 1) -> (in, out)
     params: Params = {
         "timestep_features": {"kernel": dit.take("timestep_features.weight", (c.timestep_features_dim // 2, 1)).T},
         "to_timestep_embed_0": dense_params(dit, "to_timestep_embed.0", c.timestep_features_dim, e, bias=True),
         "to_timestep_embed_2": dense_params(dit, "to_timestep_embed.2", e, e, bias=True),
         "to_cond_embed_0": dense_params(dit, "to_cond_embed.0", c.cond_token_dim, c.cond_embed_dim, bias=False),
         "to_cond_embed_2": dense_params(dit, "to_cond_embed.2", c.cond_embed_dim, c.cond_embed_dim, bias=False),
-        "preprocess_conv": {"kernel": conv("preprocess_conv.weight")},
-        "postprocess_conv": {"kernel": conv("postprocess_conv.weight")},
-        "project_in": dense_params(dit, "transformer.project_in", io, e, bias=False),
+        "preprocess_conv": {"kernel": conv("preprocess_conv.weight", dim_in)},
+        "postprocess_conv": {"kernel": conv("postprocess_conv.weight", io)},
+        "project_in": dense_params(dit, "transformer.project_in", dim_in, e, bias=False),
         "project_out": dense_params(dit, "transformer.project_out", e, io, bias=False),
     }
     if c.global_cond_dim:
@@ -160,7 +160,8 @@ def abstract_dit_params(config: DiTConfig) -> Params:
         jnp.zeros((1, 1, config.cond_token_dim)),
         jnp.zeros((1, config.global_cond_dim)) if config.global_cond_dim else None,
     )
-    return parallel.abstract_params(DiffusionTransformer(config), *inputs)
+    concat = jnp.zeros((1, 2, config.input_concat_dim)) if config.input_concat_dim else None
+    return parallel.abstract_params(DiffusionTransformer(config), *inputs, input_concat=concat)
 
 
 def check_dit_params(params: Params, config: DiTConfig) -> None:

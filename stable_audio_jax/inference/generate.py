@@ -44,17 +44,22 @@ def guidance_conditioning(
     use_negative: jax.Array,
     seconds_start: jax.Array,
     seconds_total: jax.Array,
+    inpaint_mask: jax.Array | None = None,
+    inpaint_masked_input: jax.Array | None = None,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """The conditional and unconditional inputs of `apply_model` for classifier-free guidance.
 
     Args: the prompts' features `[batch, tokens, width]` and mask `[batch, tokens]`, the
     negative prompts' (any values on rows without one), `use_negative` `[batch]` bool, and
-    the timing `[batch]`. The unconditional row is the negative prompt where given, else the
-    null context (the U-Net's learned one, the DiT's zeros). Both rows carry the prompt's
-    mask as `prompt_mask`: the U-Net's reference mask semantics attend with it on the
-    unconditional row too.
+    the timing `[batch]`; an inpainting-conditioned model's mask `[batch, frames]` and
+    masked latents `[batch, frames, latent_dim]` (None: not given). The unconditional row
+    is the negative prompt where given, else the null context (the U-Net's learned one, the
+    DiT's zeros). Both rows carry the prompt's mask as `prompt_mask` (the U-Net's reference
+    mask semantics attend with it on the unconditional row too) and the same inpainting inputs.
     """
     shared = {"start": seconds_start, "total": seconds_total, "prompt_mask": text_mask}
+    if inpaint_mask is not None:
+        shared.update(inpaint_mask=inpaint_mask, inpaint_masked_input=inpaint_masked_input)
     cond = dict(shared, features=text_features, mask=text_mask, null=jnp.zeros(use_negative.shape, bool))
     uncond = dict(shared, features=negative_features, mask=negative_mask, null=~use_negative)
     return cond, uncond
@@ -74,6 +79,8 @@ def apply_model(
         cond["total"],
         cond["null"],
         cond["prompt_mask"],
+        inpaint_mask=cond.get("inpaint_mask"),
+        inpaint_masked_input=cond.get("inpaint_masked_input"),
     )
 
 
@@ -140,9 +147,22 @@ def sample_and_decode(
     frames where `mask` `[batch, frames]` is 0 keep `known` (`diffusion/inpainting.py`,
     replacement with the initial `noise`); otherwise those three are unused. Every setting
     is an argument (the modules, rules and sampler are static and hashable), so no call can
-    reuse another's trace."""
+    reuse another's trace. An inpainting-conditioned model is also given the frames where
+    `mask` is 0 and their latents (all zeros without `inpaint`: plain generation)."""
+    model_mask = model_masked = None
+    if model.config.inpainting:
+        model_mask = (mask <= 0).astype(jnp.float32) if inpaint else jnp.zeros(x_init.shape[:2], jnp.float32)
+        model_masked = known * model_mask[..., None] if inpaint else jnp.zeros_like(x_init)
     cond, uncond = guidance_conditioning(
-        text_features, text_mask, negative_features, negative_mask, use_negative, seconds_start, seconds_total
+        text_features,
+        text_mask,
+        negative_features,
+        negative_mask,
+        use_negative,
+        seconds_start,
+        seconds_total,
+        model_mask,
+        model_masked,
     )
     with nn.logical_axis_rules(rules):
         # Guidance combines the network's outputs, v or velocity alike (as the reference's DiT does).
@@ -164,6 +184,19 @@ def sample_and_decode(
         if not decode:
             return latents
         return autoencoder.apply({"params": vae_params}, latents / latent_scale, method=type(autoencoder).decode)
+
+
+@functools.partial(jax.jit, static_argnames=("autoencoder",))
+def encode_mean(vae_params: Any, audio: jax.Array, *, autoencoder: AudioAutoencoder) -> jax.Array:
+    """The VAE posterior mean of `[batch, samples, 2]` audio: `[batch, frames, latent_dim]`."""
+    mean, _ = autoencoder.apply({"params": vae_params}, audio, method=type(autoencoder).encode_posterior)
+    return mean
+
+
+@functools.partial(jax.jit, static_argnames=("autoencoder",))
+def decode_latents(vae_params: Any, latents: jax.Array, *, autoencoder: AudioAutoencoder) -> jax.Array:
+    """VAE latents `[batch, frames, latent_dim]` -> audio `[batch, samples, 2]`."""
+    return autoencoder.apply({"params": vae_params}, latents, method=type(autoencoder).decode)
 
 
 class TextEncoder(Protocol):
@@ -355,7 +388,8 @@ class AudioGenerator:
           window_seconds: generate this window instead of the trained one (rounded up to a
             whole number of latent frames). The DiT has no absolute positions, so a shorter
             window is a cheaper way to get short clips; the U-Net was trained at one length.
-          inpaint_audio, inpaint_regions: `[samples, 2]` audio at the model's rate whose
+          inpaint_audio, inpaint_regions: `[samples, 2]` audio at the model's rate (or one
+            such clip per prompt: `[batch, samples, 2]` or a list) whose
             `(start, end)` regions (seconds; overlapping ones are merged) are regenerated
             while every other latent frame keeps the audio's own latents exactly
             (`diffusion/inpainting.py`); `inpaint_crossfade` seconds of latent frames inside
@@ -440,14 +474,18 @@ class AudioGenerator:
             known, inpaint_mask = np.zeros((batch, 1, 1), np.float32), np.ones((batch, 1), np.float32)
             keep_noise = known
         else:
-            audio_seconds = min(len(np.asarray(inpaint_audio)), window) / self.sample_rate
+            several = isinstance(inpaint_audio, (list, tuple)) or np.ndim(inpaint_audio) == 3
+            clips = list(inpaint_audio) if several else [inpaint_audio]
+            if len(clips) not in (1, batch):
+                raise UserError(f"{len(clips)} inpainting clips for {batch} prompts: give one, or one per prompt")
+            audio_seconds = min(min(len(np.asarray(c)) for c in clips), window) / self.sample_rate
             regions = inpainting.check_regions(inpaint_regions, audio_seconds)
             frame_seconds = self.autoencoder.config.downsampling_ratio / self.sample_rate
             crossfade = int(round(inpaint_crossfade / frame_seconds))
             inpaint_mask = np.broadcast_to(
                 inpainting.region_mask(regions, frames, frame_seconds, crossfade), (batch, frames)
             )
-            known = np.asarray(self._encode_init(inpaint_audio, batch, window))
+            known = np.concatenate([np.asarray(self._encode_init(c, batch // len(clips), window)) for c in clips])
             keep_noise = noise
             x_init = np.where(inpaint_mask[..., None] > 0, x_init, noised(known))  # kept frames: on their path
         # Seconds are whole numbers for the table embedder (ceil, as training's seconds_total).
@@ -508,18 +546,22 @@ class AudioGenerator:
         (`inference/continuation.py`; keyword arguments as `continuation.continue_audio`)."""
         return continuation.continue_audio(self, prompt, audio, seconds_total=seconds_total, **kwargs)
 
+    def reconstruct(self, audio: np.ndarray) -> np.ndarray:
+        """`[samples, channels]` audio at the model's rate, cut or zero-padded to the window,
+        through the VAE (posterior mean, then decode): `[window_samples, 2]`. What
+        inpainting keeps outside its regions."""
+        with jax.set_mesh(self.mesh):
+            mean = self._encode_init(audio, 1, self.window_samples)
+            decoded = decode_latents(self.vae_params, mean / self.latent_scale, autoencoder=self.autoencoder)
+        return np.asarray(jax.device_get(decoded), np.float32)[0]
+
     def decode_silence(self) -> np.ndarray:
         """What the VAE decodes from the latents of a silent window: `[window_samples, 2]`.
 
         The reference level for "silence" when measuring generated lengths: the padding
         the model learns to produce after `seconds_total` is exactly these latents.
         """
-        with jax.set_mesh(self.mesh):
-            mean = self._encode_init(np.zeros((self.window_samples, 2), np.float32), 1, self.window_samples)
-            audio = self.autoencoder.apply(
-                {"params": self.vae_params}, mean / self.latent_scale, method=type(self.autoencoder).decode
-            )
-        return np.asarray(jax.device_get(audio), np.float32)[0]
+        return self.reconstruct(np.zeros((self.window_samples, 2), np.float32))
 
     def _encode_init(self, init_audio: np.ndarray, batch: int, window_samples: int) -> jax.Array:
         """`[samples, channels]` init audio, cut or zero-padded to `window_samples` -> scaled
@@ -530,9 +572,7 @@ class AudioGenerator:
         audio = np.repeat(audio, 2, axis=1) if audio.shape[1] == 1 else audio[:, :2]
         window = np.zeros((window_samples, 2), np.float32)
         window[: min(len(audio), window_samples)] = audio[:window_samples]
-        mean, _ = self.autoencoder.apply(
-            {"params": self.vae_params}, window[None], method=type(self.autoencoder).encode_posterior
-        )
+        mean = encode_mean(self.vae_params, window[None], autoencoder=self.autoencoder)
         return jnp.repeat(mean, batch, axis=0) * self.latent_scale
 
 

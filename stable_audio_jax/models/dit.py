@@ -82,6 +82,9 @@ class DiTConfig:
       rotary_dim: head dims rotated by RoPE; None is the reference's `max(head_dim // 2, 32)`.
       rotary_base: RoPE wavelength base.
       qk_norm: "none", or "ln": LayerNorm of q and k per head (SAO Small).
+      input_concat_dim: channels concatenated to the latents on the channel axis before
+        `preprocess_conv` (the reference's `input_concat_dim`; an inpainting model's mask
+        and masked latents, `latent_diffusion.INPAINT_INPUTS`). 0: none.
       remat_policy: one of `remat.REMAT_CHOICES`, applied to every block.
     """
 
@@ -97,6 +100,7 @@ class DiTConfig:
     rotary_base: float = 10_000.0
     project_cond_tokens: bool = False
     qk_norm: str = "none"
+    input_concat_dim: int = 0
     remat_policy: str = "none"
 
     def __post_init__(self):
@@ -115,8 +119,8 @@ class DiTConfig:
             )
         if self.qk_norm not in QK_NORMS:
             raise ValueError(f"qk_norm must be one of {list(QK_NORMS)}, got {self.qk_norm!r}")
-        if self.global_cond_dim < 0 or self.depth < 0 or self.ff_mult < 1:
-            raise ValueError("global_cond_dim and depth must be >= 0 and ff_mult >= 1")
+        if self.global_cond_dim < 0 or self.depth < 0 or self.ff_mult < 1 or self.input_concat_dim < 0:
+            raise ValueError("global_cond_dim, depth and input_concat_dim must be >= 0 and ff_mult >= 1")
         if self.timestep_features_dim % 2:
             raise ValueError(f"timestep_features_dim must be even, got {self.timestep_features_dim}")
         if self.rotary_dims % 2 or not 0 < self.rotary_dims <= self.head_dim:
@@ -129,6 +133,11 @@ class DiTConfig:
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    @property
+    def input_dim(self) -> int:
+        """Channels the transformer's input projection reads: the latents and the concatenated ones."""
+        return self.io_channels + self.input_concat_dim
 
     @property
     def cond_embed_dim(self) -> int:
@@ -366,7 +375,7 @@ class TransformerBlock(nn.Module):
 class DiffusionTransformer(nn.Module):
     """SAO's DiT predicting v.
 
-    `__call__(x, t, context, global_cond=None)`:
+    `__call__(x, t, context, global_cond=None, return_hidden=False, input_concat=None)`:
       x: `[batch, frames, io_channels]` noisy latents (any number of frames: RoPE only).
       t: `[batch]` continuous diffusion time in [0, 1].
       context: `[batch, tokens, cond_token_dim]` cross-attention tokens, all attended to
@@ -376,6 +385,9 @@ class DiffusionTransformer(nn.Module):
         (the prepended global token first) instead of v; `project_out` and
         `postprocess_conv` are then neither created nor run. With `depth = k + 1` this is the
         reference's `exit_layer_ix=k`, what ARC's discriminator reads.
+      input_concat: `[batch, frames, input_concat_dim]`, required iff
+        `config.input_concat_dim` > 0: joined to x on the channel axis (the reference's
+        `input_concat_cond`); the output keeps `io_channels`.
     Returns v: `[batch, frames, io_channels]` float32.
     """
 
@@ -391,6 +403,7 @@ class DiffusionTransformer(nn.Module):
         context: jax.Array,
         global_cond: jax.Array | None = None,
         return_hidden: bool = False,
+        input_concat: jax.Array | None = None,
     ) -> jax.Array:
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -420,9 +433,20 @@ class DiffusionTransformer(nn.Module):
                 global_cond.astype(self.dtype)
             )
 
+        if (input_concat is None) != (c.input_concat_dim == 0):
+            raise ValueError(
+                f"input_concat must be given exactly when config.input_concat_dim > 0 "
+                f"(input_concat_dim={c.input_concat_dim}, input_concat given: {input_concat is not None})"
+            )
+        if input_concat is not None:
+            if input_concat.shape != (batch, frames, c.input_concat_dim):
+                raise ValueError(
+                    f"input_concat must be {(batch, frames, c.input_concat_dim)}, got {input_concat.shape}"
+                )
+            x = jnp.concatenate([x, input_concat.astype(x.dtype)], axis=-1)
         x = constrain(x.astype(self.dtype), BATCH_LENGTH_CHANNELS)
-        x = x + _conv1x1(c.io_channels, "preprocess_conv", **kw)(x)
-        h = torch_dense(c.embed_dim, c.io_channels, ("channels", "embed"), "project_in", use_bias=False, **kw)(x)
+        x = x + _conv1x1(c.input_dim, "preprocess_conv", **kw)(x)
+        h = torch_dense(c.embed_dim, c.input_dim, ("channels", "embed"), "project_in", use_bias=False, **kw)(x)
         h = constrain(jnp.concatenate([token[:, None, :], h], axis=1), BATCH_LENGTH_CHANNELS)
 
         cos, sin = rotary_angles(frames + 1, c.rotary_dims, c.rotary_base)
@@ -475,6 +499,7 @@ def expected_num_params(config: DiTConfig) -> int:
         + global_embed
         + d * w
         + w * w  # to_cond_embed
-        + 2 * c.io_channels * e
-        + 2 * c.io_channels**2
+        + (c.input_dim + c.io_channels) * e
+        + c.input_dim**2
+        + c.io_channels**2
     )  # project in/out, the 1x1 convs

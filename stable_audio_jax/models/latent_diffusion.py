@@ -22,6 +22,12 @@ text tokens are zeroed (as the reference's T5 conditioner does), and a dropped s
 whole context (text and timing tokens) is zero while its global timing is kept
 (stable-audio-tools `models/dit.py`, `DiffusionTransformer.forward`).
 A negative prompt in the unconditional branch is its features with padding zeroed.
+
+An inpainting-conditioned DiT (stable-audio-tools' `diffusion_cond_inpaint`,
+`input_concat_ids`) also reads, joined to x on the channel axis in the config's order,
+`inpaint_mask` `[B, N, 1]` (1 = a frame given, 0 = a frame to generate) and
+`inpaint_masked_input` `[B, N, latent_dim]` (the given latents, zero elsewhere); both
+default to zeros, plain text-to-audio. Both CFG branches see the same ones.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from stable_audio_jax.models.dit import DiffusionTransformer, DiTConfig
 from stable_audio_jax.models.unet import UNet1D, UNetConfig
 
 Dtype = Any
+
+# The inputs an inpainting-conditioned model joins to its latents, and their widths
+# (`None`: the latent width), by the reference's conditioning ids.
+INPAINT_INPUTS: dict[str, int | None] = {"inpaint_masked_input": None, "inpaint_mask": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,10 @@ class LatentDiffusionConfig:
     objective: what the output means: "v" (the paper's v-prediction) or "rectified_flow" /
       "rf_denoiser" (the velocity `noise - x0`). The network is the same; training and
       sampling read it (`diffusion/sampling_config.py` checks the name).
+    input_concat_ids: () for a plain model; both `INPAINT_INPUTS` keys, in the order they
+      are joined after the latents, for an inpainting-conditioned DiT (needs
+      `dit.input_concat_dim` = latent_dim + 1). Training then draws random masks
+      (`diffusion/inpaint_masks.py`).
     """
 
     unet: UNetConfig | None = None
@@ -87,12 +101,15 @@ class LatentDiffusionConfig:
     frame_seconds: float = 0.0
     objective: str = "v"
     timing_ids: tuple[str, ...] = TIMING_IDS
+    input_concat_ids: tuple[str, ...] = ()
 
     def __post_init__(self):
         if (self.unet is None) == (self.dit is None):
             raise ValueError("set exactly one backbone: 'unet' (SA 1.0 U-Net) or 'dit' (SAO DiT)")
         # Configs read back from JSON or ml_collections hold lists.
         object.__setattr__(self, "timing_ids", check_timing_ids(self.timing_ids))
+        object.__setattr__(self, "input_concat_ids", tuple(self.input_concat_ids))
+        self._check_input_concat()
         want = self.timing_tokens * self.context_features if self.global_timing else 0
         got, field = (
             (self.unet.global_features, "unet.global_features")
@@ -113,6 +130,27 @@ class LatentDiffusionConfig:
             )
         if self.dit is not None and (self.text_tokens is None or self.text_tokens < 1):
             raise ValueError(f"the DiT needs text_tokens >= 1 (128 for SAO), got {self.text_tokens}")
+
+    def _check_input_concat(self) -> None:
+        ids = self.input_concat_ids
+        if ids and sorted(ids) != sorted(INPAINT_INPUTS):
+            raise ValueError(f"input_concat_ids must be () or an order of {list(INPAINT_INPUTS)}, got {list(ids)}")
+        if ids and self.dit is None:
+            raise ValueError("input_concat_ids (an inpainting-conditioned model) needs a DiT backbone")
+        have = self.dit.input_concat_dim if self.dit is not None else 0
+        want = sum(self.input_concat_width(name) for name in ids)
+        if have != want:
+            raise ValueError(f"input_concat_ids={list(ids)} needs dit.input_concat_dim={want}, got {have}")
+
+    def input_concat_width(self, name: str) -> int:
+        """Channels of the input-concat input `name` (an `INPAINT_INPUTS` key)."""
+        width = INPAINT_INPUTS[name]
+        return self.latent_dim if width is None else width
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether the backbone reads an inpainting mask and masked latents."""
+        return bool(self.input_concat_ids)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LatentDiffusionConfig":
@@ -195,6 +233,8 @@ class LatentDiffusionModel(nn.Module):
         use_null_context: jax.Array | None = None,
         prompt_mask: jax.Array | None = None,
         return_hidden: bool = False,
+        inpaint_mask: jax.Array | None = None,
+        inpaint_masked_input: jax.Array | None = None,
     ) -> jax.Array:
         """x `[batch, frames, latent_dim]` (noisy latents), t `[batch]` in [0, 1],
         text_features `[batch, text_length, text_dim]`, text_mask `[batch, text_length]`,
@@ -205,7 +245,10 @@ class LatentDiffusionModel(nn.Module):
         mask semantics, see `models/unet.py`; the DiT has no key mask) -> v
         `[batch, frames, latent_dim]`, float32 whatever `dtype` (the loss, CFG and the
         sampler's updates then run in float32). `return_hidden` (DiT only): the last block's
-        hidden states `[batch, 1 + frames, embed_dim]` instead (`DiffusionTransformer`)."""
+        hidden states `[batch, 1 + frames, embed_dim]` instead (`DiffusionTransformer`).
+        inpaint_mask `[batch, frames]` (1 = given, 0 = generate) and inpaint_masked_input
+        `[batch, frames, latent_dim]`: an inpainting-conditioned model's extra inputs (zeros
+        when None); refused by any other model."""
         c = self.config
         if return_hidden and c.dit is None:
             raise ValueError("return_hidden needs a DiT backbone (the ARC discriminator reads its hidden states)")
@@ -247,6 +290,8 @@ class LatentDiffusionModel(nn.Module):
                     seconds_start, seconds_total, x.shape[1], c.frame_seconds, c.unet.frame_features
                 )
             prompt_context_mask = None if prompt_mask is None else context_mask(prompt_mask, tokens.shape[1])
+            if inpaint_mask is not None or inpaint_masked_input is not None:
+                raise ValueError("inpaint_mask / inpaint_masked_input need an inpainting-conditioned DiT")
             v = UNet1D(c.unet, name="unet", **kw)(
                 x, t, context, mask, use_null_context, global_cond, frame_cond, prompt_context_mask
             )
@@ -258,5 +303,32 @@ class LatentDiffusionModel(nn.Module):
                 # The unconditional context is all zeros, not learned; the global timing stays.
                 drop = jnp.asarray(use_null_context).astype(bool).reshape(x.shape[0])
                 context = jnp.where(drop[:, None, None], 0, context)
-            v = DiffusionTransformer(c.dit, name="dit", **kw)(x, t, context, global_cond, return_hidden)
+            input_concat = self._input_concat(x, inpaint_mask, inpaint_masked_input)
+            v = DiffusionTransformer(c.dit, name="dit", **kw)(x, t, context, global_cond, return_hidden, input_concat)
         return v.astype(jnp.float32)
+
+    def _input_concat(
+        self, x: jax.Array, inpaint_mask: jax.Array | None, inpaint_masked_input: jax.Array | None
+    ) -> jax.Array | None:
+        """The channels joined to x `[batch, frames, latent_dim]`, in `input_concat_ids` order, or None."""
+        c = self.config
+        if not c.inpainting:
+            if inpaint_mask is not None or inpaint_masked_input is not None:
+                raise ValueError(
+                    "inpaint_mask / inpaint_masked_input given, but the model is not inpainting-conditioned "
+                    "(config input_concat_ids is empty)"
+                )
+            return None
+        batch, frames, _ = x.shape
+        given = {"inpaint_mask": inpaint_mask, "inpaint_masked_input": inpaint_masked_input}
+        parts = []
+        for name in c.input_concat_ids:
+            shape = (batch, frames, c.input_concat_width(name))
+            value = given[name]
+            if value is None:
+                value = jnp.zeros(shape[:2] if name == "inpaint_mask" else shape, jnp.float32)
+            want = shape[:2] if name == "inpaint_mask" else shape
+            if value.shape != want:
+                raise ValueError(f"{name} must be {want}, got {value.shape}")
+            parts.append(jnp.asarray(value, jnp.float32).reshape(shape))
+        return jnp.concatenate(parts, axis=-1)

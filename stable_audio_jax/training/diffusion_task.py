@@ -10,6 +10,11 @@ replaced by the null context (the U-Net's learned one, the DiT's zeros) with pro
 which is what classifier-free guidance needs at sampling time. An EMA of the model is
 what sampling uses.
 
+An inpainting-conditioned model (`model.input_concat_ids`) is also given, per example, a
+random mask over the real latent frames (`diffusion/inpaint_masks.py`, the odds in
+`diffusion.inpaint_masks`) and the clean latents where the mask keeps them; the loss stays
+over every element, as the reference's.
+
 With `config.lora.rank > 0` only low-rank adapters train (`lora.py`): the model's weights,
 read from `config.init_from`, stay frozen in `state.frozen["diffusion"]` (in
 `lora.base_dtype`), and `params`, `opt_state` and `ema_params` hold the adapters under
@@ -28,6 +33,7 @@ import optax
 from absl import logging
 
 from stable_audio_jax import lora, parallel
+from stable_audio_jax.diffusion import inpaint_masks
 from stable_audio_jax.diffusion.objective import TrainingObjective
 from stable_audio_jax.diffusion.sampling_config import SamplingConfig
 from stable_audio_jax.errors import UserError
@@ -89,6 +95,19 @@ class DiffusionTask(Task):
             raise UserError(
                 f"config.sampling does not fit config.model.objective={model.objective!r}: {error}"
             ) from None
+        self.inpaint_masks = None
+        if model.inpainting:
+            options = dict(config.get("diffusion", {}).get("inpaint_masks", {}))
+            unknown = sorted(set(options) - {"mask_type_probabilities", "max_mask_segments"})
+            if unknown:
+                raise UserError(f"unknown config.diffusion.inpaint_masks fields {unknown}")
+            try:
+                self.inpaint_masks = inpaint_masks.check_mask_options(
+                    options.get("mask_type_probabilities", inpaint_masks.DEFAULT_PROBABILITIES),
+                    options.get("max_mask_segments", inpaint_masks.DEFAULT_MAX_SEGMENTS),
+                )
+            except ValueError as error:
+                raise UserError(f"config.diffusion.inpaint_masks: {error}") from None
         self.grad_accum_steps = accumulate.config_steps(config)
         self.lora = lora.LoraSettings.from_config(config.get("lora"))
         self.base_dtype = jnp.dtype(config.lora.get("base_dtype", "float32")) if self.lora.enabled else None
@@ -219,19 +238,26 @@ class DiffusionTask(Task):
         plus the objective's target `[batch, frames, latent_dim]` float32. Slicing this dict along
         the batch gives micro-batches whose losses average to the batch's.
         """
-        latent_rng, time_rng, noise_rng, drop_rng = jax.random.split(rng, 4)
+        latent_rng, time_rng, noise_rng, drop_rng, mask_rng = jax.random.split(rng, 5)
         x0 = self.clean_latents(batch, latent_rng)
         batch_size = x0.shape[0]
         t = self.objective.times(time_rng, batch_size, x0.shape[1])
         noise = jax.random.normal(noise_rng, x0.shape)
         x_t, target = self.objective.noised_and_target(x0, noise, t)
-        return {
+        inputs = {
             "x_t": x_t,
             "t": t,
             "target": target.astype(jnp.float32),
             "use_null_context": jax.random.bernoulli(drop_rng, cfg_dropout, (batch_size,)),
             **{k: batch[k] for k in ("text_features", "text_mask", "seconds_start", "seconds_total")},
         }
+        if self.inpaint_masks is not None:
+            probabilities, max_segments = self.inpaint_masks
+            mask, _ = inpaint_masks.random_inpaint_mask(
+                mask_rng, batch["latent_mask"], probabilities=probabilities, max_segments=max_segments
+            )
+            inputs.update(inpaint_mask=mask, inpaint_masked_input=x0 * mask[..., None])
+        return inputs
 
     def prediction_loss(self, params: Any, inputs: dict[str, jax.Array]) -> jax.Array:
         """Mean squared error of the prediction (v or velocity) over every element of `inputs` (from
@@ -245,6 +271,8 @@ class DiffusionTask(Task):
             inputs["seconds_start"],
             inputs["seconds_total"],
             inputs["use_null_context"],
+            inpaint_mask=inputs.get("inpaint_mask"),
+            inpaint_masked_input=inputs.get("inpaint_masked_input"),
         )
         return jnp.mean(jnp.square(v.astype(jnp.float32) - inputs["target"]))
 

@@ -9,6 +9,10 @@
     # (tests/test_sao_open_small.py, tests/fixtures/sao_open_small/)
     PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sao_model_reference.py \
         --variant=open_small
+    # the inpainting model type at a tiny size, with forward outputs on mask inputs and
+    # draws of the training mask distribution (tests/test_inpaint_model.py, fixtures/sao_inpaint/)
+    PYTHONPATH=tests/reference/shims $REFERENCE_PYTHON tests/reference/make_sao_model_reference.py \
+        --variant=inpaint
 
 The model comes from stable-audio-tools' own `create_model_from_config` with SAO's
 `model_config.json` structure (Oobleck VAE, number conditioners for seconds_start/total,
@@ -40,6 +44,19 @@ cfg_scale 1) for two padded prompts:
   x [2, C, F], t [2], v [2, C, F]: one forward of the DiT wrapper on those conditions;
   latents [2, C, F] (`return_latents=True`) and audio [2, 2, samples]: the sample;
   parameters int: the model's parameter count. PyTorch layout `[batch, channels, frames]`.
+
+`--variant=inpaint` writes the SAO structure as a `diffusion_cond_inpaint` model: the DiT
+also reads `input_concat_ids = ["inpaint_mask", "inpaint_masked_input"]` (1 + C channels
+joined to its input, `input_concat_dim`). Its `reference.npz`:
+  text, text_mask, seconds_start [2], seconds_total [2] (as above);
+  x [2, C, F], t [2], inpaint_mask [2, 1, F], inpaint_masked_input [2, C, F] (from the
+    reference's `random_inpaint_mask` on random latents with padding);
+  v [2, C, F]: the DiT wrapper's forward with those inputs (cfg_scale 1), v_cfg: with
+    cfg_scale 4 (both branches see the same inpainting inputs);
+  mask_stats_bits uint8 (np.packbits of [draws, 4, 32] masks), mask_stats_kinds [draws, 4]
+    (the `MaskType` value each example drew, recorded by wrapping `random.choices`),
+    mask_stats_real [4] (real frames per row of the padding mask): `random_inpaint_mask`
+    with its defaults, `random.seed(0)`, called `draws` times on a batch of 4 x 32 frames.
 """
 
 from __future__ import annotations
@@ -134,6 +151,11 @@ def model_config(size: str, variant: str = "sao") -> dict:
         )
         del diffusion["config"]["project_cond_tokens"]  # the reference's default (true)
         diffusion["config"].update(global_cond_dim=cond_dim, depth=2, attn_kwargs={"qk_norm": "ln"})
+    if variant == "inpaint":
+        config["model_type"] = "diffusion_cond_inpaint"
+        diffusion = config["model"]["diffusion"]
+        diffusion["input_concat_ids"] = ["inpaint_mask", "inpaint_masked_input"]
+        diffusion["config"]["input_concat_dim"] = latent + 1
     return config
 
 
@@ -212,14 +234,83 @@ def open_small_sample(model, config: dict, seed: int = 7, steps: int = 8) -> dic
     return dict(arrays, prompts=np.array(prompts), seconds_total=np.array(seconds_total, np.float32))
 
 
+def inpaint_sample(model, config: dict, seed: int = 11, draws: int = 4000) -> dict:
+    """The inpainting model's forward on mask inputs, and draws of the training masks."""
+    import random
+
+    from stable_audio_tools.models import inpainting
+
+    prompts = ["a short drum loop", "soft piano chords over rain, 90 bpm"]
+    max_length = config["model"]["conditioning"]["configs"][0]["config"]["max_length"]
+    text, text_mask = t5_prompt_tensors(prompts, max_length)
+    seconds_start, seconds_total = [0.0, 0.5], [1.0, 3.0]
+    timing = model.conditioner(
+        [{"seconds_start": a, "seconds_total": b} for a, b in zip(seconds_start, seconds_total)], "cpu"
+    )
+    frames = config["sample_size"] // model.pretransform.downsampling_ratio
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn((2, model.io_channels, frames), generator=generator)
+    x = torch.randn((2, model.io_channels, frames), generator=generator)
+    padding = torch.ones((2, frames))
+    padding[1, frames * 3 // 4 :] = 0
+    random.seed(seed)
+    masked_input, mask = inpainting.random_inpaint_mask(latents, padding, mask_type_probabilities=[0.5, 0.0, 0.5])
+    assert 0 < float(mask.mean()) < 1, "the masks should hide some frames and keep others"
+    tensors = {"prompt": (text, text_mask), **timing, "inpaint_mask": [mask], "inpaint_masked_input": [masked_input]}
+    inputs = model.get_conditioning_inputs(tensors)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        v = model.model(x, t, **inputs, cfg_scale=1.0)
+        v_cfg = model.model(x, t, **inputs, cfg_scale=4.0, batch_cfg=True, rescale_cfg=False)
+
+    stats_real = [32, 20, 5, 0]
+    stats_padding = torch.zeros((4, 32))
+    for row, real in enumerate(stats_real):
+        stats_padding[row, :real] = 1
+    kinds = []
+    original = random.choices
+
+    def recording_choices(*args, **kwargs):
+        chosen = original(*args, **kwargs)
+        kinds.append(chosen[0])
+        return chosen
+
+    random.seed(0)
+    random.choices = recording_choices
+    try:
+        masks = [inpainting.random_inpaint_mask(torch.zeros((4, 1, 32)), stats_padding)[1][:, 0] for _ in range(draws)]
+    finally:
+        random.choices = original
+    masks = torch.stack(masks).numpy().astype(np.uint8)  # [draws, 4, 32]
+    arrays = dict(
+        text=text,
+        text_mask=text_mask,
+        x=x,
+        t=t,
+        inpaint_mask=mask,
+        inpaint_masked_input=masked_input,
+        v=v,
+        v_cfg=v_cfg,
+    )
+    return dict(
+        {k: a.numpy() for k, a in arrays.items()},
+        seconds_start=np.array(seconds_start, np.float32),
+        seconds_total=np.array(seconds_total, np.float32),
+        mask_stats_bits=np.packbits(masks),
+        mask_stats_kinds=np.array(kinds, np.int8).reshape(draws, 4),
+        mask_stats_real=np.array(stats_real, np.int32),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=("small", "full"), default="small")
-    parser.add_argument("--variant", choices=("sao", "open_small"), default="sao")
-    parser.add_argument("--output_dir", default=None, help="default: fixtures/sao_small or fixtures/sao_open_small")
+    parser.add_argument("--variant", choices=("sao", "open_small", "inpaint"), default="sao")
+    parser.add_argument("--output_dir", default=None, help="default: fixtures/sao_small, sao_open_small or sao_inpaint")
     args = parser.parse_args()
     if args.output_dir is None:
-        args.output_dir = os.path.join(FIXTURES, "sao_small" if args.variant == "sao" else "sao_open_small")
+        folder = {"sao": "sao_small", "open_small": "sao_open_small", "inpaint": "sao_inpaint"}[args.variant]
+        args.output_dir = os.path.join(FIXTURES, folder)
     config = model_config(args.size, args.variant)
     buildable = copy.deepcopy(config)  # without the T5 conditioner (it would download t5-base)
     buildable["model"]["conditioning"]["configs"] = buildable["model"]["conditioning"]["configs"][1:]
@@ -250,6 +341,10 @@ def main() -> None:
     )
     if args.variant == "open_small":
         np.savez(os.path.join(args.output_dir, "reference.npz"), **open_small_sample(model, config), parameters=params)
+    if args.variant == "inpaint":
+        np.savez_compressed(
+            os.path.join(args.output_dir, "reference.npz"), **inpaint_sample(model, config), parameters=params
+        )
     if args.size == "full":
         from transformers import T5Config, T5EncoderModel
 
