@@ -18,6 +18,10 @@
        seconds_total + spectrogram PNG each; per run, how far the non-silent length of the
        uncut output is from the request, the CLAP score of the clips (matched prompts
        against other prompts) and the wall time per clip
+   11. inpaint held-out clips into <output_dir>/inpainting: regenerate 3-8 s of each with its
+       own caption and with another clip's, report how exactly the rest is kept (log-spectral
+       distance to the VAE reconstruction, against a fresh generation's) and the region's
+       CLAP score against its caption and the others
     and write <output_dir>/summary.json with the loss curves and every figure
 
 Every stage is skipped when its output is complete (a training stage: its run reached
@@ -64,6 +68,8 @@ _DIFFUSION_CONFIG = config_flags.DEFINE_config_file(
 _NUM_CROPS = flags.DEFINE_integer("num_crops", 2, "Random windows pre-encoded per training clip.")
 _SAMPLE_SECONDS = flags.DEFINE_list("sample_seconds", ["3", "6", "10"], "seconds_total of the generated clips.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "Held-out captions used as prompts.")
+_NUM_INPAINT = flags.DEFINE_integer("num_inpaint", 6, "Held-out clips whose region is regenerated.")
+_INPAINT_REGION = flags.DEFINE_string("inpaint_region", "3:8", "start:end seconds regenerated in each clip.")
 
 
 def render_data(out: str) -> dict:
@@ -261,6 +267,107 @@ def generate_samples(out: str) -> dict:
     return {"silence_level_db": round(silence_db, 1), "runs": runs}
 
 
+def inpaint_examples(out: str) -> dict:
+    """Regenerate `_INPAINT_REGION` of held-out clips (their first window) and measure what
+    is kept and what follows the prompt.
+
+    Three batches over the same clips: the region inpainted with each clip's own caption,
+    inpainted with another clip's caption (a derangement), and a fresh generation of the
+    whole window with the own caption. Outside the region (clear of it by `margin`, which
+    covers the latent crossfade and the decoder's reach) the log-spectral distance to the
+    clip's VAE reconstruction is that of the kept audio, against the fresh generation's;
+    inside it the output must differ. The region's CLAP score is reported against its own
+    caption and against the other captions, for both batches, and the swapped batch's regions
+    against the captions they were made with versus the own-caption regions against those.
+    """
+    import numpy as np
+
+    from stable_audio_jax.inference.clap import CLAPEncoder
+    from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
+    from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
+    from stable_audio_jax.metrics.clap_score import clap_score, derangement
+    from stable_audio_jax.metrics.spectral_distance import log_spectral_distance
+
+    generator = AudioGenerator.from_runs(os.path.join(out, "diffusion"))
+    clap = CLAPEncoder.from_run(os.path.join(out, "clap"))
+    rate, window = generator.sample_rate, generator.window_samples
+    region = tuple(float(x) for x in _INPAINT_REGION.value.split(":"))
+    with open(os.path.join(out, "data", "valid.jsonl")) as f:
+        items = [json.loads(line) for line in f]
+    items = [it for it in items if it["duration_seconds"] >= generator.window_seconds][: _NUM_INPAINT.value]
+    if len(items) < 2:
+        raise RuntimeError(f"need 2 held-out clips of at least {generator.window_seconds:.1f} s, found {len(items)}")
+    clips = []
+    for item in items:
+        audio, source_rate = decode_audio(os.path.join(out, "data", item["path"]))
+        audio = to_stereo(audio if source_rate == rate else resample(audio, source_rate, rate))
+        clips.append(audio[:window].astype(np.float32))
+    captions = [it["caption"] for it in items]
+    swapped_captions = [captions[j] for j in derangement(len(captions), seed=0)]
+    kwargs = dict(seconds_total=generator.window_seconds, cut=False, progress=True, seed=0)
+    start = time.perf_counter()
+    own = generator.generate(captions, inpaint_audio=clips, inpaint_regions=[region], **kwargs)
+    wall = time.perf_counter() - start
+    swapped = generator.generate(swapped_captions, inpaint_audio=clips, inpaint_regions=[region], **kwargs)
+    fresh = generator.generate(captions, **kwargs)
+    reconstructions = [generator.reconstruct(c) for c in clips]
+
+    folder = os.path.join(out, "inpainting")
+    os.makedirs(folder, exist_ok=True)
+    first, last = (int(round(x * rate)) for x in region)
+    paths = {"own": [], "swapped": [], "original": []}
+    for i, caption in enumerate(captions):
+        for kind, audio, text in (("own", own[i], caption), ("swapped", swapped[i], swapped_captions[i])):
+            write_wav(os.path.join(folder, f"{i:02d}_{kind}.wav"), audio, rate)
+            spectrogram_png(audio, rate, os.path.join(folder, f"{i:02d}_{kind}.png"), text, regions=[region])
+            with open(os.path.join(folder, f"{i:02d}_{kind}.txt"), "w") as f:
+                f.write(text + "\n")
+        for kind, audio in (("own", own[i]), ("swapped", swapped[i]), ("original", clips[i])):
+            path = os.path.join(folder, f"{i:02d}_{kind}_region.wav")
+            write_wav(path, audio[first:last], rate)
+            paths[kind].append(path)
+
+    margin = 0.25
+    lsd = lambda outputs, inside: float(  # noqa: E731
+        np.mean(
+            [
+                log_spectral_distance(o, r, rate, regions=[region], inside=inside, margin=margin)
+                for o, r in zip(outputs, reconstructions)
+            ]
+        )
+    )
+    clear = np.ones(window, bool)
+    clear[max(0, first - int(margin * rate)) : last + int(margin * rate)] = False
+    kept_jump = max(float(np.max(np.abs(o[clear] - r[clear]))) for o, r in zip(own, reconstructions))
+    scores = {
+        kind: clap_score(clap, texts, paths[kind], shuffled="other_prompts", recall_ks=(1,))
+        for kind, texts in (("own", captions), ("swapped", swapped_captions), ("original", captions))
+    }
+    own_against_swapped = clap_score(clap, swapped_captions, paths["own"], shuffled_baseline=False, recall_ks=(1,))
+    return {
+        "region_seconds": list(region),
+        "clips": [it["clip_id"] for it in items],
+        "margin_seconds": margin,
+        "kept_lsd_db": {"inpainted": lsd(own, False), "fresh_generation": lsd(fresh, False)},
+        "region_lsd_db_inpainted": lsd(own, True),
+        "kept_max_abs_difference": kept_jump,
+        "region_clap": {
+            "own_caption": {"matched": scores["own"]["clap_score"], "other": scores["own"]["shuffled_clap_score"]},
+            "swapped_caption": {
+                "matched": scores["swapped"]["clap_score"],
+                "other": scores["swapped"]["shuffled_clap_score"],
+                "own_caption_regions": own_against_swapped["clap_score"],
+            },
+            "original": {
+                "matched": scores["original"]["clap_score"],
+                "other": scores["original"]["shuffled_clap_score"],
+            },
+        },
+        "seconds_per_clip": wall / len(items),
+        "seconds_per_clip_includes_compile": True,
+    }
+
+
 def reconstruct(out: str, config, task, state) -> list[dict]:
     """Encode/decode the start of held-out clips with the EMA weights; write WAV pairs."""
     import jax
@@ -316,7 +423,7 @@ def main(argv):
     timings = {}
 
     def stage(number: int, name: str, title: str, fn, *args):
-        print(f"[{number}/10] {title}", flush=True)
+        print(f"[{number}/11] {title}", flush=True)
         t = time.time()
         result = fn(*args)
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
@@ -348,6 +455,7 @@ def main(argv):
         9, "diffusion_train", "training the tiny diffusion model", train_diffusion, out, diffusion_config
     )
     samples = stage(10, "sampling", "generating held-out prompts at several lengths", generate_samples, out)
+    inpainted = stage(11, "inpainting", "regenerating a region of held-out clips", inpaint_examples, out)
 
     curve = lambda summary, key: [[h["step"], h[key]] for h in summary.get("history", []) if key in h]
     summary = {
@@ -363,6 +471,7 @@ def main(argv):
         "diffusion": {k: v for k, v in diffusion_summary.items() if k != "history"},
         "diffusion_loss_curve": curve(diffusion_summary, "loss"),
         "samples": samples,
+        "inpainting": inpainted,
         "timings": timings,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -408,6 +517,18 @@ def main(argv):
             f"CLAP score matched {run['clap_score']:.3f}, other prompts {run['shuffled_clap_score']:.3f}; "
             f"{run['seconds_per_clip']:.2f} s per clip"
         )
+    region, clap_region = inpainted["region_seconds"], inpainted["region_clap"]
+    print(
+        f"  inpainting {region[0]:g}-{region[1]:g} s of {len(inpainted['clips'])} held-out clips: kept part "
+        f"{inpainted['kept_lsd_db']['inpainted']:.4f} dB from the VAE reconstruction (a fresh generation: "
+        f"{inpainted['kept_lsd_db']['fresh_generation']:.2f} dB), region {inpainted['region_lsd_db_inpainted']:.2f} dB"
+    )
+    print(
+        f"    region CLAP score: own caption {clap_region['own_caption']['matched']:.3f} vs other captions "
+        f"{clap_region['own_caption']['other']:.3f}; made with another clip's caption: against it "
+        f"{clap_region['swapped_caption']['matched']:.3f}, the own-caption regions against it "
+        f"{clap_region['swapped_caption']['own_caption_regions']:.3f}"
+    )
     print(f"  reconstructions: {os.path.join(out, 'reconstructions')}   samples: {os.path.join(out, 'samples')}")
     print(f"  summary: {os.path.join(out, 'summary.json')}")
     print(

@@ -19,6 +19,7 @@ from stable_audio_jax.errors import UserError
 from stable_audio_jax.inference.continuation import continue_audio
 from stable_audio_jax.inference.generate import AudioGenerator
 from stable_audio_jax.input_pipeline.audio_io import write_wav
+from stable_audio_jax.metrics.spectral_distance import log_spectral_distance
 from tests.bad_input import Case, check_cases, run_script
 from tests.fixture_paths import CHECKPOINT, FIXTURES, MODEL_CONFIG, T5_DIR
 
@@ -139,6 +140,47 @@ def test_generator_keeps_the_latents_outside_the_region(converted, kind):
     head = int(0.02 * generator.sample_rate)
     np.testing.assert_allclose(audio[:, :head], recon[:, :head], atol=1e-4 * np.abs(recon).max())
     assert np.abs(audio - recon).max() > 1e-2 * np.abs(recon).max()
+
+
+@pytest.mark.slow
+def test_generator_inpaints_one_clip_per_prompt(converted):
+    generator = converted["v"][1]
+    clips = [_clip(), -0.5 * _clip()]
+    region = (0.06, 0.12)
+    kw = dict(seconds_total=0.17, steps=3, seed=2, inpaint_regions=[region], return_latents=True)
+    latents = generator.generate(["a bell", "a drum"], inpaint_audio=clips, **kw)
+    frame_seconds = generator.autoencoder.config.downsampling_ratio / generator.sample_rate
+    kept = inpainting.region_mask([region], generator.latent_frames, frame_seconds) == 0
+    for row, clip in enumerate(clips):
+        known = np.asarray(generator._encode_init(clip, 1, generator.window_samples))[0]
+        np.testing.assert_array_equal(latents[row, kept], known[kept])
+    np.testing.assert_array_equal(generator.generate(["a bell"], inpaint_audio=np.stack(clips[:1]), **kw), latents[:1])
+    with pytest.raises(UserError, match="3 inpainting clips for 2 prompts"):
+        generator.generate(["a bell", "a drum"], inpaint_audio=clips + clips[:1], **kw)
+    # What inpainting keeps is the VAE reconstruction.
+    audio = generator.generate(["a bell", "a drum"], inpaint_audio=clips, **dict(kw, return_latents=False, cut=False))
+    reconstruction = generator.reconstruct(clips[1])
+    assert reconstruction.shape == (generator.window_samples, 2)
+    head = int(0.02 * generator.sample_rate)
+    np.testing.assert_allclose(audio[1, :head], reconstruction[:head], atol=1e-4 * np.abs(reconstruction).max())
+
+
+def test_log_spectral_distance_inside_and_outside_regions():
+    rate = 8000
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(rate * 2, 2)) * 0.1
+    b = a.copy()
+    b[int(0.8 * rate) : int(1.2 * rate)] = rng.normal(size=(int(0.4 * rate), 2)) * 0.1
+    region = [(0.8, 1.2)]
+    kw = dict(n_fft=256)
+    assert log_spectral_distance(a, a, rate, **kw) == 0.0
+    assert log_spectral_distance(a, b, rate, regions=region, margin=0.02, **kw) == 0.0
+    inside = log_spectral_distance(a, b, rate, regions=region, inside=True, **kw)
+    assert inside > 3.0  # independent noise: several dB per bin
+    # A 6 dB level change moves every bin by 6 dB (but the few near the 1e-10 power floor).
+    assert abs(log_spectral_distance(a, 2 * a, rate, **kw) - 20 * np.log10(2)) < 1e-3
+    with pytest.raises(ValueError, match="no STFT frame"):
+        log_spectral_distance(a, b, rate, regions=[(0.0, 2.0)], **kw)
 
 
 @pytest.mark.slow
