@@ -19,30 +19,20 @@ from stable_audio_jax.metrics.clap_score import clap_score, derangement
 from stable_audio_jax.metrics.retrieval import recall_at_k
 from stable_audio_jax.training.clap_task import CLAPTask
 from stable_audio_jax.training.trainer import Trainer
-from tests.micro_configs import VOCAB_SIZE, micro_clap_config
+from tests.captioned_data import write_captioned_data
+from tests.micro_configs import micro_clap_config
 
 
 @pytest.fixture(scope="module")
 def captioned_data(tmp_path_factory):
     """Synthetic captioned clips (train + valid shards) and a BPE tokenizer of the train captions."""
-    from stable_audio_jax.demo_corpus.synthetic import write_synthetic_dataset
-    from stable_audio_jax.input_pipeline.shard_writer import write_shards
-    from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer
-
     root = tmp_path_factory.mktemp("clap_data")
-    write_synthetic_dataset(root / "raw", num_clips=48, seed=3, min_seconds=1.0, max_seconds=2.0)
-    for split in ("train", "valid"):
-        write_shards(
-            root / "raw" / f"{split}.jsonl", root / "shards" / split, num_shards=1, prefix=split, progress=False
-        )
-    with open(root / "raw" / "train.jsonl") as f:
-        captions = [json.loads(line)["caption"] for line in f]
-    tokenizer_path = train_bpe_tokenizer(captions, vocab_size=VOCAB_SIZE).save(str(root / "tokenizer.json"))
+    data = write_captioned_data(root, num_clips=48, seed=3, min_seconds=1.0, max_seconds=2.0, splits=("train", "valid"))
     return {
         "root": root,
-        "train": str(root / "shards" / "train"),
-        "valid": str(root / "shards" / "valid"),
-        "tokenizer": tokenizer_path,
+        "train": data["shards"]["train"],
+        "valid": data["shards"]["valid"],
+        "tokenizer": data["tokenizer"],
     }
 
 
@@ -217,20 +207,9 @@ TRAIN_SET_MARGIN = 0.30
 @pytest.fixture(scope="module")
 def trained_clap(tmp_path_factory):
     """The micro CLAP trained for 400 steps on 350 synthetic clips; 50 held-out clips for scoring."""
-    from stable_audio_jax.demo_corpus.synthetic import write_synthetic_dataset
-    from stable_audio_jax.input_pipeline.shard_writer import write_shards
-    from stable_audio_jax.input_pipeline.tokenizer import train_bpe_tokenizer
-
     root = tmp_path_factory.mktemp("clap_retrieval")
-    write_synthetic_dataset(root / "raw", num_clips=400, seed=3, min_seconds=1.0, max_seconds=1.5)
-    write_shards(root / "raw" / "train.jsonl", root / "shards", num_shards=2, prefix="train", progress=False)
-    with open(root / "raw" / "train.jsonl") as f:
-        captions = [json.loads(line)["caption"] for line in f]
-    data = {
-        "train": str(root / "shards"),
-        "valid": str(root / "shards"),
-        "tokenizer": train_bpe_tokenizer(captions, vocab_size=VOCAB_SIZE).save(str(root / "tokenizer.json")),
-    }
+    written = write_captioned_data(root, num_clips=400, seed=3, min_seconds=1.0, max_seconds=1.5, num_shards=2)
+    data = {"train": written["shards"]["train"], "valid": written["shards"]["train"], "tokenizer": written["tokenizer"]}
     config = micro_clap_config(data, num_steps=400, log_every=50)
     config.data.batch_size = 16
     config.mesh.shape = (-1, 1, 1)

@@ -1,0 +1,171 @@
+"""Evaluating a set of generated clips against a reference set (arXiv 2402.04825, section 5.2).
+
+    embedder = ClapAudioEmbedder(CLAPEncoder.from_run("outputs/demo/clap"))
+    reference = embedding_statistics(embedder, "outputs/demo/data/valid.jsonl")     # or load_statistics(path)
+    result = frechet_report(embedder, "outputs/demo/samples", reference)          # {"fd": ..., ...}
+
+The Frechet distance compares the Gaussians of the two sets' frame embeddings
+(`metrics/frechet.py`), every analysis frame of every clip one sample, as stable-audio-metrics
+does for OpenL3. An embedder is anything with `name`, `sample_rate`, `fingerprint` and
+`embed_file(path) -> [frames, dims]` (`AudioEmbedder`): it applies its own protocol
+(resampling, normalisation, windows, channels). `ClapAudioEmbedder` is the project's CLAP audio
+tower, the offline default: each channel's consecutive windows embedded separately and joined
+`[left || right]`, the paper's stereo protocol. A reference side can be saved once
+(`save_statistics`) with the embedder's name and weights fingerprint, which loading checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from stable_audio_jax.errors import UserError
+from stable_audio_jax.inference.clap import CLAPEncoder, prepare_audio
+from stable_audio_jax.integrity import host_checksum
+from stable_audio_jax.metrics.frechet import GaussianStatistics, frechet_distance
+
+STATISTICS_FORMAT = "stable-audio-jax embedding statistics v1"
+
+
+class AudioEmbedder(Protocol):
+    name: str  # what made the embeddings, e.g. "clap-audio-tower"
+    sample_rate: int
+    fingerprint: str  # of the weights: statistics from other weights do not compare
+
+    def embed_file(self, path: str) -> np.ndarray:
+        """`[frames, dims]` float embeddings of one audio file."""
+
+
+def params_fingerprint(params) -> str:
+    """A short hex digest of a parameter tree's bit-exact checksums (`integrity.host_checksum`)."""
+    return hashlib.sha256(host_checksum(params).tobytes()).hexdigest()[:16]
+
+
+class ClapAudioEmbedder:
+    """The project's CLAP audio tower as a frame embedder: per channel, the clip's consecutive
+    tower windows (the last zero-padded), each embedded alone -> `[windows, 2 * embed_dim]`
+    (`[left || right]`; a mono file counts as both). Preprocessing is the CLAP score's
+    (`inference.clap.prepare_audio`: resample, peak -1 dBFS, int16 round trip)."""
+
+    name = "clap-audio-tower"
+
+    def __init__(self, encoder: CLAPEncoder):
+        self.encoder = encoder
+        self.sample_rate = encoder.sample_rate
+        self.fingerprint = params_fingerprint(encoder.params)
+
+    def embed_file(self, path: str) -> np.ndarray:
+        from stable_audio_jax.input_pipeline.audio_io import decode_audio
+
+        audio, rate = decode_audio(path)
+        audio = prepare_audio(audio, rate, self.sample_rate)
+        audio = np.repeat(audio, 2, axis=1) if audio.shape[1] == 1 else audio[:, :2]
+        window = self.encoder.window_samples
+        count = max(1, -(-len(audio) // window))
+        padded = np.zeros((count * window, 2), np.float32)
+        padded[: len(audio)] = audio
+        # [left windows; right windows], each a mono [window, 1] input to the tower.
+        windows = padded.reshape(count, window, 2).transpose(2, 0, 1).reshape(2 * count, window, 1)
+        embeddings = self.encoder.embed_audio(windows)
+        return np.concatenate([embeddings[:count], embeddings[count:]], axis=-1)
+
+
+def audio_files(source: str) -> list[str]:
+    """The audio files of a folder or a JSONL/CSV manifest (what `data/make_shards.py` reads);
+    `UserError` when there is none."""
+    from stable_audio_jax.input_pipeline.shard_writer import discover_audio
+
+    try:
+        items = discover_audio(source)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if not items:
+        raise UserError(f"{source}: no audio files")
+    return [item.path for item in items]
+
+
+def embed_files(embedder: AudioEmbedder, paths: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    """Every frame embedding of every file, stacked: `[total frames, dims]` float64."""
+    from tqdm.auto import tqdm
+
+    frames = []
+    for path in tqdm(paths, desc=f"embedding ({embedder.name})", unit="file", disable=not progress):
+        frames.append(np.asarray(embedder.embed_file(path), np.float64))
+    return np.concatenate(frames)
+
+
+def embedding_statistics(embedder: AudioEmbedder, source: str, *, progress: bool = False) -> GaussianStatistics:
+    """The Gaussian of `source`'s frame embeddings (a folder or manifest)."""
+    return GaussianStatistics.of(embed_files(embedder, audio_files(source), progress=progress))
+
+
+def save_statistics(path: str, statistics: GaussianStatistics, embedder: AudioEmbedder, source: str) -> None:
+    """Write `statistics` (with the embedder's name and fingerprint and the source) to an `.npz`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(
+        path,
+        **statistics.to_arrays(),
+        format=STATISTICS_FORMAT,
+        embedder=embedder.name,
+        fingerprint=embedder.fingerprint,
+        source=os.path.abspath(source),
+    )
+
+
+def load_statistics(path: str, embedder: AudioEmbedder) -> GaussianStatistics:
+    """Statistics saved by `save_statistics`; `UserError` when they come from another embedder
+    or other weights."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            fields = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a statistics file ({e})") from None
+    if str(fields.get("format", "")) != STATISTICS_FORMAT:
+        raise UserError(f"{path}: not a statistics file written by --save_stats")
+    made_by = (str(fields["embedder"]), str(fields["fingerprint"]))
+    if made_by != (embedder.name, embedder.fingerprint):
+        raise UserError(
+            f"{path} holds statistics of {made_by[0]} weights {made_by[1]}, but the embedder is "
+            f"{embedder.name} weights {embedder.fingerprint}: embed the reference again"
+        )
+    return GaussianStatistics.from_arrays(fields)
+
+
+def frechet_report(
+    embedder: AudioEmbedder, generated: str, reference: GaussianStatistics, *, progress: bool = False
+) -> dict:
+    """FD of the generated set's frame embeddings to `reference`, with the counts and the embedder."""
+    paths = audio_files(generated)
+    statistics = GaussianStatistics.of(embed_files(embedder, paths, progress=progress))
+    return {
+        "fd": frechet_distance(statistics, reference),
+        "generated_files": len(paths),
+        "generated_frames": statistics.count,
+        "reference_frames": reference.count,
+        "embedder": embedder.name,
+        "embedder_fingerprint": embedder.fingerprint,
+        "dims": int(reference.mean.shape[0]),
+    }
+
+
+def captioned_clap_score(encoder: CLAPEncoder, source: str) -> dict:
+    """CLAP score of `source`'s captioned files (`metrics/clap_score.py`), against every pair of
+    a caption and another caption's file; files without a caption are counted and skipped."""
+    from stable_audio_jax.input_pipeline.shard_writer import discover_audio
+    from stable_audio_jax.metrics.clap_score import clap_score
+
+    try:
+        items = discover_audio(source)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    captioned = [item for item in items if item.caption]
+    if len({item.caption for item in captioned}) < 2:
+        raise UserError(f"{source}: the CLAP score needs files with at least two different captions")
+    result = clap_score(
+        encoder, [i.caption for i in captioned], [i.path for i in captioned], shuffled="other_prompts", recall_ks=(1,)
+    )
+    result.update(files=[i.rel_path for i in captioned], skipped_without_caption=len(items) - len(captioned))
+    return result

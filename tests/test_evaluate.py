@@ -1,0 +1,164 @@
+"""`launch/evaluate.py` and `inference/evaluation.py` on a micro CLAP run: the frame embedder's stereo
+protocol, FD against audio or saved statistics, the CLAP score, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from stable_audio_jax.errors import UserError
+from stable_audio_jax.input_pipeline.audio_io import write_wav
+from tests.bad_input import run_script
+from tests.captioned_data import write_captioned_data
+from tests.micro_configs import micro_clap_config
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def clap_setup(tmp_path_factory):
+    """Synthetic captioned clips, a micro CLAP trained 2 steps on them, and a generated-looking set."""
+    from stable_audio_jax.training.clap_task import CLAPTask
+    from stable_audio_jax.training.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("evaluate")
+    data = write_captioned_data(root, num_clips=24, seed=5, min_seconds=1.0, max_seconds=2.0)
+    captions = data["captions"]
+    config = micro_clap_config(
+        {"tokenizer": data["tokenizer"], "train": data["shards"]["train"], "valid": ""}, num_steps=2
+    )
+    Trainer(config, str(root / "clap"), CLAPTask(config)).train()
+    generated = root / "generated"
+    generated.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        t = np.arange(int(1.5 * 16000)) / 16000
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)[:, None] + 0.05 * rng.normal(size=(len(t), 2))
+        write_wav(generated / f"{i:02d}.wav", tone.astype(np.float32), 16000)
+        (generated / f"{i:02d}.txt").write_text(captions[i] + "\n")
+    return {
+        "root": root,
+        "clap": str(root / "clap"),
+        "reference": str(root / "raw" / "train.jsonl"),
+        "generated": str(generated),
+    }
+
+
+def test_clap_embedder_embeds_each_channel_alone(clap_setup, tmp_path):
+    from stable_audio_jax.inference.clap import CLAPEncoder
+    from stable_audio_jax.inference.evaluation import ClapAudioEmbedder
+
+    encoder = CLAPEncoder.from_run(clap_setup["clap"])
+    embedder = ClapAudioEmbedder(encoder)
+    rate, window = embedder.sample_rate, encoder.window_samples
+    rng = np.random.default_rng(1)
+    left, right = rng.normal(size=(int(2.5 * window), 1)) * 0.2, rng.normal(size=(int(2.5 * window), 1)) * 0.2
+    write_wav(tmp_path / "stereo.wav", np.concatenate([left, right], axis=1).astype(np.float32), rate)
+    write_wav(tmp_path / "mono.wav", left.astype(np.float32), rate)
+    stereo, mono = embedder.embed_file(str(tmp_path / "stereo.wav")), embedder.embed_file(str(tmp_path / "mono.wav"))
+    dim = encoder.model.config.embed_dim
+    assert stereo.shape == mono.shape == (3, 2 * dim)  # 2.5 windows -> 3 frames, [left || right]
+    np.testing.assert_allclose(mono[:, :dim], mono[:, dim:], atol=1e-6)  # mono: both halves alike
+    assert np.abs(stereo[:, :dim] - stereo[:, dim:]).max() > 1e-3
+    assert len(embedder.fingerprint) == 16
+
+
+def test_evaluate_script_fd_and_clap_score(clap_setup, tmp_path):
+    common = [f"--generated={clap_setup['generated']}", f"--clap_dir={clap_setup['clap']}"]
+    stats = tmp_path / "reference_stats.npz"
+    first = run_script(
+        "launch/evaluate.py",
+        *common,
+        f"--reference={clap_setup['reference']}",
+        f"--save_stats={stats}",
+        f"--output_json={tmp_path / 'a.json'}",
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "fd_clap" in first.stdout and "clap " in first.stdout and stats.exists()
+    again = run_script(
+        "launch/evaluate.py",
+        *common,
+        f"--reference={stats}",
+        "--metrics=fd_clap",
+        f"--output_json={tmp_path / 'b.json'}",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    assert a["fd_clap"]["fd"] == pytest.approx(b["fd_clap"]["fd"], rel=1e-9) and a["fd_clap"]["fd"] > 0
+    assert a["fd_clap"]["generated_files"] == 6 and a["fd_clap"]["reference_frames"] >= 24
+    assert a["clap"]["num_items"] == 6 and "shuffled_clap_score" in a["clap"] and "clap" not in b
+
+
+def test_reference_against_itself_is_zero(clap_setup):
+    from stable_audio_jax.inference import evaluation
+    from stable_audio_jax.inference.clap import CLAPEncoder
+    from stable_audio_jax.metrics.frechet import frechet_distance
+
+    embedder = evaluation.ClapAudioEmbedder(CLAPEncoder.from_run(clap_setup["clap"]))
+    reference = evaluation.embedding_statistics(embedder, clap_setup["reference"])
+    report = evaluation.frechet_report(embedder, clap_setup["reference"], reference)
+    assert abs(report["fd"]) < 1e-6 * np.trace(reference.covariance)
+    noise = evaluation.embedding_statistics(embedder, clap_setup["generated"])
+    assert frechet_distance(noise, reference) > 1e-3 * np.trace(reference.covariance)
+
+
+def test_statistics_of_other_weights_are_refused(clap_setup, tmp_path):
+    from stable_audio_jax.inference import evaluation
+    from stable_audio_jax.inference.clap import CLAPEncoder
+
+    embedder = evaluation.ClapAudioEmbedder(CLAPEncoder.from_run(clap_setup["clap"]))
+    stats = evaluation.embedding_statistics(embedder, clap_setup["generated"])
+    path = str(tmp_path / "s.npz")
+    evaluation.save_statistics(path, stats, embedder, clap_setup["generated"])
+    assert evaluation.load_statistics(path, embedder).count == stats.count
+    embedder.fingerprint = "0" * 16  # as another CLAP's weights would be
+    with pytest.raises(UserError, match="embed the reference again"):
+        evaluation.load_statistics(path, embedder)
+
+
+def test_evaluate_bad_input_is_one_line(clap_setup, tmp_path):
+    cases = [
+        (["--metrics=fd_openl3"], "needs the OpenL3 embedder"),
+        (["--metrics=fd_clap"], "needs --reference"),
+        (["--metrics=nope"], "unknown metric 'nope'"),
+        ([f"--reference={tmp_path / 'missing'}"], "does not exist"),
+        ([f"--reference={clap_setup['reference']}", f"--clap_dir={tmp_path}"], "clap_dir"),
+    ]
+    for extra, message in cases:
+        args = [f"--generated={clap_setup['generated']}", f"--clap_dir={clap_setup['clap']}", *extra]
+        result = run_script("launch/evaluate.py", *args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and message in lines[-1], (extra, result.stderr[-2000:])
+        assert lines[-1].startswith("error: ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_script(
+        "launch/evaluate.py",
+        f"--generated={empty}",
+        f"--reference={clap_setup['reference']}",
+        f"--clap_dir={clap_setup['clap']}",
+    )
+    assert result.returncode == 2 and "no audio files" in result.stderr, result.stderr[-2000:]
+
+
+def test_autoencoder_evaluation_of_a_pretrained_vae(converted, tmp_path):
+    rate = 44100
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    t = np.arange(int(0.5 * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 330 * t)
+    write_wav(clips / "tone_then_silence.wav", np.concatenate([tone, np.zeros_like(tone)])[:, None], rate)
+    write_wav(clips / "mono_22k.wav", tone[::2, None].astype(np.float32), rate // 2)  # converted on reading
+    out = tmp_path / "vae.json"
+    result = run_script("launch/evaluate.py", f"--vae={converted}", f"--reference={clips}", f"--output_json={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mean" in result.stdout and "si_sdr" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["files"] == 2 and set(report["overall"]) >= {"mrstft", "si_sdr_db", "mel_distance"}
+    silent = {os.path.basename(r["file"]): r["silent_frames_output_db"] for r in report["per_file"]}
+    assert silent["tone_then_silence.wav"] is not None and silent["mono_22k.wav"] is None
+    bad = run_script("launch/evaluate.py", f"--vae={tmp_path}", f"--reference={clips}")
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].startswith(f"error: --vae={tmp_path}"), bad.stderr
