@@ -13,12 +13,14 @@
 manifests (what `data/make_shards.py` reads); `--reference` may also be a `.npz` written by
 `--save_stats`, which must come from the same embedder and weights. Metrics:
 
-  fd_clap  Frechet distance of the project's CLAP audio-tower embeddings (each channel's
-           windows embedded alone, `[left || right]`), the offline stand-in for FD_openl3
-  clap     CLAP score of the generated files with their captions, against other captions
+  fd_openl3  the paper's FD_openl3: OpenL3 mel256 512-d embeddings of each channel's 1 s
+             windows every 0.5 s at 48 kHz, `[left || right]`; needs --openl3_weights
+             (torchopenl3's torchopenl3_mel256_music_512.pth.tar, a local file)
+  fd_clap    the same with the project's CLAP audio tower (--clap_dir): the offline default
+  clap       CLAP score of the generated files with their captions, against other captions
 
-The paper's FD_openl3, KL_passt and LAION-CLAP score need those public embedders, which are
-not implemented yet: asking for them is an error line.
+KL_passt and the LAION-CLAP score need those public models, which are not implemented yet:
+asking for them is an error line.
 
 With `--vae`, the files of `--reference` go through the autoencoder instead and each gets its
 multi-resolution STFT distance, SI-SDR, mel distance and the output level where the input is
@@ -39,9 +41,9 @@ from absl import flags, logging  # noqa: E402
 from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
-METRICS = ("fd_clap", "clap")
+METRICS = ("fd_openl3", "fd_clap", "clap")
+FD_METRICS = ("fd_openl3", "fd_clap")
 NOT_YET = {
-    "fd_openl3": "OpenL3",
     "kl_passt": "PaSST",
     "clap_laion": "LAION-CLAP",
 }
@@ -50,6 +52,8 @@ _GENERATED = flags.DEFINE_string("generated", None, "Generated audio: a folder o
 _REFERENCE = flags.DEFINE_string("reference", None, "Reference audio (folder or manifest) or a --save_stats .npz.")
 _METRICS = flags.DEFINE_list("metrics", ["fd_clap", "clap"], f"Metrics among {list(METRICS)}.")
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "Run directory of the trained CLAP (fd_clap, clap).")
+_OPENL3 = flags.DEFINE_string("openl3_weights", None, "torchopenl3 weights file (fd_openl3).")
+_OPENL3_CONTENT = flags.DEFINE_enum("openl3_content", "music", ["music", "env"], "OpenL3 content type of the weights.")
 _SAVE_STATS = flags.DEFINE_string("save_stats", "", "Write the reference's embedding statistics to this .npz.")
 _OUTPUT = flags.DEFINE_string("output_json", "", "Also write the results here.")
 _VAE = flags.DEFINE_string("vae", None, "Evaluate this VAE run or pretrained directory on --reference instead.")
@@ -99,16 +103,23 @@ def _check_flags() -> list[str]:
         raise UserError("--generated is required (or --vae with --reference, to evaluate an autoencoder)")
     if not os.path.exists(_GENERATED.value):
         raise UserError(f"--generated={_GENERATED.value} does not exist")
-    if "fd_clap" in metrics:
+    fd_metrics = [m for m in metrics if m in FD_METRICS]
+    if fd_metrics:
         if not _REFERENCE.value:
-            raise UserError("--metrics=fd_clap needs --reference (audio, or a --save_stats .npz)")
+            raise UserError(f"--metrics={fd_metrics[0]} needs --reference (audio, or a --save_stats .npz)")
         if not os.path.exists(_REFERENCE.value):
             raise UserError(f"--reference={_REFERENCE.value} does not exist")
         if _SAVE_STATS.value and _REFERENCE.value.endswith(".npz"):
             raise UserError("--save_stats writes the statistics of reference audio, but --reference is already a .npz")
-    if not _CLAP_DIR.value:
-        raise UserError(f"--metrics={','.join(metrics)} needs --clap_dir (the CLAP run that embeds)")
-    cli.check_run_tasks({"clap_dir": (_CLAP_DIR.value, "clap")})
+        if (_SAVE_STATS.value or _REFERENCE.value.endswith(".npz")) and len(fd_metrics) > 1:
+            raise UserError("statistics files hold one embedder's: give one of fd_openl3, fd_clap with them")
+    if "fd_openl3" in metrics and not _OPENL3.value:
+        raise UserError("--metrics=fd_openl3 needs --openl3_weights (torchopenl3_mel256_music_512.pth.tar)")
+    needs_clap = [m for m in metrics if m in ("fd_clap", "clap")]
+    if needs_clap and not _CLAP_DIR.value:
+        raise UserError(f"--metrics={','.join(needs_clap)} needs --clap_dir (the CLAP run that embeds)")
+    if _CLAP_DIR.value:
+        cli.check_run_tasks({"clap_dir": (_CLAP_DIR.value, "clap")})
     return metrics
 
 
@@ -122,10 +133,15 @@ def main(argv):
     from stable_audio_jax.inference import evaluation
     from stable_audio_jax.inference.clap import CLAPEncoder
 
-    encoder = CLAPEncoder.from_run(_CLAP_DIR.value)
+    encoder = CLAPEncoder.from_run(_CLAP_DIR.value) if _CLAP_DIR.value else None
     results: dict = {"generated": os.path.abspath(_GENERATED.value)}
-    if "fd_clap" in metrics:
-        embedder = evaluation.ClapAudioEmbedder(encoder)
+    for metric in (m for m in metrics if m in FD_METRICS):
+        if metric == "fd_openl3":
+            from stable_audio_jax.models.openl3 import OpenL3Config
+
+            embedder = evaluation.OpenL3Embedder(_OPENL3.value, OpenL3Config(content_type=_OPENL3_CONTENT.value))
+        else:
+            embedder = evaluation.ClapAudioEmbedder(encoder)
         if _REFERENCE.value.endswith(".npz"):
             reference = evaluation.load_statistics(_REFERENCE.value, embedder)
         else:
@@ -133,16 +149,16 @@ def main(argv):
             if _SAVE_STATS.value:
                 evaluation.save_statistics(_SAVE_STATS.value, reference, embedder, _REFERENCE.value)
                 print(f"reference statistics ({reference.count} frames) written to {_SAVE_STATS.value}")
-        results["fd_clap"] = evaluation.frechet_report(embedder, _GENERATED.value, reference, progress=True)
-        results["fd_clap"]["reference"] = os.path.abspath(_REFERENCE.value)
+        results[metric] = evaluation.frechet_report(embedder, _GENERATED.value, reference, progress=True)
+        results[metric]["reference"] = os.path.abspath(_REFERENCE.value)
     if "clap" in metrics:
         results["clap"] = evaluation.captioned_clap_score(encoder, _GENERATED.value)
 
     print(f"{'metric':<10} {'value':>10}  details")
-    if "fd_clap" in results:
-        r = results["fd_clap"]
+    for metric in (m for m in FD_METRICS if m in results):
+        r = results[metric]
         print(
-            f"{'fd_clap':<10} {r['fd']:>10.4f}  {r['generated_files']} files ({r['generated_frames']} frames) vs "
+            f"{metric:<10} {r['fd']:>10.4f}  {r['generated_files']} files ({r['generated_frames']} frames) vs "
             f"{r['reference_frames']} reference frames; {r['embedder']} {r['dims']}-d, weights {r['embedder_fingerprint']}"
         )
     if "clap" in results:

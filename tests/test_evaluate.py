@@ -121,7 +121,12 @@ def test_statistics_of_other_weights_are_refused(clap_setup, tmp_path):
 
 def test_evaluate_bad_input_is_one_line(clap_setup, tmp_path):
     cases = [
-        (["--metrics=fd_openl3"], "needs the OpenL3 embedder"),
+        ([f"--reference={clap_setup['reference']}", "--metrics=fd_openl3"], "needs --openl3_weights"),
+        (
+            [f"--reference={clap_setup['reference']}", "--metrics=fd_openl3", f"--openl3_weights={tmp_path}/w.pth.tar"],
+            "torchopenl3_mel256_music_512.pth.tar",
+        ),
+        (["--metrics=kl_passt"], "needs the PaSST embedder"),
         (["--metrics=fd_clap"], "needs --reference"),
         (["--metrics=nope"], "unknown metric 'nope'"),
         ([f"--reference={tmp_path / 'missing'}"], "does not exist"),
@@ -162,3 +167,38 @@ def test_autoencoder_evaluation_of_a_pretrained_vae(converted, tmp_path):
     assert silent["tone_then_silence.wav"] is not None and silent["mono_22k.wav"] is None
     bad = run_script("launch/evaluate.py", f"--vae={tmp_path}", f"--reference={clips}")
     assert bad.returncode == 2 and bad.stderr.splitlines()[-1].startswith(f"error: --vae={tmp_path}"), bad.stderr
+
+
+def test_fd_openl3_from_a_weights_file(clap_setup, tmp_path):
+    """The paper's FD_openl3 through the script, with seeded weights in a local file."""
+    from safetensors.numpy import save_file
+
+    from tests.fixture_paths import FIXTURES
+    from tests.reference.seeded_arrays import seeded_state_dict
+
+    with np.load(os.path.join(FIXTURES, "openl3_reference.npz")) as golden:
+        shapes = [(str(n), tuple(int(d) for d in s if d)) for n, s in zip(golden["names"], golden["shapes"])]
+    weights = tmp_path / "openl3.safetensors"
+    save_file(seeded_state_dict(0, shapes), str(weights))
+    sets = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        folder = tmp_path / name
+        folder.mkdir()
+        rng = np.random.default_rng(seed)
+        for i in range(2):
+            write_wav(folder / f"{i}.wav", (0.2 * rng.normal(size=(44100, 2))).astype(np.float32), 44100)
+        sets[name] = str(folder)
+    out = tmp_path / "fd.json"
+    result = run_script(
+        "launch/evaluate.py",
+        f"--generated={sets['a']}",
+        f"--reference={sets['b']}",
+        "--metrics=fd_openl3",
+        f"--openl3_weights={weights}",
+        f"--output_json={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())["fd_openl3"]
+    # 1 s files: 2 windows each (half a window of zeros first, hop 0.5 s), [left || right] = 1024-d.
+    assert report["generated_frames"] == 4 and report["dims"] == 1024 and report["fd"] > 0
+    assert report["embedder"] == "openl3-mel256-music-512"

@@ -20,6 +20,7 @@ import hashlib
 import os
 from typing import Protocol, Sequence
 
+import jax
 import numpy as np
 
 from stable_audio_jax.errors import UserError
@@ -71,6 +72,62 @@ class ClapAudioEmbedder:
         windows = padded.reshape(count, window, 2).transpose(2, 0, 1).reshape(2 * count, window, 1)
         embeddings = self.encoder.embed_audio(windows)
         return np.concatenate([embeddings[:count], embeddings[count:]], axis=-1)
+
+
+class OpenL3Embedder:
+    """OpenL3 (`models/openl3.py`) with imported weights, as the paper's FD_openl3 protocol:
+    the file peak-normalised to -1 dBFS, resampled to 48 kHz, each channel's 1 s windows every
+    `hop_seconds` (0.5 s) embedded alone -> `[windows, 2 * embedding_size]` (`[left || right]`;
+    a mono file counts as both), as stable-audio-metrics' `openl3_fd` with `channels=2`. The
+    reference resamples with resampy, here with soxr (the figures then differ slightly)."""
+
+    def __init__(self, weights_path: str, config=None, *, hop_seconds: float = 0.5, batch_size: int = 32):
+        from stable_audio_jax.convert.openl3_checkpoint import openl3_params_from_state_dict
+        from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader, load_state_dict
+        from stable_audio_jax.models import openl3
+
+        config = config or openl3.OpenL3Config()
+        if not os.path.isfile(weights_path):
+            raise UserError(
+                f"OpenL3 weights file not found: {weights_path} (torchopenl3's "
+                f"torchopenl3_{config.input_repr}_{config.content_type}_{config.embedding_size}.pth.tar, "
+                "from github.com/torchopenl3/torchopenl3-models; nothing is downloaded here)"
+            )
+        try:
+            params = openl3_params_from_state_dict(StateDictReader(load_state_dict(weights_path), weights_path), config)
+        except (ConversionError, FileNotFoundError) as e:
+            raise UserError(str(e)) from None
+        self.name = f"openl3-{config.input_repr}-{config.content_type}-{config.embedding_size}"
+        self.sample_rate = openl3.SAMPLE_RATE
+        self.fingerprint = params_fingerprint(params)
+        self.hop_seconds = hop_seconds
+        self.batch_size = batch_size
+        self._windows = openl3.analysis_windows
+        model = openl3.OpenL3(config)
+        self._embed = jax.jit(lambda windows: model.apply({"params": params}, windows))
+
+    def embed_windows(self, windows: np.ndarray) -> np.ndarray:
+        """`[n, 48000]` -> `[n, embedding_size]`, in batches of `batch_size` (the last one padded)."""
+        out = []
+        for first in range(0, len(windows), self.batch_size):
+            chunk = windows[first : first + self.batch_size]
+            padded = np.zeros((self.batch_size,) + chunk.shape[1:], np.float32)
+            padded[: len(chunk)] = chunk
+            out.append(np.asarray(self._embed(padded))[: len(chunk)])
+        return np.concatenate(out)
+
+    def embed_file(self, path: str) -> np.ndarray:
+        from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample
+
+        audio, rate = decode_audio(path)
+        audio = np.asarray(audio, np.float32)
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        if peak > 0:
+            audio = audio * (10 ** (-1 / 20) / peak)
+        audio = resample(audio, rate, self.sample_rate) if rate != self.sample_rate else audio
+        channels = [audio[:, 0], audio[:, 0]] if audio.shape[1] == 1 else [audio[:, 0], audio[:, 1]]
+        halves = [self.embed_windows(self._windows(c, self.hop_seconds)) for c in channels]
+        return np.concatenate(halves, axis=-1)
 
 
 def audio_files(source: str) -> list[str]:
