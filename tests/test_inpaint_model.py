@@ -61,6 +61,7 @@ def test_config_checks_the_input_concat_channels():
         _tiny_inpaint_config(order=("inpaint_mask", "inpaint_mask"))
 
 
+@pytest.mark.slow
 def test_inpaint_inputs_change_the_output_and_default_to_zeros():
     config = _tiny_inpaint_config()
     model = LatentDiffusionModel(config)
