@@ -284,7 +284,7 @@ def inpaint_examples(out: str) -> dict:
 
     from stable_audio_jax.inference.clap import CLAPEncoder
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
-    from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
+    from stable_audio_jax.input_pipeline.audio_io import decode_stereo, write_wav
     from stable_audio_jax.metrics.clap_score import clap_score, derangement
     from stable_audio_jax.metrics.spectral_distance import log_spectral_distance
 
@@ -299,9 +299,7 @@ def inpaint_examples(out: str) -> dict:
         raise RuntimeError(f"need 2 held-out clips of at least {generator.window_seconds:.1f} s, found {len(items)}")
     clips = []
     for item in items:
-        audio, source_rate = decode_audio(os.path.join(out, "data", item["path"]))
-        audio = to_stereo(audio if source_rate == rate else resample(audio, source_rate, rate))
-        clips.append(audio[:window].astype(np.float32))
+        clips.append(decode_stereo(os.path.join(out, "data", item["path"]), rate)[:window])
     captions = [it["caption"] for it in items]
     swapped_captions = [captions[j] for j in derangement(len(captions), seed=0)]
     kwargs = dict(seconds_total=generator.window_seconds, cut=False, progress=True, seed=0)
@@ -374,7 +372,7 @@ def reconstruct(out: str, config, task, state) -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
-    from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
+    from stable_audio_jax.input_pipeline.audio_io import decode_stereo, write_wav
     from stable_audio_jax.losses.stft import stereo_stft_losses
 
     sample_rate = config.data.sample_rate
@@ -395,8 +393,7 @@ def reconstruct(out: str, config, task, state) -> list[dict]:
         entries = [json.loads(line) for line in f][: _NUM_RECON.value]
     results = []
     for entry in entries:
-        audio, sr = decode_audio(os.path.join(out, "data", entry["path"]))
-        audio = to_stereo(resample(audio, sr, sample_rate))[:length]
+        audio = decode_stereo(os.path.join(out, "data", entry["path"]), sample_rate)[:length]
         audio = np.pad(audio, ((0, length - len(audio)), (0, 0)))
         recon, loss, silent_loss = roundtrip(audio[None])
         name = os.path.splitext(os.path.basename(entry["path"]))[0]

@@ -221,7 +221,7 @@ def main(argv):
     from stable_audio_jax.diffusion.sampling_config import SamplingConfig, check_known_sampler
     from stable_audio_jax.inference.continuation import check_continuation
     from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
-    from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo, write_wav
+    from stable_audio_jax.input_pipeline.audio_io import decode_stereo, write_wav
 
     try:
         if _SAMPLER.value is not None:  # a name no model knows fails before any loading
@@ -263,17 +263,14 @@ def main(argv):
             )
         init_audio = inpaint_audio = None
         if _INIT_AUDIO.value:
-            audio, rate = decode_audio(_INIT_AUDIO.value)
-            init_audio = to_stereo(resample(audio, rate, generator.sample_rate))
+            init_audio = decode_stereo(_INIT_AUDIO.value, generator.sample_rate)
         if _INPAINT_AUDIO.value:  # any rate or channel count, converted as the data pipeline does
-            audio, rate = decode_audio(_INPAINT_AUDIO.value)
-            inpaint_audio = to_stereo(resample(audio, rate, generator.sample_rate))
+            inpaint_audio = decode_stereo(_INPAINT_AUDIO.value, generator.sample_rate)
             # Checked before anything is written: the regions must lie in the audio (and window).
             check_regions(_inpaint_regions(), min(len(inpaint_audio), generator.window_samples) / generator.sample_rate)
         continue_audio = None
         if _CONTINUE_AUDIO.value:
-            audio, rate = decode_audio(_CONTINUE_AUDIO.value)
-            continue_audio = to_stereo(resample(audio, rate, generator.sample_rate))
+            continue_audio = decode_stereo(_CONTINUE_AUDIO.value, generator.sample_rate)
             check_continuation(
                 len(continue_audio),
                 seconds_total,

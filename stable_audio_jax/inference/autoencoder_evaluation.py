@@ -25,6 +25,7 @@ from stable_audio_jax.errors import UserError
 from stable_audio_jax.inference import pretrained_parts
 from stable_audio_jax.inference.evaluation import audio_files
 from stable_audio_jax.inference.generate import decode_latents, encode_mean
+from stable_audio_jax.input_pipeline.audio_io import decode_stereo
 from stable_audio_jax.losses.stft import multi_resolution_stft_loss
 from stable_audio_jax.metrics import reconstruction
 from stable_audio_jax.models.autoencoder import AudioAutoencoder
@@ -72,14 +73,6 @@ def load_autoencoder(path: str) -> LoadedAutoencoder:
     )
 
 
-def _read(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
-    from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample, to_stereo
-
-    audio, rate = decode_audio(path)
-    audio = to_stereo(audio if rate == sample_rate else resample(audio, rate, sample_rate))
-    return np.asarray(audio[: int(round(max_seconds * sample_rate))], np.float32)
-
-
 def file_metrics(original: np.ndarray, output: np.ndarray, sample_rate: int) -> dict[str, float | None]:
     """Every reconstruction metric of one `[samples, 2]` pair."""
     mono = lambda a: jnp.asarray(a.mean(axis=1)[None])  # noqa: E731
@@ -100,7 +93,7 @@ def evaluate_reconstructions(
 
     rows = []
     for path in tqdm(audio_files(source), desc="reconstructing", unit="file", disable=not progress):
-        original = _read(path, vae.sample_rate, max_seconds)
+        original = decode_stereo(path, vae.sample_rate)[: int(round(max_seconds * vae.sample_rate))]
         row = file_metrics(original, vae.round_trip(original), vae.sample_rate)
         rows.append({"file": path, "seconds": len(original) / vae.sample_rate, **row})
     overall = {}

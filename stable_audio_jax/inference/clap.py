@@ -31,14 +31,11 @@ from stable_audio_jax.training.runs import load_run
 def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) -> np.ndarray:
     """The CLAP-score preprocessing of stable-audio-metrics' CLAP score: resample, peak-normalise to -1 dBFS,
     round-trip through int16. `[time, channels]` or `[time]` -> float32 `[time, channels]`."""
-    from stable_audio_jax.input_pipeline.audio_io import resample
+    from stable_audio_jax.input_pipeline.audio_io import peak_normalise, resample
 
     audio = np.asarray(audio, np.float32)
     audio = audio[:, None] if audio.ndim == 1 else audio
-    audio = resample(audio, sample_rate, target_sample_rate)
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    if peak > 0:
-        audio = audio * (10 ** (-1 / 20) / peak)
+    audio = peak_normalise(resample(audio, sample_rate, target_sample_rate))
     return np.round(audio * 32767).astype(np.int16).astype(np.float32) / 32767
 
 

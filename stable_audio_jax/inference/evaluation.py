@@ -117,28 +117,29 @@ class OpenL3Embedder:
         return np.concatenate(out)
 
     def embed_file(self, path: str) -> np.ndarray:
-        from stable_audio_jax.input_pipeline.audio_io import decode_audio, resample
+        from stable_audio_jax.input_pipeline.audio_io import decode_audio, peak_normalise, resample
 
         audio, rate = decode_audio(path)
-        audio = np.asarray(audio, np.float32)
-        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-        if peak > 0:
-            audio = audio * (10 ** (-1 / 20) / peak)
-        audio = resample(audio, rate, self.sample_rate) if rate != self.sample_rate else audio
+        audio = resample(peak_normalise(audio), rate, self.sample_rate)
         channels = [audio[:, 0], audio[:, 0]] if audio.shape[1] == 1 else [audio[:, 0], audio[:, 1]]
         halves = [self.embed_windows(self._windows(c, self.hop_seconds)) for c in channels]
         return np.concatenate(halves, axis=-1)
 
 
-def audio_files(source: str) -> list[str]:
-    """The audio files of a folder or a JSONL/CSV manifest (what `data/make_shards.py` reads);
-    `UserError` when there is none."""
+def _discover(source: str) -> list:
+    """`shard_writer.discover_audio(source)` (a folder or a JSONL/CSV manifest, what
+    `data/make_shards.py` reads), its errors as `UserError`s."""
     from stable_audio_jax.input_pipeline.shard_writer import discover_audio
 
     try:
-        items = discover_audio(source)
+        return discover_audio(source)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
+
+
+def audio_files(source: str) -> list[str]:
+    """The audio files of `source`; `UserError` when there is none."""
+    items = _discover(source)
     if not items:
         raise UserError(f"{source}: no audio files")
     return [item.path for item in items]
@@ -211,13 +212,9 @@ def frechet_report(
 def captioned_clap_score(encoder: CLAPEncoder, source: str) -> dict:
     """CLAP score of `source`'s captioned files (`metrics/clap_score.py`), against every pair of
     a caption and another caption's file; files without a caption are counted and skipped."""
-    from stable_audio_jax.input_pipeline.shard_writer import discover_audio
     from stable_audio_jax.metrics.clap_score import clap_score
 
-    try:
-        items = discover_audio(source)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+    items = _discover(source)
     captioned = [item for item in items if item.caption]
     if len({item.caption for item in captioned}) < 2:
         raise UserError(f"{source}: the CLAP score needs files with at least two different captions")

@@ -178,6 +178,19 @@ def decode_region_resampled(
     return out[start - offset : stop - offset]
 
 
+def decode_stereo(source: AudioSource, sample_rate: int) -> np.ndarray:
+    """A whole file at `sample_rate`, made stereo (`to_stereo`): `[num_samples, 2]` float32."""
+    audio, rate = decode_audio(source)
+    return to_stereo(resample(audio, rate, sample_rate))
+
+
+def peak_normalise(audio: np.ndarray, dbfs: float = -1.0) -> np.ndarray:
+    """`audio` scaled so that its largest absolute sample is `dbfs` (digital silence is kept)."""
+    audio = np.asarray(audio, np.float32)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return audio * np.float32(10 ** (dbfs / 20) / peak) if peak > 0 else audio
+
+
 def to_stereo(audio: np.ndarray) -> np.ndarray:
     """`[num_samples, channels]` -> `[num_samples, 2]`: mono is duplicated, extra channels are dropped."""
     channels = audio.shape[1]

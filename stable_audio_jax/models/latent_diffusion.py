@@ -252,6 +252,11 @@ class LatentDiffusionModel(nn.Module):
         c = self.config
         if return_hidden and c.dit is None:
             raise ValueError("return_hidden needs a DiT backbone (the ARC discriminator reads its hidden states)")
+        if not c.inpainting and (inpaint_mask is not None or inpaint_masked_input is not None):
+            raise ValueError(
+                "inpaint_mask / inpaint_masked_input given, but the model is not inpainting-conditioned "
+                "(config input_concat_ids is empty)"
+            )
         width = c.context_features
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if text_features.shape[1] != c.text_length:
@@ -290,8 +295,6 @@ class LatentDiffusionModel(nn.Module):
                     seconds_start, seconds_total, x.shape[1], c.frame_seconds, c.unet.frame_features
                 )
             prompt_context_mask = None if prompt_mask is None else context_mask(prompt_mask, tokens.shape[1])
-            if inpaint_mask is not None or inpaint_masked_input is not None:
-                raise ValueError("inpaint_mask / inpaint_masked_input need an inpainting-conditioned DiT")
             v = UNet1D(c.unet, name="unet", **kw)(
                 x, t, context, mask, use_null_context, global_cond, frame_cond, prompt_context_mask
             )
@@ -313,21 +316,14 @@ class LatentDiffusionModel(nn.Module):
         """The channels joined to x `[batch, frames, latent_dim]`, in `input_concat_ids` order, or None."""
         c = self.config
         if not c.inpainting:
-            if inpaint_mask is not None or inpaint_masked_input is not None:
-                raise ValueError(
-                    "inpaint_mask / inpaint_masked_input given, but the model is not inpainting-conditioned "
-                    "(config input_concat_ids is empty)"
-                )
             return None
         batch, frames, _ = x.shape
         given = {"inpaint_mask": inpaint_mask, "inpaint_masked_input": inpaint_masked_input}
         parts = []
         for name in c.input_concat_ids:
             shape = (batch, frames, c.input_concat_width(name))
-            value = given[name]
-            if value is None:
-                value = jnp.zeros(shape[:2] if name == "inpaint_mask" else shape, jnp.float32)
-            want = shape[:2] if name == "inpaint_mask" else shape
+            want = shape[:2] if name == "inpaint_mask" else shape  # the mask comes without its channel axis
+            value = jnp.zeros(want, jnp.float32) if given[name] is None else given[name]
             if value.shape != want:
                 raise ValueError(f"{name} must be {want}, got {value.shape}")
             parts.append(jnp.asarray(value, jnp.float32).reshape(shape))

@@ -238,7 +238,7 @@ class DiffusionTask(Task):
         plus the objective's target `[batch, frames, latent_dim]` float32. Slicing this dict along
         the batch gives micro-batches whose losses average to the batch's.
         """
-        latent_rng, time_rng, noise_rng, drop_rng, mask_rng = jax.random.split(rng, 5)
+        latent_rng, time_rng, noise_rng, drop_rng = jax.random.split(rng, 4)
         x0 = self.clean_latents(batch, latent_rng)
         batch_size = x0.shape[0]
         t = self.objective.times(time_rng, batch_size, x0.shape[1])
@@ -253,8 +253,9 @@ class DiffusionTask(Task):
         }
         if self.inpaint_masks is not None:
             probabilities, max_segments = self.inpaint_masks
+            # Its own key: a plain model's draws stay what they were.
             mask, _ = inpaint_masks.random_inpaint_mask(
-                mask_rng, batch["latent_mask"], probabilities=probabilities, max_segments=max_segments
+                jax.random.fold_in(rng, 1), batch["latent_mask"], probabilities=probabilities, max_segments=max_segments
             )
             inputs.update(inpaint_mask=mask, inpaint_masked_input=x0 * mask[..., None])
         return inputs
