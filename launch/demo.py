@@ -22,6 +22,9 @@
        own caption and with another clip's, report how exactly the rest is kept (log-spectral
        distance to the VAE reconstruction, against a fresh generation's) and the region's
        CLAP score against its caption and the others
+   12. Frechet distance of each sampling run's clips to half of the held-out clips, with the
+       demo CLAP's audio tower as the embedder, next to the other half's (the floor) and
+       white noise's (the ceiling)
     and write <output_dir>/summary.json with the loss curves and every figure
 
 Every stage is skipped when its output is complete (a training stage: its run reached
@@ -366,6 +369,57 @@ def inpaint_examples(out: str) -> dict:
     }
 
 
+def frechet_examples(out: str, samples: dict) -> dict:
+    """FD of each sampling run's clips to the held-out clips, with the offline embedder (the
+    demo CLAP's audio tower, `inference.evaluation.ClapAudioEmbedder`), between two bounds:
+    the held-out clips are split at random into halves, the first half is the reference, the
+    second half against it is the floor (real music of the same kind), and white noise of the
+    generated clips' lengths against it is the ceiling. At this size (tens of frames of
+    256-d embeddings) FD is dominated by estimation noise; the bounds say how far apart sets are."""
+    import numpy as np
+
+    from stable_audio_jax.inference.clap import CLAPEncoder
+    from stable_audio_jax.inference.evaluation import ClapAudioEmbedder, audio_files, embed_files
+    from stable_audio_jax.input_pipeline.audio_io import write_wav
+    from stable_audio_jax.metrics.frechet import GaussianStatistics, frechet_distance
+
+    embedder = ClapAudioEmbedder(CLAPEncoder.from_run(os.path.join(out, "clap")))
+    with open(os.path.join(out, "data", "valid.jsonl")) as f:
+        held_out = [os.path.join(out, "data", json.loads(line)["path"]) for line in f]
+    order = np.random.default_rng(_SEED.value).permutation(len(held_out))
+    reference_paths = [held_out[i] for i in order[: len(order) // 2]]
+    floor_paths = [held_out[i] for i in order[len(order) // 2 :]]
+    reference = GaussianStatistics.of(embed_files(embedder, reference_paths))
+
+    noise_dir = os.path.join(out, "frechet_noise")
+    os.makedirs(noise_dir, exist_ok=True)
+    rng = np.random.default_rng(_SEED.value)
+    noise_paths = []
+    for i, row in enumerate(samples["runs"][0]["clips"]):
+        path = os.path.join(noise_dir, f"{i:02d}_{row['requested']:g}s.wav")
+        write_wav(
+            path,
+            (0.1 * rng.standard_normal((int(row["requested"] * embedder.sample_rate), 2))).astype(np.float32),
+            embedder.sample_rate,
+        )
+        noise_paths.append(path)
+
+    def against_reference(paths: list[str]) -> dict:
+        statistics = GaussianStatistics.of(embed_files(embedder, paths))
+        return {"fd": frechet_distance(statistics, reference), "files": len(paths), "frames": statistics.count}
+
+    sets = {"held_out_second_half": against_reference(floor_paths)}
+    for run in samples["runs"]:
+        sets[run["folder"]] = against_reference(audio_files(os.path.join(out, run["folder"])))
+    sets["white_noise"] = against_reference(noise_paths)
+    return {
+        "embedder": embedder.name,
+        "embedder_fingerprint": embedder.fingerprint,
+        "reference": {"files": len(reference_paths), "frames": reference.count, "dims": int(reference.mean.shape[0])},
+        "fd_to_held_out_first_half": sets,
+    }
+
+
 def reconstruct(out: str, config, task, state) -> list[dict]:
     """Encode/decode the start of held-out clips with the EMA weights; write WAV pairs."""
     import jax
@@ -420,7 +474,7 @@ def main(argv):
     timings = {}
 
     def stage(number: int, name: str, title: str, fn, *args):
-        print(f"[{number}/11] {title}", flush=True)
+        print(f"[{number}/12] {title}", flush=True)
         t = time.time()
         result = fn(*args)
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
@@ -453,6 +507,9 @@ def main(argv):
     )
     samples = stage(10, "sampling", "generating held-out prompts at several lengths", generate_samples, out)
     inpainted = stage(11, "inpainting", "regenerating a region of held-out clips", inpaint_examples, out)
+    frechet = stage(
+        12, "frechet", "Frechet distances to held-out clips (CLAP audio tower)", frechet_examples, out, samples
+    )
 
     curve = lambda summary, key: [[h["step"], h[key]] for h in summary.get("history", []) if key in h]
     summary = {
@@ -469,6 +526,7 @@ def main(argv):
         "diffusion_loss_curve": curve(diffusion_summary, "loss"),
         "samples": samples,
         "inpainting": inpainted,
+        "frechet": frechet,
         "timings": timings,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -525,6 +583,12 @@ def main(argv):
         f"{clap_region['own_caption']['other']:.3f}; made with another clip's caption: against it "
         f"{clap_region['swapped_caption']['matched']:.3f}, the own-caption regions against it "
         f"{clap_region['swapped_caption']['own_caption_regions']:.3f}"
+    )
+    reference = frechet["reference"]
+    print(
+        f"  FD ({frechet['embedder']}, {reference['dims']}-d) to {reference['files']} held-out clips "
+        f"({reference['frames']} frames): "
+        + ", ".join(f"{name} {row['fd']:.3f}" for name, row in frechet["fd_to_held_out_first_half"].items())
     )
     print(f"  reconstructions: {os.path.join(out, 'reconstructions')}   samples: {os.path.join(out, 'samples')}")
     print(f"  summary: {os.path.join(out, 'summary.json')}")

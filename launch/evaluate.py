@@ -6,21 +6,29 @@
     python launch/evaluate.py --generated=samples --reference=data/valid.jsonl --clap_dir=... \
         --metrics=fd_clap --save_stats=valid_stats.npz
     python launch/evaluate.py --generated=samples --reference=valid_stats.npz --clap_dir=... --metrics=fd_clap
+    # KL_passt: generated files named as their reference clips (captions' prompts)
+    python launch/evaluate.py --generated=samples --reference=references --metrics=kl_passt \
+        --passt_weights=passt-s-f128-p16-s10-ap.476-swa.pt
     # an autoencoder (a VAE run or a pretrained directory) on reference audio
     python launch/evaluate.py --vae=outputs/demo/vae --reference=outputs/demo/data/valid.jsonl
 
 `--generated` and `--reference` are folders of audio with caption sidecars or JSONL/CSV
 manifests (what `data/make_shards.py` reads); `--reference` may also be a `.npz` written by
-`--save_stats`, which must come from the same embedder and weights. Metrics:
+`--save_stats`, which must come from the same embedder and weights (for kl_passt it holds the
+reference's label distributions). Metrics:
 
   fd_openl3  the paper's FD_openl3: OpenL3 mel256 512-d embeddings of each channel's 1 s
              windows every 0.5 s at 48 kHz, `[left || right]`; needs --openl3_weights
              (torchopenl3's torchopenl3_mel256_music_512.pth.tar, a local file)
   fd_clap    the same with the project's CLAP audio tower (--clap_dir): the offline default
+  kl_passt   the paper's KL_passt: PaSST AudioSet label distributions (softmax of the logits
+             averaged over 10 s windows every 5 s, mono at 32 kHz), mean KL(generated ||
+             reference) over the files with the same name in both sets; needs --passt_weights
+             (passt-s-f128-p16-s10-ap.476-swa.pt from the PaSST releases, a local file)
   clap       CLAP score of the generated files with their captions, against other captions
 
-KL_passt and the LAION-CLAP score need those public models, which are not implemented yet:
-asking for them is an error line.
+The LAION-CLAP score needs that public model, which is not implemented yet: asking for it is
+an error line.
 
 With `--vae`, the files of `--reference` go through the autoencoder instead and each gets its
 multi-resolution STFT distance, SI-SDR, mel distance and the output level where the input is
@@ -32,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,12 +50,10 @@ from absl import flags, logging  # noqa: E402
 from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
-METRICS = ("fd_openl3", "fd_clap", "clap")
+METRICS = ("fd_openl3", "fd_clap", "kl_passt", "clap")
 FD_METRICS = ("fd_openl3", "fd_clap")
-NOT_YET = {
-    "kl_passt": "PaSST",
-    "clap_laion": "LAION-CLAP",
-}
+REFERENCE_METRICS = FD_METRICS + ("kl_passt",)  # compare with --reference; --save_stats holds one's
+NOT_YET = {"clap_laion": "LAION-CLAP"}
 
 _GENERATED = flags.DEFINE_string("generated", None, "Generated audio: a folder or a manifest.")
 _REFERENCE = flags.DEFINE_string("reference", None, "Reference audio (folder or manifest) or a --save_stats .npz.")
@@ -54,6 +61,8 @@ _METRICS = flags.DEFINE_list("metrics", ["fd_clap", "clap"], f"Metrics among {li
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "Run directory of the trained CLAP (fd_clap, clap).")
 _OPENL3 = flags.DEFINE_string("openl3_weights", None, "torchopenl3 weights file (fd_openl3).")
 _OPENL3_CONTENT = flags.DEFINE_enum("openl3_content", "music", ["music", "env"], "OpenL3 content type of the weights.")
+_PASST = flags.DEFINE_string("passt_weights", None, "PaSST AudioSet weights file (kl_passt).")
+_PASST_COLLECT = flags.DEFINE_enum("passt_collect", "mean", ["mean", "max"], "kl_passt: pooling of window logits.")
 _SAVE_STATS = flags.DEFINE_string("save_stats", "", "Write the reference's embedding statistics to this .npz.")
 _OUTPUT = flags.DEFINE_string("output_json", "", "Also write the results here.")
 _VAE = flags.DEFINE_string("vae", None, "Evaluate this VAE run or pretrained directory on --reference instead.")
@@ -103,24 +112,42 @@ def _check_flags() -> list[str]:
         raise UserError("--generated is required (or --vae with --reference, to evaluate an autoencoder)")
     if not os.path.exists(_GENERATED.value):
         raise UserError(f"--generated={_GENERATED.value} does not exist")
-    fd_metrics = [m for m in metrics if m in FD_METRICS]
-    if fd_metrics:
+    compared = [m for m in metrics if m in REFERENCE_METRICS]
+    if compared:
         if not _REFERENCE.value:
-            raise UserError(f"--metrics={fd_metrics[0]} needs --reference (audio, or a --save_stats .npz)")
+            raise UserError(f"--metrics={compared[0]} needs --reference (audio, or a --save_stats .npz)")
         if not os.path.exists(_REFERENCE.value):
             raise UserError(f"--reference={_REFERENCE.value} does not exist")
         if _SAVE_STATS.value and _REFERENCE.value.endswith(".npz"):
             raise UserError("--save_stats writes the statistics of reference audio, but --reference is already a .npz")
-        if (_SAVE_STATS.value or _REFERENCE.value.endswith(".npz")) and len(fd_metrics) > 1:
-            raise UserError("statistics files hold one embedder's: give one of fd_openl3, fd_clap with them")
+        if (_SAVE_STATS.value or _REFERENCE.value.endswith(".npz")) and len(compared) > 1:
+            raise UserError(
+                f"statistics files hold one embedder's: give one of {', '.join(REFERENCE_METRICS)} with them"
+            )
+    elif _SAVE_STATS.value:
+        raise UserError(f"--save_stats needs one of {', '.join(REFERENCE_METRICS)} in --metrics")
     if "fd_openl3" in metrics and not _OPENL3.value:
         raise UserError("--metrics=fd_openl3 needs --openl3_weights (torchopenl3_mel256_music_512.pth.tar)")
+    if "kl_passt" in metrics and not _PASST.value:
+        raise UserError("--metrics=kl_passt needs --passt_weights (passt-s-f128-p16-s10-ap.476-swa.pt)")
     needs_clap = [m for m in metrics if m in ("fd_clap", "clap")]
     if needs_clap and not _CLAP_DIR.value:
         raise UserError(f"--metrics={','.join(needs_clap)} needs --clap_dir (the CLAP run that embeds)")
     if _CLAP_DIR.value:
         cli.check_run_tasks({"clap_dir": (_CLAP_DIR.value, "clap")})
     return metrics
+
+
+def _reference_side(load: Callable, compute: Callable, save: Callable, describe: Callable) -> Any:
+    """The reference side of a metric: `load(npz)` when --reference is a saved file, else
+    `compute(audio source)`, written with `save(path, value, source)` when --save_stats asks."""
+    if _REFERENCE.value.endswith(".npz"):
+        return load(_REFERENCE.value)
+    value = compute(_REFERENCE.value)
+    if _SAVE_STATS.value:
+        save(_SAVE_STATS.value, value, _REFERENCE.value)
+        print(f"reference {describe(value)} written to {_SAVE_STATS.value}")
+    return value
 
 
 def main(argv):
@@ -142,15 +169,24 @@ def main(argv):
             embedder = evaluation.OpenL3Embedder(_OPENL3.value, OpenL3Config(content_type=_OPENL3_CONTENT.value))
         else:
             embedder = evaluation.ClapAudioEmbedder(encoder)
-        if _REFERENCE.value.endswith(".npz"):
-            reference = evaluation.load_statistics(_REFERENCE.value, embedder)
-        else:
-            reference = evaluation.embedding_statistics(embedder, _REFERENCE.value, progress=True)
-            if _SAVE_STATS.value:
-                evaluation.save_statistics(_SAVE_STATS.value, reference, embedder, _REFERENCE.value)
-                print(f"reference statistics ({reference.count} frames) written to {_SAVE_STATS.value}")
+        reference = _reference_side(
+            lambda path: evaluation.load_statistics(path, embedder),
+            lambda source: evaluation.embedding_statistics(embedder, source, progress=True),
+            lambda path, value, source: evaluation.save_statistics(path, value, embedder, source),
+            lambda value: f"statistics ({value.count} frames)",
+        )
         results[metric] = evaluation.frechet_report(embedder, _GENERATED.value, reference, progress=True)
         results[metric]["reference"] = os.path.abspath(_REFERENCE.value)
+    if "kl_passt" in metrics:
+        tagger = evaluation.PaSSTTagger(_PASST.value, collect=_PASST_COLLECT.value)
+        reference_labels = _reference_side(
+            lambda path: evaluation.load_label_distributions(path, tagger),
+            lambda source: evaluation.label_distributions(tagger, source, progress=True),
+            lambda path, value, source: evaluation.save_label_distributions(path, value, tagger, source),
+            lambda value: f"label distributions ({len(value)} clips)",
+        )
+        results["kl_passt"] = evaluation.kl_report(tagger, _GENERATED.value, reference_labels, progress=True)
+        results["kl_passt"]["reference"] = os.path.abspath(_REFERENCE.value)
     if "clap" in metrics:
         results["clap"] = evaluation.captioned_clap_score(encoder, _GENERATED.value)
 
@@ -160,6 +196,12 @@ def main(argv):
         print(
             f"{metric:<10} {r['fd']:>10.4f}  {r['generated_files']} files ({r['generated_frames']} frames) vs "
             f"{r['reference_frames']} reference frames; {r['embedder']} {r['dims']}-d, weights {r['embedder_fingerprint']}"
+        )
+    if "kl_passt" in results:
+        r = results["kl_passt"]
+        print(
+            f"{'kl_passt':<10} {r['kl']:>10.4f}  {r['pairs']} pairs ({len(r['generated_without_reference'])} generated "
+            f"files without a reference); {r['embedder']}, weights {r['embedder_fingerprint']}"
         )
     if "clap" in results:
         r = results["clap"]

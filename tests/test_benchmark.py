@@ -538,3 +538,22 @@ def test_compare(report_files, capsys):
 def test_compare_usage_errors(report_files):
     with pytest.raises(UserError, match="--compare takes two report files"):
         compare_main([report_files[0]])
+
+
+def test_embedder_rows():
+    """`configs/embedders.py`: a row per evaluation embedder, audio s/s under its metric's protocol
+    (PaSST: a 10 s window every 5 s stands for 5 s); the public sizes' parameter counts."""
+    counts = param_counts(_config("embedders"))
+    assert counts == {"openl3": 4_689_860, "passt": 85_748_495}
+    config = _config(
+        "embedders", {"embedders.passt.embed_dim": 64, "embedders.passt.depth": 1, "embedders.passt.num_heads": 1}
+    )
+    config.embedders.names = ("passt",)
+    report, out = _benchmark(config, Options(batch_size=1, steps=1, warmup=0, num_devices=1))
+    (row,) = report["measurements"]
+    assert row["name"] == "embed/passt" and row["input_shapes"] == {"input_0": [1, 320000]}
+    assert row["audio_seconds_per_second"] == pytest.approx(5.0 / row["median_seconds"])
+    assert "embed/passt" in out
+    config.embedders.names = ("vggish",)
+    with pytest.raises(BenchmarkUsageError, match="unknown \\['vggish'\\]"):
+        run_benchmark(config, Options(batch_size=1, steps=1, warmup=0, num_devices=1))

@@ -66,6 +66,19 @@ def test_clap_embedder_embeds_each_channel_alone(clap_setup, tmp_path):
     assert len(embedder.fingerprint) == 16
 
 
+def test_embed_audio_in_chunks_equals_window_by_window(clap_setup):
+    """Any number of windows goes through padded chunks; each row is that window's embedding."""
+    from stable_audio_jax.inference.clap import CLAPEncoder
+
+    encoder = CLAPEncoder.from_run(clap_setup["clap"])
+    windows = np.random.default_rng(2).normal(size=(encoder.AUDIO_CHUNK + 3, encoder.window_samples, 1)) * 0.2
+    together = encoder.embed_audio(windows)
+    one_by_one = np.concatenate([encoder.embed_audio(w[None]) for w in windows])
+    assert together.shape == (len(windows), encoder.model.config.embed_dim)
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    assert np.abs(together[0] - together[1]).max() > 1e-3  # rows are not copies of the padding
+
+
 def test_evaluate_script_fd_and_clap_score(clap_setup, tmp_path):
     common = [f"--generated={clap_setup['generated']}", f"--clap_dir={clap_setup['clap']}"]
     stats = tmp_path / "reference_stats.npz"
@@ -126,7 +139,13 @@ def test_evaluate_bad_input_is_one_line(clap_setup, tmp_path):
             [f"--reference={clap_setup['reference']}", "--metrics=fd_openl3", f"--openl3_weights={tmp_path}/w.pth.tar"],
             "torchopenl3_mel256_music_512.pth.tar",
         ),
-        (["--metrics=kl_passt"], "needs the PaSST embedder"),
+        ([f"--reference={clap_setup['reference']}", "--metrics=kl_passt"], "needs --passt_weights"),
+        (
+            [f"--reference={clap_setup['reference']}", "--metrics=kl_passt", f"--passt_weights={tmp_path}/p.pt"],
+            "passt-s-f128-p16-s10-ap.476-swa.pt",
+        ),
+        (["--metrics=clap", f"--save_stats={tmp_path}/s.npz"], "--save_stats needs one of"),
+        (["--metrics=clap_laion"], "needs the LAION-CLAP embedder"),
         (["--metrics=fd_clap"], "needs --reference"),
         (["--metrics=nope"], "unknown metric 'nope'"),
         ([f"--reference={tmp_path / 'missing'}"], "does not exist"),
@@ -174,12 +193,10 @@ def test_fd_openl3_from_a_weights_file(clap_setup, tmp_path):
     from safetensors.numpy import save_file
 
     from tests.fixture_paths import FIXTURES
-    from tests.reference.seeded_arrays import seeded_state_dict
+    from tests.reference.seeded_arrays import golden_state_dict, load_golden
 
-    with np.load(os.path.join(FIXTURES, "openl3_reference.npz")) as golden:
-        shapes = [(str(n), tuple(int(d) for d in s if d)) for n, s in zip(golden["names"], golden["shapes"])]
     weights = tmp_path / "openl3.safetensors"
-    save_file(seeded_state_dict(0, shapes), str(weights))
+    save_file(golden_state_dict(load_golden(os.path.join(FIXTURES, "openl3_reference.npz"))), str(weights))
     sets = {}
     for name, seed in (("a", 0), ("b", 1)):
         folder = tmp_path / name
@@ -202,3 +219,47 @@ def test_fd_openl3_from_a_weights_file(clap_setup, tmp_path):
     # 1 s files: 2 windows each (half a window of zeros first, hop 0.5 s), [left || right] = 1024-d.
     assert report["generated_frames"] == 4 and report["dims"] == 1024 and report["fd"] > 0
     assert report["embedder"] == "openl3-mel256-music-512"
+
+
+def test_kl_passt_from_a_weights_file(tmp_path):
+    """The paper's KL_passt through the script, with seeded weights of a small PaSST in a local
+    file (its layout read off the file): files pair by name, unpaired ones are listed, a set
+    against itself is 0, and saved reference distributions give the same figure."""
+    from safetensors.numpy import save_file
+
+    from tests.fixture_paths import FIXTURES
+    from tests.reference.seeded_arrays import golden_state_dict, load_golden, music_like
+
+    weights = tmp_path / "passt.safetensors"
+    save_file(golden_state_dict(load_golden(os.path.join(FIXTURES, "passt_reference.npz"))), str(weights))
+    folders = {name: tmp_path / name for name in ("generated", "reference")}
+    for folder in folders.values():
+        folder.mkdir()
+    for seed, name in enumerate(("a", "b", "c")):
+        write_wav(folders["reference"] / f"{name}.wav", music_like(seed, 3 * 44100, 44100)[:, None], 44100)
+    for seed, name in ((7, "a"), (8, "b"), (9, "d")):  # d has no reference; c is not generated
+        stereo = np.stack([music_like(seed, 3 * 48000, 48000), music_like(seed + 10, 3 * 48000, 48000)], axis=1)
+        write_wav(folders["generated"] / f"{name}.wav", stereo, 48000)
+
+    def kl(generated: str, reference: str, *extra: str) -> dict:
+        out = tmp_path / "kl.json"
+        args = [
+            f"--generated={generated}",
+            f"--reference={reference}",
+            "--metrics=kl_passt",
+            f"--passt_weights={weights}",
+        ]
+        result = run_script("launch/evaluate.py", *args, *extra, f"--output_json={out}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "kl_passt" in result.stdout
+        return json.loads(out.read_text())["kl_passt"]
+
+    stats = tmp_path / "labels.npz"
+    report = kl(str(folders["generated"]), str(folders["reference"]), f"--save_stats={stats}")
+    assert report["pairs"] == 2 and set(report["per_file"]) == {"a", "b"}
+    assert report["generated_without_reference"] == ["d"] and report["kl"] > 1e-4
+    again = kl(str(folders["generated"]), str(stats))
+    assert again["kl"] == pytest.approx(report["kl"], rel=1e-9)
+    itself = kl(str(folders["reference"]), str(folders["reference"]))
+    # KL(p || p) with the reference's 1e-6 on p_ref: -sum_c p_c log(1 + 1e-6 / p_c) ~ -527e-6 (527 labels).
+    assert itself["pairs"] == 3 and itself["kl"] == pytest.approx(-527e-6, rel=1e-2)

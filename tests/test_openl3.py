@@ -14,20 +14,18 @@ from stable_audio_jax.convert.state_dict import ConversionError, StateDictReader
 from stable_audio_jax.models import openl3
 from tests.fixture_paths import FIXTURES
 from tests.parity import assert_parity
-from tests.reference.seeded_arrays import music_like, seeded_state_dict
+from tests.reference.seeded_arrays import golden_state_dict, load_golden, music_like
 
 GOLDEN = os.path.join(FIXTURES, "openl3_reference.npz")
 
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    with np.load(GOLDEN) as f:
-        return {k: f[k] for k in f.files}
+    return load_golden(GOLDEN)
 
 
 def _state_dict(golden: dict) -> dict[str, np.ndarray]:
-    shapes = [(str(n), tuple(int(d) for d in s if d)) for n, s in zip(golden["names"], golden["shapes"])]
-    return seeded_state_dict(0, shapes)
+    return golden_state_dict(golden)
 
 
 @pytest.fixture(scope="module")

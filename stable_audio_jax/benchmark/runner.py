@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from stable_audio_jax.benchmark.clap_rows import benchmark_clap, clap_param_counts
 from stable_audio_jax.benchmark.diffusion_rows import benchmark_diffusion, diffusion_param_counts
+from stable_audio_jax.benchmark.embedder_rows import benchmark_embedders, embedder_param_counts
 from stable_audio_jax.benchmark.harness import Measurement, hardware_info, load_average, make_mesh, mesh_rules
 from stable_audio_jax.benchmark.options import BenchmarkUsageError, Options
 from stable_audio_jax.benchmark.reference import reference_dit_arguments, reference_forward
@@ -22,11 +23,13 @@ PARAM_COUNTERS: dict[str, Callable[[Any], dict[str, int]]] = {
     "vae": vae_param_counts,
     "clap": clap_param_counts,
     "diffusion": diffusion_param_counts,
+    "embedders": embedder_param_counts,
 }
 BENCHMARKS: dict[str, Callable[[Any, Options, Any], tuple[dict[str, Any], list[Measurement]]]] = {
     "vae": benchmark_vae,
     "clap": benchmark_clap,
     "diffusion": benchmark_diffusion,
+    "embedders": benchmark_embedders,
 }
 
 

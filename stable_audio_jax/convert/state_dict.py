@@ -343,6 +343,13 @@ class StateDictReader:
     def has(self, key: str) -> bool:
         return self.prefix + key in self._tensors
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The shape of `prefix + key` without taking it (to read a layout off a checkpoint)."""
+        name = self.prefix + key
+        if name not in self._tensors:
+            raise ConversionError(f"{self.source}: missing key {name!r}")
+        return tuple(int(d) for d in np.shape(self._tensors[name]))
+
     def keys(self) -> list[str]:
         """The names under this reader's prefix (without it)."""
         n = len(self.prefix)

@@ -42,6 +42,8 @@ def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) 
 class CLAPEncoder:
     """Frozen CLAP parameters, the tokenizer and jitted, mesh-sharded encoders."""
 
+    AUDIO_CHUNK = 16  # audio windows per device call
+
     def __init__(
         self,
         model: CLAP,
@@ -121,9 +123,17 @@ class CLAPEncoder:
         """Unit-norm embeddings `[batch, embed_dim]` of windows `[batch, window_samples, channels]`
         at `sample_rate`."""
         audio = np.asarray(audio, np.float32)
-        if audio.ndim != 3 or audio.shape[1] != self.window_samples:
-            raise ValueError(f"expected audio [batch, {self.window_samples}, channels], got {audio.shape}")
-        return np.asarray(self._run(self._audio_embedding_fn, audio))
+        if audio.ndim != 3 or audio.shape[1] != self.window_samples or not len(audio):
+            raise ValueError(f"expected audio [batch >= 1, {self.window_samples}, channels], got {audio.shape}")
+        # Files give any number of windows: chunks of AUDIO_CHUNK, the last padded to a power of
+        # two, keep the compiled shapes to a handful instead of one per window count.
+        embeddings = []
+        for start in range(0, len(audio), self.AUDIO_CHUNK):
+            chunk = audio[start : start + self.AUDIO_CHUNK]
+            size = min(self.AUDIO_CHUNK, 1 << (len(chunk) - 1).bit_length())
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+            embeddings.append(np.asarray(self._run(self._audio_embedding_fn, padded))[: len(chunk)])
+        return np.concatenate(embeddings)
 
     def embed_long_audio(self, audio: np.ndarray) -> np.ndarray:
         """Unit-norm embedding `[embed_dim]` of one clip `[time, channels]` of any length.

@@ -19,7 +19,7 @@ import os
 import numpy as np
 import torch
 import torchopenl3
-from seeded_arrays import music_like, seeded_state_dict  # tests/reference/, the script's own folder
+from seeded_arrays import music_like, seeded_state_dict, state_dict_layout  # tests/reference/, the script's own folder
 from torchopenl3.models import PytorchOpenl3
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "openl3_reference.npz")
@@ -44,12 +44,9 @@ def main() -> None:
         clip44_out, _ = torchopenl3.get_audio_embedding(
             clip44, 44100, model=model, hop_size=0.5, center=True, verbose=False, sampler="resampy"
         )
-    names = np.array([k for k, _ in shapes])
-    padded = np.array([list(s) + [0] * (4 - len(s)) for _, s in shapes], np.int64)
     np.savez_compressed(
         OUT,
-        names=names,
-        shapes=padded,
+        **state_dict_layout(shapes),
         windows_out=windows_out,
         clip_out=clip_out.numpy()[0],
         clip44_out=clip44_out.numpy()[0],

@@ -2,6 +2,7 @@
 and a test (in ours) make the same weights and inputs: only the reference's outputs are stored.
 
     weights = seeded_state_dict(seed, [(name, shape), ...])   # name -> float32 array
+    weights = golden_state_dict(load_golden(path))            # the weights a golden file was made with
 """
 
 from __future__ import annotations
@@ -36,3 +37,22 @@ def music_like(seed: int, samples: int, sample_rate: int) -> np.ndarray:
         for f in rng.uniform(60, 8000, 6)
     )
     return (x + 0.01 * rng.normal(size=samples)).astype(np.float32)
+
+
+def load_golden(path: str) -> dict[str, np.ndarray]:
+    """Every array of a golden `.npz`."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def golden_state_dict(golden: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+    """The seeded weights of a golden file that stores its state dict's `names` and zero-padded
+    `shapes` (the reference scripts write both)."""
+    shapes = [(str(n), tuple(int(d) for d in s if d)) for n, s in zip(golden["names"], golden["shapes"])]
+    return seeded_state_dict(seed, shapes)
+
+
+def state_dict_layout(shapes: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """`names` and zero-padded `shapes` of a state dict, what a golden file stores for `golden_state_dict`."""
+    padded = np.array([list(s) + [0] * (4 - len(s)) for _, s in shapes], np.int64)
+    return {"names": np.array([k for k, _ in shapes]), "shapes": padded}

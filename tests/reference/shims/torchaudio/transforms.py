@@ -9,3 +9,22 @@ class Resample(torch.nn.Module):
 
     def forward(self, x):
         return x
+
+
+class _TrainingOnlyMasking(torch.nn.Module):
+    """hear21passt builds SpecAugment masks but applies them only in training mode; the
+    reference scripts run it in eval mode, so these must never be called."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        raise NotImplementedError("the torchaudio shim has no SpecAugment: run the model in eval mode")
+
+
+class FrequencyMasking(_TrainingOnlyMasking):
+    pass
+
+
+class TimeMasking(_TrainingOnlyMasking):
+    pass
