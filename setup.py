@@ -41,5 +41,9 @@ setup(
         "safetensors",  # pretrained text-encoder checkpoint import
         "matplotlib",  # spectrogram images of generated audio
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "ruff==0.17.6"]},
+    extras_require={
+        "app": ["gradio>=6,<7"],  # launch/app.py, the web page
+        # playwright drives the system's Chromium in the web-app test (its own browser downloads are not used)
+        "test": ["pytest", "pytest-xdist", "ruff==0.17.6", "playwright>=1.50"],
+    },
 )

@@ -47,22 +47,9 @@ sys.path.insert(0, ROOT)
 
 from absl import flags, logging  # noqa: E402
 
-from stable_audio_jax import cli  # noqa: E402
+from stable_audio_jax import cli, generator_flags  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
-_DIFFUSION_DIR = flags.DEFINE_string(
-    "diffusion_dir", None, "Run directory of the diffusion model (with --pretrained: one fine-tuned from it)."
-)
-_PRETRAINED = flags.DEFINE_string(
-    "pretrained", None, "A converted pretrained directory (with --diffusion_dir: only its VAE and text encoder)."
-)
-_LORA = flags.DEFINE_multi_string(
-    "lora",
-    [],
-    "A LoRA run trained on --pretrained, as run_dir[:scale] (scale 1 by default; repeatable: the adapters add up).",
-)
-_VAE_DIR = flags.DEFINE_string("vae_dir", None, "VAE run (default: the one named in the diffusion config).")
-_CLAP_DIR = flags.DEFINE_string("clap_dir", None, "CLAP run (default: the one named in the diffusion config).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A text prompt (repeatable).")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
 _SECONDS_TOTAL = flags.DEFINE_float("seconds_total", None, "Length to generate (default: the model's window).")
@@ -113,15 +100,10 @@ _CONTINUE_CONTEXT = flags.DEFINE_float(
     "continue_context", None, "Seconds of the audio so far each window keeps (default: half the window)."
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "samples", "Where the files are written.")
-_MESH = flags.DEFINE_list(
-    "mesh",
-    None,
-    "data,fsdp,tensor mesh over the local devices, e.g. 1,8,1 to shard a large "
-    "model's weights FSDP-style as in training (default: every device on the data axis).",
-)
 # Lengths must be positive: 0 would otherwise mean "the model's default".
 for _name in ("seconds_total", "window_seconds"):
     flags.register_validator(_name, lambda value: value is None or value > 0, message="must be > 0")
+flags.adopt_module_key_flags(generator_flags)  # --help lists the model flags too
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -140,39 +122,10 @@ def _prompts() -> list[str]:
     return prompts
 
 
-def _mesh():
-    """The --mesh over the local devices, or None for the default."""
-    if _MESH.value is None:
-        return None
-    from stable_audio_jax import parallel
-
-    try:
-        shape = tuple(int(v) for v in _MESH.value)
-    except ValueError:
-        raise UserError(f"--mesh={','.join(_MESH.value)}: give three integers, data,fsdp,tensor") from None
-    return parallel.create_mesh(shape)
-
-
 def _check_inputs() -> list[str]:
     """The checks that need no model, so bad input fails before anything loads; the prompts."""
     prompts = _prompts()
-    if _LORA.value and _PRETRAINED.value is None:
-        raise UserError("--lora needs --pretrained: the directory whose diffusion model the adapters were trained on")
-    if _DIFFUSION_DIR.value is None and _PRETRAINED.value is None:
-        raise UserError(
-            "give --diffusion_dir (a training run), --pretrained (a converted model), or both "
-            "(a run fine-tuned from the converted model)"
-        )
-    if _PRETRAINED.value is not None and (_VAE_DIR.value or _CLAP_DIR.value):
-        raise UserError("--vae_dir and --clap_dir do not go with --pretrained (the VAE and text encoder are its own)")
-    if _PRETRAINED.value is not None and not os.path.isdir(_PRETRAINED.value):
-        raise UserError(f"--pretrained={_PRETRAINED.value} does not exist")
-    if _LORA.value and _DIFFUSION_DIR.value is not None:
-        raise UserError(
-            "--diffusion_dir (a full fine-tuning run) and --lora (adapters over --pretrained) do not go together"
-        )
-    for value in _LORA.value:
-        cli.check_run_tasks({"lora": (cli.split_scale(value)[0], "diffusion")})
+    generator_flags.check_model_flags()
     if _INIT_AUDIO.value and not os.path.isfile(_INIT_AUDIO.value):
         raise UserError(f"--init_audio={_INIT_AUDIO.value}: no such file")
     if bool(_INPAINT_AUDIO.value) != bool(_INPAINT_REGION.value):
@@ -189,14 +142,7 @@ def _check_inputs() -> list[str]:
         raise UserError("--continue_audio needs --seconds_total, the length to continue to")
     _inpaint_regions()
     cli.check_output_dir(_OUTPUT_DIR.value, "--output_dir")
-    if _DIFFUSION_DIR.value is not None:  # a converted --pretrained directory is no training run
-        cli.check_run_tasks(
-            {
-                "diffusion_dir": (_DIFFUSION_DIR.value, "diffusion"),
-                "vae_dir": (_VAE_DIR.value, "vae"),
-                "clap_dir": (_CLAP_DIR.value, "clap"),
-            }
-        )
+    generator_flags.check_model_runs()
     return prompts
 
 
@@ -220,24 +166,13 @@ def main(argv):
     from stable_audio_jax.diffusion.inpainting import check_regions
     from stable_audio_jax.diffusion.sampling_config import SamplingConfig, check_known_sampler
     from stable_audio_jax.inference.continuation import check_continuation
-    from stable_audio_jax.inference.generate import AudioGenerator, spectrogram_png
+    from stable_audio_jax.inference.generate import spectrogram_png
     from stable_audio_jax.input_pipeline.audio_io import decode_stereo, write_wav
 
     try:
         if _SAMPLER.value is not None:  # a name no model knows fails before any loading
             check_known_sampler(_SAMPLER.value)
-        mesh = _mesh()
-        if _PRETRAINED.value:
-            generator = AudioGenerator.from_pretrained(
-                _PRETRAINED.value,
-                diffusion_dir=_DIFFUSION_DIR.value,
-                adapters=[cli.split_scale(v) for v in _LORA.value],
-                mesh=mesh,
-            )
-        else:
-            generator = AudioGenerator.from_runs(
-                _DIFFUSION_DIR.value, vae_dir=_VAE_DIR.value, clap_dir=_CLAP_DIR.value, mesh=mesh
-            )
+        generator = generator_flags.load_generator()
         settings = {
             name: generator.sampling[name] if flag.value is None else flag.value
             for name, flag in (
@@ -282,15 +217,8 @@ def main(argv):
         raise UserError(str(e)) from None
 
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    model_dirs = {
-        name: os.path.abspath(flag.value)
-        for name, flag in (("pretrained", _PRETRAINED), ("diffusion_dir", _DIFFUSION_DIR))
-        if flag.value
-    }
-    if _LORA.value:
-        model_dirs["lora"] = [[os.path.abspath(path), scale] for path, scale in map(cli.split_scale, _LORA.value)]
     settings = {
-        **model_dirs,
+        **generator_flags.model_dirs(),
         "prompts": prompts,
         "seconds_total": seconds_total,
         "seconds_start": _SECONDS_START.value,

@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("convert", "training"),
     ("inference",),
     ("cli", "benchmark"),
+    ("generator_flags", "webapp"),
 )
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 
