@@ -13,6 +13,8 @@ as its context is outpainting; more windows let a 47 s-window model make minutes
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from stable_audio_jax.errors import UserError
@@ -47,7 +49,7 @@ def continue_audio(
     context_seconds: float | None = None,
     crossfade_seconds: float = 0.05,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], Any] = False,
     **generate_kwargs,
 ) -> np.ndarray:
     """`audio` `[samples, 2]` at the generator's rate, continued to `seconds_total`.

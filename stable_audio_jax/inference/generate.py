@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import flax.linen as nn
 import jax
@@ -89,10 +89,28 @@ def apply_model(
 _PROGRESS: list = [None]
 
 
+class _StepReporter:
+    """A progress "bar" that hands `(steps done, total)` to a function (a web page's progress)."""
+
+    def __init__(self, report: Callable[[int, int], Any], total: int):
+        self.report, self.total, self.done = report, total, 0
+        report(0, total)
+
+    def update(self, count: int) -> None:
+        self.done += count
+        self.report(self.done, self.total)
+
+    def close(self) -> None:
+        pass
+
+
 @contextlib.contextmanager
-def _progress_bar(steps: int):
-    """Show a progress bar over `steps` sampler steps while the block runs (0: none)."""
-    if steps:
+def _progress_bar(steps: int, report: Callable[[int, int], Any] | None = None):
+    """Show a progress bar over `steps` sampler steps while the block runs (0: none), or hand
+    each step to `report(done, total)` instead."""
+    if steps and report is not None:
+        _PROGRESS[0] = _StepReporter(report, steps)
+    elif steps:
         from tqdm.auto import tqdm
 
         _PROGRESS[0] = tqdm(total=steps, desc="sampling", unit="step")
@@ -366,7 +384,7 @@ class AudioGenerator:
         inpaint_regions: Sequence[Sequence[float]] | None = None,
         inpaint_crossfade: float = 0.1,
         cut: bool = True,
-        progress: bool = False,
+        progress: bool | Callable[[int, int], Any] = False,
         return_latents: bool = False,
     ) -> np.ndarray:
         """Generate one clip per prompt; the batch is split over the mesh's batch axes.
@@ -395,7 +413,8 @@ class AudioGenerator:
             (`diffusion/inpainting.py`); `inpaint_crossfade` seconds of latent frames inside
             each region's edges blend the two. Not together with `init_audio`.
           cut: cut each clip to its `seconds_total` (else the whole window is returned).
-          progress: show a progress bar over the sampler steps.
+          progress: show a progress bar over the sampler steps; a function `(done, total)`
+            is called at every step instead (e.g. a web page's progress bar).
           return_latents: return the sampled latents `[batch, frames, latent_dim]` (the
             model's scale) instead of decoding them.
 
@@ -512,7 +531,7 @@ class AudioGenerator:
                 decode=not return_latents,
             )
 
-        with _progress_bar(steps if progress else 0):
+        with _progress_bar(steps if progress else 0, progress if callable(progress) else None):
             audio = parallel.run_batch_on_mesh(
                 run,
                 self.params,

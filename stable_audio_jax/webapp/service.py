@@ -23,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -214,9 +214,10 @@ class GenerationService:
         return GenerationRequest(**request)
 
     # ----------------------------------------------------------------------------- running
-    def run(self, request: GenerationRequest, *, progress: bool = True) -> GenerationResult:
+    def run(self, request: GenerationRequest, *, progress: bool | Callable[[int, int], Any] = True) -> GenerationResult:
         """Generate `request.batch_size` clips (one request at a time) and write them, their
-        spectrograms and `settings.json` into a new folder."""
+        spectrograms and `settings.json` into a new folder. `progress`: a tqdm bar over the
+        sampler steps, or a function `(done, total)` called at each step (the page's bar)."""
         from stable_audio_jax.inference.generate import spectrogram_png
         from stable_audio_jax.input_pipeline.audio_io import write_wav
 

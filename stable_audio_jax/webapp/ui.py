@@ -5,13 +5,14 @@ random), batch size, and an "edit audio" section (audio-to-audio with a noise le
 inpainting a region, continuation) go to `GenerationService.check`; its `FormError`s and any
 other `UserError`/`ValueError` are shown in the status line, never as a traceback. Results:
 one audio player per clip, the spectrograms, the files to download and the settings used.
-Gradio tracks the sampler's tqdm bar as the page's progress bar. Nothing is fetched from the
+The sampler's steps drive the page's progress bar. Nothing is fetched from the
 internet: analytics are off (set before Gradio is imported) and the theme uses system fonts
 instead of Google Fonts.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 from typing import Any
 
@@ -83,7 +84,7 @@ def build_app(service: GenerationService) -> gr.Blocks:
                 files = gr.File(label="Download", file_count="multiple", elem_id="downloads")
                 settings = gr.JSON(label="Settings used", elem_id="settings")
 
-        def generate(*values: Any, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio injects it)
+        def generate(*values: Any, progress=gr.Progress()):  # noqa: B008 (how Gradio injects it)
             names = (
                 "prompt",
                 "negative_prompt",
@@ -99,8 +100,15 @@ def build_app(service: GenerationService) -> gr.Blocks:
                 zip(("mode", "audio_path", "init_noise_level", "region_start", "region_end"), values[len(names) :])
             )
             hidden = [gr.update(value=None, visible=False)] * MAX_BATCH
+            # The sampler reports its steps from XLA's callback thread; Gradio finds the request's
+            # progress bar through context variables, so each report runs in this request's context.
+            context = contextvars.copy_context()
+
+            def steps(done: int, total: int) -> None:
+                context.run(progress, (done, total), desc="sampling", unit="steps")
+
             try:
-                result = service.run(service.check(**form))
+                result = service.run(service.check(**form), progress=steps)
             except (UserError, ValueError) as e:
                 return [f"**Error:** {e}", *hidden, [], None, None]
             shown = [gr.update(value=p, visible=True) for p in result.audio_paths]
