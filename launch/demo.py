@@ -379,9 +379,9 @@ def frechet_examples(out: str, samples: dict) -> dict:
     import numpy as np
 
     from stable_audio_jax.inference.clap import CLAPEncoder
-    from stable_audio_jax.inference.evaluation import ClapAudioEmbedder, audio_files, embed_files
+    from stable_audio_jax.inference.evaluation import ClapAudioEmbedder, embed_files, frechet_report
     from stable_audio_jax.input_pipeline.audio_io import write_wav
-    from stable_audio_jax.metrics.frechet import GaussianStatistics, frechet_distance
+    from stable_audio_jax.metrics.frechet import GaussianStatistics
 
     embedder = ClapAudioEmbedder(CLAPEncoder.from_run(os.path.join(out, "clap")))
     with open(os.path.join(out, "data", "valid.jsonl")) as f:
@@ -404,14 +404,10 @@ def frechet_examples(out: str, samples: dict) -> dict:
         )
         noise_paths.append(path)
 
-    def against_reference(paths: list[str]) -> dict:
-        statistics = GaussianStatistics.of(embed_files(embedder, paths))
-        return {"fd": frechet_distance(statistics, reference), "files": len(paths), "frames": statistics.count}
-
-    sets = {"held_out_second_half": against_reference(floor_paths)}
-    for run in samples["runs"]:
-        sets[run["folder"]] = against_reference(audio_files(os.path.join(out, run["folder"])))
-    sets["white_noise"] = against_reference(noise_paths)
+    sets = {"held_out_second_half": floor_paths}
+    sets.update((run["folder"], os.path.join(out, run["folder"])) for run in samples["runs"])
+    sets["white_noise"] = noise_paths
+    sets = {name: frechet_report(embedder, generated, reference) for name, generated in sets.items()}
     return {
         "embedder": embedder.name,
         "embedder_fingerprint": embedder.fingerprint,

@@ -39,11 +39,16 @@ def _layer_norm(reader: StateDictReader, key: str, dim: int) -> Params:
 HEAD_DIM = 64  # every released PaSST (S and L, from ViT/DeiT) has 64-d attention heads
 
 
+def _network(reader: StateDictReader) -> StateDictReader:
+    """The reader of the network's tensors: a PasstBasicWrapper's state dict keeps them under
+    `net.`, beside its front end's buffers."""
+    return reader.scoped("net.") if any(k.startswith("net.") for k in reader.keys()) else reader
+
+
 def passt_config_from_state_dict(reader: StateDictReader) -> passt.PaSSTConfig:
     """The checkpoint's layout read off its shapes: width, depth, labels, patch stride (from the
     frequency grid, 128 // stride rows), time positions; heads of `HEAD_DIM`."""
-    if any(k.startswith("net.") for k in reader.keys()):
-        reader = reader.scoped("net.")
+    reader = _network(reader)
     for key in ("patch_embed.proj.weight", "freq_new_pos_embed", "time_new_pos_embed", "head.1.weight"):
         if not reader.has(key):
             raise ConversionError(f"{reader.source}: missing key {reader.prefix + key!r}: not a PaSST checkpoint")
@@ -68,11 +73,10 @@ def passt_config_from_state_dict(reader: StateDictReader) -> passt.PaSSTConfig:
 def passt_params_from_state_dict(reader: StateDictReader, config: passt.PaSSTConfig) -> Params:
     """The tagger's params from every key of `reader` (`ConversionError` naming any other key,
     a missing one or a wrong shape)."""
-    whole = reader
-    if any(k.startswith("net.") for k in reader.keys()):  # a PasstBasicWrapper's state dict
-        reader.skip_prefix("mel.")
-        reader.skip("device_proxy")
-        reader = reader.scoped("net.")
+    whole, reader = reader, _network(reader)
+    if reader is not whole:  # the wrapper's front-end buffers: the module computes its own
+        whole.skip_prefix("mel.")
+        whole.skip("device_proxy")
     dim, hidden = config.embed_dim, int(config.embed_dim * config.mlp_ratio)
     kernel = reader.take("patch_embed.proj.weight", (dim, 1, passt.PATCH, passt.PATCH))
     params: Params = {

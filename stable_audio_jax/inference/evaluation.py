@@ -216,12 +216,17 @@ def _discover(source: str) -> list:
         raise UserError(str(e)) from None
 
 
-def audio_files(source: str) -> list[str]:
-    """The audio files of `source`; `UserError` when there is none."""
+def _audio_items(source: str) -> list:
+    """The discovered items of `source`; `UserError` when there is none."""
     items = _discover(source)
     if not items:
         raise UserError(f"{source}: no audio files")
-    return [item.path for item in items]
+    return items
+
+
+def audio_files(source: str) -> list[str]:
+    """The audio files of `source`; `UserError` when there is none."""
+    return [item.path for item in _audio_items(source)]
 
 
 def embed_files(embedder: AudioEmbedder, paths: Sequence[str], *, progress: bool = False) -> np.ndarray:
@@ -282,10 +287,11 @@ def load_statistics(path: str, embedder: AudioEmbedder) -> GaussianStatistics:
 
 
 def frechet_report(
-    embedder: AudioEmbedder, generated: str, reference: GaussianStatistics, *, progress: bool = False
+    embedder: AudioEmbedder, generated: str | Sequence[str], reference: GaussianStatistics, *, progress: bool = False
 ) -> dict:
-    """FD of the generated set's frame embeddings to `reference`, with the counts and the embedder."""
-    paths = audio_files(generated)
+    """FD of the generated set's frame embeddings to `reference`, with the counts and the embedder;
+    `generated` is a folder or manifest, or the audio paths themselves."""
+    paths = audio_files(generated) if isinstance(generated, str) else list(generated)
     statistics = GaussianStatistics.of(embed_files(embedder, paths, progress=progress))
     return {
         "fd": frechet_distance(statistics, reference),
@@ -327,9 +333,7 @@ def label_distributions(tagger: PaSSTTagger, source: str, *, progress: bool = Fa
     """`{clip id: label distribution}` of every audio file of `source` (a folder or manifest)."""
     from tqdm.auto import tqdm
 
-    items = _discover(source)
-    if not items:
-        raise UserError(f"{source}: no audio files")
+    items = _audio_items(source)
     ids = [_clip_id(item) for item in items]
     if len(set(ids)) != len(ids):
         raise UserError(f"{source}: two files share a name without extension; KL pairs files by that name")
