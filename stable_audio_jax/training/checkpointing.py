@@ -165,7 +165,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_iterator: Any | None, config: dict) -> None:
         """Start saving `state` at `step` (asynchronously). Raises `UserError` at once when the
         disk lacks room for it, before anything is written."""
-        self.check_for_errors()
+        # The previous save may still be writing in the background: the free space is only
+        # known once it is done (Orbax would wait for it at the start of this save anyway).
+        self.check_for_errors(wait=True)
         self._check_disk_space(step, state)
         checksum = np.asarray(self._checksum_fn(state).addressable_data(0))
         record = {"step": int(step), "num_arrays": int(checksum.shape[0]), "checksum": checksum.tolist()}
@@ -202,9 +204,12 @@ class Checkpointer:
                 f"the previous checkpoint ({self.latest_step()}) is intact"
             )
 
-    def check_for_errors(self) -> None:
-        """Raise the error of a finished background save, if it failed (e.g. the disk filled)."""
+    def check_for_errors(self, wait: bool = False) -> None:
+        """Raise the error of a finished background save, if it failed (e.g. the disk filled);
+        with `wait`, first wait for the one in flight to finish."""
         try:
+            if wait:
+                self._manager.wait_until_finished()
             self._manager.check_for_errors()
         except Exception as error:  # noqa: BLE001 - Orbax re-raises the writer's exception
             raise UserError(
