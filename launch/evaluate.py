@@ -9,6 +9,9 @@
     # KL_passt: generated files named as their reference clips (captions' prompts)
     python launch/evaluate.py --generated=samples --reference=references --metrics=kl_passt \
         --passt_weights=passt-s-f128-p16-s10-ap.476-swa.pt
+    # the LAION-CLAP score of captioned generations
+    python launch/evaluate.py --generated=samples --metrics=clap_laion --roberta_dir=roberta-base \
+        --laion_clap_checkpoint=music_speech_audioset_epoch_15_esc_89.98.pt
     # an autoencoder (a VAE run or a pretrained directory) on reference audio
     python launch/evaluate.py --vae=outputs/demo/vae --reference=outputs/demo/data/valid.jsonl
 
@@ -26,9 +29,11 @@ reference's label distributions). Metrics:
              reference) over the files with the same name in both sets; needs --passt_weights
              (passt-s-f128-p16-s10-ap.476-swa.pt from the PaSST releases, a local file)
   clap       CLAP score of the generated files with their captions, against other captions
-
-The LAION-CLAP score needs that public model, which is not implemented yet: asking for it is
-an error line.
+  clap_laion the same with LAION-CLAP (the paper's CLAP score): --laion_clap_checkpoint, a
+             non-fusion HTSAT checkpoint such as music_speech_audioset_epoch_15_esc_89.98.pt,
+             and --roberta_dir, a local roberta-base folder (config.json, vocab.json,
+             merges.txt); mono 48 kHz, clips over 10 s cropped at a seeded random offset,
+             shorter ones repeated and zero-padded, as laion-clap does
 
 With `--vae`, the files of `--reference` go through the autoencoder instead and each gets its
 multi-resolution STFT distance, SI-SDR, mel distance and the output level where the input is
@@ -50,10 +55,9 @@ from absl import flags, logging  # noqa: E402
 from stable_audio_jax import cli  # noqa: E402
 from stable_audio_jax.errors import UserError  # noqa: E402
 
-METRICS = ("fd_openl3", "fd_clap", "kl_passt", "clap")
+METRICS = ("fd_openl3", "fd_clap", "kl_passt", "clap", "clap_laion")
 FD_METRICS = ("fd_openl3", "fd_clap")
 REFERENCE_METRICS = FD_METRICS + ("kl_passt",)  # compare with --reference; --save_stats holds one's
-NOT_YET = {"clap_laion": "LAION-CLAP"}
 
 _GENERATED = flags.DEFINE_string("generated", None, "Generated audio: a folder or a manifest.")
 _REFERENCE = flags.DEFINE_string("reference", None, "Reference audio (folder or manifest) or a --save_stats .npz.")
@@ -63,6 +67,12 @@ _OPENL3 = flags.DEFINE_string("openl3_weights", None, "torchopenl3 weights file 
 _OPENL3_CONTENT = flags.DEFINE_enum("openl3_content", "music", ["music", "env"], "OpenL3 content type of the weights.")
 _PASST = flags.DEFINE_string("passt_weights", None, "PaSST AudioSet weights file (kl_passt).")
 _PASST_COLLECT = flags.DEFINE_enum("passt_collect", "mean", ["mean", "max"], "kl_passt: pooling of window logits.")
+_LAION = flags.DEFINE_string(
+    "laion_clap_checkpoint", None, "LAION-CLAP checkpoint without fusion (clap_laion), a local file."
+)
+_ROBERTA = flags.DEFINE_string(
+    "roberta_dir", None, "Local roberta-base folder for LAION-CLAP's text branch (clap_laion)."
+)
 _SAVE_STATS = flags.DEFINE_string("save_stats", "", "Write the reference's embedding statistics to this .npz.")
 _OUTPUT = flags.DEFINE_string("output_json", "", "Also write the results here.")
 _VAE = flags.DEFINE_string("vae", None, "Evaluate this VAE run or pretrained directory on --reference instead.")
@@ -99,11 +109,6 @@ def _vae_main() -> None:
 def _check_flags() -> list[str]:
     metrics = [m.strip() for m in _METRICS.value if m.strip()]
     for metric in metrics:
-        if metric in NOT_YET:
-            raise UserError(
-                f"--metrics={metric} needs the {NOT_YET[metric]} embedder, which this version does not "
-                f"implement yet; available: {list(METRICS)}"
-            )
         if metric not in METRICS:
             raise UserError(f"--metrics: unknown metric {metric!r}; available: {list(METRICS)}")
     if not metrics:
@@ -130,6 +135,11 @@ def _check_flags() -> list[str]:
         raise UserError("--metrics=fd_openl3 needs --openl3_weights (torchopenl3_mel256_music_512.pth.tar)")
     if "kl_passt" in metrics and not _PASST.value:
         raise UserError("--metrics=kl_passt needs --passt_weights (passt-s-f128-p16-s10-ap.476-swa.pt)")
+    if "clap_laion" in metrics and not (_LAION.value and _ROBERTA.value):
+        raise UserError(
+            "--metrics=clap_laion needs --laion_clap_checkpoint (e.g. music_speech_audioset_epoch_15_esc_89.98.pt) "
+            "and --roberta_dir (a local roberta-base folder)"
+        )
     needs_clap = [m for m in metrics if m in ("fd_clap", "clap")]
     if needs_clap and not _CLAP_DIR.value:
         raise UserError(f"--metrics={','.join(needs_clap)} needs --clap_dir (the CLAP run that embeds)")
@@ -189,6 +199,12 @@ def main(argv):
         results["kl_passt"]["reference"] = os.path.abspath(_REFERENCE.value)
     if "clap" in metrics:
         results["clap"] = evaluation.captioned_clap_score(encoder, _GENERATED.value)
+    if "clap_laion" in metrics:
+        laion = CLAPEncoder.from_laion_checkpoint(_LAION.value, _ROBERTA.value)
+        results["clap_laion"] = evaluation.captioned_clap_score(laion, _GENERATED.value)
+        results["clap_laion"].update(
+            embedder="laion-clap-htsat", embedder_fingerprint=evaluation.params_fingerprint(laion.params)
+        )
 
     print(f"{'metric':<10} {'value':>10}  details")
     for metric in (m for m in FD_METRICS if m in results):
@@ -203,11 +219,12 @@ def main(argv):
             f"{'kl_passt':<10} {r['kl']:>10.4f}  {r['pairs']} pairs ({len(r['generated_without_reference'])} generated "
             f"files without a reference); {r['embedder']}, weights {r['embedder_fingerprint']}"
         )
-    if "clap" in results:
-        r = results["clap"]
+    for metric in (m for m in ("clap", "clap_laion") if m in results):
+        r = results[metric]
+        weights = f"; weights {r['embedder_fingerprint']}" if "embedder_fingerprint" in r else ""
         print(
-            f"{'clap':<10} {r['clap_score']:>10.4f}  {r['num_items']} captioned files; other captions "
-            f"{r.get('shuffled_clap_score', float('nan')):.4f}"
+            f"{metric:<10} {r['clap_score']:>10.4f}  {r['num_items']} captioned files; other captions "
+            f"{r.get('shuffled_clap_score', float('nan')):.4f}{weights}"
         )
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:

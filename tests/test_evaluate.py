@@ -145,7 +145,11 @@ def test_evaluate_bad_input_is_one_line(clap_setup, tmp_path):
             "passt-s-f128-p16-s10-ap.476-swa.pt",
         ),
         (["--metrics=clap", f"--save_stats={tmp_path}/s.npz"], "--save_stats needs one of"),
-        (["--metrics=clap_laion"], "needs the LAION-CLAP embedder"),
+        (["--metrics=clap_laion"], "needs --laion_clap_checkpoint"),
+        (
+            ["--metrics=clap_laion", f"--laion_clap_checkpoint={tmp_path}/c.pt", f"--roberta_dir={tmp_path}"],
+            "music_speech_audioset_epoch_15_esc_89.98.pt from huggingface.co/lukewys/laion_clap",
+        ),
         (["--metrics=fd_clap"], "needs --reference"),
         (["--metrics=nope"], "unknown metric 'nope'"),
         ([f"--reference={tmp_path / 'missing'}"], "does not exist"),

@@ -5,6 +5,7 @@
     # features [2, 77, hidden] (penultimate text layer), mask [2, 77] bool
     text = encoder.embed_text(prompts)             # [n, embed_dim], unit norm
     audio = encoder.embed_audio_file("x.wav")      # [embed_dim], unit norm
+    laion = CLAPEncoder.from_laion_checkpoint("music_speech_audioset_epoch_15_esc_89.98.pt", "roberta-base/")
 
 Every device function is jitted once per input shape and runs on a mesh: inputs are
 split over the batch axes and the parameters placed by the logical rules (replicated on
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 
 from stable_audio_jax import parallel
+from stable_audio_jax.errors import UserError
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.clap import CLAP
 from stable_audio_jax.training.clap_task import clap_params, tokenizer_in_run
@@ -39,8 +41,18 @@ def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) 
     return np.round(audio * 32767).astype(np.int16).astype(np.float32) / 32767
 
 
+LONG_AUDIO = ("windows", "crop")
+
+
 class CLAPEncoder:
-    """Frozen CLAP parameters, the tokenizer and jitted, mesh-sharded encoders."""
+    """Frozen CLAP parameters, the tokenizer and jitted, mesh-sharded encoders.
+
+    `long_audio` says how a clip becomes the tower's input: "windows" (the towers trained here:
+    consecutive windows of the model's `num_samples`, embeddings averaged) or "crop" (LAION-CLAP
+    without fusion, laion-clap's `get_audio_features(..., "rand_trunc", "repeatpad")`: the mono
+    clip cut to `window_samples` at a uniform random offset, drawn from `crop_seed` so that a run
+    repeats, or repeated `window_samples // length` times and zero-padded when shorter).
+    """
 
     AUDIO_CHUNK = 16  # audio windows per device call
 
@@ -51,14 +63,22 @@ class CLAPEncoder:
         tokenizer: TextTokenizer,
         mesh: jax.sharding.Mesh,
         rules: parallel.Rules = parallel.DEFAULT_RULES,
+        *,
+        long_audio: str = "windows",
+        window_samples: int | None = None,
+        crop_seed: int = 0,
     ):
+        if long_audio not in LONG_AUDIO:
+            raise ValueError(f"long_audio must be one of {LONG_AUDIO}, got {long_audio!r}")
         self.model = model
         self.params = params
         self.tokenizer = tokenizer
         self.mesh = mesh
         self.rules = rules
         self.sample_rate = model.config.audio.sample_rate
-        self.window_samples = model.config.audio.num_samples
+        self.window_samples = window_samples or model.config.audio.num_samples
+        self.long_audio = long_audio
+        self._crops = np.random.default_rng(crop_seed)
 
     @classmethod
     def from_run(
@@ -73,6 +93,49 @@ class CLAPEncoder:
 
         run = load_run(run_dir, step=step, mesh=mesh, edit_config=use_run_tokenizer, ema_only=use_ema)
         return cls(run.task.model, clap_params(run.state, use_ema), run.task.tokenizer, run.mesh)
+
+    @classmethod
+    def from_laion_checkpoint(
+        cls,
+        checkpoint: str,
+        roberta_dir: str,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        rules: parallel.Rules = parallel.DEFAULT_RULES,
+        crop_seed: int = 0,
+    ) -> "CLAPEncoder":
+        """A LAION-CLAP checkpoint without fusion (`convert/laion_clap_checkpoint.py`) and its
+        RoBERTa folder, placed on `mesh` (default: every device on the data axis); `UserError`
+        naming a missing file and where it comes from, or what does not fit."""
+        from stable_audio_jax.convert import laion_clap_checkpoint as laion
+        from stable_audio_jax.convert.state_dict import ConversionError
+
+        if not os.path.isfile(checkpoint):
+            raise UserError(
+                f"LAION-CLAP checkpoint not found: {checkpoint} (e.g. music_speech_audioset_epoch_15_esc_89.98.pt "
+                "from huggingface.co/lukewys/laion_clap; nothing is downloaded here)"
+            )
+        if not os.path.isfile(os.path.join(roberta_dir, "config.json")):
+            raise UserError(
+                f"RoBERTa folder without config.json: {roberta_dir} (LAION-CLAP's text branch needs "
+                "huggingface.co/roberta-base's config.json, vocab.json and merges.txt)"
+            )
+        try:
+            config, params, tokenizer = laion.load_laion_clap(checkpoint, roberta_dir)
+        except (ConversionError, FileNotFoundError) as e:
+            raise UserError(str(e)) from None
+        mesh = mesh or parallel.create_mesh((-1, 1, 1))
+        shardings = parallel.logical_to_shardings(laion.abstract_params(config), mesh, rules)
+        return cls(
+            CLAP(config),
+            jax.device_put(params, shardings),
+            tokenizer,
+            mesh,
+            rules,
+            long_audio="crop",
+            window_samples=laion.LAION_WINDOW_SAMPLES,
+            crop_seed=crop_seed,
+        )
 
     # ------------------------------------------------------------- helpers
     def _run(self, fn, *arrays: np.ndarray) -> np.ndarray | tuple:
@@ -135,17 +198,32 @@ class CLAPEncoder:
             embeddings.append(np.asarray(self._run(self._audio_embedding_fn, padded))[: len(chunk)])
         return np.concatenate(embeddings)
 
+    def crop_or_repeat(self, audio: np.ndarray, offset: int | None = None) -> np.ndarray:
+        """LAION-CLAP's input rule for one mono clip `[time]` -> `[window_samples]`: a longer clip
+        cut at `offset` (None: drawn uniformly from the encoder's seeded generator), a shorter one
+        repeated `window_samples // time` times, then zero-padded."""
+        window = self.window_samples
+        if len(audio) > window:
+            start = int(self._crops.integers(0, len(audio) - window + 1)) if offset is None else int(offset)
+            return audio[start : start + window]
+        repeated = np.tile(audio, window // len(audio))
+        return np.pad(repeated, (0, window - len(repeated)))
+
     def embed_long_audio(self, audio: np.ndarray) -> np.ndarray:
         """Unit-norm embedding `[embed_dim]` of one clip `[time, channels]` of any length.
 
-        A clip shorter than the tower's window is zero-padded (as training crops are); a
-        longer one is cut into consecutive windows (the last one padded) whose embeddings
-        are averaged and re-normalised. This stands in for LAION-CLAP's "fusion" of a global
-        down-sampled view with local crops, which our towers do not have.
+        With `long_audio="windows"`, a clip shorter than the tower's window is zero-padded (as
+        training crops are); a longer one is cut into consecutive windows (the last one padded)
+        whose embeddings are averaged and re-normalised. This stands in for LAION-CLAP's
+        "fusion" of a global down-sampled view with local crops, which our towers do not have.
+        With "crop", the channels are averaged and `crop_or_repeat` makes the one window.
         """
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 2 or not len(audio):
             raise ValueError(f"expected one non-empty clip [time, channels], got shape {audio.shape}")
+        if self.long_audio == "crop":
+            window = self.crop_or_repeat(audio.mean(axis=1))
+            return self.embed_audio(window[None, :, None])[0]
         num_windows = max(1, -(-len(audio) // self.window_samples))
         padded = np.zeros((num_windows * self.window_samples, audio.shape[1]), np.float32)
         padded[: len(audio)] = audio
@@ -160,4 +238,6 @@ class CLAPEncoder:
         if not os.path.exists(path):
             raise FileNotFoundError(f"audio file not found: {path}")
         audio, sample_rate = decode_audio(path)
+        if self.long_audio == "crop":  # stable-audio-metrics loads LAION-CLAP's input as mono
+            audio = np.asarray(audio, np.float32).reshape(len(audio), -1).mean(axis=1)
         return self.embed_long_audio(prepare_audio(audio, sample_rate, self.sample_rate))

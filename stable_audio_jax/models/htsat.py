@@ -27,6 +27,7 @@ Reference sizes: HTSAT-tiny (`htsat_tiny()`, LAION-CLAP's "HTSAT-tiny") and HTSA
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, Mapping
 
@@ -57,6 +58,10 @@ _MASK_VALUE = -1e9
 _STANDARDISE_EPS = 1e-2
 # Logical axes of the `[batch, H, W, embed]` token grid between stages.
 _GRID = ("batch", None, None, "embed")
+INPUT_NORMS = ("standardise", "affine")
+FRAME_RESIZES = ("linear", "bicubic")
+# PyTorch's cubic convolution coefficient (`upsample_bicubic2d`); Keys' kernel with A = -0.75.
+_TORCH_CUBIC_A = -0.75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,12 @@ class HTSATConfig:
       window_size: side of the square attention windows.
       mlp_ratio: MLP hidden width / token width.
       drop_path_rate: stochastic depth of the last block (linear from 0 at the first).
+      input_norm: "standardise" (each example's log-mel standardised, then the learned
+        per-mel scale and bias: for towers trained here) or "affine" (the per-mel scale and
+        bias alone: LAION-CLAP's evaluation-mode BatchNorm `bn0`, folded in on import).
+      frame_resize: how a log-mel of another length is resized to `num_frames`: "linear"
+        or "bicubic" (PyTorch's `interpolate(mode="bicubic", align_corners=True)`, what
+        LAION-CLAP does to the 1001 frames of its 10 s input).
     """
 
     sample_rate: int = 48000
@@ -95,6 +106,8 @@ class HTSATConfig:
     window_size: int = 8
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.1
+    input_norm: str = "standardise"
+    frame_resize: str = "linear"
 
     def __post_init__(self):
         # Lists (JSON, ml_collections) become tuples so the config stays hashable.
@@ -211,6 +224,10 @@ class HTSATConfig:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}")
+        if self.frame_resize not in FRAME_RESIZES:
+            raise ValueError(f"frame_resize must be one of {FRAME_RESIZES}, got {self.frame_resize!r}")
         # Every stage must see whole patches and an even grid to merge.
         factor = self.patch_size * 2 ** (self.num_stages - 1)
         for axis, side in zip(("time side spec_size", "freq side freq_ratio * n_mels"), self.image_size):
@@ -291,6 +308,36 @@ def expected_num_params(config: HTSATConfig) -> int:
         if i < config.num_stages - 1:
             total += 2 * 4 * dim + 4 * dim * 2 * dim
     return total + 2 * config.output_dim  # final LayerNorm
+
+
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
+    """Weights `[..., 4]` of the samples at offsets -1, 0, 1, 2 for a fractional position `t`."""
+    a = _TORCH_CUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """float32 `[out_size, in_size]` that resizes an axis as PyTorch's bicubic interpolation
+    with `align_corners=True`: output i samples position `i * (in - 1) / (out - 1)`, with
+    the four neighbours' indices clamped to the edges. Read-only, cached."""
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    position = np.arange(out_size) * scale
+    floor = np.floor(position)
+    weights = _cubic_weights(position - floor)  # [out, 4]
+    taps = np.clip(floor[:, None].astype(np.int64) + np.arange(-1, 3)[None], 0, in_size - 1)
+    matrix = np.zeros((out_size, in_size))
+    np.add.at(matrix, (np.repeat(np.arange(out_size), 4), taps.ravel()), weights.ravel())
+    matrix = matrix.astype(np.float32)
+    matrix.setflags(write=False)
+    return matrix
 
 
 # ---- window helpers (work on numpy and jax arrays alike) --------------------------------
@@ -464,7 +511,9 @@ class HTSATEncoder(nn.Module):
     to a train state that is otherwise a pure params pytree, so instead each example's
     log-mel is standardised (mean and std over frames and bins) and then scaled and
     shifted per mel bin by learned parameters: the same parameter count, no state, and
-    invariant to the input gain (a dB offset).
+    invariant to the input gain (a dB offset). `input_norm="affine"` keeps only the
+    per-mel scale and bias, which is what a frozen BatchNorm is: imported LAION-CLAP
+    towers use it (`convert/laion_clap_checkpoint.py`).
 
     `remat_policy` (one of `remat.REMAT_CHOICES`, default "none") rematerialises every
     Swin block in the backward pass (`models/remat.py`), with the same parameters.
@@ -494,7 +543,10 @@ class HTSATEncoder(nn.Module):
             f_min=c.f_min,
             f_max=c.f_max,
         )
-        if mel.shape[1] != c.num_frames:
+        if mel.shape[1] != c.num_frames and c.frame_resize == "bicubic":
+            matrix = jnp.asarray(bicubic_resize_matrix(mel.shape[1], c.num_frames))
+            mel = jnp.einsum("of,bfm->bom", matrix, mel, precision=jax.lax.Precision.HIGHEST)
+        elif mel.shape[1] != c.num_frames:
             mel = jax.image.resize(mel, (mel.shape[0], c.num_frames, c.n_mels), "linear")
         return mel
 
@@ -508,9 +560,10 @@ class HTSATEncoder(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         mel = self.log_mel(audio)  # [batch, num_frames, n_mels]
 
-        mean = jnp.mean(mel, axis=(1, 2), keepdims=True)
-        var = jnp.var(mel, axis=(1, 2), keepdims=True)
-        mel = (mel - mean) * jax.lax.rsqrt(var + _STANDARDISE_EPS)
+        if c.input_norm == "standardise":
+            mean = jnp.mean(mel, axis=(1, 2), keepdims=True)
+            var = jnp.var(mel, axis=(1, 2), keepdims=True)
+            mel = (mel - mean) * jax.lax.rsqrt(var + _STANDARDISE_EPS)
         scale = self.param(
             "input_scale",
             nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),

@@ -21,4 +21,4 @@ class _Unavailable:
         raise NotImplementedError("torchvision transforms are not available in the parity shim")
 
 
-Compose = Resize = CenterCrop = ToTensor = Normalize = _Unavailable
+Compose = Resize = CenterCrop = ToTensor = Normalize = RandomResizedCrop = _Unavailable
