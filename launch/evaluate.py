@@ -11,7 +11,7 @@
         --passt_weights=passt-s-f128-p16-s10-ap.476-swa.pt
     # the LAION-CLAP score of captioned generations
     python launch/evaluate.py --generated=samples --metrics=clap_laion --roberta_dir=roberta-base \
-        --laion_clap_checkpoint=music_speech_audioset_epoch_15_esc_89.98.pt
+        --laion_clap_checkpoint=630k-audioset-fusion-best.pt
     # an autoencoder (a VAE run or a pretrained directory) on reference audio
     python launch/evaluate.py --vae=outputs/demo/vae --reference=outputs/demo/data/valid.jsonl
 
@@ -29,11 +29,12 @@ reference's label distributions). Metrics:
              reference) over the files with the same name in both sets; needs --passt_weights
              (passt-s-f128-p16-s10-ap.476-swa.pt from the PaSST releases, a local file)
   clap       CLAP score of the generated files with their captions, against other captions
-  clap_laion the same with LAION-CLAP (the paper's CLAP score): --laion_clap_checkpoint, a
-             non-fusion HTSAT checkpoint such as music_speech_audioset_epoch_15_esc_89.98.pt,
-             and --roberta_dir, a local roberta-base folder (config.json, vocab.json,
-             merges.txt); mono 48 kHz, clips over 10 s cropped at a seeded random offset,
-             shorter ones repeated and zero-padded, as laion-clap does
+  clap_laion the same with LAION-CLAP (the paper's CLAP score): --laion_clap_checkpoint
+             (630k-audioset-fusion-best.pt, stable-audio-metrics' default, or a non-fusion
+             HTSAT-base one such as music_speech_audioset_epoch_15_esc_89.98.pt) and
+             --roberta_dir, a local roberta-base folder (config.json, vocab.json, merges.txt);
+             mono 48 kHz; clips over 10 s fused (global + three local views) or cropped at a
+             seeded random offset, shorter ones repeated and zero-padded, as laion-clap does
 
 With `--vae`, the files of `--reference` go through the autoencoder instead and each gets its
 multi-resolution STFT distance, SI-SDR, mel distance and the output level where the input is
@@ -67,9 +68,7 @@ _OPENL3 = flags.DEFINE_string("openl3_weights", None, "torchopenl3 weights file 
 _OPENL3_CONTENT = flags.DEFINE_enum("openl3_content", "music", ["music", "env"], "OpenL3 content type of the weights.")
 _PASST = flags.DEFINE_string("passt_weights", None, "PaSST AudioSet weights file (kl_passt).")
 _PASST_COLLECT = flags.DEFINE_enum("passt_collect", "mean", ["mean", "max"], "kl_passt: pooling of window logits.")
-_LAION = flags.DEFINE_string(
-    "laion_clap_checkpoint", None, "LAION-CLAP checkpoint without fusion (clap_laion), a local file."
-)
+_LAION = flags.DEFINE_string("laion_clap_checkpoint", None, "LAION-CLAP checkpoint (clap_laion), a local file.")
 _ROBERTA = flags.DEFINE_string(
     "roberta_dir", None, "Local roberta-base folder for LAION-CLAP's text branch (clap_laion)."
 )
@@ -137,7 +136,7 @@ def _check_flags() -> list[str]:
         raise UserError("--metrics=kl_passt needs --passt_weights (passt-s-f128-p16-s10-ap.476-swa.pt)")
     if "clap_laion" in metrics and not (_LAION.value and _ROBERTA.value):
         raise UserError(
-            "--metrics=clap_laion needs --laion_clap_checkpoint (e.g. music_speech_audioset_epoch_15_esc_89.98.pt) "
+            "--metrics=clap_laion needs --laion_clap_checkpoint (e.g. 630k-audioset-fusion-best.pt) "
             "and --roberta_dir (a local roberta-base folder)"
         )
     needs_clap = [m for m in metrics if m in ("fd_clap", "clap")]

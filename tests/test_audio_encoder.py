@@ -204,6 +204,16 @@ def test_every_parameter_has_logical_axes(demo_model):
     assert sum(leaf.value.size for leaf in leaves) == htsat.expected_num_params(config)
 
 
+def test_fusion_tower_parameters():
+    """LAION-CLAP's aff_2d fusion adds the local patch conv and AFF, each with logical axes."""
+    config = htsat.htsat_tiny(fusion=True, mel_scale="htk", input_norm="affine", frame_resize="bicubic")
+    shapes = jax.eval_shape(HTSATEncoder(config).init, jax.random.key(0), jnp.zeros((1, config.num_samples)))
+    leaves = jax.tree.leaves(shapes["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert all(isinstance(leaf, nn.Partitioned) and len(leaf.names) == leaf.value.ndim for leaf in leaves)
+    count = sum(int(np.prod(leaf.value.shape)) for leaf in leaves)
+    assert count == htsat.expected_num_params(config) == 27_534_488 + 12 * 4 * 96 + 96 + 2 * (2 * 96 * 24 + 24 + 96)
+
+
 def _abstract_num_params(config: HTSATConfig) -> int:
     model = HTSATEncoder(config)
     audio = jax.ShapeDtypeStruct((1, config.num_samples), jnp.float32)

@@ -148,7 +148,7 @@ def test_evaluate_bad_input_is_one_line(clap_setup, tmp_path):
         (["--metrics=clap_laion"], "needs --laion_clap_checkpoint"),
         (
             ["--metrics=clap_laion", f"--laion_clap_checkpoint={tmp_path}/c.pt", f"--roberta_dir={tmp_path}"],
-            "music_speech_audioset_epoch_15_esc_89.98.pt from huggingface.co/lukewys/laion_clap",
+            "630k-audioset-fusion-best.pt or music_speech_audioset_epoch_15_esc_89.98.pt from huggingface.co",
         ),
         (["--metrics=fd_clap"], "needs --reference"),
         (["--metrics=nope"], "unknown metric 'nope'"),

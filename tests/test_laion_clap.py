@@ -24,6 +24,7 @@ from tests.parity import assert_parity
 from tests.reference.seeded_arrays import golden_state_dict, load_golden, music_like
 
 GOLDEN = os.path.join(FIXTURES, "laion_clap_reference.npz")
+FUSION_GOLDEN = os.path.join(FIXTURES, "laion_clap_fusion_reference.npz")
 ROBERTA_DIR = os.path.join(FIXTURES, "sa1_small", "roberta")
 SR = 48000
 
@@ -152,11 +153,48 @@ def test_text_embeddings_and_tokens_match_the_reference(converted, golden):
     assert_parity(embeddings, golden["text_embed"], "LAION-CLAP text embeddings")
 
 
-def test_fusion_checkpoints_are_refused(golden):
-    tensors = _checkpoint(golden)
-    tensors["module.audio_branch.patch_embed.fusion_model.local_att.0.weight"] = np.zeros((4, 16, 1, 1), np.float32)
-    with pytest.raises(ConversionError, match="fusion checkpoint .*music_speech_audioset_epoch_15_esc_89.98.pt"):
-        laion_clap_params_from_state_dict(StateDictReader(tensors, "x.pt"), _roberta_config())
+def test_other_fusion_types_are_refused(golden):
+    """iAFF's second attention and a DAF (a local conv without AFF) name the tensor."""
+    fusion = _checkpoint(load_golden(FUSION_GOLDEN))
+    iaff = dict(fusion, **{"module.audio_branch.patch_embed.fusion_model.local_att2.0.weight": np.zeros((4, 16, 1, 1))})
+    daf = {k: v for k, v in fusion.items() if ".fusion_model." not in k}
+    for tensors, name in ((iaff, "fusion_model.local_att2.0.weight"), (daf, "mel_conv2d / fusion_model")):
+        with pytest.raises(ConversionError, match=f"{name}: only the aff_2d fusion"):
+            laion_clap_params_from_state_dict(StateDictReader(tensors, "x.pt"), _roberta_config())
+
+
+@pytest.fixture(scope="module")
+def fusion_encoder(tmp_path_factory):
+    from safetensors.numpy import save_file
+
+    from stable_audio_jax.inference.clap import CLAPEncoder
+
+    path = str(tmp_path_factory.mktemp("laion_fusion") / "clap.safetensors")
+    save_file({k: np.ascontiguousarray(v) for k, v in _checkpoint(load_golden(FUSION_GOLDEN)).items()}, path)
+    return CLAPEncoder.from_laion_checkpoint(path, ROBERTA_DIR)
+
+
+@pytest.mark.parity
+def test_fusion_matches_the_reference(fusion_encoder):
+    """630k-audioset-fusion-best's layout: a 15 s clip fused (HTK mel, the whole clip shrunk with
+    antialiasing, three crops) and a 3.1 s clip (repeat-padded, not fused) in one batch."""
+    from stable_audio_jax.models.htsat import FusionViews
+
+    golden = load_golden(FUSION_GOLDEN)
+    config = fusion_encoder.model.config.audio
+    assert config.fusion and config.mel_scale == "htk"
+    long_views = fusion_encoder.fusion_views(music_like(6, 15 * SR, SR), starts=golden["fusion_starts"])
+    short_views = fusion_encoder.fusion_views(music_like(2, 150000, SR))
+    assert bool(long_views.fused) and not bool(short_views.fused)
+    views = np.concatenate([long_views.global_mel[None], long_views.local_mels])[:, ::50]
+    assert_parity(views, golden["fusion_views"], "the four mel views (torchaudio HTK mel, torchvision shrink)")
+    batch = FusionViews(*(np.stack([a, b]) for a, b in zip(long_views, short_views)))
+    assert_parity(fusion_encoder.embed_fusion_views(batch), golden["fusion_embed"], "fused and plain embeddings")
+    unfused = fusion_encoder.embed_fusion_views(batch._replace(fused=np.array([False, False])))
+    assert np.max(np.abs(unfused[0] - golden["fusion_embed"][0])) > 1e-2  # the local views count
+    # Without given starts, each call draws new crops.
+    drawn = [fusion_encoder.fusion_views(music_like(6, 15 * SR, SR)) for _ in range(2)]
+    assert not np.array_equal(drawn[0].local_mels, drawn[1].local_mels)
 
 
 def test_evaluate_script_scores_captioned_files(encoder, checkpoint_file, tmp_path):

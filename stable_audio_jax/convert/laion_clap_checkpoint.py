@@ -2,9 +2,9 @@
 
     config, params, tokenizer = load_laion_clap("music_speech_audioset_epoch_15_esc_89.98.pt", "roberta-base/")
 
-The non-fusion HTSAT checkpoints of github.com/LAION-AI/CLAP (`music_speech_audioset_epoch_15_
-esc_89.98.pt`, `music_audioset_epoch_15_esc_90.14.pt`, `music_speech_epoch_15_esc_89.25.pt`;
-HTSAT-base, 48 kHz) are read without executing their pickle; nothing is downloaded. The text
+The HTSAT checkpoints of github.com/LAION-AI/CLAP (the non-fusion HTSAT-base music ones,
+`music_speech_audioset_epoch_15_esc_89.98.pt` and its siblings, and the fusion HTSAT-tiny
+`630k-audioset-fusion-best.pt`, all 48 kHz) are read without executing their pickle; nothing is downloaded. The text
 branch's architecture and tokenizer come from a local Hugging Face `roberta-base` folder (its
 `config.json`, `vocab.json` + `merges.txt`; its weights are not read), as for Stable Audio 1.0's
 prompt encoder (`convert/clap_text_checkpoint.py`). Keys (with or without DDP's `module.`):
@@ -25,7 +25,14 @@ prompt encoder (`convert/clap_text_checkpoint.py`). Keys (with or without DDP's 
 HTSAT lays its image out as (frequency, time) and this port as (time, frequency): the patch
 kernel is transposed, each relative-position table is re-indexed with its two offsets swapped,
 and the patch merging's (odd row, even column) and (even row, odd column) blocks trade places.
-Checkpoints with the fusion branch (`630k-audioset-fusion-best.pt`) are refused naming it.
+Fusion checkpoints (`630k-audioset-fusion-best.pt`, HTSAT-tiny, `fusion_type="aff_2d"`) add
+
+    audio_branch.patch_embed.mel_conv2d  -> patch_mel_conv (transposed like the patch kernel)
+    audio_branch.patch_embed.fusion_model.{local_att, global_att}.{conv, BatchNorm, ReLU, conv, BatchNorm}
+                                         -> patch_fusion/{local, global}_{1, 2} (BatchNorms folded in)
+
+and take torchaudio's HTK mel front end (`mel_scale="htk"`), as laion-clap's `get_mel` does for
+them; the other fusion types (1-D, DAF, iAFF) are refused naming the tensor.
 """
 
 from __future__ import annotations
@@ -63,7 +70,11 @@ LAION_FRONT_END = dict(sample_rate=48000, n_fft=1024, hop_length=480, win_length
 LAION_SPEC_SIZE = 256  # HTSAT_Swin_Transformer(spec_size=256); freq_ratio = spec_size // mel_bins
 LAION_WINDOW_SAMPLES = 480000  # the 10 s every clip is cropped or repeat-padded to
 _BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
-_FUSION_KEYS = ("fusion_model", "mel_conv2d", "mel_conv1d")
+_FUSION_PREFIX = "patch_embed.fusion_model."
+_AFF_2D_PARTS = ("local_att", "global_att")  # iAFF adds local_att2 / global_att2, the 1-D types mel_conv1d
+# (conv, BatchNorm) indices of AFF's two bottlenecks: Sequential(conv, BN, ReLU, conv, BN), the
+# global one behind an average pool.
+_AFF_LAYERS = {"local_att": ((0, 1), (3, 4)), "global_att": ((1, 2), (4, 5))}
 
 
 def _network(reader: StateDictReader) -> StateDictReader:
@@ -81,12 +92,18 @@ def _count(reader: StateDictReader, prefix: str) -> int:
 
 def htsat_config_from_state_dict(reader: StateDictReader) -> htsat.HTSATConfig:
     """The audio branch's layout read off its shapes (`reader` scoped to `audio_branch.`)."""
-    fusion = sorted({k.split(".")[1] for k in reader.keys() if any(f in k for f in _FUSION_KEYS)})
-    if fusion:
+    fusion = reader.has("patch_embed.mel_conv2d.weight")
+    unknown = sorted(
+        k
+        for k in reader.keys()
+        if "mel_conv1d" in k
+        or (k.startswith(_FUSION_PREFIX) and k[len(_FUSION_PREFIX) :].split(".")[0] not in _AFF_2D_PARTS)
+    )
+    if unknown or (fusion != any(k.startswith(_FUSION_PREFIX) for k in reader.keys())):
+        name = unknown[0] if unknown else "patch_embed.mel_conv2d / fusion_model"
         raise ConversionError(
-            f"{reader.source}: a fusion checkpoint (audio_branch.patch_embed.{fusion[0]}, as 630k-audioset-"
-            "fusion-best.pt): the fusion branch is not implemented here; use a non-fusion HTSAT checkpoint "
-            "such as music_speech_audioset_epoch_15_esc_89.98.pt"
+            f"{reader.source}: audio_branch.{name}: only the aff_2d fusion (630k-audioset-fusion-best.pt) and "
+            "non-fusion checkpoints are implemented"
         )
     for key in ("bn0.weight", "patch_embed.proj.weight", "layers.0.blocks.0.attn.relative_position_bias_table"):
         if not reader.has(key):
@@ -112,8 +129,10 @@ def htsat_config_from_state_dict(reader: StateDictReader) -> htsat.HTSATConfig:
         mlp_ratio=reader.shape("layers.0.blocks.0.mlp.fc1.weight")[0] / embed_dim,
         input_norm="affine",
         frame_resize="bicubic",
+        mel_scale="htk" if fusion else "slaney",
+        fusion=fusion,
     )
-    if reader.has("logmel_extractor.melW"):
+    if reader.has("logmel_extractor.melW"):  # torchlibrosa's Slaney bank, kept by fusion models too
         expected = mel_filterbank(config.sample_rate, config.n_fft, n_mels, config.f_min, config.f_max)
         found = reader.take("logmel_extractor.melW")
         if found.shape != expected.shape or not np.allclose(found, expected, rtol=1e-4, atol=1e-7):
@@ -142,6 +161,27 @@ def _layer_norm(reader: StateDictReader, key: str, dim: int) -> Params:
     return {"scale": reader.take(f"{key}.weight", (dim,)), "bias": reader.take(f"{key}.bias", (dim,))}
 
 
+def _folded_conv(reader: StateDictReader, conv: str, norm: str, fan_in: int, fan_out: int) -> Params:
+    """A 1x1 conv followed by an evaluation-mode BatchNorm, as one Dense."""
+    kernel = linear_kernel(reader.take(f"{conv}.weight", (fan_out, fan_in, 1, 1))[:, :, 0, 0])
+    bias = reader.take(f"{conv}.bias", (fan_out,))
+    gain = reader.take(f"{norm}.weight", (fan_out,)) / np.sqrt(reader.take(f"{norm}.running_var", (fan_out,)) + _BN_EPS)
+    shift = reader.take(f"{norm}.bias", (fan_out,)) - reader.take(f"{norm}.running_mean", (fan_out,)) * gain
+    reader.skip(f"{norm}.num_batches_tracked")
+    return {"kernel": kernel * gain, "bias": bias * gain + shift}
+
+
+def _aff_params(reader: StateDictReader, channels: int) -> Params:
+    """`AttentionalFeatureFusion` params from laion-clap's `AFF(type="2D")` tensors."""
+    inner = channels // 4
+    params = {}
+    for part, ((conv1, norm1), (conv2, norm2)) in _AFF_LAYERS.items():
+        prefix = part.split("_")[0]
+        params[f"{prefix}_1"] = _folded_conv(reader, f"{part}.{conv1}", f"{part}.{norm1}", channels, inner)
+        params[f"{prefix}_2"] = _folded_conv(reader, f"{part}.{conv2}", f"{part}.{norm2}", inner, channels)
+    return params
+
+
 def htsat_params_from_state_dict(reader: StateDictReader, config: htsat.HTSATConfig) -> Params:
     """`HTSATEncoder(config)`'s params from the tensors under `reader` (scoped to `audio_branch.`)."""
     n_mels, embed, patch = config.n_mels, config.embed_dim, config.patch_size
@@ -159,6 +199,12 @@ def htsat_params_from_state_dict(reader: StateDictReader, config: htsat.HTSATCon
         "patch_norm": _layer_norm(reader, "patch_embed.norm", embed),
         "norm": _layer_norm(reader, "norm", config.output_dim),
     }
+    if config.fusion:
+        params["patch_mel_conv"] = {
+            "kernel": reader.take("patch_embed.mel_conv2d.weight", (embed, 1, patch, 3 * patch)).transpose(3, 2, 1, 0),
+            "bias": reader.take("patch_embed.mel_conv2d.bias", (embed,)),
+        }
+        params["patch_fusion"] = _aff_params(reader.scoped(_FUSION_PREFIX), embed)
     for key in ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight"):
         reader.skip(key)
     reader.skip_prefix("tscam_conv.")

@@ -26,6 +26,7 @@ from stable_audio_jax import parallel
 from stable_audio_jax.errors import UserError
 from stable_audio_jax.input_pipeline.tokenizer import TextTokenizer
 from stable_audio_jax.models.clap import CLAP
+from stable_audio_jax.models.htsat import FUSION_LOCAL_VIEWS, FusionViews, antialiased_resize_matrix, clip_log_mel
 from stable_audio_jax.training.clap_task import clap_params, tokenizer_in_run
 from stable_audio_jax.training.runs import load_run
 
@@ -41,7 +42,7 @@ def prepare_audio(audio: np.ndarray, sample_rate: int, target_sample_rate: int) 
     return np.round(audio * 32767).astype(np.int16).astype(np.float32) / 32767
 
 
-LONG_AUDIO = ("windows", "crop")
+LONG_AUDIO = ("windows", "crop", "fusion")
 
 
 class CLAPEncoder:
@@ -104,7 +105,7 @@ class CLAPEncoder:
         rules: parallel.Rules = parallel.DEFAULT_RULES,
         crop_seed: int = 0,
     ) -> "CLAPEncoder":
-        """A LAION-CLAP checkpoint without fusion (`convert/laion_clap_checkpoint.py`) and its
+        """A LAION-CLAP checkpoint (`convert/laion_clap_checkpoint.py`; fusion or not) and its
         RoBERTa folder, placed on `mesh` (default: every device on the data axis); `UserError`
         naming a missing file and where it comes from, or what does not fit."""
         from stable_audio_jax.convert import laion_clap_checkpoint as laion
@@ -112,8 +113,9 @@ class CLAPEncoder:
 
         if not os.path.isfile(checkpoint):
             raise UserError(
-                f"LAION-CLAP checkpoint not found: {checkpoint} (e.g. music_speech_audioset_epoch_15_esc_89.98.pt "
-                "from huggingface.co/lukewys/laion_clap; nothing is downloaded here)"
+                f"LAION-CLAP checkpoint not found: {checkpoint} (630k-audioset-fusion-best.pt or "
+                "music_speech_audioset_epoch_15_esc_89.98.pt from huggingface.co/lukewys/laion_clap; "
+                "nothing is downloaded here)"
             )
         if not os.path.isfile(os.path.join(roberta_dir, "config.json")):
             raise UserError(
@@ -132,7 +134,7 @@ class CLAPEncoder:
             tokenizer,
             mesh,
             rules,
-            long_audio="crop",
+            long_audio="fusion" if config.audio.fusion else "crop",
             window_samples=laion.LAION_WINDOW_SAMPLES,
             crop_seed=crop_seed,
         )
@@ -155,6 +157,18 @@ class CLAPEncoder:
     @functools.cached_property
     def _text_embedding_fn(self):
         return self._jit(lambda p, ids, mask: self.model.apply({"params": p}, ids, mask, method=CLAP.encode_text)[0])
+
+    @functools.cached_property
+    def _fusion_embedding_fn(self):
+        def embed(p, global_mel, local_mels, fused):
+            views = FusionViews(global_mel, local_mels, fused)
+            return self.model.apply({"params": p}, views, method=CLAP.encode_audio)
+
+        return self._jit(embed)
+
+    @functools.cached_property
+    def _clip_log_mel_fn(self):
+        return jax.jit(lambda audio: clip_log_mel(audio, self.model.config.audio))
 
     @functools.cached_property
     def _audio_embedding_fn(self):
@@ -209,6 +223,27 @@ class CLAPEncoder:
         repeated = np.tile(audio, window // len(audio))
         return np.pad(repeated, (0, window - len(repeated)))
 
+    def fusion_views(self, audio: np.ndarray, starts: Sequence[int] | None = None) -> FusionViews:
+        """laion-clap's fusion input of one mono clip `[time]`: `FusionViews` of one example,
+        `global_mel [frames, n_mels]`, `local_mels [3, frames, n_mels]`, `fused` (a 0-d bool),
+        `frames = window_samples // hop_length + 1`. `starts`: the local windows' first frames
+        (None: drawn from the encoder's seeded generator, one per third of the possible starts)."""
+        if len(audio) <= self.window_samples:
+            audio = self.crop_or_repeat(audio)
+        mel = np.asarray(self._clip_log_mel_fn(np.asarray(audio, np.float32)[None]))[0]
+        frames = self.window_samples // self.model.config.audio.hop_length + 1
+        if len(mel) == frames:  # it fits one window (laion-clap: the same mel four times, not fused)
+            return FusionViews(mel, np.stack([mel] * FUSION_LOCAL_VIEWS), np.array(False))
+        thirds = [r if len(r) else np.array([0]) for r in np.array_split(np.arange(len(mel) - frames + 1), 3)]
+        starts = [int(self._crops.choice(r)) for r in thirds] if starts is None else [int(s) for s in starts]
+        local = np.stack([mel[s : s + frames] for s in starts])
+        shrunk = antialiased_resize_matrix(len(mel), frames) @ mel
+        return FusionViews(shrunk.astype(np.float32), local, np.array(True))
+
+    def embed_fusion_views(self, views: FusionViews) -> np.ndarray:
+        """Unit-norm embeddings `[batch, embed_dim]` of batched `FusionViews` (see `fusion_views`)."""
+        return np.asarray(self._run(self._fusion_embedding_fn, *(np.asarray(v) for v in views)))
+
     def embed_long_audio(self, audio: np.ndarray) -> np.ndarray:
         """Unit-norm embedding `[embed_dim]` of one clip `[time, channels]` of any length.
 
@@ -216,11 +251,15 @@ class CLAPEncoder:
         training crops are); a longer one is cut into consecutive windows (the last one padded)
         whose embeddings are averaged and re-normalised. This stands in for LAION-CLAP's
         "fusion" of a global down-sampled view with local crops, which our towers do not have.
-        With "crop", the channels are averaged and `crop_or_repeat` makes the one window.
+        With "crop", the channels are averaged and `crop_or_repeat` makes the one window; with
+        "fusion", `fusion_views` makes the tower's input.
         """
         audio = np.asarray(audio, np.float32)
         if audio.ndim != 2 or not len(audio):
             raise ValueError(f"expected one non-empty clip [time, channels], got shape {audio.shape}")
+        if self.long_audio == "fusion":
+            views = self.fusion_views(audio.mean(axis=1))
+            return self.embed_fusion_views(FusionViews(*(np.asarray(v)[None] for v in views)))[0]
         if self.long_audio == "crop":
             window = self.crop_or_repeat(audio.mean(axis=1))
             return self.embed_audio(window[None, :, None])[0]
@@ -238,6 +277,6 @@ class CLAPEncoder:
         if not os.path.exists(path):
             raise FileNotFoundError(f"audio file not found: {path}")
         audio, sample_rate = decode_audio(path)
-        if self.long_audio == "crop":  # stable-audio-metrics loads LAION-CLAP's input as mono
+        if self.long_audio != "windows":  # stable-audio-metrics loads LAION-CLAP's input as mono
             audio = np.asarray(audio, np.float32).reshape(len(audio), -1).mean(axis=1)
         return self.embed_long_audio(prepare_audio(audio, sample_rate, self.sample_rate))

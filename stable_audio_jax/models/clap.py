@@ -101,8 +101,8 @@ class CLAP(nn.Module):
         )
 
     def encode_audio(self, audio: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        """audio `[batch, time, channels]` (or `[batch, time]`) at `config.audio.sample_rate`
-        -> unit-norm embeddings `[batch, embed_dim]` (float32)."""
+        """audio `[batch, time, channels]` (or `[batch, time]`) at `config.audio.sample_rate`, or
+        `htsat.FusionViews` for a fusion tower -> unit-norm embeddings `[batch, embed_dim]` (float32)."""
         pooled, _ = self.audio_encoder(audio, deterministic=deterministic)
         return _normalize(self.audio_projection(pooled))
 

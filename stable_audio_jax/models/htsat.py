@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -60,6 +60,9 @@ _STANDARDISE_EPS = 1e-2
 _GRID = ("batch", None, None, "embed")
 INPUT_NORMS = ("standardise", "affine")
 FRAME_RESIZES = ("linear", "bicubic")
+MEL_SCALES = ("slaney", "htk")
+FUSION_LOCAL_VIEWS = 3  # LAION-CLAP's front, middle and back crops
+_FUSION_REDUCTION = 4  # AFF's bottleneck: channels // 4
 # PyTorch's cubic convolution coefficient (`upsample_bicubic2d`); Keys' kernel with A = -0.75.
 _TORCH_CUBIC_A = -0.75
 
@@ -88,6 +91,11 @@ class HTSATConfig:
       frame_resize: how a log-mel of another length is resized to `num_frames`: "linear"
         or "bicubic" (PyTorch's `interpolate(mode="bicubic", align_corners=True)`, what
         LAION-CLAP does to the 1001 frames of its 10 s input).
+      mel_scale: "slaney" (librosa's normalised filterbank, LAION-CLAP's torchlibrosa front
+        end) or "htk" (unnormalised, torchaudio's, which LAION-CLAP's fusion models use).
+      fusion: LAION-CLAP's "aff_2d" feature fusion: the input may be `FusionViews` (the clip
+        shrunk to one window plus three local windows), whose local patches are merged into
+        the global ones by attentional feature fusion (AFF, arXiv 2009.14082).
     """
 
     sample_rate: int = 48000
@@ -108,6 +116,8 @@ class HTSATConfig:
     drop_path_rate: float = 0.1
     input_norm: str = "standardise"
     frame_resize: str = "linear"
+    mel_scale: str = "slaney"
+    fusion: bool = False
 
     def __post_init__(self):
         # Lists (JSON, ml_collections) become tuples so the config stays hashable.
@@ -228,6 +238,8 @@ class HTSATConfig:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}")
         if self.frame_resize not in FRAME_RESIZES:
             raise ValueError(f"frame_resize must be one of {FRAME_RESIZES}, got {self.frame_resize!r}")
+        if self.mel_scale not in MEL_SCALES:
+            raise ValueError(f"mel_scale must be one of {MEL_SCALES}, got {self.mel_scale!r}")
         # Every stage must see whole patches and an even grid to merge.
         factor = self.patch_size * 2 ** (self.num_stages - 1)
         for axis, side in zip(("time side spec_size", "freq side freq_ratio * n_mels"), self.image_size):
@@ -292,7 +304,8 @@ def expected_num_params(config: HTSATConfig) -> int:
 
     Per Swin block of width C, MLP width M and window w: two LayerNorms (4C), q/k/v/out
     projections with biases (4C^2 + 4C), the MLP (2CM + M + C) and the bias table
-    ((2w - 1)^2 per head). Per merging: LayerNorm(4C) and a 4C -> 2C matrix.
+    ((2w - 1)^2 per head). Per merging: LayerNorm(4C) and a 4C -> 2C matrix. With fusion,
+    the local patch conv (3p x p) and AFF's Dense(E/4) -> Dense(E) twice.
     """
     total = 2 * config.n_mels  # input scale and bias
     p, e = config.patch_size, config.embed_dim
@@ -307,6 +320,9 @@ def expected_num_params(config: HTSATConfig) -> int:
         total += depth * block
         if i < config.num_stages - 1:
             total += 2 * 4 * dim + 4 * dim * 2 * dim
+    if config.fusion:  # the local views' patch conv and AFF's two bottlenecks
+        r = e // _FUSION_REDUCTION
+        total += 3 * p * p * e + e + 2 * (e * r + r + r * e + e)
     return total + 2 * config.output_dim  # final LayerNorm
 
 
@@ -335,6 +351,57 @@ def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     taps = np.clip(floor[:, None].astype(np.int64) + np.arange(-1, 3)[None], 0, in_size - 1)
     matrix = np.zeros((out_size, in_size))
     np.add.at(matrix, (np.repeat(np.arange(out_size), 4), taps.ravel()), weights.ravel())
+    matrix = matrix.astype(np.float32)
+    matrix.setflags(write=False)
+    return matrix
+
+
+class FusionViews(NamedTuple):
+    """The input of a fusion tower (`HTSATConfig.fusion`), LAION-CLAP's `mel_fusion`:
+
+    global_mel `[batch, frames, n_mels]`: the whole clip's log-mel shrunk to one window's
+      frames (or that window itself when the clip is not longer);
+    local_mels `[batch, 3, frames, n_mels]`: windows from the front, middle and back thirds;
+    fused `[batch]` bool: whether to fuse the local views (False: they are ignored, as for
+      clips that fit one window).
+    """
+
+    global_mel: Any
+    local_mels: Any
+    fused: Any
+
+
+def clip_log_mel(audio: jax.Array, config: HTSATConfig) -> jax.Array:
+    """The tower's log-mel front end at the clip's own length: mono `[batch, time]` -> float32
+    `[batch, 1 + time // hop_length, n_mels]` (no resizing)."""
+    c = config
+    return log_mel_spectrogram(
+        jnp.asarray(audio, jnp.float32),
+        sample_rate=c.sample_rate,
+        n_fft=c.n_fft,
+        hop_length=c.hop_length,
+        win_length=c.win_length,
+        n_mels=c.n_mels,
+        f_min=c.f_min,
+        f_max=c.f_max,
+        htk=c.mel_scale == "htk",
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def antialiased_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """float32 `[out_size, in_size]` that resizes an axis as PyTorch's bilinear interpolation
+    with `antialias=True` and `align_corners=False` (torchvision's `Resize` of a tensor): a
+    triangle filter widened by the scale when shrinking, weights normalised per output."""
+    scale = in_size / out_size
+    support, inverse = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    matrix = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        low, high = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        taps = np.arange(low, high)
+        weights = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) * inverse))
+        matrix[i, low:high] = weights / weights.sum()
     matrix = matrix.astype(np.float32)
     matrix.setflags(write=False)
     return matrix
@@ -527,42 +594,44 @@ class HTSATEncoder(nn.Module):
     def log_mel(self, audio: jax.Array) -> jax.Array:
         """audio `[batch, time, channels]` or `[batch, time]` -> log-mel `[batch, num_frames,
         n_mels]` (float32), resized along time when the clip is not `num_samples` long."""
-        c = self.config
         audio = jnp.asarray(audio, jnp.float32)
         if audio.ndim == 3:
             audio = jnp.mean(audio, axis=-1)
         elif audio.ndim != 2:
             raise ValueError(f"expected audio [batch, time, channels] or [batch, time], got {audio.shape}")
-        mel = log_mel_spectrogram(
-            audio,
-            sample_rate=c.sample_rate,
-            n_fft=c.n_fft,
-            hop_length=c.hop_length,
-            win_length=c.win_length,
-            n_mels=c.n_mels,
-            f_min=c.f_min,
-            f_max=c.f_max,
-        )
-        if mel.shape[1] != c.num_frames and c.frame_resize == "bicubic":
-            matrix = jnp.asarray(bicubic_resize_matrix(mel.shape[1], c.num_frames))
-            mel = jnp.einsum("of,bfm->bom", matrix, mel, precision=jax.lax.Precision.HIGHEST)
-        elif mel.shape[1] != c.num_frames:
-            mel = jax.image.resize(mel, (mel.shape[0], c.num_frames, c.n_mels), "linear")
-        return mel
+        return self.to_num_frames(clip_log_mel(audio, self.config))
+
+    def to_num_frames(self, mel: jax.Array) -> jax.Array:
+        """`[..., frames, n_mels]` -> `[..., num_frames, n_mels]` by `config.frame_resize`."""
+        c = self.config
+        if mel.shape[-2] == c.num_frames:
+            return mel
+        if c.frame_resize == "bicubic":
+            matrix = jnp.asarray(bicubic_resize_matrix(mel.shape[-2], c.num_frames))
+            return jnp.einsum("of,...fm->...om", matrix, mel, precision=jax.lax.Precision.HIGHEST)
+        return jax.image.resize(mel, (*mel.shape[:-2], c.num_frames, c.n_mels), "linear")
 
     @nn.compact
-    def __call__(self, audio: jax.Array, *, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
-        """audio `[batch, time, channels]` or `[batch, time]` at `config.sample_rate` ->
-        `(pooled [batch, output_dim], tokens [batch, tokens, output_dim])`, tokens row-major
-        over the last stage's (time, freq) grid. `deterministic=False` turns on stochastic
-        depth (rng 'dropout')."""
+    def __call__(self, audio: jax.Array | FusionViews, *, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+        """audio `[batch, time, channels]` or `[batch, time]` at `config.sample_rate`, or for a
+        fusion tower `FusionViews` -> `(pooled [batch, output_dim], tokens [batch, tokens,
+        output_dim])`, tokens row-major over the last stage's (time, freq) grid.
+        `deterministic=False` turns on stochastic depth (rng 'dropout')."""
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        mel = self.log_mel(audio)  # [batch, num_frames, n_mels]
+        views = audio if isinstance(audio, FusionViews) else None
+        if views is not None and not c.fusion:
+            raise ValueError("FusionViews given to an HTSAT tower without fusion")
+        if views is not None:
+            # [batch, 1 + 3, num_frames, n_mels]: the global view first, normalised and imaged alike.
+            mel = jnp.concatenate([views.global_mel[:, None], views.local_mels], axis=1).astype(jnp.float32)
+            mel = self.to_num_frames(mel)
+        else:
+            mel = self.log_mel(audio)[:, None]  # [batch, 1, num_frames, n_mels]
 
         if c.input_norm == "standardise":
-            mean = jnp.mean(mel, axis=(1, 2), keepdims=True)
-            var = jnp.var(mel, axis=(1, 2), keepdims=True)
+            mean = jnp.mean(mel, axis=(-2, -1), keepdims=True)
+            var = jnp.var(mel, axis=(-2, -1), keepdims=True)
             mel = (mel - mean) * jax.lax.rsqrt(var + _STANDARDISE_EPS)
         scale = self.param(
             "input_scale",
@@ -578,10 +647,10 @@ class HTSATEncoder(nn.Module):
         )
         mel = mel * scale.astype(jnp.float32) + shift.astype(jnp.float32)
 
-        # wav2img: [batch, freq_ratio * spec_size, n_mels] -> [batch, spec_size, freq_ratio * n_mels, 1].
-        batch = mel.shape[0]
-        image = mel.reshape(batch, c.freq_ratio, c.spec_size, c.n_mels).transpose(0, 2, 1, 3)
-        image = image.reshape(batch, c.spec_size, c.freq_ratio * c.n_mels, 1).astype(self.dtype)
+        # wav2img: [..., freq_ratio * spec_size, n_mels] -> [..., spec_size, freq_ratio * n_mels, 1].
+        batch, num_views = mel.shape[:2]
+        image = mel.reshape(batch, num_views, c.freq_ratio, c.spec_size, c.n_mels).transpose(0, 1, 3, 2, 4)
+        image = image.reshape(batch, num_views, c.spec_size, c.freq_ratio * c.n_mels, 1).astype(self.dtype)
 
         p = c.patch_size
         # PyTorch's default conv init: HTSAT re-initialises only its Linear and LayerNorm layers.
@@ -596,7 +665,10 @@ class HTSATEncoder(nn.Module):
             bias_init=bias_init,
             name="patch_embed",
             **kw,
-        )(image)
+        )(image[:, 0])
+        if c.fusion:  # plain audio into a fusion tower: the fusion parameters exist, nothing is fused
+            local = image[:, 1:] if views is not None else jnp.zeros((batch, FUSION_LOCAL_VIEWS, *image.shape[2:]))
+            x = self._fuse_local_views(x, local.astype(self.dtype), views, kernel_init, bias_init, **kw)
         x = constrain(_layer_norm("patch_norm", **kw)(x), _GRID)  # [batch, H, W, embed_dim]
 
         block = maybe_remat(SwinBlock, self.remat_policy)
@@ -622,3 +694,58 @@ class HTSATEncoder(nn.Module):
         tokens = x.reshape(batch, -1, x.shape[-1])
         pooled = jnp.mean(tokens, axis=1, dtype=jnp.float32).astype(tokens.dtype)
         return pooled, tokens
+
+    def _fuse_local_views(self, x, local_images, views, kernel_init, bias_init, **kw) -> jax.Array:
+        """LAION-CLAP's "aff_2d" patch embedding: each local window's image is patched by a
+        conv 3 patches long in time, the three views laid end to end along time (zero-padded
+        to the grid) and merged into the global patches `x [batch, H, W, embed]` by AFF, for
+        the examples `views.fused` marks (none when `views` is None)."""
+        c, p = self.config, self.config.patch_size
+        batch, num_local = local_images.shape[:2]
+        local = nn.Conv(
+            c.embed_dim,
+            (3 * p, p),
+            strides=(3 * p, p),
+            padding="VALID",
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            name="patch_mel_conv",
+            **kw,
+        )(local_images.reshape(batch * num_local, *local_images.shape[2:]))
+        _, t, f, e = local.shape
+        local = local.reshape(batch, num_local * t, f, e)[:, : x.shape[1]]
+        local = jnp.pad(local, ((0, 0), (0, x.shape[1] - local.shape[1]), (0, 0), (0, 0)))
+        fused = AttentionalFeatureFusion(name="patch_fusion", **kw)(x, local)
+        if views is None:
+            return x
+        return jnp.where(jnp.asarray(views.fused)[:, None, None, None], fused, x)
+
+
+class AttentionalFeatureFusion(nn.Module):
+    """AFF (arXiv 2009.14082) as LAION-CLAP's `feature_fusion.AFF(type="2D")`, its evaluation-mode
+    BatchNorms folded into the 1x1 convolutions: `w = sigmoid(local(x + y) + global(x + y))`,
+    output `2 x w + 2 y (1 - w)`; `local` is Dense(C/4) -> ReLU -> Dense(C) per position, `global`
+    the same on the spatial mean. `[batch, H, W, C]` twice -> `[batch, H, W, C]`."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, residual: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def dense(features, name, axes):
+            kernel_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes)
+            bias_init = nn.with_logical_partitioning(nn.initializers.zeros, axes[1:])
+            return nn.Dense(features, name=name, kernel_init=kernel_init, bias_init=bias_init, **kw)
+
+        def bottleneck(h, prefix):
+            h = nn.relu(dense(channels // _FUSION_REDUCTION, f"{prefix}_1", ("embed", "mlp"))(h))
+            return dense(channels, f"{prefix}_2", ("mlp", "embed"))(h)
+
+        both = x + residual
+        local = bottleneck(both, "local")
+        pooled = bottleneck(jnp.mean(both, axis=(1, 2), keepdims=True), "global")
+        weight = jax.nn.sigmoid(local + pooled)
+        return 2 * x * weight + 2 * residual * (1 - weight)

@@ -31,13 +31,20 @@ AMIN = 1e-10
 
 
 @functools.lru_cache(maxsize=None)
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
-    """librosa's Slaney-style, Slaney-normalised mel filterbank, float32 `[n_fft // 2 + 1, n_mels]`.
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float, htk: bool = False
+) -> np.ndarray:
+    """librosa's Slaney-style, Slaney-normalised mel filterbank, float32 `[n_fft // 2 + 1, n_mels]`;
+    with `htk`, the HTK mel scale without normalisation (torchaudio's `MelSpectrogram` default,
+    which LAION-CLAP's fusion front end uses).
 
     Transposed from librosa's `[n_mels, bins]` so that `power @ filterbank` maps
     channels-last spectra to channels-last mels. Cached; the array is read-only.
     """
-    weights = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
+    norm = None if htk else "slaney"
+    weights = librosa.filters.mel(
+        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=htk, norm=norm
+    )
     weights = np.ascontiguousarray(weights.T, dtype=np.float32)
     weights.setflags(write=False)
     return weights
@@ -53,6 +60,7 @@ def log_mel_spectrogram(
     n_mels: int,
     f_min: float,
     f_max: float,
+    htk: bool = False,
 ) -> jax.Array:
     """Log-mel power spectrogram in dB.
 
@@ -60,7 +68,7 @@ def log_mel_spectrogram(
       audio: `[batch, time]` mono signal (computed in float32); `time` must exceed
         `n_fft // 2` for the reflect padding.
       sample_rate, n_fft, hop_length, win_length, n_mels, f_min, f_max: as in
-        `librosa.feature.melspectrogram`.
+        `librosa.feature.melspectrogram`; `htk`: see `mel_filterbank`.
 
     Returns:
       float32 `[batch, 1 + time // hop_length, n_mels]`, `10 * log10(max(mel, 1e-10))`.
@@ -73,7 +81,7 @@ def log_mel_spectrogram(
         )
     spec = stft(audio.astype(jnp.float32), n_fft, hop_length, win_length, center=True)
     power = jnp.square(spec.real) + jnp.square(spec.imag)  # [batch, frames, bins]
-    filterbank = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, float(f_min), float(f_max)))
+    filterbank = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, float(f_min), float(f_max), htk))
     # HIGHEST: the default matmul precision on TPU/GPU (bf16 or TF32 passes, relative
     # errors 1e-3..1e-2) would cost up to a few hundredths of a dB; float32 stays within
     # 1e-4 dB of librosa.

@@ -28,6 +28,20 @@ towers; every call path is laion-clap's. `fixtures/laion_clap_reference.npz` hol
   captions str [2], input_ids int [2, 77], attention_mask int [2, 77]: the captions through
     `RobertaTokenizer` of the fixture folder, padded and truncated to 77 as laion-clap's hook;
   text_embed [2, 512]: `CLAP.get_text_embedding` of those ids.
+
+With `$TORCHAUDIO_SRC` (an unpacked torchaudio 2.11.1 wheel: its Python code runs on CPU torch
+once the compiled extension, which nothing here calls, is stubbed), the script also writes
+`fixtures/laion_clap_fusion_reference.npz` for the fusion layout of `630k-audioset-fusion-best.pt`
+(`enable_fusion=True, fusion_type="aff_2d"`, the same small HTSAT): laion-clap's
+`get_audio_features(..., "fusion", "repeatpad")` makes torchaudio's HTK mel of the clip and,
+for a clip over 10 s, a global view shrunk by torchvision's `Resize` (the shim's: the tensor
+path of torchvision >= 0.17, bilinear with antialiasing) and three 10 s crops from the front,
+middle and back thirds, which the patch embedding fuses (AFF). It holds
+  names, shapes: as above, for the fusion model;
+  fusion_embed [2, 512]: one batch of a 15 s clip (`music_like(6)`, fused) and the 3.125 s clip
+    (repeat-padded, not fused);
+  fusion_starts int [3]: the crops' first frames, drawn by laion-clap after `np.random.seed(0)`;
+  fusion_views [4, 21, 64]: every 50th frame of the long clip's four mel views.
 """
 
 from __future__ import annotations
@@ -36,11 +50,23 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys  # noqa: E402
+import types  # noqa: E402
+
 import transformers  # noqa: E402
+
+if os.environ.get("TORCHAUDIO_SRC"):  # the real torchaudio Python package, before the shim
+    _extension = types.ModuleType("torchaudio._extension")
+    _extension._IS_TORCHAUDIO_EXT_AVAILABLE = False
+    _extension.fail_if_no_align = lambda fn: fn
+    _extension._load_lib = lambda *args: False
+    sys.modules["torchaudio._extension"] = _extension
+    sys.path.insert(0, os.environ["TORCHAUDIO_SRC"])
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROBERTA_DIR = os.path.join(HERE, "..", "fixtures", "sa1_small", "roberta")
 OUT = os.path.join(HERE, "..", "fixtures", "laion_clap_reference.npz")
+FUSION_OUT = os.path.join(HERE, "..", "fixtures", "laion_clap_fusion_reference.npz")
 
 
 def _no_hub_tokenizer(cls, *args, **kwargs):
@@ -85,7 +111,7 @@ AUDIO_CFG = dict(
 )
 
 
-def build_model() -> CLAP:
+def build_model(fusion: bool = False) -> CLAP:
     roberta = transformers.RobertaConfig.from_json_file(os.path.join(ROBERTA_DIR, "config.json"))
     text_cfg = dict(
         context_length=77,
@@ -95,7 +121,8 @@ def build_model() -> CLAP:
         layers=roberta.num_hidden_layers,
         model_type="roberta",
     )
-    model = CLAP(embed_dim=1024, audio_cfg=AUDIO_CFG, text_cfg=text_cfg, enable_fusion=False)
+    fusion_type = "aff_2d" if fusion else "None"
+    model = CLAP(embed_dim=1024, audio_cfg=AUDIO_CFG, text_cfg=text_cfg, enable_fusion=fusion, fusion_type=fusion_type)
     # The small audio tower and projections that fit both towers (laion-clap hard-codes 768 in).
     model.audio_branch = HTSAT_Swin_Transformer(
         spec_size=256,
@@ -107,8 +134,8 @@ def build_model() -> CLAP:
         num_heads=HEADS,
         window_size=8,
         config=model.audio_cfg,
-        enable_fusion=False,
-        fusion_type="None",
+        enable_fusion=fusion,
+        fusion_type=fusion_type,
     )
     width = EMBED_DIM * 2 ** (len(DEPTHS) - 1)
     joint = model.joint_embed_shape
@@ -136,16 +163,38 @@ def audio_embedding(model: CLAP, wave: np.ndarray) -> torch.Tensor:
     return model.get_audio_embedding([sample])
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    model = build_model()
+def seeded_model(fusion: bool) -> tuple[CLAP, dict]:
+    model = build_model(fusion)
     shapes = seeded_names(model)
     weights = seeded_state_dict(WEIGHT_SEED, shapes)
-    missing, unexpected = model.load_state_dict(
-        {k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()}, strict=False
-    )
+    _, unexpected = model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()}, strict=False)
     assert not unexpected, unexpected
-    out = dict(state_dict_layout(shapes))
+    return model, dict(state_dict_layout(shapes))
+
+
+def write_fusion_reference() -> None:
+    model, out = seeded_model(fusion=True)
+    long, short = music_like(6, 15 * SR, SR), music_like(2, 150000, SR)
+    with torch.no_grad():
+        chunk = MAX_LEN // AUDIO_CFG["hop_size"] + 1
+        total = len(long) // AUDIO_CFG["hop_size"] + 1
+        ranges = np.array_split(list(range(0, total - chunk + 1)), 3)
+        np.random.seed(0)
+        out["fusion_starts"] = np.array([np.random.choice(r) for r in ranges])
+        np.random.seed(0)
+        fused = get_audio_features({}, torch.from_numpy(long), MAX_LEN, "fusion", "repeatpad", AUDIO_CFG)
+        plain = get_audio_features({}, torch.from_numpy(short), MAX_LEN, "fusion", "repeatpad", AUDIO_CFG)
+        assert bool(fused["longer"]) and not bool(plain["longer"])
+        out["fusion_views"] = fused["mel_fusion"][:, ::50].numpy()
+        out["fusion_embed"] = model.get_audio_embedding([fused, plain]).numpy()
+    np.savez_compressed(FUSION_OUT, **out)
+    print(f"wrote {FUSION_OUT}: {sorted(out)}")
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model, out = seeded_model(fusion=False)
+    shapes = [(str(n), tuple(int(d) for d in s if d)) for n, s in zip(out["names"], out["shapes"])]
 
     with torch.no_grad():
         exact = music_like(1, MAX_LEN, SR)
@@ -179,6 +228,10 @@ def main() -> None:
         ).numpy()
     np.savez_compressed(OUT, **out)
     print(f"wrote {OUT}: {sorted(out)}; {sum(np.prod(s) for _, s in shapes):,} seeded weights")
+    if os.environ.get("TORCHAUDIO_SRC"):
+        write_fusion_reference()
+    else:
+        print("TORCHAUDIO_SRC is not set: the fusion fixture was not written")
 
 
 if __name__ == "__main__":
