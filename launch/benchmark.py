@@ -6,6 +6,8 @@
     python launch/benchmark.py --config=configs/dit_sao.py --config.dtype=float32 --skip_train \
         --sample_steps=0 --forward_seconds=10,47 --reference_python=$REFERENCE_PYTHON
     python launch/benchmark.py --compare /tmp/bench_gpu.json /tmp/bench_tpu.json
+    python launch/benchmark.py --suite=paper --output_json=paper.json   # the paper-scale table
+    python launch/benchmark.py --suite=paper --smoke                    # the same rows, tiny (CPU)
     python launch/benchmark.py --config=configs/diffusion_sa1.py --memory_estimate --batch_size=256 \
         --memory_mesh=8,8,1 --remat_policies=none,full,dots_with_no_batch_dims_saveable
 
@@ -197,6 +199,13 @@ _MEMORY_MESH = flags.DEFINE_list(
 _REMAT_POLICIES = flags.DEFINE_list(
     "remat_policies", [], "--memory_estimate: remat policies to compare (default: the config's)."
 )
+_SUITE = flags.DEFINE_string(
+    "suite", None, "Measure a suite of configs (stable_audio_jax/benchmark/suites.py): 'paper'."
+)
+_SMOKE = flags.DEFINE_bool("smoke", False, "--suite: the same rows on the tiny configs at small shapes (CPU, CI).")
+_PER_DEVICE_BATCH = flags.DEFINE_integer(
+    "per_device_batch", 4, "--suite: examples per data-parallel device of the train-step rows."
+)
 _REFERENCE_THREADS = flags.DEFINE_integer(
     "reference_threads",
     0,
@@ -269,7 +278,44 @@ def memory_estimate_main(config: Any) -> None:
         print(f"wrote {_OUTPUT_JSON.value}")
 
 
+def suite_main() -> None:
+    """`--suite`: every row of the suite measured in turn, one table, one JSON."""
+    from stable_audio_jax.benchmark import suites
+
+    if _CONFIG.value is not None:
+        raise UserError("--suite measures its own configs: drop --config")
+    if _PER_DEVICE_BATCH.value < 1:
+        raise UserError(f"--per_device_batch must be >= 1, got {_PER_DEVICE_BATCH.value}")
+    rows = suites.suite_rows(_SUITE.value, _SMOKE.value)
+    base = options_from_flags()
+    runs = []
+    for i, row in enumerate(rows):
+        config = suites.load_config(row.config, row.overrides)
+        options = suites.row_options(row, config, base, _PER_DEVICE_BATCH.value)
+        print(f"[{i + 1}/{len(rows)}] {row.name}: {row.config} {row.overrides} batch {options.batch_size}", flush=True)
+        runs.append((row, runner.run_benchmark(config, options, config_name=row.config, overrides=row.overrides)))
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    result = suites.suite_report(_SUITE.value, _SMOKE.value, runs)
+    print()
+    print(suites.format_suite(result), flush=True)
+    if _OUTPUT_JSON.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT_JSON.value)), exist_ok=True)
+        with open(_OUTPUT_JSON.value, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {_OUTPUT_JSON.value}")
+
+
 def main(argv):
+    if _SUITE.value:
+        if len(argv) > 1:
+            raise UserError(f"unexpected arguments: {argv[1:]}")
+        try:
+            return suite_main()
+        except ReferenceRunError as e:
+            raise SystemExit(f"benchmark: {e}") from None
     if _COMPARE.value:
         if _CONFIG.value is not None:
             raise UserError("--compare reads two reports and measures nothing: drop --config")

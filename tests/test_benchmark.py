@@ -557,3 +557,45 @@ def test_embedder_rows():
     config.embedders.names = ("vggish",)
     with pytest.raises(BenchmarkUsageError, match="unknown \\['vggish'\\]"):
         run_benchmark(config, Options(batch_size=1, steps=1, warmup=0, num_devices=1))
+
+
+def test_paper_suite_smoke_runs_every_row_and_compares(tmp_path):
+    """`--suite=paper --smoke`: every row of the paper table on the tiny configs, one JSON that
+    `--compare` reads; the suite's own bad flags are one line each."""
+    from tests.bad_input import run_script
+
+    out = tmp_path / "suite.json"
+    args = ["--suite=paper", "--smoke", "--steps=1", "--warmup=0", "--per_device_batch=1", "--num_devices=1"]
+    result = run_script("launch/benchmark.py", *args, f"--output_json={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["suite"] == "paper" and report["smoke"] is True
+    assert [r["row"] for r in report["runs"]] == [
+        "sa1_unet_train",
+        "sao_dit_train",
+        "sa1_generate",
+        "sao_generate",
+        "sao_vae_codec",
+    ]
+    names = {m["name"] for m in report["measurements"]}
+    assert {
+        "sa1_unet_train/train/diffusion",
+        "sao_dit_train/train/diffusion",
+        "sa1_generate/sample/2_steps",
+        "sao_generate/sample/2_steps",
+        "sao_generate/sample/2_steps_pingpong",
+        "sao_vae_codec/encode",
+        "sao_vae_codec/decode",
+    } <= names
+    assert all(m["median_seconds"] > 0 for m in report["measurements"])
+    assert "sao_generate/sample/2_steps_pingpong" in result.stdout and "smoke" in result.stdout
+    compared = run_script("launch/benchmark.py", "--compare", str(out), str(out))
+    assert compared.returncode == 0 and "sa1_generate/sample/2_steps" in compared.stdout, compared.stderr[-2000:]
+    for extra, message in (
+        (["--suite=nope"], "unknown suite 'nope'"),
+        (["--suite=paper", "--config=configs/vae_tiny.py"], "drop --config"),
+        (["--suite=paper", "--per_device_batch=0"], "--per_device_batch must be >= 1"),
+    ):
+        bad = run_script("launch/benchmark.py", *extra)
+        last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
+        assert bad.returncode == 2 and message in last and last.startswith("error: "), (extra, bad.stderr[-2000:])
