@@ -16,6 +16,7 @@ import ml_collections
 from stable_audio_jax import lora, parallel
 from stable_audio_jax.diffusion import inpaint_masks, sampling_config
 from stable_audio_jax.errors import UserError
+from stable_audio_jax.models.attention import ATTENTION_IMPLEMENTATIONS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dtype = "float32"  # compute dtype
     c.param_dtype = "float32"
+    # The attention kernel (`models/attention.py`): "auto" (the backend's fused kernel, falling
+    # back to XLA's with a log line), "xla", "cudnn" (GPU) or "pallas_tpu" (TPU).
+    c.attention_impl = "auto"
     # A pretrained directory or run directory whose weights a new run starts from
     # (fine-tuning; `training/init_from.py`). Ignored when the run directory has checkpoints.
     c.init_from = ""
@@ -92,6 +96,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config[section][name]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             problems.append(f"config.{key}={value!r} (must be an integer >= {minimum})")
+    impl = config.get("attention_impl", "auto")
+    if impl not in ATTENTION_IMPLEMENTATIONS:
+        problems.append(f"config.attention_impl={impl!r} (one of {', '.join(ATTENTION_IMPLEMENTATIONS)})")
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
 

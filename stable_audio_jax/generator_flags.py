@@ -30,6 +30,12 @@ _LORA = flags.DEFINE_multi_string(
 )
 _VAE_DIR = flags.DEFINE_string("vae_dir", None, "VAE run (default: the one named in the diffusion config).")
 _CLAP_DIR = flags.DEFINE_string("clap_dir", None, "CLAP run (default: the one named in the diffusion config).")
+_ATTENTION = flags.DEFINE_enum(
+    "attention_impl",
+    "auto",
+    ["auto", "xla", "cudnn", "pallas_tpu"],
+    "Attention kernel (models/attention.py): the backend's fused one with an XLA fallback, or one named.",
+)
 _MESH = flags.DEFINE_list(
     "mesh",
     None,
@@ -87,7 +93,9 @@ def _mesh():
 def load_generator() -> Any:
     """The `AudioGenerator` the flags name (`FileNotFoundError`/`ValueError` from the loaders pass through)."""
     from stable_audio_jax.inference.generate import AudioGenerator
+    from stable_audio_jax.models.attention import set_attention_implementation
 
+    set_attention_implementation(_ATTENTION.value)
     mesh = _mesh()
     if _PRETRAINED.value:
         return AudioGenerator.from_pretrained(

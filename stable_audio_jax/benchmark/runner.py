@@ -62,6 +62,12 @@ def run_benchmark(
     """Measure `config` under `options`; returns the JSON-ready report (`report.build_report`),
     whose `config` section names the config file `config_name` and its `overrides`."""
     options.validate()
+    from stable_audio_jax.models import attention
+
+    try:  # the training configs' kernel choice, as the trainer applies it
+        attention.set_attention_implementation(config.get("attention_impl", "auto"))
+    except ValueError as error:
+        raise BenchmarkUsageError(f"config.{error}") from None
     benchmark = _lookup(BENCHMARKS, config.task)
     if options.forward_seconds and config.task != "diffusion":
         raise BenchmarkUsageError(f"--forward_seconds measures the diffusion model; config.task={config.task!r}")
@@ -82,7 +88,12 @@ def run_benchmark(
     load_before = load_average()
     info, measurements = benchmark(config, options, mesh)
     load_after = load_average()
-    hardware = dict(hardware_info(mesh), host_load_average_before=load_before, host_load_average_after=load_after)
+    hardware = dict(
+        hardware_info(mesh),
+        host_load_average_before=load_before,
+        host_load_average_after=load_after,
+        attention_impl=attention.attention_implementation_in_use(),
+    )
     if options.reference_python:  # after ours (whose arrays are freed by now): the two never share the CPUs
         hardware["reference"], reference_rows = reference_forward(config, options)
         measurements = list(measurements) + reference_rows

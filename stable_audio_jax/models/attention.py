@@ -1,8 +1,20 @@
 """Multi-head attention: the one helper every transformer in the project goes through.
 
-`dot_product_attention` wraps `jax.nn.dot_product_attention`, which picks cuDNN's fused
-(flash) kernel on GPU when the shapes and dtypes allow it and XLA's implementation
-elsewhere. `MultiHeadAttention` is the projection layer around it, used for the CLAP text
+`dot_product_attention` is the single attention kernel call of every model (U-Net, DiT,
+CLAP text tower, T5, HTSAT, PaSST). Which kernel runs is an execution setting, not part of a
+model's architecture or parameters, so it is one process-wide choice (`set_attention_
+implementation`, or `attention_implementation(...)` as a context), read when a function is
+traced; the training configs carry it as `model.attention_impl`:
+
+  "xla":        XLA's fused softmax attention (any backend, any dtype, every mask and bias);
+  "cudnn":      cuDNN's flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16);
+  "pallas_tpu": the Pallas flash-attention kernel of `jax.experimental.pallas.ops.tpu`
+                (TPU; the bias, the key mask folded into it, grouped heads repeated; sequence
+                lengths a multiple of 128 or at most 128 and a multiple of 8);
+  "auto":       the backend's kernel (cudnn on GPU, pallas_tpu on TPU, xla elsewhere), falling
+                back to xla with one log line per reason when a shape or dtype does not fit.
+
+`MultiHeadAttention` is the projection layer around it, used for the CLAP text
 tower (self-attention with a padding mask), the HTSAT audio tower (windowed attention
 with a relative-position bias) and the diffusion U-Net (self- and cross-attention).
 
@@ -15,13 +27,118 @@ the model dimension, with no change here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import contextlib
+from typing import Any, Iterator, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 Dtype = Any
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_tpu")
+_AUTO_KERNEL = {"gpu": "cudnn", "tpu": "pallas_tpu"}  # other backends: xla
+_TPU_BLOCK = 128  # the Pallas kernel's default block along both sequence axes
+_KEY_MASK_BIAS = -1e9  # a masked key's logit bias on the Pallas path (exactly 0 weight in float32)
+_implementation = "auto"
+_fallbacks_logged: set[str] = set()
+
+
+def check_attention_implementation(name: str) -> str:
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl must be one of {list(ATTENTION_IMPLEMENTATIONS)}, got {name!r}")
+    return name
+
+
+def set_attention_implementation(name: str) -> None:
+    """The kernel every attention traced from now on uses (see the module docstring)."""
+    global _implementation
+    _implementation = check_attention_implementation(name)
+
+
+def attention_implementation_in_use() -> str:
+    return _implementation
+
+
+@contextlib.contextmanager
+def attention_implementation(name: str) -> Iterator[None]:
+    """`set_attention_implementation(name)` for the block, restored after it."""
+    previous = _implementation
+    set_attention_implementation(name)
+    try:
+        yield
+    finally:
+        set_attention_implementation(previous)
+
+
+def _pallas_blocks(length: int) -> int | None:
+    """The Pallas kernel's block along a sequence of `length`, None when it cannot tile it."""
+    if length % _TPU_BLOCK == 0:
+        return _TPU_BLOCK
+    return length if length <= _TPU_BLOCK and length % 8 == 0 else None
+
+
+def _pallas_problem(query: jax.Array, key: jax.Array) -> str | None:
+    """Why the Pallas kernel cannot run these shapes (None: it can)."""
+    for name, length in (("query", query.shape[1]), ("key", key.shape[1])):
+        if _pallas_blocks(length) is None:
+            return (
+                f"{name} length {length} is neither a multiple of {_TPU_BLOCK} nor <= {_TPU_BLOCK} and a multiple of 8"
+            )
+    return None
+
+
+def _pallas_tpu_attention(query, key, value, bias, mask, scale) -> jax.Array:
+    """Softmax attention with the Pallas TPU flash kernel, in the layout of `dot_product_attention`."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas
+
+    problem = _pallas_problem(query, key)
+    if problem is not None:
+        raise ValueError(f"attention_impl='pallas_tpu' cannot run these shapes: {problem}")
+    batch, q_len, heads, head_dim = query.shape
+    kv_len, kv_heads = key.shape[1], key.shape[2]
+    if kv_heads != heads:  # grouped-query attention: each key/value head serves heads // kv_heads queries
+        key, value = (jnp.repeat(t, heads // kv_heads, axis=2) for t in (key, value))
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (query, key, value))  # [batch, heads, length, head_dim]
+    # The kernel scales the biased logits; scaling the queries instead keeps the bias unscaled.
+    q = q * jnp.asarray(head_dim**-0.5 if scale is None else scale, q.dtype)
+    logits_bias = None
+    if bias is not None or mask is not None:
+        logits_bias = jnp.zeros((batch, heads, q_len, kv_len), jnp.float32)
+        if bias is not None:
+            logits_bias = logits_bias + bias.astype(jnp.float32)
+        if mask is not None:
+            logits_bias = jnp.where(mask, logits_bias, _KEY_MASK_BIAS)
+    q_block, k_block = _pallas_blocks(q_len), _pallas_blocks(kv_len)
+    blocks = pallas.BlockSizes(
+        block_q=q_block,
+        block_k_major=k_block,
+        block_k=k_block,
+        block_b=1,
+        block_q_major_dkv=q_block,
+        block_k_major_dkv=k_block,
+        block_k_dkv=k_block,
+        block_q_dkv=q_block,
+        block_k_major_dq=k_block,
+        block_k_dq=k_block,
+        block_q_dq=q_block,
+    )
+    out = pallas.flash_attention(q, k, v, ab=logits_bias, sm_scale=1.0, block_sizes=blocks)
+    return out.transpose(0, 2, 1, 3).astype(query.dtype)
+
+
+def _log_fallback(reason: str) -> None:
+    if reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        logging.warning("attention: falling back to the xla kernel (%s)", reason)
+
+
+def _attention(implementation, query, key, value, bias, mask, scale) -> jax.Array:
+    if implementation == "pallas_tpu":
+        return _pallas_tpu_attention(query, key, value, bias, mask, scale)
+    return jax.nn.dot_product_attention(
+        query, key, value, bias=bias, mask=mask, scale=scale, implementation=implementation
+    )
 
 
 def dot_product_attention(
@@ -32,7 +149,7 @@ def dot_product_attention(
     bias: jax.Array | None = None,
     key_mask: jax.Array | None = None,
     scale: float | None = None,
-    implementation: Literal["xla", "cudnn"] | None = None,
+    implementation: Literal["auto", "xla", "cudnn", "pallas_tpu"] | None = None,
 ) -> jax.Array:
     """Softmax attention per head.
 
@@ -47,7 +164,7 @@ def dot_product_attention(
         mask). A row with every key masked attends uniformly instead of producing NaN.
       scale: multiplies the logits before the bias is added; None is `1/sqrt(head_dim)`
         (T5 passes 1.0: its query/key product is unscaled).
-      implementation: None lets JAX choose (cuDNN flash on GPU when it applies).
+      implementation: the kernel (module docstring); None: the process-wide setting.
 
     Returns:
       `[batch, q_length, heads, head_dim]` in the query's dtype.
@@ -55,9 +172,23 @@ def dot_product_attention(
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     if bias is not None:
         bias = bias.astype(query.dtype)
-    return jax.nn.dot_product_attention(
-        query, key, value, bias=bias, mask=mask, scale=scale, implementation=implementation
-    )
+    chosen = check_attention_implementation(implementation or _implementation)
+    backend = jax.default_backend()
+    if chosen == "cudnn" and backend != "gpu":
+        raise ValueError(f"attention_impl='cudnn' needs a GPU; the backend is {backend}")
+    if chosen != "auto":
+        return _attention(chosen, query, key, value, bias, mask, scale)
+    kernel = _AUTO_KERNEL.get(backend, "xla")
+    if kernel == "pallas_tpu" and (problem := _pallas_problem(query, key)) is not None:
+        _log_fallback(f"pallas_tpu: {problem}")
+        kernel = "xla"
+    if kernel == "cudnn":
+        try:  # cuDNN's shape and dtype checks run while tracing
+            return _attention("cudnn", query, key, value, bias, mask, scale)
+        except (ValueError, NotImplementedError, RuntimeError) as error:
+            _log_fallback(f"cudnn: {str(error).splitlines()[0][:200]}")
+            kernel = "xla"
+    return _attention(kernel, query, key, value, bias, mask, scale)
 
 
 class HeadProjection(nn.Module):

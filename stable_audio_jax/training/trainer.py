@@ -38,6 +38,7 @@ from jax.sharding import Mesh
 
 from stable_audio_jax import config_lib, lora, parallel
 from stable_audio_jax.errors import EXIT_NONFINITE, UserError
+from stable_audio_jax.models import attention
 from stable_audio_jax.training.checkpointing import CheckpointDamaged, Checkpointer
 from stable_audio_jax.training.init_from import init_state_from, load_weights
 from stable_audio_jax.training.run_lock import RunLock
@@ -235,6 +236,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task, mesh: Mesh | None = None):
         config_lib.validate(config)  # out-of-range loop fields fail here, not after compiling
+        attention.set_attention_implementation(config.get("attention_impl", "auto"))  # read when steps trace
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.task = task
