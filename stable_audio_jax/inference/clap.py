@@ -52,7 +52,9 @@ class CLAPEncoder:
     consecutive windows of the model's `num_samples`, embeddings averaged) or "crop" (LAION-CLAP
     without fusion, laion-clap's `get_audio_features(..., "rand_trunc", "repeatpad")`: the mono
     clip cut to `window_samples` at a uniform random offset, drawn from `crop_seed` so that a run
-    repeats, or repeated `window_samples // length` times and zero-padded when shorter).
+    repeats, or repeated `window_samples // length` times and zero-padded when shorter) or "fusion"
+    (a LAION-CLAP fusion tower, `get_audio_features(..., "fusion", "repeatpad")`: a clip that fits
+    the window is repeat-padded, a longer one becomes `FusionViews`, see `fusion_views`).
     """
 
     AUDIO_CHUNK = 16  # audio windows per device call

@@ -4,7 +4,8 @@
 CLAP text tower, T5, HTSAT, PaSST). Which kernel runs is an execution setting, not part of a
 model's architecture or parameters, so it is one process-wide choice (`set_attention_
 implementation`, or `attention_implementation(...)` as a context), read when a function is
-traced; the training configs carry it as `model.attention_impl`:
+traced; training and benchmark configs carry it as `config.attention_impl`, the sampling
+scripts as `--attention_impl`:
 
   "xla":        XLA's fused softmax attention (any backend, any dtype, every mask and bias);
   "cudnn":      cuDNN's flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16);
