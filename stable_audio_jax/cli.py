@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 import re
 import sys
@@ -66,6 +67,7 @@ def run(main: Callable[[list[str]], Any], *, absl_flags: bool = True) -> None:
       its return value is not an exit status (the data scripts return their report).
     """
     _ignore_closed_event_loop_reports()
+    _ignore_orphaned_checkpoint_read_reports()
     if absl_flags:
         app.run(_guarded(main), flags_parser=parse_flags)
     else:
@@ -91,6 +93,32 @@ def _ignore_closed_event_loop_reports() -> None:
             previous_hook(report)
 
     sys.unraisablehook = unraisable_hook
+
+
+def is_orphaned_checkpoint_read_report(record: logging.LogRecord) -> bool:
+    """Whether `record` is asyncio's "Task exception was never retrieved" for a TensorStore
+    read (its message carries the `tensorstore_spec`)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return (
+        record.getMessage().startswith("Task exception was never retrieved")
+        and isinstance(error, ValueError)
+        and "tensorstore_spec" in str(error)
+    )
+
+
+class _OrphanedCheckpointReadFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_orphaned_checkpoint_read_report(record)
+
+
+def _ignore_orphaned_checkpoint_read_reports() -> None:
+    """Drop a second known, harmless report of the same damaged-checkpoint read: Orbax
+    gathers one read task per array, the first failure is raised (and reported as "step N is
+    damaged"), and the other failed tasks are never awaited, so when they are collected the
+    asyncio logger prints each one's traceback. Other asyncio reports are kept."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrphanedCheckpointReadFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_OrphanedCheckpointReadFilter())
 
 
 class ArgumentParser(argparse.ArgumentParser):
