@@ -8,6 +8,7 @@
     python launch/benchmark.py --compare /tmp/bench_gpu.json /tmp/bench_tpu.json
     python launch/benchmark.py --suite=paper --output_json=paper.json   # the paper-scale table
     python launch/benchmark.py --suite=paper --smoke                    # the same rows, tiny (CPU)
+    python launch/benchmark.py --suite=scaling --per_device_batch=1     # cost vs audio length, attention share
     python launch/benchmark.py --config=configs/diffusion_sa1.py --memory_estimate --batch_size=256 \
         --memory_mesh=8,8,1 --remat_policies=none,full,dots_with_no_batch_dims_saveable
 
@@ -83,6 +84,10 @@ backbone's downsampling factor (the U-Net's; the DiT takes any length). `clips/s
 median and `audio s/s` = B x frames' seconds / median: seconds of guided (conditional)
 audio per forward-second. The frames per row are in the shapes section (`forward_frames`).
 With `--skip_train` only the model's parameters are created (no optimizer state or EMA).
+`--attention_share` adds `attention/forward/<s>s_cfg` and `attention/train/diffusion`: the
+row's attention calls (their shapes recorded while tracing it) timed alone, forward only or
+forward + backward, with the same kernel setting; the shapes section's `attention_share` gives
+their share of the row's median time and of its XLA FLOPs (`benchmark/attention_rows.py`).
 
 Memory estimate (`--memory_estimate`, diffusion configs): measures nothing and needs no
 accelerator. For a (data, fsdp, tensor) `--memory_mesh` (devices need not exist) and the global
@@ -180,6 +185,12 @@ _FORWARD_SECONDS = flags.DEFINE_list(
     "each: one model forward on the CFG batch (2 x --batch_size) at that many "
     "latent frames.",
 )
+_ATTENTION_SHARE = flags.DEFINE_bool(
+    "attention_share",
+    False,
+    "Diffusion: also time the attention calls of each forward/<s>s_cfg row and of the train step "
+    "alone at the model's shapes (rows attention/...; their share in the shapes section).",
+)
 _REFERENCE_PYTHON = flags.DEFINE_string(
     "reference_python",
     None,
@@ -200,7 +211,7 @@ _REMAT_POLICIES = flags.DEFINE_list(
     "remat_policies", [], "--memory_estimate: remat policies to compare (default: the config's)."
 )
 _SUITE = flags.DEFINE_string(
-    "suite", None, "Measure a suite of configs (stable_audio_jax/benchmark/suites.py): 'paper'."
+    "suite", None, "Measure a suite of configs (stable_audio_jax/benchmark/suites.py): 'paper' or 'scaling'."
 )
 _SMOKE = flags.DEFINE_bool("smoke", False, "--suite: the same rows on the tiny configs at small shapes (CPU, CI).")
 _PER_DEVICE_BATCH = flags.DEFINE_integer(
@@ -229,6 +240,7 @@ def options_from_flags() -> Options:
         flow_steps=_FLOW_STEPS.value,
         vae_config=_VAE_CONFIG.value,
         forward_seconds=tuple(_parse_seconds(s) for s in _FORWARD_SECONDS.value),
+        attention_share=_ATTENTION_SHARE.value,
         reference_python=_REFERENCE_PYTHON.value,
         reference_threads=_REFERENCE_THREADS.value,
     )

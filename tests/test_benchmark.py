@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -218,7 +219,7 @@ def _fake_interpreter(directory, body: str) -> str:
 @pytest.fixture(scope="module")
 def forward_report(tmp_path_factory):
     """dit_tiny with one block: no sampling or train row, two forward lengths on the 8-device
-    mesh (batch 8, CFG batch 16) and the fake reference."""
+    mesh (batch 8, CFG batch 16), their attention timed alone, and the fake reference."""
     directory = tmp_path_factory.mktemp("forward")
     fake = _fake_interpreter(directory, _FAKE_REFERENCE)
     result, out = _benchmark(
@@ -230,6 +231,7 @@ def forward_report(tmp_path_factory):
             batch_size=8,
             steps=2,
             warmup=0,
+            attention_share=True,
             reference_python=fake,
             reference_threads=3,
         ),
@@ -243,7 +245,9 @@ def test_forward_rows(forward_report):
     by_name = {m["name"]: m for m in report["measurements"]}
     assert list(by_name) == [
         "forward/0.1s_cfg",
+        "attention/forward/0.1s_cfg",
         "forward/0.25s_cfg",
+        "attention/forward/0.25s_cfg",
         "reference/forward/0.1s_cfg",
         "reference/forward/0.25s_cfg",
     ]
@@ -260,6 +264,84 @@ def test_forward_rows(forward_report):
         assert m["flops_per_device"] > 0 and m["peak_bytes_in_use"] is None
     assert by_name["forward/0.25s_cfg"]["flops_per_device"] > by_name["forward/0.1s_cfg"]["flops_per_device"]
     assert "forward/0.1s_cfg" in out and "sample/" not in out and "train/" not in out
+
+
+def test_attention_share_rows(forward_report):
+    """Each forward's attention calls, recorded while tracing it: the one block's self- and
+    cross-attention on the CFG batch, timed alone; XLA's FLOPs of them are the two products'."""
+    report, _, _ = forward_report
+    by_name = {m["name"]: m for m in report["measurements"]}
+    shares = report["shapes"]["attention_share"]
+    assert set(shares) == {"forward/0.1s_cfg", "forward/0.25s_cfg"}
+    for name, frames in (("forward/0.1s_cfg", 69), ("forward/0.25s_cfg", 173)):
+        share, attention = shares[name], by_name[f"attention/{name}"]
+        assert share["calls"] == 2 and len(share["shapes"]) == 2
+        self_attention, cross_attention = share["shapes"]
+        assert self_attention["query_shape"][0] == 16 and self_attention["query_shape"][1] >= frames
+        assert self_attention["key_shape"][1] == self_attention["query_shape"][1]
+        assert cross_attention["query_shape"] == self_attention["query_shape"]
+        assert cross_attention["key_shape"][1] == 79  # the 77 prompt tokens + 2 timing tokens
+        products = sum(4 * math.prod(s["query_shape"]) * s["key_shape"][1] for s in share["shapes"])
+        products /= report["hardware"]["device_count"]  # the batch is split over the 8 devices
+        assert products <= attention["flops_per_device"] < 1.5 * products  # + softmax and scaling
+        assert share["seconds"] == pytest.approx(attention["median_seconds"] / by_name[name]["median_seconds"])
+        assert share["flops"] == pytest.approx(attention["flops_per_device"] / by_name[name]["flops_per_device"])
+        assert 0 < share["flops"] < 1 and share["seconds"] > 0
+
+
+def test_attention_share_of_the_train_step_and_the_scaling_suite():
+    """The train step's attention, forward + backward, beside the step; the scaling suite's rows
+    (one per backbone and length, each with its forward and train rows) and its share lines."""
+    from stable_audio_jax.benchmark import suites
+
+    report, _ = _benchmark(
+        _config("dit_tiny", {"model.dit.depth": 1}),
+        Options(sample_steps=0, seconds=0.1, batch_size=8, steps=1, warmup=0, attention_share=True),
+    )
+    names = [m["name"] for m in report["measurements"]]
+    assert names == ["train/diffusion", "attention/train/diffusion"]
+    share = report["shapes"]["attention_share"]["train/diffusion"]
+    assert share["calls"] == 2 and 0 < share["flops"] < 1 and share["seconds"] > 0
+    # forward + backward: about three times the forward's two products
+    products = sum(4 * math.prod(s["query_shape"]) * s["key_shape"][1] for s in share["shapes"]) / 8
+    assert 2.5 * products < report["measurements"][1]["flops_per_device"] < 5 * products
+
+    rows = suites.suite_rows("scaling", smoke=False)
+    assert [r.name for r in rows] == [f"{b}_{s}s" for b in ("unet", "dit") for s in (10, 30, 47, 95)]
+    assert {r.config for r in rows} == {"configs/diffusion_sa1.py", "configs/dit_sao.py"}
+    assert all(r.options["forward_seconds"] == (r.options["seconds"],) and r.options["attention_share"] for r in rows)
+    suite = suites.suite_report("scaling", True, [(suites.suite_rows("scaling", smoke=True)[0], report)])
+    table = suites.format_suite(suite)
+    assert "attention alone" in table and "unet_1.5s/train/diffusion" in table
+    assert f"{100 * share['seconds']:6.1f}%" in table
+
+
+def test_attention_calls_are_recorded_while_tracing():
+    """`record_attention_calls` sees every call traced in its block (nested blocks too) and
+    nothing outside it; a loop program of `count` calls does `count` times the work."""
+    import jax
+    import jax.numpy as jnp
+
+    from stable_audio_jax.benchmark.attention_rows import _program
+    from stable_audio_jax.models.attention import dot_product_attention, record_attention_calls
+
+    q, k = jnp.zeros((2, 16, 4, 8)), jnp.zeros((2, 5, 2, 8))
+    mask = jnp.ones((2, 5), bool)
+    with record_attention_calls() as outer:
+        jax.eval_shape(lambda q, k: dot_product_attention(q, k, k), q, k)
+        with record_attention_calls() as inner:
+            jax.eval_shape(lambda q, k: dot_product_attention(q, k, k, key_mask=mask, scale=1.0), q, k)
+    jax.eval_shape(lambda q, k: dot_product_attention(q, k, k), q, k)
+    assert [c.key_mask for c in outer] == [False, True] and len(inner) == 1
+    assert inner[0].query_shape == (2, 16, 4, 8) and inner[0].key_shape == (2, 5, 2, 8) and inner[0].scale == 1.0
+    assert inner[0].flops == 4 * 2 * 4 * 16 * 5 * 8
+    once, thrice = (
+        jax.jit(_program(inner[0], n, backward)).lower(q, k, k, None, mask).compile()
+        for n, backward in ((1, True), (3, True))
+    )
+    run_once, run_thrice = once(q, k, k, None, mask), thrice(q, k, k, None, mask)
+    assert [a.shape for a in run_thrice] == [q.shape, k.shape, k.shape]  # dq, dk, dv carried through the loop
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in run_once + run_thrice)
 
 
 def test_forward_reference_rows(forward_report):

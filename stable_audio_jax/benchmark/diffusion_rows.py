@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
+from stable_audio_jax.benchmark.attention_rows import measure_attention, traced_attention_calls
 from stable_audio_jax.benchmark.harness import (
     Measurement,
     global_array,
@@ -77,24 +78,13 @@ def forward_lengths(config: Any, options: Options) -> list[ForwardLength]:
     return lengths
 
 
-def measure_forward(
-    task: Any,
-    params: Any,
-    param_shardings: Any,
-    length: ForwardLength,
-    *,
-    options: Options,
-    mesh: Any,
-    rules: tuple,
-    seed: int,
-) -> Measurement:
-    """One jitted `task.model.apply` (timing and text conditioning included) on the CFG batch:
-    x `[2B, frames, latent_dim]`, the first B rows conditional, the last B the same inputs
-    with `use_null_context`. clips/s and audio s/s count the B conditional items (a guided
-    denoiser evaluation of B clips per forward)."""
+def forward_call(task: Any, length: ForwardLength, batch_size: int, seed: int) -> tuple[Callable, tuple, tuple]:
+    """`(fn, inputs, names)` of one CFG-batch forward at `length`: `fn(params, *inputs)` is
+    `task.model.apply` on x `[2B, frames, latent_dim]`, the first B rows conditional, the last B
+    the same inputs with `use_null_context`; host arrays, in `names` order."""
     import numpy as np
 
-    b = options.batch_size
+    b = batch_size
     model = task.model.config
     _, _, text, text_mask, start, _ = (np.asarray(a) for a in task.example_inputs(b))
     rng = np.random.default_rng(seed)
@@ -110,9 +100,28 @@ def measure_forward(
     )
     names = ("x", "t", "text_features", "text_mask", "seconds_start", "seconds_total", "use_null_context")
     fn = lambda p, *a: task.model.apply({"params": p}, *a)  # noqa: E731
+    return fn, inputs, names
+
+
+def measure_forward(
+    task: Any,
+    params: Any,
+    param_shardings: Any,
+    length: ForwardLength,
+    *,
+    options: Options,
+    mesh: Any,
+    rules: tuple,
+    seed: int,
+) -> Measurement:
+    """One jitted `task.model.apply` (timing and text conditioning included) on the CFG batch
+    of `forward_call`. clips/s and audio s/s count the B conditional items (a guided denoiser
+    evaluation of B clips per forward)."""
+    b = options.batch_size
+    fn, inputs, names = forward_call(task, length, b, seed)
     return measure_inference(
         length.name,
-        f"one {model.backbone} forward (timing + text conditioning included) on the CFG batch "
+        f"one {task.model.config.backbone} forward (timing + text conditioning included) on the CFG batch "
         f"2B={2 * b} (conditional half, unconditional half with use_null_context) at {length.frames} latent "
         f"frames = {length.window_seconds:.2f} s; clips/s and audio s/s count the B={b} conditional items",
         fn,
@@ -126,6 +135,14 @@ def measure_forward(
         audio_seconds_per_item=length.window_seconds,
         input_shapes={n: list(a.shape) for n, a in zip(names, inputs)},
     )
+
+
+def attention_share(row: Measurement, attention: Measurement) -> dict[str, float | None]:
+    """The attention's share of `row`'s median time and of its XLA FLOPs (None: not counted)."""
+    flops = None
+    if row.flops_per_device and attention.flops_per_device is not None:
+        flops = attention.flops_per_device / row.flops_per_device
+    return {"seconds": attention.median_seconds / row.median_seconds, "flops": flops}
 
 
 def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[str, Any], list[Measurement]]:
@@ -278,16 +295,39 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
                     few_step_speedup=results[-2].median_seconds / few.median_seconds,
                     few_step_evaluation_ratio=evaluations,
                 )
-    for length in lengths:  # before the train step, which donates the parameters
-        results.append(
-            measure_forward(
-                task, params, param_shardings, length, options=options, mesh=mesh, rules=rules, seed=config.seed
-            )
+    shares: dict[str, dict[str, Any]] = {}
+
+    def time_attention_of(row: Measurement, calls: list, backward: bool) -> None:
+        """`attention/<row>`: the row's attention calls alone, and their share of the row."""
+        if not calls:
+            return
+        attention, shares[row.name] = measure_attention(
+            f"attention/{row.name}",
+            calls,
+            backward=backward,
+            options=options,
+            mesh=mesh,
+            rules=rules,
+            batch_size=b,
+            audio_seconds_per_item=row.audio_seconds_per_item,
+            seed=config.seed,
         )
+        results.append(attention)
+        shares[row.name].update(attention_share(row, attention))
+
+    for length in lengths:  # before the train step, which donates the parameters
+        forward = measure_forward(
+            task, params, param_shardings, length, options=options, mesh=mesh, rules=rules, seed=config.seed
+        )
+        results.append(forward)
+        if options.attention_share:
+            fn, inputs, _ = forward_call(task, length, b, config.seed)
+            time_attention_of(forward, traced_attention_calls(fn, params, *inputs), backward=False)
     if lengths:
         info["forward_frames"] = {length.name: length.frames for length in lengths}
     del params
     if not options.skip_train:
+        train_calls = traced_attention_calls(task.train_step, state, batch) if options.attention_share else []
         train, state = measure_train_phase(
             "train/diffusion",
             "v-objective step: VAE posterior sample, cosine schedule, 10% null context, AdamW, EMA",
@@ -301,4 +341,7 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
             audio_seconds_per_item=window_seconds,
         )
         results.append(train)
+        time_attention_of(train, train_calls, backward=True)
+    if options.attention_share:
+        info["attention_share"] = shares
     return info, results

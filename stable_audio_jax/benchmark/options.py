@@ -37,6 +37,7 @@ class Options:
     flow_steps: int = 0  # diffusion: pingpong steps of the few-step row, no CFG (0: no such row)
     vae_config: str | None = None
     forward_seconds: tuple[float, ...] = ()  # diffusion: one forward/<s>s_cfg row per length
+    attention_share: bool = False  # diffusion: time the forward / train rows' attention calls alone too
     reference_python: str | None = None  # diffusion (DiT): the interpreter timing the PyTorch reference
     reference_threads: int = 0  # its torch threads; 0: the CPUs this process may run on
 

@@ -2,6 +2,7 @@
 
     python launch/benchmark.py --suite=paper --output_json=paper_h100.json
     python launch/benchmark.py --suite=paper --smoke            # tiny shapes, seconds (CPU, CI)
+    python launch/benchmark.py --suite=scaling --per_device_batch=1 --output_json=scaling.json
     python launch/benchmark.py --compare paper_h100.json paper_v5p.json
 
 The `paper` suite holds the figures a team compares GPU and TPU with: the train step of the
@@ -12,6 +13,12 @@ pingpong steps without CFG, the few-step path); SAO VAE encode and decode throug
 run is `runner.run_benchmark` of one config, as `--config` would measure it (random weights,
 seeded inputs, bfloat16). `--smoke` runs the same rows on the tiny configs at small shapes,
 so CI keeps the command working; its figures say nothing about an accelerator.
+
+The `scaling` suite is the growth of cost with audio length: for the SA 1.0 U-Net and the
+SAO DiT at 10, 30, 47 and 95 s, the train step and one CFG-batch forward (one guided sampler
+step; N steps cost N of them), each with its attention calls timed alone, so the table shows
+how much of each step attention takes as the sequence grows (`--suite=scaling --smoke`: the
+tiny configs at 1.5 and 3 s).
 """
 
 from __future__ import annotations
@@ -73,6 +80,21 @@ def _rows(
     )
 
 
+SCALING_SECONDS = (10.0, 30.0, 47.0, 95.0)
+
+
+def _scaling_rows(*, unet: str, dit: str, seconds: Sequence[float], dtype: str) -> tuple[SuiteRow, ...]:
+    """One row per backbone and length: the train step and one CFG-batch forward (a sampler
+    step: N-step guided sampling costs N of them) at that many seconds of audio, each with its
+    attention calls timed alone (`--attention_share`)."""
+    rows = []
+    for backbone, config in (("unet", unet), ("dit", dit)):
+        for s in seconds:
+            options = dict(seconds=s, forward_seconds=(s,), sample_steps=0, flow_steps=0, attention_share=True)
+            rows.append(SuiteRow(f"{backbone}_{s:g}s", config, {"dtype": dtype}, options))
+    return tuple(rows)
+
+
 SUITES: dict[str, Callable[[], tuple[SuiteRow, ...]]] = {
     "paper": lambda: _rows(
         unet="configs/diffusion_sa1.py",
@@ -95,6 +117,12 @@ SUITES: dict[str, Callable[[], tuple[SuiteRow, ...]]] = {
         sample_steps=2,
         flow_steps=2,
         dtype="float32",
+    ),
+    "scaling": lambda: _scaling_rows(
+        unet="configs/diffusion_sa1.py", dit="configs/dit_sao.py", seconds=SCALING_SECONDS, dtype="bfloat16"
+    ),
+    "scaling_smoke": lambda: _scaling_rows(
+        unet="configs/diffusion_tiny.py", dit="configs/dit_tiny.py", seconds=(1.5, 3.0), dtype="float32"
     ),
 }
 
@@ -167,4 +195,11 @@ def format_suite(report: dict[str, Any]) -> str:
             f"{'n/a' if m.get('mfu') is None else format(100 * m['mfu'], '6.1f') + '%':>7} "
             f"{'n/a' if peak is None else format(peak / 2**30, '13.2f')}"
         )
+    shares = [(run["row"], run["report"]["shapes"].get("attention_share", {})) for run in report["runs"]]
+    if any(share for _, share in shares):
+        lines.append("attention alone (attention/<measurement>), share of the measurement's time / XLA FLOPs:")
+        for row, share in shares:
+            for measurement, figures in share.items():
+                flops = "n/a" if figures.get("flops") is None else f"{100 * figures['flops']:.1f}%"
+                lines.append(f"  {row}/{measurement:<36} {100 * figures['seconds']:6.1f}% {flops:>7}")
     return "\n".join(lines)

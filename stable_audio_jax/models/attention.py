@@ -29,6 +29,7 @@ the model dimension, with no change here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Iterator, Literal
 
 import flax.linen as nn
@@ -43,6 +44,7 @@ _TPU_BLOCK = 128  # the Pallas kernel's default block along both sequence axes
 _KEY_MASK_BIAS = -1e9  # a masked key's logit bias on the Pallas path (exactly 0 weight in float32)
 _implementation = "auto"
 _fallbacks_logged: set[str] = set()
+_call_recorders: list[list["AttentionCall"]] = []
 
 
 def check_attention_implementation(name: str) -> str:
@@ -70,6 +72,37 @@ def attention_implementation(name: str) -> Iterator[None]:
         yield
     finally:
         set_attention_implementation(previous)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCall:
+    """The shapes of one traced `dot_product_attention` call (see `record_attention_calls`)."""
+
+    query_shape: tuple[int, ...]  # [batch, q_length, heads, head_dim]
+    key_shape: tuple[int, ...]  # [batch, kv_length, kv_heads, head_dim]; value has the same
+    dtype: str
+    bias_shape: tuple[int, ...] | None
+    key_mask: bool
+    scale: float | None
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds x 2 of the two products (logits and the weighted sum of values)."""
+        batch, q_length, heads, head_dim = self.query_shape
+        return 4 * batch * heads * q_length * self.key_shape[1] * head_dim
+
+
+@contextlib.contextmanager
+def record_attention_calls() -> Iterator[list[AttentionCall]]:
+    """Collect an `AttentionCall` for every `dot_product_attention` traced in the block (e.g.
+    under `jax.eval_shape` of a forward), in trace order: what a benchmark needs to time a
+    model's attention on its own at the model's shapes."""
+    calls: list[AttentionCall] = []
+    _call_recorders.append(calls)
+    try:
+        yield calls
+    finally:
+        _call_recorders.remove(calls)
 
 
 def _pallas_blocks(length: int) -> int | None:
@@ -170,6 +203,17 @@ def dot_product_attention(
     Returns:
       `[batch, q_length, heads, head_dim]` in the query's dtype.
     """
+    if _call_recorders:
+        call = AttentionCall(
+            tuple(query.shape),
+            tuple(key.shape),
+            str(query.dtype),
+            None if bias is None else tuple(bias.shape),
+            key_mask is not None,
+            scale,
+        )
+        for calls in _call_recorders:
+            calls.append(call)
     mask = None if key_mask is None else key_mask.astype(bool)[:, None, None, :]
     if bias is not None:
         bias = bias.astype(query.dtype)
