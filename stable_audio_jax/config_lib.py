@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.sample_size = 65536  # window in samples
     c.data.batch_size = 8  # global batch, split over processes and data-parallel devices
     c.data.worker_count = 2  # Grain decode worker processes
+    # Bytes of training records kept in memory once read (per process and worker; 0: none).
+    # Used by the pre-encoded diffusion data, whose 2 MiB records cost ~5-7 ms of CPU per read.
+    c.data.cache_bytes = 0
     c.data.seed = 0
 
     c.trainer = ml_collections.ConfigDict()
@@ -73,6 +76,7 @@ _MINIMUMS = {
     "data.sample_size": 1,
     "data.sample_rate": 1,
     "data.worker_count": 0,  # 0 decodes in the training process
+    "data.cache_bytes": 0,  # 0 keeps no record in memory
 }
 
 
@@ -296,6 +300,7 @@ def tiny_diffusion_recipe(c: ml_collections.ConfigDict) -> None:
     c.pretransform.downsampling_ratio = 64
     c.data.batch_size = 8
     c.data.worker_count = 0
+    c.data.cache_bytes = 2 * 2**30  # the demo's ~450 pre-encoded windows (~1 GiB) stay in memory
     c.optimizer = diffusion_optimizer_config(1e-3, b1=0.9, b2=0.99, weight_decay=1e-3, inv_gamma=1e6, warmup=0.95)
     c.ema.beta = 0.99
     c.sampling.steps = 100

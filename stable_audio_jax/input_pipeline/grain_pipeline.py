@@ -239,11 +239,11 @@ class DecodeLatentRecord(grain.transforms.Map):
     def map(self, record: Any) -> Example:
         arrays, metadata = latent_records.decode_latent_record(record)
         return {
-            "latent_mean": arrays["latent_mean"].astype(np.float32),
-            "latent_std": arrays["latent_std"].astype(np.float32),
-            "latent_mask": arrays["latent_mask"].astype(bool),
+            "latent_mean": arrays["latent_mean"].astype(np.float32, copy=False),
+            "latent_std": arrays["latent_std"].astype(np.float32, copy=False),
+            "latent_mask": arrays["latent_mask"].astype(bool, copy=False),
             "text_features": arrays["text_features"].astype(np.float32),
-            "text_mask": arrays["text_mask"].astype(bool),
+            "text_mask": arrays["text_mask"].astype(bool, copy=False),
             "seconds_start": np.int32(metadata["seconds_start"]),
             "seconds_total": np.int32(metadata["seconds_total"]),
             "caption": str(metadata.get("caption", "")),
@@ -263,6 +263,7 @@ def make_latent_dataset(
     shard_count: int | None = None,
     drop_remainder: bool = True,
     read_threads: int = 8,
+    cache_bytes: int = 0,
 ) -> grain.IterDataset:
     """Batches of pre-encoded diffusion examples (`data/pre_encode.py` shards).
 
@@ -270,12 +271,15 @@ def make_latent_dataset(
     `[batch, frames]`, `text_features` `[batch, text_length, text_dim]`, `text_mask`
     `[batch, text_length]`, `seconds_start`, `seconds_total` `[batch]` int32 and `caption`.
     Shuffling, per-process slicing, repetition and checkpointable state as
-    `make_audio_dataset`.
+    `make_audio_dataset`. `cache_bytes` > 0 keeps up to that many bytes of records in memory
+    once read (`records.InMemoryRecordCache`; per process and per worker): for a set that fits
+    in RAM, later epochs read no shard.
     """
     if batch_size <= 0:
         raise ValueError(f"need a positive batch_size, got {batch_size}")
+    data_source = as_data_source(source)
     return _build(
-        source,
+        records.InMemoryRecordCache(data_source, cache_bytes) if cache_bytes else data_source,
         DecodeLatentRecord(),
         batch_size=batch_size,
         seed=seed,

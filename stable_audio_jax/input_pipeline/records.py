@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -220,3 +221,49 @@ def list_shards(path_or_glob: str | os.PathLike | Sequence[str | os.PathLike]) -
     if not matches:
         raise FileNotFoundError(f"no ArrayRecord shards found at {path!r}")
     return matches
+
+
+class InMemoryRecordCache:
+    """A random-access record source (`__len__`, `__getitem__`) that keeps the records it has
+    read in memory, up to `max_bytes` in all (records past the budget are read from `source`
+    every time). For a data set that fits in RAM, every epoch after the first reads no file:
+    a random read of a 2 MiB record from an ArrayRecord shard costs about 5-7 ms of CPU
+    (chunk checksums, decompression, copies), which on a small machine competes with the
+    train step for the same cores.
+
+    Thread-safe (Grain reads on several threads). A pickled copy (a Grain worker process)
+    starts with an empty cache of its own.
+    """
+
+    def __init__(self, source: Any, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self._source = source
+        self._max_bytes = int(max_bytes)
+        self._records: dict[int, bytes] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: Any) -> bytes:
+        key = int(index)
+        record = self._records.get(key)
+        if record is None:
+            record = self._source[key]
+            with self._lock:
+                if key not in self._records and self._bytes + len(record) <= self._max_bytes:
+                    self._records[key] = record
+                    self._bytes += len(record)
+        return record
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source": self._source, "max_bytes": self._max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["source"], state["max_bytes"])

@@ -150,6 +150,7 @@ class DiffusionTask(Task):
                 worker_count=data.worker_count if is_train else 0,
                 shard_index=shard_index,
                 shard_count=shard_count,
+                cache_bytes=data.get("cache_bytes", 0) if is_train else 0,
             )
         )
 
