@@ -92,15 +92,13 @@ def measure_attention(
     flops_known = True
     shapes = []
     for index, (call, count) in enumerate(counts.items()):
-        dtype = np.dtype(call.dtype) if call.dtype != "bfloat16" else jax.numpy.bfloat16
+        dtype = jax.numpy.dtype(call.dtype)  # bfloat16 included
         q = rng.standard_normal(call.query_shape).astype(dtype)
         k = rng.standard_normal(call.key_shape).astype(dtype)
         v = rng.standard_normal(call.key_shape).astype(dtype)
-        key_mask = np.ones(call.key_shape[:2], bool) if call.key_mask else None
         bias = np.zeros(call.bias_shape, dtype) if call.bias_shape is not None else None
+        key_mask = global_array(np.ones(call.key_shape[:2], bool), mesh, rules) if call.key_mask else None
         args = tuple(global_array(a, mesh, rules) for a in (q, k, v)) + (bias, key_mask)
-        if key_mask is not None:
-            args = args[:4] + (global_array(key_mask, mesh, rules),)
         result, _ = measure(
             f"{name}[{index}]",
             "",

@@ -108,17 +108,17 @@ def measure_forward(
     params: Any,
     param_shardings: Any,
     length: ForwardLength,
+    call: tuple[Callable, tuple, tuple],
     *,
     options: Options,
     mesh: Any,
     rules: tuple,
-    seed: int,
 ) -> Measurement:
     """One jitted `task.model.apply` (timing and text conditioning included) on the CFG batch
-    of `forward_call`. clips/s and audio s/s count the B conditional items (a guided denoiser
-    evaluation of B clips per forward)."""
+    `call` of `forward_call`. clips/s and audio s/s count the B conditional items (a guided
+    denoiser evaluation of B clips per forward)."""
     b = options.batch_size
-    fn, inputs, names = forward_call(task, length, b, seed)
+    fn, inputs, names = call
     return measure_inference(
         length.name,
         f"one {task.model.config.backbone} forward (timing + text conditioning included) on the CFG batch "
@@ -316,12 +316,11 @@ def benchmark_diffusion(config: Any, options: Options, mesh: Any) -> tuple[dict[
         shares[row.name].update(attention_share(row, attention))
 
     for length in lengths:  # before the train step, which donates the parameters
-        forward = measure_forward(
-            task, params, param_shardings, length, options=options, mesh=mesh, rules=rules, seed=config.seed
-        )
+        call = forward_call(task, length, b, config.seed)
+        forward = measure_forward(task, params, param_shardings, length, call, options=options, mesh=mesh, rules=rules)
         results.append(forward)
         if options.attention_share:
-            fn, inputs, _ = forward_call(task, length, b, config.seed)
+            fn, inputs, _ = call
             time_attention_of(forward, traced_attention_calls(fn, params, *inputs), backward=False)
     if lengths:
         info["forward_frames"] = {length.name: length.frames for length in lengths}
